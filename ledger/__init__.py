@@ -1,0 +1,54 @@
+"""cerebras-ledger: record, price and report every Cerebras chat completion.
+
+The call path (:class:`CerebrasClient`, :class:`AsyncCerebrasClient`, :func:`instrument`)
+imports only httpx and the standard library; SQLAlchemy loads on the background writer
+thread, and pandas and Alembic only in the commands that need them.
+"""
+
+from ._version import __version__
+from .client import AsyncCerebrasClient, AsyncStream, CerebrasClient, Stream
+from .config import ConfigError
+from .errors import (
+    APIConnectionError,
+    APIError,
+    APIResponseValidationError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    ConflictError,
+    InternalServerError,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitError,
+    UnprocessableEntityError,
+)
+from .money import Money, usd
+from .transport import AsyncRecordingTransport, RecordingTransport, instrument
+
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "APIResponseValidationError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AsyncCerebrasClient",
+    "AsyncRecordingTransport",
+    "AsyncStream",
+    "AuthenticationError",
+    "BadRequestError",
+    "CerebrasClient",
+    "ConfigError",
+    "ConflictError",
+    "InternalServerError",
+    "Money",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "RecordingTransport",
+    "Stream",
+    "UnprocessableEntityError",
+    "__version__",
+    "instrument",
+    "usd",
+]

@@ -1,0 +1,391 @@
+"""Client: ``CerebrasClient`` and ``AsyncCerebrasClient``, thin wrappers with the SDK's shape.
+
+``client.chat.completions.create(model=..., messages=..., stream=False, ...)`` sends one chat
+completion (direct, or through Lava's forward proxy when a forward token is set) and returns
+the decoded JSON body, or, with ``stream=True``, an iterator of chunk mappings delivered as they
+arrive. Recording is not done here: the client's httpx transport is a
+:class:`~ledger.transport.RecordingTransport`, the same one :func:`ledger.instrument` puts under
+the official SDKs, so each attempt (retries included) becomes exactly one event.
+
+Like the SDK, the client retries connection errors, timeouts, 408, 409, 429 and 5xx up to
+``max_retries`` times (default 2) with exponential back-off, honouring ``retry-after``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from .config import ConfigError, check_project
+from .errors import (
+    APIConnectionError,
+    APIError,
+    APIResponseValidationError,
+    APITimeoutError,
+    status_error,
+)
+from .transport import AsyncRecordingTransport, RecordingTransport
+from .wire import SSEDecoder
+
+__all__ = ["AsyncCerebrasClient", "AsyncStream", "CerebrasClient", "Stream"]
+
+DEFAULT_BASE_URL = "https://api.cerebras.ai"
+DEFAULT_LAVA_BASE_URL = "https://api.lava.so"
+DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=5.0)
+RETRY_STATUSES = frozenset({408, 409, 429})
+
+
+class _Settings:
+    """Route, credentials and defaults, resolved once: arguments first, then the environment."""
+
+    def __init__(self, project: str | None, api_key: str | None, base_url: str | None,
+                 lava_forward_token: str | None, lava_base_url: str | None) -> None:
+        env = os.environ
+        self.project = check_project(project or env.get("LEDGER_PROJECT"))
+        self.base_url = (base_url or env.get("CEREBRAS_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        self.forward_token = lava_forward_token or env.get("LAVA_FORWARD_TOKEN") or None
+        self.lava_base_url = (lava_base_url or env.get("LAVA_BASE_URL") or DEFAULT_LAVA_BASE_URL).rstrip("/")
+        self.api_key = api_key or env.get("CEREBRAS_API_KEY") or None
+        if self.forward_token is None and self.api_key is None:
+            raise ConfigError("no credentials: pass api_key=... or set CEREBRAS_API_KEY "
+                              "(or LAVA_FORWARD_TOKEN to go through Lava)")
+        target = f"{self.base_url}/v1/chat/completions"
+        if self.forward_token:
+            self.url = f"{self.lava_base_url}/v1/forward?u={quote(target, safe='')}"
+            secret = self.forward_token
+        else:
+            self.url = target
+            secret = self.api_key or ""
+        self.headers = {"authorization": f"Bearer {secret}", "content-type": "application/json",
+                        "accept": "application/json"}
+
+    @property
+    def route(self) -> str:
+        return "lava" if self.forward_token else "cerebras"
+
+    def build(self, http: httpx.Client | httpx.AsyncClient, model: str, messages: Any, stream: bool,
+              extra_headers: Mapping[str, str] | None, timeout: Any, tags: Mapping[str, Any] | None,
+              project: str | None, params: dict[str, Any]) -> httpx.Request:
+        body: dict[str, Any] = {"model": model, "messages": messages, **params}
+        if stream:
+            body["stream"] = True
+        headers = dict(self.headers)
+        if stream:
+            headers["accept"] = "text/event-stream"
+        if extra_headers:
+            headers.update(extra_headers)
+        ext = {"ledger": {"project": check_project(project) if project else None, "tags": tags, "model": model}}
+        kwargs: dict[str, Any] = {}
+        if timeout is not None:
+            kwargs["timeout"] = timeout
+        return http.build_request("POST", self.url, content=json.dumps(body).encode(), headers=headers,
+                                  extensions=ext, **kwargs)
+
+
+def _retry_delay(attempt: int, response: httpx.Response | None) -> float:
+    if response is not None:
+        after = response.headers.get("retry-after")
+        try:
+            if after is not None and 0 <= float(after) <= 60:
+                return float(after)
+        except ValueError:
+            pass
+    return min(0.5 * 2**attempt, 8.0) * random.uniform(0.75, 1.0)
+
+
+def _should_retry(status: int) -> bool:
+    return status in RETRY_STATUSES or status >= 500
+
+
+def _json_or_none(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _ok_body(response: httpx.Response) -> dict[str, Any]:
+    body = _json_or_none(response)
+    if not isinstance(body, dict):
+        raise APIResponseValidationError("response body is not a JSON object", request=response.request)
+    return body
+
+
+def _stream_error(payload: Mapping[str, Any], response: httpx.Response) -> APIError:
+    err = payload.get("error") if isinstance(payload.get("error"), Mapping) else {}
+    message = err.get("message") if isinstance(err, Mapping) else None
+    return APIError(message if isinstance(message, str) else "An error occurred during streaming",
+                    body=dict(err) if isinstance(err, Mapping) else None, request=response.request)
+
+
+def _chunks_from(decoder: SSEDecoder, data: bytes | None, response: httpx.Response) -> Iterator[dict[str, Any]]:
+    """Chunk mappings from SSE bytes (``None`` means end of body); raises on an error event."""
+    events = decoder.feed(data) if data is not None else decoder.close()
+    for ev in events:
+        if ev.data.strip() == "[DONE]":
+            continue
+        try:
+            payload = json.loads(ev.data)
+        except ValueError:
+            raise APIResponseValidationError("malformed event in stream", request=response.request) from None
+        if isinstance(payload, dict) and isinstance(payload.get("error"), Mapping):
+            raise _stream_error(payload, response)
+        if isinstance(payload, dict):
+            yield payload
+
+
+class Stream:
+    """Chunks of a streamed completion, as they arrive. Close it (or use ``with``) if you stop early."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self._iter = self._chunks()
+
+    def _chunks(self) -> Iterator[dict[str, Any]]:
+        decoder = SSEDecoder()
+        try:
+            for data in self.response.iter_bytes():
+                yield from _chunks_from(decoder, data, self.response)
+            yield from _chunks_from(decoder, None, self.response)
+        finally:
+            self.response.close()
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return self._iter
+
+    def __next__(self) -> dict[str, Any]:
+        return next(self._iter)
+
+    def close(self) -> None:
+        self._iter.close()
+        self.response.close()
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncStream:
+    """The async twin of :class:`Stream`."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self._iter = self._chunks()
+
+    async def _chunks(self) -> AsyncIterator[dict[str, Any]]:
+        decoder = SSEDecoder()
+        try:
+            async for data in self.response.aiter_bytes():
+                for chunk in _chunks_from(decoder, data, self.response):
+                    yield chunk
+            for chunk in _chunks_from(decoder, None, self.response):
+                yield chunk
+        finally:
+            await self.response.aclose()
+
+    def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        return self._iter
+
+    async def __anext__(self) -> dict[str, Any]:
+        return await self._iter.__anext__()
+
+    async def close(self) -> None:
+        await self._iter.aclose()
+        await self.response.aclose()
+
+    async def __aenter__(self) -> AsyncStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class _Completions:
+    def __init__(self, client: CerebrasClient) -> None:
+        self._client = client
+
+    def create(self, *, model: str, messages: Any, stream: bool = False,
+               extra_headers: Mapping[str, str] | None = None, timeout: Any = None,
+               tags: Mapping[str, Any] | None = None, project: str | None = None,
+               **params: Any) -> Any:
+        """Send a chat completion; a dict, or a :class:`Stream` of chunk dicts when ``stream=True``."""
+        c = self._client
+        request = c._settings.build(c._http, model, messages, stream, extra_headers, timeout, tags, project, params)
+        for attempt in range(c.max_retries + 1):
+            last = attempt == c.max_retries
+            try:
+                response = c._http.send(request, stream=True)
+            except httpx.TimeoutException:
+                if last:
+                    raise APITimeoutError(request) from None
+                time.sleep(_retry_delay(attempt, None))
+                continue
+            except httpx.TransportError as exc:
+                if last:
+                    raise APIConnectionError(request=request) from exc
+                time.sleep(_retry_delay(attempt, None))
+                continue
+            if response.status_code >= 400:
+                response.read()
+                response.close()
+                if not last and _should_retry(response.status_code):
+                    time.sleep(_retry_delay(attempt, response))
+                    continue
+                raise status_error(response.status_code, _json_or_none(response), response)
+            if stream:
+                return Stream(response)
+            try:
+                response.read()
+            except httpx.TimeoutException:
+                raise APITimeoutError(request) from None
+            except httpx.TransportError as exc:
+                raise APIConnectionError(request=request) from exc
+            finally:
+                response.close()
+            return _ok_body(response)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+class _Chat:
+    def __init__(self, client: Any) -> None:
+        self.completions = _Completions(client) if isinstance(client, CerebrasClient) else _AsyncCompletions(client)
+
+
+class CerebrasClient:
+    """A Cerebras chat client that records every call in the ledger.
+
+    >>> with CerebrasClient(project="search") as client:          # doctest: +SKIP
+    ...     reply = client.chat.completions.create(model="gpt-oss-120b",
+    ...                                            messages=[{"role": "user", "content": "Hi"}])
+
+    Args:
+        project: the project calls are billed to (else ``LEDGER_PROJECT``).
+        api_key: Cerebras key (else ``CEREBRAS_API_KEY``). Never stored.
+        base_url: Cerebras base URL without ``/v1`` (else ``CEREBRAS_BASE_URL``).
+        lava_forward_token: go through Lava's forward proxy (else ``LAVA_FORWARD_TOKEN``).
+        lava_base_url: else ``LAVA_BASE_URL``.
+        tags: default tags for every call; ``create(tags=...)`` adds to them.
+        database_url / spool_dir: which ledger (else the environment, else the embedded default).
+        timeout: an httpx timeout; max_retries: retries per call (default 2, as the SDK).
+        flush_timeout: how long ``close()`` waits for the database before leaving events in the spool.
+    """
+
+    def __init__(self, project: str | None = None, *, api_key: str | None = None, base_url: str | None = None,
+                 lava_forward_token: str | None = None, lava_base_url: str | None = None,
+                 tags: Mapping[str, Any] | None = None, database_url: str | None = None,
+                 spool_dir: str | None = None, timeout: Any = DEFAULT_TIMEOUT, max_retries: int = 2,
+                 flush_timeout: float = 5.0) -> None:
+        self._settings = _Settings(project, api_key, base_url, lava_forward_token, lava_base_url)
+        self.transport = RecordingTransport(httpx.HTTPTransport(), project=self._settings.project, tags=tags,
+                                            database_url=database_url, spool_dir=spool_dir, source="wrapper",
+                                            flush_timeout=flush_timeout)
+        self._http = httpx.Client(transport=self.transport, timeout=timeout)
+        self.max_retries = max_retries
+        self.chat = _Chat(self)
+
+    @property
+    def project(self) -> str:
+        return self._settings.project
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every recorded event is in the database (they are safe in the spool anyway)."""
+        return self.transport.journal.flush(timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> CerebrasClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _AsyncCompletions:
+    def __init__(self, client: AsyncCerebrasClient) -> None:
+        self._client = client
+
+    async def create(self, *, model: str, messages: Any, stream: bool = False,
+                     extra_headers: Mapping[str, str] | None = None, timeout: Any = None,
+                     tags: Mapping[str, Any] | None = None, project: str | None = None,
+                     **params: Any) -> Any:
+        """Send a chat completion; a dict, or an :class:`AsyncStream` when ``stream=True``."""
+        c = self._client
+        request = c._settings.build(c._http, model, messages, stream, extra_headers, timeout, tags, project, params)
+        for attempt in range(c.max_retries + 1):
+            last = attempt == c.max_retries
+            try:
+                response = await c._http.send(request, stream=True)
+            except httpx.TimeoutException:
+                if last:
+                    raise APITimeoutError(request) from None
+                await asyncio.sleep(_retry_delay(attempt, None))
+                continue
+            except httpx.TransportError as exc:
+                if last:
+                    raise APIConnectionError(request=request) from exc
+                await asyncio.sleep(_retry_delay(attempt, None))
+                continue
+            if response.status_code >= 400:
+                await response.aread()
+                await response.aclose()
+                if not last and _should_retry(response.status_code):
+                    await asyncio.sleep(_retry_delay(attempt, response))
+                    continue
+                raise status_error(response.status_code, _json_or_none(response), response)
+            if stream:
+                return AsyncStream(response)
+            try:
+                await response.aread()
+            except httpx.TimeoutException:
+                raise APITimeoutError(request) from None
+            except httpx.TransportError as exc:
+                raise APIConnectionError(request=request) from exc
+            finally:
+                await response.aclose()
+            return _ok_body(response)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+class AsyncCerebrasClient:
+    """The async twin of :class:`CerebrasClient` (same arguments); use ``async with``."""
+
+    def __init__(self, project: str | None = None, *, api_key: str | None = None, base_url: str | None = None,
+                 lava_forward_token: str | None = None, lava_base_url: str | None = None,
+                 tags: Mapping[str, Any] | None = None, database_url: str | None = None,
+                 spool_dir: str | None = None, timeout: Any = DEFAULT_TIMEOUT, max_retries: int = 2,
+                 flush_timeout: float = 5.0) -> None:
+        self._settings = _Settings(project, api_key, base_url, lava_forward_token, lava_base_url)
+        self.transport = AsyncRecordingTransport(httpx.AsyncHTTPTransport(), project=self._settings.project,
+                                                 tags=tags, database_url=database_url, spool_dir=spool_dir,
+                                                 source="wrapper", flush_timeout=flush_timeout)
+        self._http = httpx.AsyncClient(transport=self.transport, timeout=timeout)
+        self.max_retries = max_retries
+        self.chat = _Chat(self)
+
+    @property
+    def project(self) -> str:
+        return self._settings.project
+
+    async def flush(self, timeout: float = 10.0) -> bool:
+        return await asyncio.to_thread(self.transport.journal.flush, timeout)
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncCerebrasClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+

@@ -1,0 +1,113 @@
+"""Configuration: where things are, read from arguments first and the environment second.
+
+Every setting has one name here, one environment variable and one default:
+
+=========================  ================================================================
+``LEDGER_HOME``            data folder; default ``$XDG_DATA_HOME/cerebras-ledger``
+                           (``~/.local/share/cerebras-ledger``)
+``LEDGER_DATABASE_URL``    any SQLAlchemy URL; default ``sqlite:///$LEDGER_HOME/ledger.db``
+``LEDGER_SPOOL_DIR``       the local spool; default ``$LEDGER_HOME/spool/<hash of the URL>``
+``LEDGER_PROJECT``         the project of calls that name none
+``CEREBRAS_BASE_URL``      default ``https://api.cerebras.ai``
+``CEREBRAS_API_KEY``       the key for direct calls (never stored)
+``LAVA_FORWARD_TOKEN``     when set, calls go through Lava's forward proxy (never stored)
+``LAVA_BASE_URL``          default ``https://api.lava.so``
+``LEDGER_PRICES_FEED_URL`` base of Cerebras's public model feed; default ``https://api.cerebras.ai``
+=========================  ================================================================
+
+Project names are untrusted text: :func:`check_project` admits 1-200 printable characters
+with no control characters, and nothing else.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+__all__ = [
+    "ConfigError",
+    "check_project",
+    "database_url",
+    "is_lava_byok",
+    "ledger_home",
+    "redact_url",
+    "spool_dir",
+]
+
+MAX_PROJECT_LEN = 200
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used, said in one line."""
+
+
+def _env(env: Mapping[str, str] | None) -> Mapping[str, str]:
+    return os.environ if env is None else env
+
+
+def ledger_home(env: Mapping[str, str] | None = None) -> Path:
+    e = _env(env)
+    if e.get("LEDGER_HOME"):
+        return Path(e["LEDGER_HOME"]).expanduser()
+    base = e.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "cerebras-ledger"
+
+
+def database_url(explicit: str | None = None, env: Mapping[str, str] | None = None) -> str:
+    """The ledger's SQLAlchemy URL: the argument, else ``LEDGER_DATABASE_URL``, else the default."""
+    url = explicit or _env(env).get("LEDGER_DATABASE_URL")
+    if url:
+        return url
+    return f"sqlite:///{ledger_home(env) / 'ledger.db'}"
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ``***``, for logs and messages."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    creds, _, host = rest.rpartition("@")
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in creds else url
+
+
+def spool_dir(url: str, explicit: str | os.PathLike[str] | None = None,
+              env: Mapping[str, str] | None = None) -> Path:
+    """Where events wait before the database has them; one folder per ledger URL."""
+    chosen = explicit or _env(env).get("LEDGER_SPOOL_DIR")
+    if chosen:
+        return Path(chosen).expanduser()
+    key = hashlib.sha256(redact_url(url).encode()).hexdigest()[:16]
+    return ledger_home(env) / "spool" / key
+
+
+def check_project(name: object) -> str:
+    """Accept a project name or raise :class:`ConfigError` saying why not."""
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError("a project is required: pass project=... or set LEDGER_PROJECT")
+    if len(name) > MAX_PROJECT_LEN:
+        raise ConfigError(f"project name longer than {MAX_PROJECT_LEN} characters")
+    if not name.isprintable():
+        raise ConfigError("project name has control or non-printable characters")
+    return name
+
+
+def is_lava_byok(forward_token: str) -> bool:
+    """Whether a Lava forward token carries the caller's own provider key (unmanaged mode).
+
+    The token is either a bare secret key or base64 of a JSON object; a non-null
+    ``provider_key`` means the provider bills the caller at its own rates. Nothing from the
+    token is kept.
+    """
+    raw = forward_token.strip()
+    try:
+        padded = raw + "=" * (-len(raw) % 4)
+        decoded = json.loads(base64.b64decode(padded, validate=False))
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(decoded, dict) and bool(decoded.get("provider_key"))

@@ -1,0 +1,207 @@
+"""Events: the record of one upstream attempt, before it is priced.
+
+A :class:`CallEvent` is built once, when an attempt ends (response read, error raised, stream
+finished, cut or abandoned), and never changed. It carries identity, route, models, upstream
+ids, outcome, token counts and timings, and *never* a key, a token, a prompt or a completion.
+
+:func:`new_event_id` makes time-ordered ids (UUIDv7, RFC 9562, with a counter so ids made in
+the same millisecond still sort in creation order). :func:`encode` / :func:`decode` are the
+event's one serialization, used by the spool; ``decode(encode(e)) == e``.
+
+Imports only :mod:`ledger.wire`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from .wire import TimeInfo, Usage
+
+__all__ = [
+    "ROUTES",
+    "STATUSES",
+    "CallEvent",
+    "EventDecodeError",
+    "decode",
+    "encode",
+    "new_event_id",
+    "normalize_tags",
+]
+
+Status = Literal["ok", "error", "incomplete"]
+Route = Literal["cerebras", "lava"]
+STATUSES: tuple[str, ...] = ("ok", "error", "incomplete")
+ROUTES: tuple[str, ...] = ("cerebras", "lava")
+_SPOOL_VERSION = 1
+
+_id_lock = threading.Lock()
+_last_ms = 0
+_seq = 0
+
+
+def new_event_id() -> str:
+    """A UUIDv7 string: 48 bits of Unix milliseconds, a 12-bit counter, 62 random bits."""
+    global _last_ms, _seq
+    with _id_lock:
+        ms = time.time_ns() // 1_000_000
+        if ms <= _last_ms:
+            _seq += 1
+            if _seq > 0xFFF:  # counter spent: borrow the next millisecond
+                _last_ms += 1
+                _seq = 0
+            ms = _last_ms
+        else:
+            _last_ms, _seq = ms, int.from_bytes(os.urandom(1)) & 0x3F
+        seq = _seq
+    rand = int.from_bytes(os.urandom(8)) & ((1 << 62) - 1)
+    value = (ms << 80) | (0x7 << 76) | (seq << 64) | (0b10 << 62) | rand
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def normalize_tags(tags: Mapping[str, Any] | None) -> tuple[tuple[str, str], ...]:
+    """Tags as sorted ``(key, value)`` string pairs; ``None`` values are dropped."""
+    if not tags:
+        return ()
+    if not isinstance(tags, Mapping):
+        raise TypeError("tags must be a mapping of names to values")
+    return tuple(sorted((str(k), str(v)) for k, v in tags.items() if v is not None))
+
+
+@dataclass(frozen=True, slots=True)
+class CallEvent:
+    """One attempt at a chat completion, as the caller's process saw it.
+
+    Attributes:
+        event_id: time-ordered UUIDv7; the ledger's idempotency key.
+        occurred_at: when the attempt started, timezone-aware UTC.
+        project: the project the call is billed to.
+        route: ``cerebras`` (direct) or ``lava`` (Lava's forward proxy).
+        book: the price book that applies: ``lava`` for Lava managed mode, else ``cerebras``.
+        requested_model: the ``model`` of the request body.
+        served_model: the ``model`` of the response, when one came.
+        status: ``ok``, ``error`` or ``incomplete`` (stream cut or abandoned).
+        http_status: the HTTP status, or the ``status_code`` of an in-stream error event.
+        error_type, error_code: from the error body; never its message.
+        stream: whether the response was streamed.
+        usage: token counts, or ``None`` when the upstream did not (validly) say.
+        latency_us: from sending the request to the end of the response, in microseconds.
+        ttft_us: for a stream, time to the first event, in microseconds.
+        time_info: Cerebras's own timings.
+        upstream_id: the ``chatcmpl-…`` id.
+        lava_request_id: the ``x-lava-request-id`` response header.
+        tags: free-form ``(key, value)`` pairs, sorted.
+        source: ``wrapper``, ``transport`` or ``import``.
+        note: why usage is unknown, or another short machine-made remark; never content.
+    """
+
+    event_id: str
+    occurred_at: datetime
+    project: str
+    route: Route
+    book: str
+    requested_model: str | None
+    served_model: str | None
+    status: Status
+    http_status: int | None
+    error_type: str | None
+    error_code: str | None
+    stream: bool
+    usage: Usage | None
+    latency_us: int | None
+    ttft_us: int | None
+    time_info: TimeInfo | None
+    upstream_id: str | None
+    lava_request_id: str | None
+    tags: tuple[tuple[str, str], ...] = field(default=())
+    source: str = "wrapper"
+    note: str | None = None
+
+    @property
+    def model(self) -> str | None:
+        """The model that did the work: served if known, else requested."""
+        return self.served_model or self.requested_model
+
+
+class EventDecodeError(ValueError):
+    """A spool record that is not a valid event (torn, corrupt or from a newer version)."""
+
+
+def encode(event: CallEvent) -> bytes:
+    """The event as one line of JSON (with its newline), for the spool."""
+    u = event.usage
+    t = event.time_info
+    row = [
+        _SPOOL_VERSION,
+        event.event_id,
+        event.occurred_at.astimezone(UTC).isoformat(),
+        event.project,
+        event.route,
+        event.book,
+        event.requested_model,
+        event.served_model,
+        event.status,
+        event.http_status,
+        event.error_type,
+        event.error_code,
+        event.stream,
+        None if u is None else [u.prompt_tokens, u.cached_tokens, u.completion_tokens,
+                                u.reasoning_tokens, u.total_tokens],
+        event.latency_us,
+        event.ttft_us,
+        None if t is None else [t.queue_us, t.prompt_us, t.completion_us, t.total_us],
+        event.upstream_id,
+        event.lava_request_id,
+        [list(p) for p in event.tags],
+        event.source,
+        event.note,
+    ]
+    return json.dumps(row, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+
+
+def decode(line: bytes) -> CallEvent:
+    """Read back one spool line written by :func:`encode`."""
+    try:
+        row = json.loads(line)
+        if not isinstance(row, list) or row[0] != _SPOOL_VERSION or len(row) != 22:
+            raise EventDecodeError("unknown spool record version or shape")
+        (_, event_id, occurred_at, project, route, book, requested, served, status, http_status,
+         error_type, error_code, stream, usage, latency, ttft, time_info, upstream_id, lava_id,
+         tags, source, note) = row
+        when = datetime.fromisoformat(occurred_at)
+        if when.tzinfo is None or status not in STATUSES or route not in ROUTES:
+            raise EventDecodeError("bad timestamp, status or route")
+        return CallEvent(
+            event_id=event_id,
+            occurred_at=when.astimezone(UTC),
+            project=project,
+            route=route,
+            book=book,
+            requested_model=requested,
+            served_model=served,
+            status=status,
+            http_status=http_status,
+            error_type=error_type,
+            error_code=error_code,
+            stream=bool(stream),
+            usage=None if usage is None else Usage(*usage),
+            latency_us=latency,
+            ttft_us=ttft,
+            time_info=None if time_info is None else TimeInfo(*time_info),
+            upstream_id=upstream_id,
+            lava_request_id=lava_id,
+            tags=tuple((str(k), str(v)) for k, v in tags),
+            source=source,
+            note=note,
+        )
+    except EventDecodeError:
+        raise
+    except (ValueError, TypeError, IndexError, KeyError) as exc:
+        raise EventDecodeError(f"corrupt spool record: {type(exc).__name__}") from None

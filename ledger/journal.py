@@ -1,0 +1,494 @@
+"""Journal: the durable write stage. Events go to a local spool first, the database second.
+
+The call path only ever does :meth:`Journal.append`: encode the event as one JSON line and
+``write(2)`` it, with ``O_APPEND``, to this process's *segment* file in the spool folder, then
+wake the writer thread. The call returns right after; nothing on the call path touches the
+database, SQLAlchemy or pricing.
+
+Why this survives what it must:
+
+* ``kill -9`` right after a call returns: the line is already in the kernel's page cache, which
+  outlives the process. (Power loss is another matter: set ``LEDGER_SPOOL_FSYNC=1`` to fsync
+  every line, at a cost of a disk flush per call.)
+* The database down, locked or slow: the writer thread retries with back-off; calls never wait
+  for it. Events wait in the spool file, not in memory, so a long outage costs disk, not RAM.
+* Crash between the database commit and the spool checkpoint: every insert is
+  ``ON CONFLICT (event_id) DO NOTHING``, so replaying a batch never counts an event twice.
+* A dead process's segment: each live process holds an exclusive ``flock`` on its own segment.
+  Any process that opens the same ledger (a client, or any CLI command) scans the spool, takes
+  the lock of every segment whose owner died (the kernel releases a dead process's locks),
+  writes what is left after its checkpoint, and deletes it. The lock makes that exactly-once
+  among several processes; idempotent inserts make it exactly-once even if two take turns.
+* A torn last line (a write cut by power loss or a full disk) is set aside in
+  ``rejected.jsonl`` with a loud log line, never silently dropped and never half-inserted.
+
+Files in the spool folder are created owner-only (0600, folder 0700). A segment that has been
+fully written to the database and grown past 8 MiB is rotated, so the spool stays bounded.
+"""
+
+from __future__ import annotations
+
+import atexit
+import fcntl
+import logging
+import os
+import threading
+import time
+from collections import deque
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .config import ConfigError, redact_url, spool_dir
+from .events import CallEvent, EventDecodeError, decode, encode
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from .pricing import PriceBook
+
+__all__ = ["Journal", "check_url", "drain_spool", "journal_for"]
+
+log = logging.getLogger("ledger.journal")
+
+SEGMENT_SUFFIX = ".seg"
+ROTATE_BYTES = 8 * 1024 * 1024
+READ_BYTES = 1024 * 1024
+BATCH_EVENTS = 2000
+LINGER_S = 0.05  # let a busy writer gather bigger batches instead of committing per call
+ORPHAN_SCAN_S = 30.0
+PRICE_REFRESH_S = 5.0
+MAX_OVERFLOW = 100_000
+
+
+def check_url(url: str) -> str:
+    """Refuse, cheaply and without importing SQLAlchemy, a URL the ledger cannot use."""
+    scheme = url.split(":", 1)[0].split("+", 1)[0].lower()
+    if scheme not in ("sqlite", "postgresql", "postgres") or "://" not in url:
+        raise ConfigError(f"unsupported database URL {redact_url(url)!r}: use sqlite:/// or postgresql://")
+    return url
+
+
+def _private_dir(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        if n <= 0:
+            raise OSError("short write to spool")
+        view = view[n:]
+
+
+class _Sink:
+    """The database side, opened lazily on the writer thread (SQLAlchemy is imported here)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._engine: Engine | None = None
+        self._book: PriceBook | None = None
+        self._book_at = 0.0
+
+    def engine(self) -> Engine:
+        if self._engine is None:
+            from . import store
+
+            engine = store.make_engine(self.url)
+            try:
+                store.ensure_schema(engine)
+            except Exception:
+                engine.dispose()
+                raise
+            self._engine = engine
+        return self._engine
+
+    def write(self, events: list[CallEvent]) -> None:
+        """Price and insert ``events`` in one transaction (idempotent by event id)."""
+        from . import store
+        from .pricing import charge
+
+        engine = self.engine()
+        now = datetime.now(UTC)
+        with store.write_transaction(engine) as conn:
+            if self._book is None or time.monotonic() - self._book_at > PRICE_REFRESH_S:
+                self._book = store.load_price_book(conn)
+                self._book_at = time.monotonic()
+            book = self._book
+            store.insert_events(conn, [store.event_row(e, charge(e, book), now) for e in events])
+
+    def dispose(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether the database refused this data and will refuse it again (set it aside).
+
+    Anything else (database down, locked, migrating, a bug) is retried later unchanged."""
+    from sqlalchemy import exc as sa_exc
+
+    if isinstance(exc, (sa_exc.IntegrityError, sa_exc.DataError)):
+        return True
+    return isinstance(exc, sa_exc.StatementError) and isinstance(exc.orig, (ValueError, TypeError))
+
+
+class _Reject:
+    """Lines that can never be written (corrupt or refused by the database), kept, not lost."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / "rejected.jsonl"
+
+    def keep(self, line: bytes, why: str) -> None:
+        log.error("ledger: set aside a spool record in %s: %s", self.path, why)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            _write_all(fd, line if line.endswith(b"\n") else line + b"\n")
+        finally:
+            os.close(fd)
+
+
+def _split_lines(data: bytes) -> tuple[list[bytes], int]:
+    """Complete lines in ``data`` and how many bytes they span."""
+    end = data.rfind(b"\n") + 1
+    return (data[:end].splitlines() if end else []), end
+
+
+def _write_lines(sink: _Sink, reject: _Reject, lines: list[bytes]) -> None:
+    """Decode and write lines. Undecodable ones are set aside; a batch the database refuses
+    is retried line by line, so one bad event never blocks the others."""
+    events: list[CallEvent] = []
+    raw: list[bytes] = []
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            events.append(decode(line))
+            raw.append(line)
+        except EventDecodeError as exc:
+            reject.keep(line, str(exc))
+    if not events:
+        return
+    try:
+        sink.write(events)
+    except Exception as exc:
+        if not _refused(exc):
+            raise
+        for one, line in zip(events, raw, strict=True):
+            try:
+                sink.write([one])
+            except Exception as inner:
+                if not _refused(inner):
+                    raise
+                reject.keep(line, f"database refused the event: {type(inner).__name__}")
+
+
+def _read_checkpoint(path: Path) -> int:
+    try:
+        return int(path.read_text().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def _write_checkpoint(fd: int, offset: int) -> None:
+    os.pwrite(fd, f"{offset:020d}\n".encode(), 0)
+
+
+def drain_segment(path: Path, sink: _Sink, reject: _Reject) -> bool:
+    """Write what a dead process left in ``path`` and delete it. ``False`` if its owner lives."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return True
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        if os.fstat(fd).st_nlink == 0:  # another process drained and removed it meanwhile
+            return True
+        ckpt = path.with_suffix(".ckpt")
+        offset = _read_checkpoint(ckpt)
+        ckpt_fd = os.open(ckpt, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            while True:
+                data = os.pread(fd, READ_BYTES, offset)
+                if not data:
+                    break
+                lines, used = _split_lines(data)
+                if not used:
+                    if len(data) < READ_BYTES:  # the owner died mid-line: a torn record
+                        reject.keep(data, "torn last record in a dead process's spool")
+                        offset += len(data)
+                        continue
+                    raise OSError(f"spool record longer than {READ_BYTES} bytes in {path}")
+                _write_lines(sink, reject, lines)
+                offset += used
+                _write_checkpoint(ckpt_fd, offset)
+        finally:
+            os.close(ckpt_fd)
+        path.unlink(missing_ok=True)
+        ckpt.unlink(missing_ok=True)
+        log.info("ledger: recovered spool segment %s", path.name)
+        return True
+    finally:
+        os.close(fd)
+
+
+def drain_spool(folder: Path, sink: _Sink, reject: _Reject, skip: Path | None = None) -> int:
+    """Drain every orphaned segment in ``folder``; the number left because their owners live."""
+    busy = 0
+    for path in sorted(folder.glob("*" + SEGMENT_SUFFIX)):
+        if path != skip and not drain_segment(path, sink, reject):
+            busy += 1
+    return busy
+
+
+class Journal:
+    """One process's handle on one ledger: its spool segment and its writer thread.
+
+    Get it with :func:`journal_for`; clients share it. :meth:`append` is the whole call path.
+    """
+
+    def __init__(self, url: str, folder: Path, *, fsync: bool = False) -> None:
+        self.url = check_url(url)
+        self.folder = folder
+        self.fsync = fsync
+        self._sink = _Sink(url)
+        self._reject = _Reject(folder)
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(threading.Lock())
+        self._wake = threading.Event()
+        self._stop = False
+        self._overflow: deque[bytes] = deque()
+        self._written = 0  # bytes appended to the live segment
+        self._committed = 0  # bytes of it known to be in the database
+        self._problem: str | None = None
+        self._closed = False
+        _private_dir(folder)
+        self._open_segment()
+        self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
+        self._thread.start()
+
+    # -- the call path ---------------------------------------------------------------------
+
+    def append(self, event: CallEvent) -> None:
+        """Make ``event`` durable locally and hand it to the writer. Never raises."""
+        line = encode(event)
+        with self._lock:
+            try:
+                _write_all(self._fd, line)
+                if self.fsync:
+                    os.fsync(self._fd)
+                self._written += len(line)
+            except OSError as exc:
+                self._spool_failed(line, exc)
+        self._wake.set()
+
+    def _spool_failed(self, line: bytes, exc: OSError) -> None:
+        # Undo a partial line so the next one does not fuse with it, then keep the event in
+        # memory for the writer to put straight into the database.
+        try:
+            os.ftruncate(self._fd, self._written)
+        except OSError:
+            pass
+        if len(self._overflow) < MAX_OVERFLOW:
+            self._overflow.append(line)
+            log.error("ledger: cannot write the spool in %s (%s); event kept in memory (%d waiting)",
+                      self.folder, exc.strerror or exc, len(self._overflow))
+        else:
+            log.critical("ledger: spool unwritable and memory overflow full; event %s LOST",
+                         event_id_of(line))
+
+    # -- segments --------------------------------------------------------------------------
+
+    def _open_segment(self) -> None:
+        name = f"{os.getpid()}-{time.time_ns():x}{SEGMENT_SUFFIX}"
+        self.segment = self.folder / name
+        self._fd = os.open(self.segment, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        self._rfd = os.open(self.segment, os.O_RDONLY)
+        self._ckpt_fd = os.open(self.segment.with_suffix(".ckpt"), os.O_RDWR | os.O_CREAT, 0o600)
+        self._written = self._committed = 0
+
+    def _close_segment(self, remove: bool) -> None:
+        seg, fds = self.segment, (self._ckpt_fd, self._rfd, self._fd)
+        if remove:
+            seg.unlink(missing_ok=True)
+            seg.with_suffix(".ckpt").unlink(missing_ok=True)
+        for fd in fds:  # closing _fd last releases the lock
+            os.close(fd)
+
+    def _rotate_if_due(self) -> None:
+        with self._lock:
+            if self._committed == self._written and self._written >= ROTATE_BYTES:
+                self._close_segment(remove=True)
+                self._open_segment()
+
+    # -- the writer thread -----------------------------------------------------------------
+
+    def _run(self) -> None:
+        backoff = 0.1
+        next_scan = 0.0
+        while True:
+            self._wake.wait(timeout=1.0)
+            self._wake.clear()
+            try:
+                if time.monotonic() >= next_scan:
+                    drain_spool(self.folder, self._sink, self._reject, skip=self.segment)
+                    next_scan = time.monotonic() + ORPHAN_SCAN_S
+                self._drain_overflow()
+                while self._drain_once():
+                    pass
+                self._rotate_if_due()
+                if self._problem:
+                    log.warning("ledger: database %s is back; spool drained", redact_url(self.url))
+                    self._problem = None
+                backoff = 0.1
+            except Exception as exc:  # the writer must never die
+                self._note_problem(exc)
+                self._notify()
+                if self._stop:
+                    return
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                self._wake.set()
+                continue
+            self._notify()
+            if self._stop:
+                return
+            time.sleep(LINGER_S)
+
+    def _note_problem(self, exc: BaseException) -> None:
+        from .store import SchemaError
+
+        what = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        if isinstance(exc, (SchemaError, ConfigError)):
+            what = str(exc)
+        if what != self._problem:
+            log.error("ledger: cannot write to %s (%s); events wait in %s",
+                      redact_url(self.url), what, self.folder)
+            self._problem = what
+
+    def _drain_overflow(self) -> None:
+        while self._overflow:
+            batch = list(self._overflow)[:BATCH_EVENTS]
+            _write_lines(self._sink, self._reject, batch)
+            for _ in batch:
+                self._overflow.popleft()
+
+    def _drain_once(self) -> bool:
+        """Write one batch from the live segment; whether there may be more."""
+        end = self._written
+        if self._committed >= end:
+            return False
+        data = os.pread(self._rfd, min(READ_BYTES, end - self._committed), self._committed)
+        lines, used = _split_lines(data)
+        if not used:
+            raise OSError("spool record longer than the read window")
+        lines = lines[:BATCH_EVENTS]
+        used = sum(len(x) + 1 for x in lines)
+        _write_lines(self._sink, self._reject, lines)
+        self._committed += used
+        _write_checkpoint(self._ckpt_fd, self._committed)
+        return self._committed < self._written
+
+    def _notify(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def pending(self) -> int:
+        """Bytes of events not yet known to be in the database (live segment + memory)."""
+        return self._written - self._committed + sum(len(x) for x in self._overflow)
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every appended event is in the database; ``False`` if time ran out
+        (the events stay safe in the spool and a later process writes them)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self.pending():
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._thread.is_alive():
+                    return False
+                self._wake.set()
+                self._cond.wait(timeout=min(left, 0.2))
+        return True
+
+    def close(self, timeout: float = 5.0) -> bool:
+        """Flush, stop the writer and release the segment (left in place if not drained)."""
+        if self._closed:
+            return True
+        done = self.flush(timeout)
+        self._stop = True
+        self._wake.set()
+        self._thread.join(timeout=max(timeout, 1.0))
+        with self._lock:
+            self._closed = True
+            self._close_segment(remove=done and not self._thread.is_alive() and not self.pending())
+        self._sink.dispose()
+        return done
+
+
+def event_id_of(line: bytes) -> str:
+    try:
+        return decode(line).event_id
+    except EventDecodeError:
+        return "(unreadable)"
+
+
+_journals: dict[tuple[str, str], Journal] = {}
+_journals_lock = threading.Lock()
+
+
+def journal_for(url: str, folder: str | os.PathLike[str] | None = None) -> Journal:
+    """This process's journal for ``url`` (made on first use, shared by every client)."""
+    path = spool_dir(url, folder)
+    key = (url, str(path))
+    with _journals_lock:
+        j = _journals.get(key)
+        if j is None or j._closed:
+            j = Journal(url, path, fsync=os.environ.get("LEDGER_SPOOL_FSYNC", "") in ("1", "true"))
+            _journals[key] = j
+        return j
+
+
+def recover(url: str, folder: str | os.PathLike[str] | None = None) -> int:
+    """Write every dead process's spool for ``url`` now (the CLI does this before each command).
+    Returns how many segments were left because their owners are alive."""
+    path = spool_dir(url, folder)
+    if not path.is_dir():
+        return 0
+    sink = _Sink(url)
+    try:
+        return drain_spool(path, sink, _Reject(path))
+    finally:
+        sink.dispose()
+
+
+def close_all(timeout: float = 5.0) -> None:
+    with _journals_lock:
+        journals = list(_journals.values())
+        _journals.clear()
+    for j in journals:
+        j.close(timeout)
+
+
+def _after_fork_in_child() -> None:
+    # The child inherited the parent's segment fds and so its flock: drop them without
+    # touching the files (they are the parent's), and start afresh on first use.
+    global _journals_lock
+    _journals_lock = threading.Lock()
+    for j in _journals.values():
+        j._closed = True
+        for fd in (j._fd, j._rfd, j._ckpt_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    _journals.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(close_all, 3.0)

@@ -1,0 +1,147 @@
+"""Schema: the ledger's tables as SQLAlchemy 2 typed models.
+
+One module owns the shape of the database; Alembic migrations (``migrations/``) build exactly
+this on SQLite and PostgreSQL, and a test runs ``alembic check`` against it.
+
+* ``events`` is append-only. Money is ``cost_nanos`` (BIGINT nano-dollars, see
+  :mod:`ledger.money`); a correction is a new row (``kind='correction'``) that points at the
+  event it corrects and carries a cost *delta*.
+* ``prices`` holds every dated price point, built-in or added; events keep the ``price_id``
+  they were priced with, so a later point never rewrites history.
+* Timestamps are :class:`UTCDateTime`: aware UTC in Python; ``timestamptz`` on PostgreSQL and
+  a naive UTC ISO string on SQLite (which sorts and compares correctly).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+__all__ = ["SCHEMA_REVISION", "Base", "EventRow", "PriceRow", "UTCDateTime", "metadata"]
+
+# The Alembic head this code writes to; tests check it equals the migrations' head.
+SCHEMA_REVISION = "0001"
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+metadata = MetaData(naming_convention=NAMING)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC in Python, whatever the database keeps."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the ledger; use timezone-aware UTC")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = metadata
+
+
+class PriceRow(Base):
+    """A dated price point (see :class:`ledger.pricing.PricePoint`)."""
+
+    __tablename__ = "prices"
+    __table_args__ = (
+        UniqueConstraint("book", "model", "effective_from"),
+        CheckConstraint("input_nanos >= 0 AND output_nanos >= 0", name="rates_not_negative"),
+    )
+
+    price_id: Mapped[str] = mapped_column(String(300), primary_key=True)
+    book: Mapped[str] = mapped_column(String(32))
+    model: Mapped[str] = mapped_column(String(200))
+    effective_from: Mapped[datetime] = mapped_column(UTCDateTime())
+    input_nanos: Mapped[int] = mapped_column(BigInteger)
+    cached_nanos: Mapped[int | None] = mapped_column(BigInteger)
+    output_nanos: Mapped[int] = mapped_column(BigInteger)
+    free: Mapped[bool] = mapped_column(Boolean)
+    source: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class EventRow(Base):
+    """One attempt (``kind='usage'``) or one correction of an earlier attempt."""
+
+    __tablename__ = "events"
+    __table_args__ = (
+        CheckConstraint("status IN ('ok', 'error', 'incomplete')", name="status_known"),
+        CheckConstraint("kind IN ('usage', 'correction')", name="kind_known"),
+        Index("ix_events_occurred_at", "occurred_at"),
+        Index("ix_events_project_occurred_at", "project", "occurred_at"),
+    )
+
+    event_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    corrects_event_id: Mapped[str | None] = mapped_column(ForeignKey("events.event_id"))
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    project: Mapped[str] = mapped_column(String(200))
+    route: Mapped[str] = mapped_column(String(16))
+    book: Mapped[str] = mapped_column(String(32))
+    requested_model: Mapped[str | None] = mapped_column(String(200))
+    served_model: Mapped[str | None] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16))
+    http_status: Mapped[int | None] = mapped_column(Integer)
+    error_type: Mapped[str | None] = mapped_column(String(100))
+    error_code: Mapped[str | None] = mapped_column(String(100))
+    stream: Mapped[bool] = mapped_column(Boolean)
+    usage_known: Mapped[bool] = mapped_column(Boolean)
+    prompt_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    cached_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    completion_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    reasoning_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    total_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    latency_us: Mapped[int | None] = mapped_column(BigInteger)
+    ttft_us: Mapped[int | None] = mapped_column(BigInteger)
+    queue_us: Mapped[int | None] = mapped_column(BigInteger)
+    prompt_us: Mapped[int | None] = mapped_column(BigInteger)
+    completion_us: Mapped[int | None] = mapped_column(BigInteger)
+    total_us: Mapped[int | None] = mapped_column(BigInteger)
+    upstream_id: Mapped[str | None] = mapped_column(String(200))
+    lava_request_id: Mapped[str | None] = mapped_column(String(200))
+    price_id: Mapped[str | None] = mapped_column(String(300))
+    cost_nanos: Mapped[int | None] = mapped_column(BigInteger)
+    free: Mapped[bool] = mapped_column(Boolean)
+    priced: Mapped[bool] = mapped_column(Boolean)
+    tags: Mapped[str] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(String(16))
+    note: Mapped[str | None] = mapped_column(String(200))

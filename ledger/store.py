@@ -1,0 +1,316 @@
+"""Store: the SQL side of the ledger (SQLAlchemy 2, SQLite or PostgreSQL).
+
+This module owns engines, schema readiness and every write to the ``events`` and ``prices``
+tables. It is never imported on the call path: the spool writer thread and the CLI import it.
+
+* :func:`make_engine` normalizes the URL (``postgresql://`` means psycopg 3), makes the SQLite
+  file owner-only, and sets WAL, a busy timeout and ``BEGIN IMMEDIATE`` for writes.
+* :func:`ensure_schema` brings a database to :data:`~ledger.schema.SCHEMA_REVISION`. An empty or
+  older database is migrated with Alembic under a lock (a file lock for SQLite, an advisory
+  lock for PostgreSQL) so several processes may open a new ledger at once; a database from
+  newer code is refused. Alembic is imported only when a migration is due.
+* :func:`insert_events` is idempotent by ``event_id`` (``ON CONFLICT DO NOTHING``): a replay
+  after a crash never counts an event twice.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, select, text
+from sqlalchemy.engine import make_url
+
+from .config import ConfigError, redact_url
+from .events import CallEvent
+from .money import Money
+from .pricing import BUILTIN_PRICES, Charge, PriceBook, PricePoint
+from .schema import SCHEMA_REVISION, EventRow, PriceRow
+
+__all__ = [
+    "SchemaError",
+    "ensure_schema",
+    "event_row",
+    "insert_events",
+    "insert_prices",
+    "load_price_book",
+    "make_engine",
+    "migrations_dir",
+    "seed_builtin_prices",
+    "write_transaction",
+]
+
+SUPPORTED = ("sqlite", "postgresql")
+_MIGRATION_LOCK_KEY = 0x6365_7265_6272_6173  # "cerebras" as a PostgreSQL advisory lock key
+
+
+class SchemaError(RuntimeError):
+    """The database's schema is not one this code can write."""
+
+
+def normalize_url(url: str) -> str:
+    try:
+        parsed = make_url(url)
+    except Exception:
+        raise ConfigError(f"not a database URL: {redact_url(url)!r}") from None
+    if parsed.get_backend_name() not in SUPPORTED:
+        raise ConfigError(f"unsupported database {parsed.get_backend_name()!r}: use sqlite or postgresql")
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file behind a SQLite URL, or ``None`` (PostgreSQL or in-memory)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    return Path(parsed.database)
+
+
+def _private_file(path: Path) -> None:
+    """Create ``path`` (and its folder) readable by the owner only, if it does not exist."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    os.close(fd)
+
+
+def make_engine(url: str) -> Engine:
+    url = normalize_url(url)
+    path = sqlite_path(url)
+    if path is not None:
+        _private_file(path)
+        engine = create_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_setup(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # let the "begin" hook issue BEGIN itself
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Connection) -> None:
+            immediate = conn.get_execution_options().get("ledger_write", False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+        return engine
+    if make_url(url).get_backend_name() == "sqlite":
+        return create_engine(url)
+    return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 5})
+
+
+@contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """A write transaction (``BEGIN IMMEDIATE`` on SQLite, so writers queue instead of failing)."""
+    with engine.connect() as conn:
+        conn = conn.execution_options(ledger_write=True)
+        with conn.begin():
+            yield conn
+
+
+def migrations_dir() -> str:
+    from . import migrations
+
+    return str(Path(migrations.__file__).parent)
+
+
+def alembic_config(conn: Connection) -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", migrations_dir())
+    cfg.attributes["connection"] = conn
+    return cfg
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        if not inspect(conn).has_table("alembic_version"):
+            return None
+        return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
+@contextmanager
+def _migration_lock(engine: Engine) -> Iterator[None]:
+    path = sqlite_path(engine.url.render_as_string(hide_password=False))
+    if path is not None:
+        lock_path = path.with_name(path.name + ".migrate-lock")
+        fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+    elif engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _MIGRATION_LOCK_KEY})
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _MIGRATION_LOCK_KEY})
+                conn.commit()
+    else:
+        yield
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Apply migrations up to ``revision`` (Alembic, batch mode on SQLite)."""
+    from alembic import command
+
+    with _migration_lock(engine), engine.begin() as conn:
+        command.upgrade(alembic_config(conn), revision)
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    from alembic import command
+
+    with _migration_lock(engine), engine.begin() as conn:
+        command.downgrade(alembic_config(conn), revision)
+
+
+def ensure_schema(engine: Engine) -> None:
+    """Make the database ready for this code's writes, migrating it if it is new or older."""
+    rev = current_revision(engine)
+    if rev == SCHEMA_REVISION:
+        return
+    known = _known_revisions()
+    if rev is not None and rev not in known:
+        raise SchemaError(f"database schema {rev!r} is newer than this cerebras-ledger; upgrade the package")
+    upgrade(engine)
+    with write_transaction(engine) as conn:
+        seed_builtin_prices(conn)
+
+
+def _known_revisions() -> set[str]:
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory(migrations_dir())
+    return {s.revision for s in script.walk_revisions()}
+
+
+def _insert(conn: Connection, table: Any) -> Any:
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table).on_conflict_do_nothing()
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(table).on_conflict_do_nothing()
+
+
+def price_row(point: PricePoint, created_at: datetime) -> dict[str, Any]:
+    return {
+        "price_id": point.price_id,
+        "book": point.book,
+        "model": point.model,
+        "effective_from": point.effective_from,
+        "input_nanos": point.input.nanos,
+        "cached_nanos": None if point.cached is None else point.cached.nanos,
+        "output_nanos": point.output.nanos,
+        "free": point.free,
+        "source": point.source,
+        "created_at": created_at,
+    }
+
+
+def insert_prices(conn: Connection, points: Iterable[PricePoint]) -> int:
+    """Add price points; a point whose id or (book, model, date) exists is left alone."""
+    now = datetime.now(UTC)
+    rows = [price_row(p, now) for p in points]
+    if not rows:
+        return 0
+    before = conn.execute(select(PriceRow.price_id)).all()
+    conn.execute(_insert(conn, PriceRow.__table__), rows)
+    after = conn.execute(select(PriceRow.price_id)).all()
+    return len(after) - len(before)
+
+
+def seed_builtin_prices(conn: Connection) -> int:
+    return insert_prices(conn, BUILTIN_PRICES)
+
+
+def load_price_book(conn: Connection) -> PriceBook:
+    rows = conn.execute(select(PriceRow.__table__)).all()
+    return PriceBook(
+        PricePoint(
+            price_id=r.price_id,
+            book=r.book,
+            model=r.model,
+            effective_from=r.effective_from,
+            input=Money(r.input_nanos),
+            cached=None if r.cached_nanos is None else Money(r.cached_nanos),
+            output=Money(r.output_nanos),
+            free=bool(r.free),
+            source=r.source,
+        )
+        for r in rows
+    )
+
+
+def _clip(value: str | None, limit: int) -> str | None:
+    """Text as the database can hold it: no NUL (PostgreSQL refuses it), at most ``limit`` chars."""
+    if value is None:
+        return None
+    return value.replace("\x00", "\ufffd")[:limit]
+
+
+def event_row(event: CallEvent, charge: Charge, recorded_at: datetime, *, kind: str = "usage",
+              corrects: str | None = None) -> dict[str, Any]:
+    u = event.usage
+    t = event.time_info
+    tags = {_clip(k, 200): _clip(v, 1000) for k, v in event.tags}
+    return {
+        "event_id": event.event_id,
+        "kind": kind,
+        "corrects_event_id": corrects,
+        "occurred_at": event.occurred_at,
+        "recorded_at": recorded_at,
+        "project": _clip(event.project, 200),
+        "route": event.route,
+        "book": event.book,
+        "requested_model": _clip(event.requested_model, 200),
+        "served_model": _clip(event.served_model, 200),
+        "status": event.status,
+        "http_status": event.http_status,
+        "error_type": _clip(event.error_type, 100),
+        "error_code": _clip(event.error_code, 100),
+        "stream": event.stream,
+        "usage_known": u is not None,
+        "prompt_tokens": u and u.prompt_tokens,
+        "cached_tokens": u and u.cached_tokens,
+        "completion_tokens": u and u.completion_tokens,
+        "reasoning_tokens": u and u.reasoning_tokens,
+        "total_tokens": u and u.total_tokens,
+        "latency_us": event.latency_us,
+        "ttft_us": event.ttft_us,
+        "queue_us": t and t.queue_us,
+        "prompt_us": t and t.prompt_us,
+        "completion_us": t and t.completion_us,
+        "total_us": t and t.total_us,
+        "upstream_id": _clip(event.upstream_id, 200),
+        "lava_request_id": _clip(event.lava_request_id, 200),
+        "price_id": charge.price_id,
+        "cost_nanos": None if charge.cost is None else charge.cost.nanos,
+        "free": charge.free,
+        "priced": charge.priced,
+        "tags": json.dumps(tags, sort_keys=True, ensure_ascii=False),
+        "source": _clip(event.source, 16),
+        "note": _clip(event.note, 200),
+    }
+
+
+def insert_events(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert event rows; rows whose ``event_id`` is already there are skipped."""
+    if rows:
+        conn.execute(_insert(conn, EventRow.__table__), list(rows))

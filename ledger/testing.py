@@ -1,0 +1,291 @@
+"""Testing: a stand-in for Cerebras (and Lava's forward proxy) on loopback, for your own tests.
+
+:class:`StandIn` is a real HTTP/1.1 server on ``127.0.0.1`` that speaks the wire format of
+``shared/wire``: chat completions with ``usage`` and ``time_info``, streams whose final chunk
+carries usage (with or without ``data: [DONE]``), flat error bodies, a 403 ``{"detail": ...}``
+when there is no ``Authorization``, Lava's ``/v1/forward?u=…`` with ``x-lava-request-id``, the
+SDK's ``/v1/tcp_warming`` and the public price feed ``/public/v1/models``.
+
+Scenarios pick misbehaviour per request: send header ``x-standin-scenario: NAME`` or queue them
+with :meth:`StandIn.queue`. ``served`` lists every completion the server actually delivered
+whole, so tests can compare ledger totals with what the upstream really served.
+
+>>> with StandIn() as upstream:                                         # doctest: +SKIP
+...     client = CerebrasClient(project="p", api_key="k", base_url=upstream.base_url)
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import socket
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+__all__ = ["SCENARIOS", "Served", "StandIn", "usage_for"]
+
+SCENARIOS = (
+    "ok", "rate_limit", "token_quota", "server_error", "wrong_key", "not_found", "no_done",
+    "stream_error", "cut", "no_usage", "malformed", "non_utf8", "negative_usage", "gzip", "slow",
+    "hang", "cached", "reset",
+)
+
+DEFAULT_FEED: dict[str, Any] = {"object": "list", "data": [
+    {"id": "gpt-oss-120b", "object": "model", "pricing": {"prompt": "0.00000035", "completion": "0.00000075"},
+     "deprecated": False, "preview": False},
+]}
+
+ERRORS: dict[str, tuple[int, dict[str, Any]]] = {
+    "wrong_key": (401, {"message": "Wrong API Key", "type": "invalid_request_error", "param": "api_key",
+                        "code": "wrong_api_key"}),
+    "not_found": (404, {"message": "Model does not exist or you do not have access to it.",
+                        "type": "not_found_error", "param": "model", "code": "model_not_found"}),
+    "rate_limit": (429, {"message": "We're experiencing high traffic right now! Please try again soon.",
+                         "type": "too_many_requests_error", "param": "queue", "code": "queue_exceeded"}),
+    "token_quota": (429, {"message": "Tokens per minute limit exceeded - too many tokens processed.",
+                          "type": "too_many_tokens_error", "param": "quota", "code": "token_quota_exceeded"}),
+    "server_error": (500, {"message": "Internal server error", "type": "server_error", "param": "",
+                           "code": "internal_error"}),
+}
+
+
+@dataclass(frozen=True)
+class Served:
+    """A completion the stand-in delivered whole (its usage reached the client)."""
+
+    upstream_id: str
+    model: str
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+    reasoning_tokens: int
+    stream: bool
+    via_lava: bool
+
+
+def usage_for(body: dict[str, Any], scenario: str) -> dict[str, Any]:
+    """Deterministic usage for a request: prompt tokens from its words, completion from max_tokens."""
+    words = 0
+    for m in body.get("messages") or []:
+        content = m.get("content") if isinstance(m, dict) else None
+        if isinstance(content, str):
+            words += len(content.split())
+    prompt = 10 + words
+    completion = int(body.get("max_tokens") or body.get("max_completion_tokens") or 12)
+    model = str(body.get("model", ""))
+    reasoning = completion // 3 if model.startswith("gpt-oss") else 0
+    cached = prompt // 2 if scenario == "cached" else 0
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cached},
+            "completion_tokens_details": {"accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0,
+                                          "reasoning_tokens": reasoning}}
+
+
+def _time_info() -> dict[str, float]:
+    return {"queue_time": 0.000533844, "prompt_time": 0.00128098, "completion_time": 0.003694258,
+            "total_time": 0.007519960403442383, "created": time.time()}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:  # never log requests (they hold keys)
+        pass
+
+    def _send_json(self, status: int, body: Any, headers: dict[str, str] | None = None,
+                   raw: bytes | None = None) -> None:
+        data = raw if raw is not None else json.dumps(body).encode()
+        gz = headers and headers.pop("x-gzip", None)
+        if gz:
+            data = gzip.compress(data)
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        if gz:
+            self.send_header("content-encoding", "gzip")
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        path = urlsplit(self.path).path
+        if path == "/public/v1/models":
+            self._send_json(200, self.server.owner.models_feed)
+        elif path == "/v1/tcp_warming":
+            self._send_json(200, {})
+        else:
+            self._send_json(404, {"detail": "Not Found"})
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        parts = urlsplit(self.path)
+        headers: dict[str, str] = {}
+        via_lava = False
+        if parts.path == "/v1/forward":
+            target = unquote((parse_qs(parts.query).get("u") or [""])[0])
+            if not target.endswith("/v1/chat/completions"):
+                return self._send_json(400, {"message": "unsupported forward target", "type": "invalid_request_error"})
+            headers["x-lava-request-id"] = f"req_{uuid.uuid4().hex[:24]}"
+            via_lava = True
+        elif parts.path != "/v1/chat/completions":
+            return self._send_json(404, {"detail": "Not Found"})
+        if not self.headers.get("authorization"):
+            return self._send_json(403, {"detail": "Not authenticated"}, headers)
+        try:
+            body = json.loads(raw)
+            assert isinstance(body, dict)
+        except Exception:
+            return self._send_json(400, {"message": "invalid JSON body", "type": "invalid_request_error",
+                                         "param": "", "code": "bad_request"}, headers)
+        scenario = self.headers.get("x-standin-scenario") or self.server.owner.next_scenario()
+        self.server.owner.requests += 1
+        if scenario in ERRORS:
+            status, err = ERRORS[scenario]
+            return self._send_json(status, err, headers)
+        if scenario == "slow":
+            time.sleep(0.3)
+        if body.get("stream"):
+            return self._stream(body, scenario, headers, via_lava)
+        self._complete(body, scenario, headers, via_lava)
+
+    def _complete(self, body: dict[str, Any], scenario: str, headers: dict[str, str], via_lava: bool) -> None:
+        if scenario == "malformed":
+            return self._send_json(200, None, headers, raw=b'{"id": "chatcmpl-broken", "choices": [')
+        if scenario == "non_utf8":
+            return self._send_json(200, None, headers, raw=b'\xff\xfe{"id": \x80\x81}')
+        if scenario == "reset":
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return None
+        model = str(body.get("model"))
+        usage = usage_for(body, scenario)
+        if scenario == "negative_usage":
+            usage["prompt_tokens"] = -5
+        cid = f"chatcmpl-{uuid.uuid4()}"
+        payload: dict[str, Any] = {
+            "id": cid,
+            "choices": [{"finish_reason": "stop", "index": 0,
+                         "message": {"role": "assistant", "content": "word " * usage["completion_tokens"]}}],
+            "created": int(time.time()), "model": model, "object": "chat.completion",
+            "system_fingerprint": "fp_standin", "time_info": _time_info(),
+        }
+        if scenario != "no_usage":
+            payload["usage"] = usage
+        if scenario == "gzip":
+            headers["x-gzip"] = "1"
+        self._send_json(200, payload, headers)
+        if scenario not in ("no_usage", "negative_usage"):
+            self.server.owner.record(cid, model, usage, stream=False, via_lava=via_lava)
+
+    def _chunk(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
+
+    def _stream(self, body: dict[str, Any], scenario: str, headers: dict[str, str], via_lava: bool) -> None:
+        model = str(body.get("model"))
+        usage = usage_for(body, scenario)
+        cid = f"chatcmpl-{uuid.uuid4()}"
+        base = {"id": cid, "created": int(time.time()), "model": model, "system_fingerprint": "fp_standin",
+                "object": "chat.completion.chunk"}
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("transfer-encoding", "chunked")
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.end_headers()
+
+        def event(obj: dict[str, Any]) -> None:
+            self._chunk(b"data: " + json.dumps(obj).encode() + b"\n\n")
+
+        try:
+            event({**base, "choices": [{"delta": {"role": "assistant"}, "index": 0}]})
+            n = usage["completion_tokens"]
+            for i in range(n if scenario != "hang" else 10**9):
+                event({**base, "choices": [{"delta": {"content": "word "}, "index": 0}]})
+                if scenario == "hang":
+                    time.sleep(0.05)
+                if scenario == "cut" and i >= n // 2:
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)  # cut mid-stream, no final chunk
+                    return
+                if scenario == "stream_error" and i >= n // 2:
+                    event({"error": {"id": cid, "code": "internal_error", "message": "stream failed",
+                                     "param": "", "type": "server_error"}, "status_code": 500})
+                    self._chunk(b"")
+                    return
+            event({**base, "choices": [{"delta": {}, "finish_reason": "stop", "index": 0}],
+                   "usage": usage, "time_info": _time_info()})
+            if scenario != "no_done":
+                self._chunk(b"data: [DONE]\n\n")
+            self._chunk(b"")
+            self.server.owner.record(cid, model, usage, stream=True, via_lava=via_lava)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    owner: StandIn
+
+
+class StandIn:
+    """The loopback stand-in upstream. Use as a context manager, or call start()/stop()."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._server = _Server((host, port), _Handler)
+        self._server.owner = self
+        self._thread = threading.Thread(target=self._server.serve_forever, name="standin", daemon=True)
+        self._scenarios: deque[str] = deque()
+        self._lock = threading.Lock()
+        self.served: list[Served] = []
+        self.requests = 0
+        self.models_feed: dict[str, Any] = json.loads(json.dumps(DEFAULT_FEED))
+
+    @property
+    def base_url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def queue(self, *scenarios: str) -> None:
+        """Force the scenario of the next requests, in order."""
+        for s in scenarios:
+            if s not in SCENARIOS:
+                raise ValueError(f"unknown scenario {s!r}")
+        with self._lock:
+            self._scenarios.extend(scenarios)
+
+    def next_scenario(self) -> str:
+        with self._lock:
+            return self._scenarios.popleft() if self._scenarios else "ok"
+
+    def record(self, cid: str, model: str, usage: dict[str, Any], *, stream: bool, via_lava: bool) -> None:
+        with self._lock:
+            self.served.append(Served(cid, model, usage["prompt_tokens"],
+                                      usage["prompt_tokens_details"]["cached_tokens"],
+                                      usage["completion_tokens"],
+                                      usage["completion_tokens_details"]["reasoning_tokens"], stream, via_lava))
+
+    def start(self) -> StandIn:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> StandIn:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,516 @@
+"""Transport: the one place where a chat-completion exchange becomes a :class:`CallEvent`.
+
+:class:`RecordingTransport` (and :class:`AsyncRecordingTransport`) wrap any httpx (or httpx2)
+transport, following httpx's own contract: ``handle_request(request) -> response``, with the
+response body wrapped by a stream whose ``__iter__`` passes chunks through untouched and whose
+``close()`` does the bookkeeping. Every ``/v1/chat/completions`` attempt (direct, or through
+Lava's ``/v1/forward?u=…``) yields exactly one event, handed to the journal when the attempt ends:
+
+* ``ok``: the body (JSON, or the event stream) arrived whole; usage read from the wire.
+* ``error``: an HTTP error status, an error event inside a stream, or a transport failure
+  (connect error, timeout) before any response. The exception or response reaches the caller
+  unchanged.
+* ``incomplete``: the body was cut (connection reset, read timeout) or the caller stopped
+  reading; whatever is known is kept, usage is marked unknown.
+
+Accounting never breaks a call: any failure in here is logged and the response goes through.
+The request's ``x-ledger-project`` / ``x-ledger-tags`` headers, if any, are read and removed
+before the request leaves the process. :func:`instrument` fits this transport into an existing
+``httpx.Client`` / ``AsyncClient`` (or their httpx2 twins), e.g. the one handed to the official
+``cerebras-cloud-sdk`` or ``openai`` client as ``http_client=``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+import time
+import zlib
+from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import ModuleType
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, unquote
+
+import httpx
+
+from .config import ConfigError, check_project, is_lava_byok
+from .config import database_url as resolve_url
+from .events import CallEvent, Route, Status, new_event_id, normalize_tags
+from .journal import Journal, journal_for
+from .wire import SSEDecoder, TimeInfo, Usage, error_from, time_info_from, usage_from
+
+__all__ = ["AsyncRecordingTransport", "RecordingTransport", "instrument"]
+
+log = logging.getLogger("ledger")
+
+PROJECT_HEADER = "x-ledger-project"
+TAGS_HEADER = "x-ledger-tags"
+MAX_JSON_BODY = 16 * 1024 * 1024  # we keep at most this much of a JSON body to read usage from
+
+
+@functools.lru_cache(maxsize=32)
+def _book_for_forward(authorization: str) -> str:
+    token = authorization.removeprefix("Bearer ").removeprefix("bearer ")
+    return "cerebras" if is_lava_byok(token) else "lava"
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    route: Route
+    book: str
+
+
+def _target(request: Any) -> _Target | None:
+    """Whether ``request`` is a chat completion, and by which route."""
+    path: str = request.url.path
+    if path.endswith("/chat/completions"):
+        return _Target("cerebras", "cerebras")
+    if path.endswith("/v1/forward"):
+        query = request.url.query
+        raw = query.decode("ascii", "replace") if isinstance(query, bytes) else str(query)
+        targets = parse_qs(raw).get("u")
+        if targets and unquote(targets[0]).split("?", 1)[0].endswith("/chat/completions"):
+            return _Target("lava", _book_for_forward(request.headers.get("authorization", "")))
+    return None
+
+
+def _parse_tags_header(value: str) -> dict[str, str]:
+    value = value.strip()
+    if value.startswith("{"):
+        parsed = json.loads(value)
+        if not isinstance(parsed, dict):
+            raise ValueError("tags header is not an object")
+        return {str(k): str(v) for k, v in parsed.items()}
+    pairs = (p.split("=", 1) for p in value.split(",") if p.strip())
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+class _Decoder:
+    """Content-Encoding undone for our own copy of the body (gzip and deflate, via zlib)."""
+
+    def __init__(self, encoding: str) -> None:
+        self.supported = encoding in ("", "identity", "gzip", "x-gzip", "deflate")
+        self._z = None if encoding in ("", "identity") else zlib.decompressobj(zlib.MAX_WBITS | 32)
+
+    def __call__(self, chunk: bytes) -> bytes:
+        return chunk if self._z is None else self._z.decompress(chunk)
+
+
+class Attempt:
+    """One attempt's facts as they arrive; :meth:`finish` turns them into exactly one event."""
+
+    def __init__(self, journal: Journal, target: _Target, project: str, tags: tuple[tuple[str, str], ...],
+                 model: str | None, source: str) -> None:
+        self.journal = journal
+        self.target = target
+        self.project = project
+        self.tags = tags
+        self.requested_model = model
+        self.source = source
+        self.occurred_at = datetime.now(UTC)
+        self.t0 = time.perf_counter()
+        self.http_status: int | None = None
+        self.lava_request_id: str | None = None
+        self.stream = False
+        self.ttft_us: int | None = None
+        self.served_model: str | None = None
+        self.upstream_id: str | None = None
+        self.usage: Usage | None = None
+        self.time_info: TimeInfo | None = None
+        self.error_type: str | None = None
+        self.error_code: str | None = None
+        self.note: str | None = None
+        self.done = False
+
+    def finish(self, status: Status, note: str | None = None) -> None:
+        if self.done:
+            return
+        self.done = True
+        try:
+            event = CallEvent(
+                event_id=new_event_id(),
+                occurred_at=self.occurred_at,
+                project=self.project,
+                route=self.target.route,
+                book=self.target.book,
+                requested_model=self.requested_model,
+                served_model=self.served_model,
+                status=status,
+                http_status=self.http_status,
+                error_type=self.error_type,
+                error_code=self.error_code,
+                stream=self.stream,
+                usage=self.usage,  # kept even when the body was cut after it arrived
+                latency_us=int((time.perf_counter() - self.t0) * 1_000_000),
+                ttft_us=self.ttft_us,
+                time_info=self.time_info,
+                upstream_id=self.upstream_id,
+                lava_request_id=self.lava_request_id,
+                tags=self.tags,
+                source=self.source,
+                note=note or self.note,
+            )
+            self.journal.append(event)
+        except Exception:  # accounting must never break the call
+            log.exception("ledger: could not record an attempt for project %r", self.project)
+
+    def failed(self, exc: BaseException) -> None:
+        """The transport raised before a response: an ``error`` event named after the exception."""
+        self.error_type = type(exc).__name__
+        self.finish("error", "no response from upstream")
+
+    def on_response(self, response: Any) -> None:
+        self.http_status = response.status_code
+        self.lava_request_id = response.headers.get("x-lava-request-id")
+        self.stream = response.headers.get("content-type", "").startswith("text/event-stream")
+
+    def read_body(self, body: bytes) -> None:
+        """A whole JSON body (success or error) has arrived."""
+        try:
+            parsed = json.loads(body) if body else None
+        except ValueError:
+            parsed = None
+        status = self.http_status or 0
+        if status >= 400:
+            err = error_from(status, parsed)
+            self.error_type, self.error_code = err.type, err.code
+            self.finish("error")
+            return
+        if not isinstance(parsed, Mapping):
+            self.finish("ok", "response body is not a JSON object")
+            return
+        self._read_completion(parsed)
+        self.finish("ok")
+
+    def _read_completion(self, body: Mapping[str, Any]) -> None:
+        model, rid = body.get("model"), body.get("id")
+        self.served_model = model if isinstance(model, str) else self.served_model
+        self.upstream_id = rid if isinstance(rid, str) else self.upstream_id
+        if "usage" in body or "time_info" in body:
+            self.usage, self.note = usage_from(body)
+            self.time_info = time_info_from(body) or self.time_info
+        elif self.usage is None:
+            self.note = "no usage in response"
+
+    def read_event(self, data: str) -> bool:
+        """One SSE ``data:`` payload. Returns ``True`` when it was an in-stream error."""
+        if self.ttft_us is None:
+            self.ttft_us = int((time.perf_counter() - self.t0) * 1_000_000)
+        elif not ('"usage"' in data or '"error"' in data or self.upstream_id is None):
+            return False  # a plain content delta: nothing for the ledger in it
+        if data.strip() == "[DONE]":
+            return False
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            self.note = "malformed event in stream"
+            return False
+        if not isinstance(chunk, Mapping):
+            return False
+        if isinstance(chunk.get("error"), Mapping):
+            err = error_from(self.http_status, chunk)
+            self.http_status, self.error_type, self.error_code = err.status, err.type, err.code
+            return True
+        self._read_completion(chunk)
+        return False
+
+
+class _BodyTap:
+    """What the sync and async body wrappers share: decode a copy, read it, finish once."""
+
+    def __init__(self, attempt: Attempt, encoding: str) -> None:
+        self.attempt = attempt
+        self.decoder = _Decoder(encoding)
+        self.sse = SSEDecoder() if attempt.stream else None
+        self.buf: list[bytes] = []
+        self.size = 0
+        self.errored = False
+
+    def feed(self, chunk: bytes) -> None:
+        if self.attempt.done:
+            return
+        try:
+            if not self.decoder.supported:
+                return
+            data = self.decoder(chunk)
+            if self.sse is None:
+                self.size += len(data)
+                if self.size <= MAX_JSON_BODY:
+                    self.buf.append(data)
+                return
+            for ev in self.sse.feed(data):
+                self.errored |= self.attempt.read_event(ev.data)
+        except Exception:
+            log.exception("ledger: could not read a response chunk")
+            self.attempt.note = "response could not be decoded"
+
+    def end(self) -> None:
+        """The body arrived whole."""
+        a = self.attempt
+        if a.done:
+            return
+        try:
+            if not self.decoder.supported:
+                a.finish("error" if (a.http_status or 0) >= 400 else "ok", "unsupported content-encoding")
+            elif self.sse is None:
+                if self.size > MAX_JSON_BODY:
+                    a.finish("ok", "response too large to read usage from")
+                else:
+                    a.read_body(b"".join(self.buf))
+            else:
+                for ev in self.sse.close():
+                    self.errored |= a.read_event(ev.data)
+                if self.errored or (a.http_status or 0) >= 400:
+                    a.finish("error")
+                elif a.usage is None and a.note is None:
+                    a.finish("incomplete", "stream ended before usage arrived")
+                else:
+                    a.finish("ok")
+        except Exception:
+            log.exception("ledger: could not read a response body")
+            a.finish("ok", "response could not be read")
+
+    def cut(self, why: str) -> None:
+        """The body stopped early: a read error, or the caller closed it unread."""
+        a = self.attempt
+        if a.done:
+            return
+        a.finish("error" if self.errored or (a.http_status or 0) >= 400 else "incomplete", why)
+
+
+@functools.cache
+def _sync_stream_class(mod: ModuleType) -> type:
+    base: type = mod.SyncByteStream
+
+    class RecordingStream(base):  # type: ignore[valid-type, misc]
+        def __init__(self, inner: Any, tap: _BodyTap) -> None:
+            self._inner = inner
+            self._tap = tap
+
+        def __iter__(self) -> Iterator[bytes]:
+            try:
+                for chunk in self._inner:
+                    self._tap.feed(chunk)
+                    yield chunk
+            except BaseException as exc:
+                self._tap.cut(f"body cut: {type(exc).__name__}")
+                raise
+            self._tap.end()
+
+        def close(self) -> None:
+            try:
+                self._inner.close()
+            finally:
+                self._tap.cut("response closed before the body was read")
+
+        def __del__(self) -> None:
+            if not self._tap.attempt.done:
+                self._tap.cut("response abandoned before the body was read")
+
+    return RecordingStream
+
+
+@functools.cache
+def _async_stream_class(mod: ModuleType) -> type:
+    base: type = mod.AsyncByteStream
+
+    class AsyncRecordingStream(base):  # type: ignore[valid-type, misc]
+        def __init__(self, inner: Any, tap: _BodyTap) -> None:
+            self._inner = inner
+            self._tap = tap
+
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            try:
+                async for chunk in self._inner:
+                    self._tap.feed(chunk)
+                    yield chunk
+            except BaseException as exc:
+                self._tap.cut(f"body cut: {type(exc).__name__}")
+                raise
+            self._tap.end()
+
+        async def aclose(self) -> None:
+            try:
+                await self._inner.aclose()
+            finally:
+                self._tap.cut("response closed before the body was read")
+
+        def __del__(self) -> None:
+            if not self._tap.attempt.done:
+                self._tap.cut("response abandoned before the body was read")
+
+    return AsyncRecordingStream
+
+
+def _module_of(obj: Any) -> ModuleType:
+    return sys.modules[type(obj).__module__.split(".", 1)[0]]
+
+
+class _Recorder:
+    """Settings and request-side work shared by the sync and async transports."""
+
+    def __init__(self, project: str | None, tags: Mapping[str, Any] | None, database_url: str | None,
+                 spool_dir: str | None, journal: Journal | None, source: str) -> None:
+        default = project or os.environ.get("LEDGER_PROJECT")
+        self.project = check_project(default) if default else None
+        self.tags = normalize_tags(tags)
+        self.journal = journal or journal_for(resolve_url(database_url), spool_dir)
+        self.source = source
+
+    def begin(self, request: Any) -> Attempt | None:
+        try:
+            target = _target(request)
+            if target is None:
+                return None
+            headers = request.headers
+            project = self.project
+            tags = self.tags
+            model: str | None = None
+            ext = request.extensions.get("ledger")
+            if ext:
+                project = ext.get("project") or project
+                if ext.get("tags"):
+                    tags = normalize_tags({**dict(tags), **ext["tags"]})
+                model = ext.get("model")
+            if PROJECT_HEADER in headers:
+                project = check_project(headers.pop(PROJECT_HEADER))
+            if TAGS_HEADER in headers:
+                tags = normalize_tags({**dict(tags), **_parse_tags_header(headers.pop(TAGS_HEADER))})
+            if project is None:
+                raise ConfigError("no project: pass project=..., set LEDGER_PROJECT or send x-ledger-project")
+            if model is None:
+                model = _requested_model(request)
+            return Attempt(self.journal, target, project, tags, model, self.source)
+        except Exception:
+            log.exception("ledger: could not start recording a request; it goes unrecorded")
+            return None
+
+    def wrap(self, attempt: Attempt, response: Any, *, is_async: bool) -> Any:
+        try:
+            attempt.on_response(response)
+            tap = _BodyTap(attempt, response.headers.get("content-encoding", "").lower().strip())
+            mod = _module_of(response)
+            cls = _async_stream_class(mod) if is_async else _sync_stream_class(mod)
+            response.stream = cls(response.stream, tap)
+        except Exception:
+            log.exception("ledger: could not watch a response; recorded without its body")
+            attempt.finish("ok" if response.status_code < 400 else "error", "response not readable by ledger")
+        return response
+
+
+def _requested_model(request: Any) -> str | None:
+    try:
+        body = json.loads(request.content)
+    except Exception:
+        return None
+    model = body.get("model") if isinstance(body, dict) else None
+    return model if isinstance(model, str) else None
+
+
+class RecordingTransport(httpx.BaseTransport):
+    """A sync transport that records every chat completion sent through ``inner``.
+
+    Args:
+        inner: the transport that does the I/O (default ``httpx.HTTPTransport()``).
+        project: default project (else ``LEDGER_PROJECT``); ``x-ledger-project`` overrides.
+        tags: default tags; ``x-ledger-tags`` (``k=v,k=v`` or a JSON object) adds to them.
+        database_url / spool_dir: which ledger; default from the environment.
+    """
+
+    def __init__(self, inner: Any = None, *, project: str | None = None, tags: Mapping[str, Any] | None = None,
+                 database_url: str | None = None, spool_dir: str | None = None,
+                 journal: Journal | None = None, source: str = "transport", flush_timeout: float = 5.0) -> None:
+        self.inner = inner if inner is not None else httpx.HTTPTransport()
+        self.recorder = _Recorder(project, tags, database_url, spool_dir, journal, source)
+        self.flush_timeout = flush_timeout
+
+    @property
+    def journal(self) -> Journal:
+        return self.recorder.journal
+
+    def handle_request(self, request: Any) -> Any:
+        attempt = self.recorder.begin(request)
+        if attempt is None:
+            return self.inner.handle_request(request)
+        try:
+            response = self.inner.handle_request(request)
+        except BaseException as exc:
+            attempt.failed(exc)
+            raise
+        return self.recorder.wrap(attempt, response, is_async=False)
+
+    def close(self) -> None:
+        try:
+            self.inner.close()
+        finally:
+            self.recorder.journal.flush(self.flush_timeout)
+
+
+class AsyncRecordingTransport(httpx.AsyncBaseTransport):
+    """The async twin of :class:`RecordingTransport` (same arguments)."""
+
+    def __init__(self, inner: Any = None, *, project: str | None = None, tags: Mapping[str, Any] | None = None,
+                 database_url: str | None = None, spool_dir: str | None = None,
+                 journal: Journal | None = None, source: str = "transport", flush_timeout: float = 5.0) -> None:
+        self.inner = inner if inner is not None else httpx.AsyncHTTPTransport()
+        self.recorder = _Recorder(project, tags, database_url, spool_dir, journal, source)
+        self.flush_timeout = flush_timeout
+
+    @property
+    def journal(self) -> Journal:
+        return self.recorder.journal
+
+    async def handle_async_request(self, request: Any) -> Any:
+        attempt = self.recorder.begin(request)
+        if attempt is None:
+            return await self.inner.handle_async_request(request)
+        try:
+            response = await self.inner.handle_async_request(request)
+        except BaseException as exc:
+            attempt.failed(exc)
+            raise
+        return self.recorder.wrap(attempt, response, is_async=True)
+
+    async def aclose(self) -> None:
+        try:
+            await self.inner.aclose()
+        finally:
+            # flush() blocks briefly; run it off the event loop
+            import asyncio
+
+            await asyncio.to_thread(self.recorder.journal.flush, self.flush_timeout)
+
+
+_C = TypeVar("_C")
+
+
+def instrument(http_client: _C, *, project: str | None = None, tags: Mapping[str, Any] | None = None,
+               database_url: str | None = None, spool_dir: str | None = None) -> _C:
+    """Make ``http_client`` record every chat completion it sends, and return it.
+
+    Works on ``httpx.Client`` / ``httpx.AsyncClient`` and on their ``httpx2`` twins (which
+    ``openai`` >= 3 is built on). Its transport, and any mounted transports, are wrapped in
+    place, so pass the result as ``http_client=`` to ``cerebras.cloud.sdk.Cerebras`` or
+    ``openai.OpenAI`` (or their async clients)::
+
+        client = Cerebras(http_client=ledger.instrument(httpx.Client(), project="search"))
+    """
+    is_async = hasattr(http_client, "aclose") and not hasattr(http_client, "close")
+    if not hasattr(http_client, "_transport") or not hasattr(http_client, "_mounts"):
+        raise TypeError(f"instrument() takes an httpx or httpx2 client, not {type(http_client).__name__}")
+    if isinstance(http_client._transport, (RecordingTransport, AsyncRecordingTransport)):  # type: ignore[attr-defined]
+        return http_client  # already instrumented
+    cls: type = AsyncRecordingTransport if is_async else RecordingTransport
+    first = cls(http_client._transport, project=project, tags=tags, database_url=database_url,  # type: ignore[attr-defined]
+                spool_dir=spool_dir)
+    http_client._transport = first  # type: ignore[attr-defined]
+    mounts = http_client._mounts  # type: ignore[attr-defined]
+    for pattern, transport in list(mounts.items()):
+        if transport is not None:
+            mounts[pattern] = cls(transport, journal=first.journal, project=project, tags=tags)
+    return http_client

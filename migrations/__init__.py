@@ -1,0 +1,1 @@
+"""Alembic migrations for the ledger (installed as ``ledger.migrations``)."""
