@@ -155,6 +155,10 @@ class Stream:
             for data in self.response.iter_bytes():
                 yield from _chunks_from(decoder, data, self.response)
             yield from _chunks_from(decoder, None, self.response)
+        except httpx.TimeoutException:
+            raise APITimeoutError(self.response.request) from None
+        except httpx.TransportError as exc:
+            raise APIConnectionError(request=self.response.request) from exc
         finally:
             self.response.close()
 
@@ -190,6 +194,10 @@ class AsyncStream:
                     yield chunk
             for chunk in _chunks_from(decoder, None, self.response):
                 yield chunk
+        except httpx.TimeoutException:
+            raise APITimeoutError(self.response.request) from None
+        except httpx.TransportError as exc:
+            raise APIConnectionError(request=self.response.request) from exc
         finally:
             await self.response.aclose()
 

@@ -35,6 +35,7 @@ __all__ = [
     "database_url",
     "is_lava_byok",
     "ledger_home",
+    "private_dir",
     "redact_url",
     "spool_dir",
 ]
@@ -74,6 +75,17 @@ def redact_url(url: str) -> str:
     creds, _, host = rest.rpartition("@")
     user = creds.split(":", 1)[0]
     return f"{scheme}://{user}:***@{host}" if ":" in creds else url
+
+
+def private_dir(path: Path) -> None:
+    """Make ``path`` and any missing parents, each readable by the owner only (0700)."""
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        d.mkdir(mode=0o700, exist_ok=True)
 
 
 def spool_dir(url: str, explicit: str | os.PathLike[str] | None = None,

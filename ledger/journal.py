@@ -39,7 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .config import ConfigError, redact_url, spool_dir
+from .config import ConfigError, private_dir, redact_url, spool_dir
 from .events import CallEvent, EventDecodeError, decode, encode
 
 if TYPE_CHECKING:
@@ -67,10 +67,6 @@ def check_url(url: str) -> str:
     if scheme not in ("sqlite", "postgresql", "postgres") or "://" not in url:
         raise ConfigError(f"unsupported database URL {redact_url(url)!r}: use sqlite:/// or postgresql://")
     return url
-
-
-def _private_dir(path: Path) -> None:
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -267,7 +263,7 @@ class Journal:
         self._committed = 0  # bytes of it known to be in the database
         self._problem: str | None = None
         self._closed = False
-        _private_dir(folder)
+        private_dir(folder)
         self._open_segment()
         self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
         self._thread.start()

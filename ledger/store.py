@@ -27,7 +27,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, select, text
 from sqlalchemy.engine import make_url
 
-from .config import ConfigError, redact_url
+from .config import ConfigError, private_dir, redact_url
 from .events import CallEvent
 from .money import Money
 from .pricing import BUILTIN_PRICES, Charge, PriceBook, PricePoint
@@ -76,7 +76,7 @@ def sqlite_path(url: str) -> Path | None:
 
 def _private_file(path: Path) -> None:
     """Create ``path`` (and its folder) readable by the owner only, if it does not exist."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(path.parent)
     fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
     os.close(fd)
 

@@ -1,0 +1,563 @@
+"""The ``cerebras-ledger`` command line: a thin click layer over library calls.
+
+Every command has ``--help`` with an example. Output is for people by default; listings take
+``--format csv|json``. Bad input (arguments, config, price or import files, an unreachable
+database) ends with one ``error: …`` line on stderr and a non-zero exit (2 for usage
+mistakes, 1 for everything else), never a traceback. Commands that open the ledger first write
+what dead processes left in its spool.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, date, datetime, time
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from .config import ConfigError, database_url, redact_url
+
+F = TypeVar("F", bound=Callable[..., Any])
+FORMATS = ("table", "csv", "json")
+
+
+class UserError(click.ClickException):
+    """A one-line problem with what the user asked for."""
+
+
+def _parse_when(value: str, name: str, *, end: bool = False) -> datetime:
+    """A date (``2026-11-01``, midnight UTC) or an ISO timestamp with zone, as aware UTC."""
+    try:
+        if len(value) == 10:
+            d = date.fromisoformat(value)
+            return datetime.combine(d, time(0), tzinfo=UTC)
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise UserError(f"{name}: {value!r} is not a date (YYYY-MM-DD) or ISO 8601 timestamp") from None
+    if parsed.tzinfo is None:
+        raise UserError(f"{name}: {value!r} needs a time zone (e.g. Z)")
+    return parsed.astimezone(UTC)
+
+
+def _rows_out(rows: Sequence[dict[str, Any]], fmt: str, columns: Sequence[str]) -> None:
+    if fmt == "json":
+        click.echo(json.dumps(list(rows), indent=2, ensure_ascii=False, default=str))
+    elif fmt == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(columns)
+        for r in rows:
+            writer.writerow(["" if r[c] is None else r[c] for c in columns])
+    else:
+        cells = [[str(c) for c in columns]] + [["" if r[c] is None else str(r[c]) for c in columns] for r in rows]
+        widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+        for n, row in enumerate(cells):
+            click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+            if n == 0:
+                click.echo("  ".join("-" * w for w in widths))
+
+
+def format_option(choices: Sequence[str] = FORMATS, default: str = "table") -> Callable[[F], F]:
+    return click.option("--format", "fmt", type=click.Choice(list(choices)), default=default, show_default=True,
+                        help="Output for people (table) or machines.")
+
+
+@contextmanager
+def _engine(ctx: click.Context, *, recover: bool = True) -> Iterator[Any]:
+    """An engine on the chosen ledger, schema ready, dead processes' spools written first."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from . import journal, store
+
+    url = ctx.obj["url"]
+    engine = store.make_engine(url)
+    try:
+        try:
+            store.ensure_schema(engine)
+            if recover:
+                journal.recover(url)
+        except SQLAlchemyError as exc:
+            raise UserError(f"database {redact_url(url)} unreachable or unusable: "
+                            f"{str(exc.orig if hasattr(exc, 'orig') else exc).splitlines()[0][:200]}") from None
+        yield engine
+    finally:
+        engine.dispose()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--database-url", "db_url", envvar="LEDGER_DATABASE_URL", default=None, metavar="URL",
+              help="SQLAlchemy URL of the ledger (default: the embedded SQLite file).")
+@click.option("-v", "--verbose", is_flag=True, help="Log what the ledger does.")
+@click.version_option(package_name="cerebras-ledger")
+@click.pass_context
+def cli(ctx: click.Context, db_url: str | None, verbose: bool) -> None:
+    """Cost accounting for the Cerebras Inference API (direct or through Lava).
+
+    \b
+    Example:
+      cerebras-ledger demo
+      cerebras-ledger events export --since 2026-11-01 --until 2026-12-01 --format csv
+    """
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
+    ctx.obj = {"url": database_url(db_url)}
+
+
+# -- demo and chat -----------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--calls", default=60, show_default=True, type=click.IntRange(1, 100_000), help="How many calls.")
+@click.option("--seed", default=7, show_default=True, help="Seed of the call mix.")
+@format_option()
+@click.pass_context
+def demo(ctx: click.Context, calls: int, seed: int, fmt: str) -> None:
+    """Run a realistic mix of calls against a built-in stand-in upstream and summarize them.
+
+    No key and no network needed: the stand-in listens on 127.0.0.1 and speaks the real wire
+    format. Events go to the ledger (the embedded SQLite file unless --database-url says
+    otherwise).
+
+    \b
+    Example:
+      cerebras-ledger demo --calls 100
+    """
+    from .demo import run_demo
+
+    with _engine(ctx):
+        pass  # create the ledger (and surface a bad URL) before sending anything
+    with click.progressbar(length=calls, label="calls", file=sys.stderr) as bar:
+        last = [0]
+
+        def tick(n: int) -> None:
+            bar.update(n - last[0])
+            last[0] = n
+
+        summaries, waiting = run_demo(calls, seed, ctx.obj["url"], tick)
+    rows = [{
+        "project": s.project, "calls": s.calls, "errors": s.errors, "incomplete": s.incomplete,
+        "tokens": s.tokens, "paid_usd": str(s.paid_cost), "free_calls": s.free_calls,
+        "free_tokens": s.free_tokens, "unpriced": s.unpriced,
+    } for s in summaries]
+    if fmt == "table":
+        click.echo(f"ledger: {redact_url(ctx.obj['url'])}")
+    _rows_out(rows, fmt, ["project", "calls", "errors", "incomplete", "tokens", "paid_usd", "free_calls",
+                          "free_tokens", "unpriced"])
+    if waiting:
+        click.echo("note: some events are still in the spool; they will be written on next use", err=True)
+
+
+@cli.command()
+@click.option("--model", "-m", required=True, help="Model id, e.g. gpt-oss-120b.")
+@click.option("--message", "-p", default=None, help="The user message (default: read stdin).")
+@click.option("--stream/--no-stream", default=False, help="Stream the reply.")
+@click.option("--project", envvar="LEDGER_PROJECT", help="Project to bill (default $LEDGER_PROJECT).")
+@click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="A tag; repeat for more.")
+@click.option("--max-tokens", type=click.IntRange(1, 1_000_000), default=None)
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.pass_context
+def chat(ctx: click.Context, model: str, message: str | None, stream: bool, project: str | None,
+         tags: tuple[str, ...], max_tokens: int | None, fmt: str) -> None:
+    """Send one chat completion and record it.
+
+    Uses CEREBRAS_API_KEY (or LAVA_FORWARD_TOKEN to go through Lava) and CEREBRAS_BASE_URL.
+
+    \b
+    Example:
+      cerebras-ledger chat -m llama3.1-8b -p "Say hi" --project search --tag user=ana --stream
+    """
+    from .client import CerebrasClient
+    from .errors import APIError
+
+    tag_map: dict[str, str] = {}
+    for t in tags:
+        key, sep, value = t.partition("=")
+        if not sep or not key:
+            raise UserError(f"--tag {t!r}: use KEY=VALUE")
+        tag_map[key] = value
+    text = message if message is not None else sys.stdin.read()
+    params: dict[str, Any] = {} if max_tokens is None else {"max_tokens": max_tokens}
+    with CerebrasClient(project, database_url=ctx.obj["url"], tags=tag_map) as client:
+        try:
+            reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": text}],
+                                                   stream=stream, **params)
+            if stream:
+                for chunk in reply:
+                    if fmt == "json":
+                        click.echo(json.dumps(chunk))
+                        continue
+                    for choice in chunk.get("choices") or []:
+                        click.echo((choice.get("delta") or {}).get("content") or "", nl=False)
+                if fmt == "text":
+                    click.echo()
+            elif fmt == "json":
+                click.echo(json.dumps(reply))
+            else:
+                for choice in reply.get("choices") or []:
+                    click.echo((choice.get("message") or {}).get("content") or "")
+        except APIError as exc:
+            raise UserError(f"upstream error: {exc}") from None
+
+
+# -- db ----------------------------------------------------------------------------------------
+
+
+@cli.group()
+def db() -> None:
+    """Create and migrate the ledger's schema (Alembic).
+
+    \b
+    Example:
+      LEDGER_DATABASE_URL=postgresql://postgres@127.0.0.1/test cerebras-ledger db upgrade
+    """
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+@click.pass_context
+def db_upgrade(ctx: click.Context, revision: str) -> None:
+    """Apply migrations up to REVISION.
+
+    \b
+    Example:
+      cerebras-ledger db upgrade
+    """
+    from . import store
+
+    engine = store.make_engine(ctx.obj["url"])
+    try:
+        store.upgrade(engine, revision)
+        click.echo(f"{redact_url(ctx.obj['url'])} is at revision {store.current_revision(engine)}")
+    finally:
+        engine.dispose()
+
+
+@db.command("downgrade")
+@click.argument("revision")
+@click.pass_context
+def db_downgrade(ctx: click.Context, revision: str) -> None:
+    """Revert migrations down to REVISION (``base`` removes every table).
+
+    \b
+    Example:
+      cerebras-ledger db downgrade base
+    """
+    from . import store
+
+    engine = store.make_engine(ctx.obj["url"])
+    try:
+        store.downgrade(engine, revision)
+        click.echo(f"{redact_url(ctx.obj['url'])} is at revision {store.current_revision(engine) or 'base'}")
+    finally:
+        engine.dispose()
+
+
+@db.command("current")
+@click.pass_context
+def db_current(ctx: click.Context) -> None:
+    """Print the schema revision of the ledger.
+
+    \b
+    Example:
+      cerebras-ledger db current
+    """
+    from . import store
+
+    engine = store.make_engine(ctx.obj["url"])
+    try:
+        click.echo(store.current_revision(engine) or "base (empty)")
+    finally:
+        engine.dispose()
+
+
+# -- prices ------------------------------------------------------------------------------------
+
+
+@cli.group()
+def prices() -> None:
+    """List, add, sync and check dated price points.
+
+    \b
+    Example:
+      cerebras-ledger prices list --book lava
+    """
+
+
+@prices.command("list")
+@click.option("--book", type=click.Choice(["cerebras", "lava"]), default=None)
+@format_option()
+@click.pass_context
+def prices_list(ctx: click.Context, book: str | None, fmt: str) -> None:
+    """List every price point (USD per million tokens).
+
+    \b
+    Example:
+      cerebras-ledger prices list --book cerebras --format json
+    """
+    from . import store
+
+    with _engine(ctx) as engine, engine.connect() as conn:
+        points = store.load_price_book(conn).points()
+    rows = [{
+        "price_id": p.price_id, "book": p.book, "model": p.model,
+        "effective_from": p.effective_from.isoformat().replace("+00:00", "Z"),
+        "input_per_m": str(p.input.per_million()), "cached_per_m": str(p.cached.per_million()) if p.cached else None,
+        "output_per_m": str(p.output.per_million()), "free": p.free, "source": p.source,
+    } for p in points if book is None or p.book == book]
+    _rows_out(rows, fmt, ["book", "model", "effective_from", "input_per_m", "cached_per_m", "output_per_m", "free",
+                          "source", "price_id"])
+
+
+@prices.command("add")
+@click.option("--book", type=click.Choice(["cerebras", "lava"]), required=True)
+@click.option("--model", required=True)
+@click.option("--input", "input_", required=True, metavar="USD", help="USD per million input tokens.")
+@click.option("--output", required=True, metavar="USD", help="USD per million output tokens.")
+@click.option("--cached", default=None, metavar="USD", help="USD per million cached input tokens.")
+@click.option("--free", is_flag=True, help="The model is free in this book.")
+@click.option("--from", "from_", default=None, metavar="WHEN", help="Effective date (default: now).")
+@click.pass_context
+def prices_add(ctx: click.Context, book: str, model: str, input_: str, output: str, cached: str | None,
+               free: bool, from_: str | None) -> None:
+    """Add a dated price point. Events already priced keep their price.
+
+    \b
+    Example:
+      cerebras-ledger prices add --book cerebras --model zai-glm-4.7 --input 2.25 --output 2.75 --from 2026-12-01
+    """
+    from . import store
+    from .pricedb import new_point
+
+    when = _parse_when(from_, "--from") if from_ else None
+    point = new_point(book, model, input_, output, cached_per_m=cached, free=free, effective_from=when)
+    with _engine(ctx) as engine, store.write_transaction(engine) as conn:
+        added = store.insert_prices(conn, [point])
+    if not added:
+        raise UserError(f"a price for {book}/{model} at {point.effective_from.isoformat()} already exists")
+    click.echo(f"added {point.price_id}")
+
+
+@prices.command("sync")
+@click.option("--feed-url", envvar="LEDGER_PRICES_FEED_URL", default="https://api.cerebras.ai", show_default=True,
+              help="Base URL of the public model feed.")
+@click.option("--dry-run", is_flag=True, help="Show what would change; write nothing.")
+@format_option()
+@click.pass_context
+def prices_sync(ctx: click.Context, feed_url: str, dry_run: bool, fmt: str) -> None:
+    """Add a newly dated `cerebras` price wherever the public feed's price changed.
+
+    \b
+    Example:
+      cerebras-ledger prices sync --dry-run
+    """
+    from . import store
+    from .pricedb import feed_points, fetch_feed
+
+    feed = fetch_feed(feed_url)
+    now = datetime.now(UTC).replace(microsecond=0)
+    with _engine(ctx) as engine, store.write_transaction(engine) as conn:
+        points, problems = feed_points(feed, store.load_price_book(conn), now)
+        if not dry_run:
+            store.insert_prices(conn, points)
+    for p in problems:
+        click.echo(f"warning: {p}", err=True)
+    rows = [{"model": p.model, "input_per_m": str(p.input.per_million()), "output_per_m": str(p.output.per_million()),
+             "price_id": p.price_id} for p in points]
+    if fmt == "table":
+        click.echo(f"{'would add' if dry_run else 'added'} {len(points)} price point(s)")
+    if rows or fmt != "table":
+        _rows_out(rows, fmt, ["model", "input_per_m", "output_per_m", "price_id"])
+
+
+@prices.command("check")
+@format_option()
+@click.pass_context
+def prices_check(ctx: click.Context, fmt: str) -> None:
+    """List models with usage but no price; exits 1 if there are any.
+
+    \b
+    Example:
+      cerebras-ledger prices check --format json
+    """
+    from .pricedb import unpriced
+
+    with _engine(ctx) as engine, engine.connect() as conn:
+        found = unpriced(conn)
+    rows = [{"book": u.book, "model": u.model, "events": u.events, "tokens": u.tokens} for u in found]
+    if fmt == "table" and not rows:
+        click.echo("every event with known usage is priced")
+        return
+    _rows_out(rows, fmt, ["book", "model", "events", "tokens"])
+    if rows:
+        ctx.exit(1)
+
+
+@prices.command("reprice")
+@click.option("--since", required=True, metavar="DATE", help="Start (inclusive), date or ISO timestamp.")
+@click.option("--until", required=True, metavar="DATE", help="End (exclusive).")
+@click.option("--project", default=None)
+@click.option("--dry-run", is_flag=True)
+@click.pass_context
+def prices_reprice(ctx: click.Context, since: str, until: str, project: str | None, dry_run: bool) -> None:
+    """Re-price a past period with today's price book, writing correction rows (never updates).
+
+    \b
+    Example:
+      cerebras-ledger prices reprice --since 2026-11-01 --until 2026-12-01
+    """
+    from . import store
+    from .pricedb import reprice
+
+    start, end = _parse_when(since, "--since"), _parse_when(until, "--until")
+    if end <= start:
+        raise UserError("--until must be after --since")
+    with _engine(ctx) as engine, store.write_transaction(engine) as conn:
+        result = reprice(conn, start, end, project, dry_run=dry_run)
+    verb = "would write" if dry_run else "wrote"
+    click.echo(f"examined {result.examined} event(s); {verb} {result.corrections} correction(s) "
+               f"totalling {result.delta} USD")
+
+
+# -- events ------------------------------------------------------------------------------------
+
+
+@cli.group()
+def events() -> None:
+    """Export and import events (CSV or JSON Lines).
+
+    \b
+    Example:
+      cerebras-ledger events export --since 2026-11-01 --until 2026-12-01 --format jsonl --out nov.jsonl
+    """
+
+
+@events.command("export")
+@click.option("--since", required=True, metavar="DATE", help="Start (inclusive), date or ISO timestamp.")
+@click.option("--until", required=True, metavar="DATE", help="End (exclusive).")
+@click.option("--project", default=None)
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="csv", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, writable=True, path_type=Path), default=None,
+              help="Write here instead of stdout (written whole or not at all).")
+@click.pass_context
+def events_export(ctx: click.Context, since: str, until: str, project: str | None, fmt: str,
+                  out: Path | None) -> None:
+    """Stream events of a period, oldest first.
+
+    \b
+    Example:
+      cerebras-ledger events export --since 2026-11-01 --until 2026-12-01 --project search --format csv
+    """
+    from .eventio import export_rows, write_rows
+
+    start, end = _parse_when(since, "--since"), _parse_when(until, "--until")
+    if end <= start:
+        raise UserError("--until must be after --since")
+    with _engine(ctx) as engine, engine.connect() as conn:
+        rows = export_rows(conn, start, end, project)
+        if out is None:
+            write_rows(rows, sys.stdout, fmt)
+            return
+        tmp = out.with_name(out.name + ".part")
+        try:
+            with tmp.open("w", encoding="utf-8", newline="") as fh:
+                n = write_rows(rows, fh, fmt)
+            tmp.replace(out)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    click.echo(f"wrote {n} event(s) to {out}", err=True)
+
+
+@events.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default=None,
+              help="Default: from the file name, else its first byte.")
+@click.pass_context
+def events_import(ctx: click.Context, file: Path, fmt: str | None) -> None:
+    """Back-fill events from FILE (the export's columns). All rows or none; idempotent by event_id.
+
+    \b
+    Example:
+      cerebras-ledger events import usage-from-elsewhere.csv
+    """
+    from .eventio import import_file
+
+    with _engine(ctx) as engine, click.progressbar(length=0, label="importing", file=sys.stderr,
+                                                     show_pos=True) as bar:
+        last = [0]
+
+        def tick(n: int) -> None:
+            bar.update(n - last[0])
+            last[0] = n
+
+        result = import_file(engine, file, fmt, tick)
+    click.echo(f"{result.rows} row(s) read; {result.inserted} new, {result.rows - result.inserted} already present")
+
+
+# -- summary -----------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--since", default=None, metavar="DATE")
+@click.option("--until", default=None, metavar="DATE")
+@format_option()
+@click.pass_context
+def summary(ctx: click.Context, since: str | None, until: str | None, fmt: str) -> None:
+    """Per-project totals: calls, errors, tokens, paid cost, free usage, unpriced calls.
+
+    \b
+    Example:
+      cerebras-ledger summary --since 2026-11-01 --format json
+    """
+    from .summary import project_summaries
+
+    start = _parse_when(since, "--since") if since else None
+    end = _parse_when(until, "--until") if until else None
+    with _engine(ctx) as engine, engine.connect() as conn:
+        rows = [{
+            "project": s.project, "calls": s.calls, "errors": s.errors, "incomplete": s.incomplete,
+            "tokens": s.tokens, "paid_usd": str(s.paid_cost), "free_calls": s.free_calls,
+            "free_tokens": s.free_tokens, "unpriced": s.unpriced,
+        } for s in project_summaries(conn, start, end)]
+    _rows_out(rows, fmt, ["project", "calls", "errors", "incomplete", "tokens", "paid_usd", "free_calls",
+                          "free_tokens", "unpriced"])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: run the CLI and turn every failure into one line and an exit code."""
+    from .money import MoneyError
+
+    try:
+        cli.main(args=list(argv) if argv is not None else None, prog_name="cerebras-ledger", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.UsageError as exc:
+        click.echo(f"error: {exc.format_message()}", err=True)
+        return 2
+    except click.Abort:
+        click.echo("error: aborted", err=True)
+        return 130
+    except click.ClickException as exc:
+        click.echo(f"error: {exc.format_message()}", err=True)
+        return 1
+    except (ConfigError, MoneyError, ValueError, OSError) as exc:
+        click.echo(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", err=True)
+        return 1
+    except Exception as exc:  # a database or library failure: still one line
+        from sqlalchemy.exc import SQLAlchemyError
+
+        if isinstance(exc, SQLAlchemyError):
+            orig = getattr(exc, "orig", None) or exc
+            click.echo(f"error: database problem: {str(orig).splitlines()[0][:300]}", err=True)
+            return 1
+        click.echo(f"error: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}", err=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,325 @@
+"""Event files: ``events export`` and ``events import``, in CSV or JSON Lines.
+
+The columns, in this order, are :data:`COLUMNS`. ``occurred_at`` is ISO 8601 UTC with ``Z``;
+``cost_usd`` an exact decimal string (empty / ``null`` when unpriced); booleans ``true`` /
+``false``; ``tags`` a JSON object; unknown token counts are empty / ``null``.
+
+Export streams rows from the database (``yield_per``), never loading the ledger. An exported
+event's ``cost_usd`` is its current cost: the original charge plus any corrections.
+
+Import reads the same columns. Every row is checked before anything is written, and all rows
+go in one transaction: a bad row fails the whole file with its line number, and nothing is
+half-imported. It is idempotent by ``event_id`` (a UUID). A row with a ``cost_usd`` keeps it
+(usage billed elsewhere, back-filled as is); a row without one is priced from the price book in
+force at its ``occurred_at``. Imported rows use the route's own book (``lava`` for ``lava``):
+a file cannot say whether a Lava call used your own provider key.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import IO, Any
+
+from sqlalchemy import Connection, Engine, and_, func, select
+
+from .config import ConfigError, check_project
+from .events import ROUTES, STATUSES, CallEvent
+from .money import Money, MoneyError, usd
+from .pricing import Charge, PriceBook, charge
+from .schema import EventRow
+from .wire import MAX_TOKENS, Usage
+
+__all__ = ["COLUMNS", "ImportError_", "ImportResult", "export_rows", "import_file", "parse_file", "write_rows"]
+
+COLUMNS: tuple[str, ...] = (
+    "event_id", "occurred_at", "project", "route", "model", "status", "http_status", "stream",
+    "prompt_tokens", "cached_tokens", "completion_tokens", "reasoning_tokens", "total_tokens",
+    "cost_usd", "free", "priced", "upstream_id", "tags",
+)
+TOKEN_COLUMNS = ("prompt_tokens", "cached_tokens", "completion_tokens", "reasoning_tokens", "total_tokens")
+
+
+class ImportError_(ValueError):  # noqa: N801 - "ImportError" is a builtin
+    """A bad import file, said in one line naming the line number."""
+
+
+def iso_z(when: datetime) -> str:
+    return when.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def export_rows(conn: Connection, since: datetime, until: datetime, project: str | None) -> Iterator[dict[str, Any]]:
+    """Usage events with ``since <= occurred_at < until``, oldest first, each at its current cost."""
+    e = EventRow.__table__.c
+    corr = EventRow.__table__.alias("corr")
+    deltas = (
+        select(corr.c.corrects_event_id.label("eid"), func.sum(corr.c.cost_nanos).label("delta"))
+        .where(corr.c.kind == "correction")
+        .group_by(corr.c.corrects_event_id)
+        .subquery()
+    )
+    query = (
+        select(EventRow.__table__, deltas.c.delta)
+        .outerjoin(deltas, deltas.c.eid == e.event_id)
+        .where(and_(e.kind == "usage", e.occurred_at >= since, e.occurred_at < until))
+        .order_by(e.occurred_at, e.event_id)
+    )
+    if project is not None:
+        query = query.where(e.project == project)
+    for r in conn.execution_options(yield_per=2000).execute(query):
+        cost = None if r.cost_nanos is None else Money(int(r.cost_nanos) + int(r.delta or 0))
+        yield {
+            "event_id": r.event_id,
+            "occurred_at": iso_z(r.occurred_at),
+            "project": r.project,
+            "route": r.route,
+            "model": r.served_model or r.requested_model,
+            "status": r.status,
+            "http_status": r.http_status,
+            "stream": bool(r.stream),
+            **{k: getattr(r, k) for k in TOKEN_COLUMNS},
+            "cost_usd": None if cost is None else str(cost),
+            "free": bool(r.free),
+            "priced": bool(r.priced),
+            "upstream_id": r.upstream_id,
+            "tags": json.loads(r.tags or "{}"),
+        }
+
+
+def _csv_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True, ensure_ascii=False)
+    return str(value)
+
+
+def write_rows(rows: Iterable[dict[str, Any]], out: IO[str], fmt: str) -> int:
+    """Write rows as ``csv`` or ``jsonl``; returns how many."""
+    n = 0
+    if fmt == "csv":
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(COLUMNS)
+        for row in rows:
+            writer.writerow([_csv_cell(row[c]) for c in COLUMNS])
+            n += 1
+    elif fmt == "jsonl":
+        for row in rows:
+            out.write(json.dumps({c: row[c] for c in COLUMNS}, ensure_ascii=False) + "\n")
+            n += 1
+    else:
+        raise ConfigError(f"unknown format {fmt!r}: use csv or jsonl")
+    return n
+
+
+@dataclass(frozen=True, slots=True)
+class ImportRow:
+    """One checked row of an import file."""
+
+    line: int
+    event: CallEvent
+    cost: Money | None
+    free: bool
+    priced: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ImportResult:
+    rows: int
+    inserted: int
+
+
+def _bool(value: Any, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ValueError(f"{name} must be true or false, got {value!r}")
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and value.strip() == "")
+
+
+def _int(value: Any, name: str, lo: int = 0, hi: int = MAX_TOKENS) -> int | None:
+    if _blank(value):
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a whole number")
+    try:
+        n = int(value) if isinstance(value, int) else int(str(value).strip())
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number, got {value!r}") from None
+    if not lo <= n <= hi:
+        raise ValueError(f"{name} {n} is out of range")
+    return n
+
+
+def _text(value: Any, name: str, limit: int = 200, required: bool = False) -> str | None:
+    if _blank(value):
+        if required:
+            raise ValueError(f"{name} is required")
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be text")
+    if len(value) > limit or "\x00" in value:
+        raise ValueError(f"{name} is longer than {limit} characters or holds NUL")
+    return value
+
+
+def check_row(raw: dict[str, Any], line: int) -> ImportRow:
+    """Turn one raw row (CSV strings or JSON values) into a checked :class:`ImportRow`."""
+    try:
+        missing = [c for c in COLUMNS if c not in raw]
+        if missing:
+            raise ValueError(f"missing column(s): {', '.join(missing)}")
+        event_id = str(uuid.UUID(str(raw["event_id"]).strip()))
+        stamp = str(raw["occurred_at"]).strip()
+        when = datetime.fromisoformat(stamp.replace("Z", "+00:00") if stamp.endswith("Z") else stamp)
+        if when.tzinfo is None:
+            raise ValueError("occurred_at needs a time zone (use Z for UTC)")
+        project = check_project(raw["project"])
+        route = raw["route"]
+        if route not in ROUTES:
+            raise ValueError(f"route must be one of {', '.join(ROUTES)}")
+        status = raw["status"]
+        if status not in STATUSES:
+            raise ValueError(f"status must be one of {', '.join(STATUSES)}")
+        model = _text(raw["model"], "model", required=True)
+        counts = {c: _int(raw[c], c) for c in TOKEN_COLUMNS}
+        usage: Usage | None = None
+        if any(v is not None for v in counts.values()):
+            if any(v is None for v in counts.values()):
+                raise ValueError("token counts must be all given or all empty")
+            u = Usage(**{k: int(v) for k, v in counts.items() if v is not None})
+            if u.total_tokens != u.prompt_tokens + u.completion_tokens:
+                raise ValueError("total_tokens must equal prompt_tokens + completion_tokens")
+            if u.cached_tokens > u.prompt_tokens or u.reasoning_tokens > u.completion_tokens:
+                raise ValueError("cached/reasoning tokens exceed prompt/completion tokens")
+            usage = u
+        cost_raw = raw["cost_usd"]
+        cost = None if _blank(cost_raw) else usd(cost_raw if isinstance(cost_raw, str) else Decimal(str(cost_raw)))
+        free, priced = _bool(raw["free"], "free"), _bool(raw["priced"], "priced")
+        if cost is not None and not priced:
+            raise ValueError("a row with cost_usd must have priced=true")
+        tags_raw = raw["tags"]
+        tags = json.loads(tags_raw) if isinstance(tags_raw, str) and tags_raw.strip() else (tags_raw or {})
+        if not isinstance(tags, dict):
+            raise ValueError("tags must be a JSON object")
+        event = CallEvent(
+            event_id=event_id, occurred_at=when.astimezone(UTC), project=project, route=route,
+            book=route, requested_model=model, served_model=model, status=status,
+            http_status=_int(raw["http_status"], "http_status", 100, 599),
+            error_type=None, error_code=None, stream=_bool(raw["stream"], "stream"), usage=usage,
+            latency_us=None, ttft_us=None, time_info=None,
+            upstream_id=_text(raw["upstream_id"], "upstream_id"), lava_request_id=None,
+            tags=tuple(sorted((str(k), str(v)) for k, v in tags.items())), source="import",
+        )
+        return ImportRow(line, event, cost, free, priced)
+    except (ValueError, TypeError, MoneyError, ConfigError) as exc:
+        raise ImportError_(f"line {line}: {exc}") from None
+
+
+def _raw_rows(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    try:
+        handle = path.open(encoding="utf-8", newline="")
+    except OSError as exc:
+        raise ImportError_(f"cannot read {path}: {exc.strerror}") from None
+    with handle:
+        try:
+            if fmt == "csv":
+                reader = csv.DictReader(handle)
+                if reader.fieldnames is None or list(reader.fieldnames) != list(COLUMNS):
+                    raise ImportError_(f"line 1: the header must be exactly: {','.join(COLUMNS)}")
+                for row in reader:
+                    if None in row:
+                        raise ImportError_(f"line {reader.line_num}: more cells than columns")
+                    yield reader.line_num, row
+            else:
+                for n, text in enumerate(handle, start=1):
+                    if not text.strip():
+                        continue
+                    try:
+                        row = json.loads(text)
+                    except ValueError:
+                        raise ImportError_(f"line {n}: not valid JSON") from None
+                    if not isinstance(row, dict):
+                        raise ImportError_(f"line {n}: not a JSON object")
+                    yield n, row
+        except UnicodeDecodeError:
+            raise ImportError_(f"{path} is not UTF-8 text") from None
+        except csv.Error as exc:
+            raise ImportError_(f"malformed CSV: {exc}") from None
+
+
+def detect_format(path: Path) -> str:
+    if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
+        return "jsonl"
+    if path.suffix.lower() == ".csv":
+        return "csv"
+    with path.open("rb") as fh:
+        head = fh.read(64).lstrip()
+    return "jsonl" if head.startswith(b"{") else "csv"
+
+
+def parse_file(path: Path, fmt: str | None = None) -> Iterator[ImportRow]:
+    """Checked rows of an import file, in order; raises :class:`ImportError_` at the first bad one."""
+    seen: set[str] = set()
+    for line, raw in _raw_rows(path, fmt or detect_format(path)):
+        row = check_row(raw, line)
+        if row.event.event_id in seen:
+            raise ImportError_(f"line {line}: event_id {row.event.event_id} appears twice in the file")
+        seen.add(row.event.event_id)
+        yield row
+
+
+def row_charge(row: ImportRow, book: PriceBook) -> Charge:
+    if row.cost is not None:
+        return Charge(None, row.cost, row.free, True)
+    return charge(row.event, book)
+
+
+
+def import_file(engine: Engine, path: Path, fmt: str | None = None,
+                progress: Any = None, batch: int = 1000) -> ImportResult:
+    """Check every row of ``path``, then insert them all in one transaction.
+
+    ``progress`` (optional) is called with the number of rows handled so far.
+    """
+    from . import store
+
+    total = sum(1 for _ in parse_file(path, fmt))  # pass 1: check everything, write nothing
+    inserted = 0
+    now = datetime.now(UTC)
+    with store.write_transaction(engine) as conn:
+        book = store.load_price_book(conn)
+        chunk: list[ImportRow] = []
+
+        def flush() -> int:
+            ids = [r.event.event_id for r in chunk]
+            have = set(conn.execute(select(EventRow.event_id).where(EventRow.event_id.in_(ids))).scalars())
+            store.insert_events(conn, [store.event_row(r.event, row_charge(r, book), now) for r in chunk])
+            return len(ids) - len(have)
+
+        done = 0
+        for row in parse_file(path, fmt):  # pass 2: the same rows, now written
+            chunk.append(row)
+            if len(chunk) >= batch:
+                inserted += flush()
+                done += len(chunk)
+                chunk = []
+                if progress:
+                    progress(done)
+        if chunk:
+            inserted += flush()
+            if progress:
+                progress(done + len(chunk))
+    return ImportResult(total, inserted)

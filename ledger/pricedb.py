@@ -1,0 +1,218 @@
+"""Price-book upkeep: add a dated point, sync from Cerebras's public feed, find unpriced usage,
+and re-price a past period with corrections.
+
+The rules of pricing itself live in :mod:`ledger.pricing`; this module only changes which
+points exist, and never rewrites an event:
+
+* :func:`new_point` checks a point a person typed (rates in USD per million tokens).
+* :func:`feed_points` reads ``GET {feed}/public/v1/models`` (per-token decimal strings) and
+  returns a new ``cerebras`` point, dated now, for each model whose rate changed or is new.
+* :func:`unpriced` lists (book, model) pairs with usage but no price.
+* :func:`reprice` writes, for each usage event of a period whose cost under today's book
+  differs from what it was charged (plus earlier corrections), one ``correction`` row holding
+  the difference. Running it twice writes nothing the second time.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, and_, exists, func, select
+
+from .config import ConfigError
+from .events import CallEvent, new_event_id
+from .money import Money, MoneyError, usd
+from .pricing import BOOKS, Charge, PriceBook, PricePoint, charge, make_price_id
+from .schema import EventRow
+from .wire import Usage
+
+__all__ = ["RepriceResult", "feed_points", "new_point", "reprice", "unpriced"]
+
+PER_MILLION = 1_000_000
+
+
+def per_token(per_million: str, what: str) -> Money:
+    """A rate given in USD per million tokens, as exact money per token."""
+    try:
+        amount = usd(per_million)
+    except MoneyError as exc:
+        raise ConfigError(f"{what}: {exc}") from None
+    if amount.nanos < 0:
+        raise ConfigError(f"{what} must not be negative")
+    if amount.nanos % PER_MILLION:
+        raise ConfigError(f"{what} {per_million} is finer than $0.001 per million tokens")
+    return Money(amount.nanos // PER_MILLION)
+
+
+def new_point(book: str, model: str, input_per_m: str, output_per_m: str, *, cached_per_m: str | None = None,
+              free: bool = False, effective_from: datetime | None = None, source: str = "manual") -> PricePoint:
+    """A checked price point; raises :class:`ConfigError` with a one-line reason."""
+    if book not in BOOKS:
+        raise ConfigError(f"unknown book {book!r}: use one of {', '.join(BOOKS)}")
+    if not model or len(model) > 200 or not model.isprintable():
+        raise ConfigError("model must be 1-200 printable characters")
+    when = effective_from or datetime.now(UTC)
+    if when.tzinfo is None:
+        raise ConfigError("effective date needs a time zone")
+    rates = (per_token(input_per_m, "input rate"), per_token(output_per_m, "output rate"))
+    cached = None if cached_per_m is None else per_token(cached_per_m, "cached rate")
+    if free and (rates[0].nanos or rates[1].nanos or (cached and cached.nanos)):
+        raise ConfigError("a free model has zero rates")
+    return PricePoint(make_price_id(book, model, when), book, model, when.astimezone(UTC), rates[0], cached,
+                      rates[1], free, source)
+
+
+def _feed_rate(value: Any) -> Money | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        rate = usd(value)
+    except MoneyError:
+        return None
+    return rate if rate.nanos >= 0 else None
+
+
+def feed_points(feed: Any, book: PriceBook, at: datetime) -> tuple[list[PricePoint], list[str]]:
+    """New ``cerebras`` points for models whose feed price differs from the book at ``at``.
+
+    Returns the points and a list of one-line problems (entries skipped)."""
+    if not isinstance(feed, Mapping) or not isinstance(feed.get("data"), list):
+        raise ConfigError("price feed is not a model list (no 'data' array)")
+    points: list[PricePoint] = []
+    problems: list[str] = []
+    for entry in feed["data"]:
+        model = entry.get("id") if isinstance(entry, Mapping) else None
+        pricing = entry.get("pricing") if isinstance(entry, Mapping) else None
+        if not isinstance(model, str) or not model or len(model) > 200 or not isinstance(pricing, Mapping):
+            problems.append(f"skipped an entry without a usable id and pricing: {str(model)[:60]!r}")
+            continue
+        prompt, completion = _feed_rate(pricing.get("prompt")), _feed_rate(pricing.get("completion"))
+        if prompt is None or completion is None:
+            problems.append(f"{model}: prices are not exact decimal strings (finer than 1e-9 USD per token?)")
+            continue
+        current = book.price_for("cerebras", model, at)
+        if current and current.input == prompt and current.output == completion and current.cached is None:
+            continue
+        points.append(PricePoint(make_price_id("cerebras", model, at), "cerebras", model, at, prompt, None,
+                                 completion, prompt.nanos == 0 and completion.nanos == 0, "sync"))
+    return points, problems
+
+
+def fetch_feed(base_url: str, timeout: float = 10.0) -> Any:
+    import httpx
+
+    url = base_url.rstrip("/") + "/public/v1/models"
+    try:
+        response = httpx.get(url, timeout=timeout)
+        response.raise_for_status()
+        return response.json()
+    except httpx.HTTPStatusError as exc:
+        raise ConfigError(f"price feed {url} answered {exc.response.status_code}") from None
+    except httpx.HTTPError as exc:
+        raise ConfigError(f"price feed {url} unreachable: {type(exc).__name__}") from None
+    except ValueError:
+        raise ConfigError(f"price feed {url} did not return JSON") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Unpriced:
+    book: str
+    model: str
+    events: int
+    tokens: int
+
+
+def unpriced(conn: Connection) -> list[Unpriced]:
+    """(book, model) pairs with usage that no price covers, busiest first."""
+    e = EventRow.__table__.c
+    corr = EventRow.__table__.alias("corr")
+    corrected = exists().where(corr.c.corrects_event_id == e.event_id)
+    model = func.coalesce(e.served_model, e.requested_model, "(none)")
+    rows = conn.execute(
+        select(e.book, model.label("model"), func.count(), func.coalesce(func.sum(e.total_tokens), 0))
+        .where(and_(e.kind == "usage", e.priced.is_(False), e.usage_known.is_(True), ~corrected))
+        .group_by(e.book, model)
+        .order_by(func.count().desc())
+    ).all()
+    return [Unpriced(r[0], r[1], int(r[2]), int(r[3])) for r in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class RepriceResult:
+    examined: int
+    corrections: int
+    delta: Money
+
+
+def _event_of(r: Any) -> CallEvent:
+    usage = None
+    if r.usage_known:
+        usage = Usage(r.prompt_tokens, r.cached_tokens, r.completion_tokens, r.reasoning_tokens, r.total_tokens)
+    return CallEvent(
+        event_id=r.event_id, occurred_at=r.occurred_at, project=r.project, route=r.route, book=r.book,
+        requested_model=r.requested_model, served_model=r.served_model, status=r.status,
+        http_status=r.http_status, error_type=r.error_type, error_code=r.error_code, stream=bool(r.stream),
+        usage=usage, latency_us=None, ttft_us=None, time_info=None, upstream_id=r.upstream_id,
+        lava_request_id=r.lava_request_id, tags=(), source="reprice",
+    )
+
+
+def reprice(conn: Connection, since: datetime, until: datetime, project: str | None = None,
+            *, dry_run: bool = False) -> RepriceResult:
+    """Write a correction for every event in [since, until) whose cost under today's book differs."""
+    from . import store
+
+    book = store.load_price_book(conn)
+    e = EventRow.__table__.c
+    corr = EventRow.__table__.alias("corr")
+    deltas = (
+        select(corr.c.corrects_event_id.label("eid"), func.sum(corr.c.cost_nanos).label("delta"))
+        .where(corr.c.kind == "correction").group_by(corr.c.corrects_event_id).subquery()
+    )
+    query = (
+        select(EventRow.__table__, deltas.c.delta)
+        .outerjoin(deltas, deltas.c.eid == e.event_id)
+        .where(and_(e.kind == "usage", e.usage_known.is_(True), e.occurred_at >= since, e.occurred_at < until))
+        .order_by(e.occurred_at)
+    )
+    if project is not None:
+        query = query.where(e.project == project)
+    now = datetime.now(UTC)
+    examined, rows, total = 0, [], 0
+    for r in conn.execute(query).all():
+        examined += 1
+        event = _event_of(r)
+        new = charge(event, book)
+        if new.cost is None:
+            continue  # still unpriced (or no longer priced): nothing to correct towards
+        current = None if r.cost_nanos is None else int(r.cost_nanos) + int(r.delta or 0)
+        if current == new.cost.nanos:
+            continue
+        delta = new.cost.nanos - (current or 0)
+        total += delta
+        fix = CallEvent(
+            event_id=new_event_id(), occurred_at=r.occurred_at, project=r.project, route=r.route, book=r.book,
+            requested_model=r.requested_model, served_model=r.served_model, status=r.status,
+            http_status=r.http_status, error_type=None, error_code=None, stream=bool(r.stream), usage=None,
+            latency_us=None, ttft_us=None, time_info=None, upstream_id=r.upstream_id, lava_request_id=None,
+            tags=tuple(sorted((str(k), str(v)) for k, v in _tags(r.tags).items())), source="reprice",
+            note=f"re-priced with {new.price_id}"[:200],
+        )
+        rows.append(store.event_row(fix, Charge(new.price_id, Money(delta), new.free, True), now,
+                                    kind="correction", corrects=r.event_id))
+    if rows and not dry_run:
+        store.insert_events(conn, rows)
+    return RepriceResult(examined, len(rows), Money(total))
+
+
+def _tags(raw: str | None) -> dict[str, Any]:
+    try:
+        value = json.loads(raw or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+

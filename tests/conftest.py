@@ -1,0 +1,112 @@
+"""Shared fixtures: real SQLite files, a real PostgreSQL, a real loopback upstream.
+
+Database tests take the ``db_url`` fixture, which runs each test twice: on a fresh SQLite file
+and on a fresh schema of the PostgreSQL at ``LEDGER_TEST_POSTGRES_URL`` (default
+``postgresql+psycopg://postgres@127.0.0.1:5432/test``). With no PostgreSQL reachable, the
+PostgreSQL half skips and says why.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from ledger import journal
+from ledger.testing import StandIn
+
+PG_URL = os.environ.get("LEDGER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def _pg_problem() -> str | None:
+    try:
+        engine = sa.create_engine(PG_URL, connect_args={"connect_timeout": 3})
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+        engine.dispose()
+        return None
+    except Exception as exc:  # noqa: BLE001 - any failure means "no PostgreSQL here"
+        return f"PostgreSQL not reachable at {PG_URL}: {type(exc).__name__}"
+
+
+_PG_PROBLEM: str | None | bool = False
+
+
+def pg_problem() -> str | None:
+    global _PG_PROBLEM
+    if _PG_PROBLEM is False:
+        _PG_PROBLEM = _pg_problem()
+    return _PG_PROBLEM  # type: ignore[return-value]
+
+
+def pg_schema_url(schema: str) -> str:
+    sep = "&" if "?" in PG_URL else "?"
+    return f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty ledger database URL: a SQLite file, or a PostgreSQL schema of its own."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'ledger.db'}"
+        return
+    problem = pg_problem()
+    if problem:
+        pytest.skip(problem)
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(PG_URL)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield pg_schema_url(schema)
+    finally:
+        journal.close_all(2.0)
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def ledger_env(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """Point the process at a fresh ledger: its database, spool and home under ``tmp_path``."""
+    env = {
+        "LEDGER_HOME": str(tmp_path / "home"),
+        "LEDGER_DATABASE_URL": db_url,
+        "LEDGER_SPOOL_DIR": str(tmp_path / "spool"),
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    for k in ("LEDGER_PROJECT", "CEREBRAS_API_KEY", "LAVA_FORWARD_TOKEN", "CEREBRAS_BASE_URL", "LAVA_BASE_URL"):
+        monkeypatch.delenv(k, raising=False)
+    yield env
+    journal.close_all(5.0)
+
+
+@pytest.fixture
+def upstream() -> Iterator[StandIn]:
+    with StandIn() as server:
+        yield server
+
+
+def fetch_events(url: str, where: str = "1=1") -> list[dict[str, Any]]:
+    """Every row of the events table, as dicts, oldest first."""
+    from ledger import store
+
+    engine = store.make_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text(f"SELECT * FROM events WHERE {where} ORDER BY occurred_at, event_id"))
+            return [dict(r._mapping) for r in rows]
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(autouse=True)
+def _close_journals() -> Iterator[None]:
+    yield
+    journal.close_all(5.0)
