@@ -18,7 +18,7 @@ import json
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -94,11 +94,12 @@ def _retry_delay(attempt: int, response: httpx.Response | None) -> float:
     if response is not None:
         after = response.headers.get("retry-after")
         try:
-            if after is not None and 0 <= float(after) <= 60:
-                return float(after)
+            seconds = float(after) if after is not None else -1.0
         except ValueError:
-            pass
-    return min(0.5 * 2**attempt, 8.0) * random.uniform(0.75, 1.0)
+            seconds = -1.0
+        if 0 <= seconds <= 60:
+            return seconds
+    return min(0.5 * pow(2.0, attempt), 8.0) * random.uniform(0.75, 1.0)
 
 
 def _should_retry(status: int) -> bool:
@@ -149,7 +150,7 @@ class Stream:
         self.response = response
         self._iter = self._chunks()
 
-    def _chunks(self) -> Iterator[dict[str, Any]]:
+    def _chunks(self) -> Generator[dict[str, Any], None, None]:
         decoder = SSEDecoder()
         try:
             for data in self.response.iter_bytes():
@@ -186,7 +187,7 @@ class AsyncStream:
         self.response = response
         self._iter = self._chunks()
 
-    async def _chunks(self) -> AsyncIterator[dict[str, Any]]:
+    async def _chunks(self) -> AsyncGenerator[dict[str, Any], None]:
         decoder = SSEDecoder()
         try:
             async for data in self.response.aiter_bytes():
@@ -265,8 +266,13 @@ class _Completions:
 
 
 class _Chat:
-    def __init__(self, client: Any) -> None:
-        self.completions = _Completions(client) if isinstance(client, CerebrasClient) else _AsyncCompletions(client)
+    def __init__(self, client: CerebrasClient) -> None:
+        self.completions = _Completions(client)
+
+
+class _AsyncChat:
+    def __init__(self, client: AsyncCerebrasClient) -> None:
+        self.completions = _AsyncCompletions(client)
 
 
 class CerebrasClient:
@@ -379,7 +385,7 @@ class AsyncCerebrasClient:
                                                  source="wrapper", flush_timeout=flush_timeout)
         self._http = httpx.AsyncClient(transport=self.transport, timeout=timeout)
         self.max_retries = max_retries
-        self.chat = _Chat(self)
+        self.chat = _AsyncChat(self)
 
     @property
     def project(self) -> str:

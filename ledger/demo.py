@@ -46,8 +46,8 @@ def run_demo(calls: int = 60, seed: int = 7, database_url: str | None = None,
         clients = {
             (project, route): CerebrasClient(
                 project, base_url=upstream.base_url, database_url=url, max_retries=0,
-                **({"lava_forward_token": "aks_live_demo", "lava_base_url": upstream.base_url}
-                   if route == "lava" else {"api_key": "demo-key"}),
+                lava_forward_token="aks_live_demo" if route == "lava" else None,
+                lava_base_url=upstream.base_url, api_key="demo-key",
             )
             for project in PROJECTS for route in ("cerebras", "lava")
         }

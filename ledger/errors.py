@@ -115,7 +115,7 @@ def status_error(status: int, body: Any, response: httpx.Response | None) -> API
     """The exception for an error ``status`` with decoded ``body``."""
     message = f"Error code: {status}"
     if isinstance(body, dict):
-        inner = body.get("error") if isinstance(body.get("error"), dict) else body
+        inner: dict[str, Any] = body["error"] if isinstance(body.get("error"), dict) else body
         text = inner.get("message") or inner.get("detail")
         if isinstance(text, str):
             message = f"{message} - {text}"

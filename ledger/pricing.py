@@ -109,10 +109,14 @@ class Charge:
 def _point(book: str, model: str, input_per_m: str, output_per_m: str) -> PricePoint:
     """A built-in point from USD-per-million-token strings (``"free"`` for free)."""
     free = input_per_m == "free"
-    per_token = (lambda s: ZERO if s == "free" else Money(usd(s).nanos // 1_000_000))
-    for s in (input_per_m, output_per_m):
-        if s != "free" and usd(s).nanos % 1_000_000:
+
+    def per_token(s: str) -> Money:
+        if s == "free":
+            return ZERO
+        if usd(s).nanos % 1_000_000:
             raise ValueError(f"built-in rate {s} is not a whole nano-dollar per token")
+        return Money(usd(s).nanos // 1_000_000)
+
     return PricePoint(make_price_id(book, model, BUILTIN_SINCE), book, model, BUILTIN_SINCE,
                       per_token(input_per_m), None, per_token(output_per_m), free)
 

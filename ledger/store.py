@@ -119,9 +119,10 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
 
 
 def migrations_dir() -> str:
-    from . import migrations
+    import importlib
 
-    return str(Path(migrations.__file__).parent)
+    module = importlib.import_module("ledger.migrations")
+    return str(Path(str(module.__file__)).parent)
 
 
 def alembic_config(conn: Connection) -> Any:

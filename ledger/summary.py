@@ -11,7 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, and_, case, func, select
+from typing import Any
+
+from sqlalchemy import ColumnElement, Connection, and_, case, func, select
 
 from .money import Money
 from .schema import EventRow
@@ -48,7 +50,7 @@ def project_summaries(conn: Connection, since: datetime | None = None, until: da
     e = EventRow.__table__.c
     usage = e.kind == "usage"
 
-    def count_if(cond: object) -> object:
+    def count_if(cond: ColumnElement[bool]) -> ColumnElement[Any]:
         return func.coalesce(func.sum(case((cond, 1), else_=0)), 0)
 
     query = select(

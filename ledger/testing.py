@@ -255,7 +255,8 @@ class StandIn:
     @property
     def base_url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        name = host.decode() if isinstance(host, bytes) else str(host)
+        return f"http://{name}:{port}"
 
     def queue(self, *scenarios: str) -> None:
         """Force the scenario of the next requests, in order."""

@@ -287,7 +287,7 @@ class _BodyTap:
 def _sync_stream_class(mod: ModuleType) -> type:
     base: type = mod.SyncByteStream
 
-    class RecordingStream(base):  # type: ignore[valid-type, misc]
+    class RecordingStream(base):  # type: ignore[misc]
         def __init__(self, inner: Any, tap: _BodyTap) -> None:
             self._inner = inner
             self._tap = tap
@@ -319,7 +319,7 @@ def _sync_stream_class(mod: ModuleType) -> type:
 def _async_stream_class(mod: ModuleType) -> type:
     base: type = mod.AsyncByteStream
 
-    class AsyncRecordingStream(base):  # type: ignore[valid-type, misc]
+    class AsyncRecordingStream(base):  # type: ignore[misc]
         def __init__(self, inner: Any, tap: _BodyTap) -> None:
             self._inner = inner
             self._tap = tap
@@ -503,13 +503,13 @@ def instrument(http_client: _C, *, project: str | None = None, tags: Mapping[str
     is_async = hasattr(http_client, "aclose") and not hasattr(http_client, "close")
     if not hasattr(http_client, "_transport") or not hasattr(http_client, "_mounts"):
         raise TypeError(f"instrument() takes an httpx or httpx2 client, not {type(http_client).__name__}")
-    if isinstance(http_client._transport, (RecordingTransport, AsyncRecordingTransport)):  # type: ignore[attr-defined]
+    client: Any = http_client
+    if isinstance(client._transport, (RecordingTransport, AsyncRecordingTransport)):
         return http_client  # already instrumented
     cls: type = AsyncRecordingTransport if is_async else RecordingTransport
-    first = cls(http_client._transport, project=project, tags=tags, database_url=database_url,  # type: ignore[attr-defined]
-                spool_dir=spool_dir)
-    http_client._transport = first  # type: ignore[attr-defined]
-    mounts = http_client._mounts  # type: ignore[attr-defined]
+    first = cls(client._transport, project=project, tags=tags, database_url=database_url, spool_dir=spool_dir)
+    client._transport = first
+    mounts = client._mounts
     for pattern, transport in list(mounts.items()):
         if transport is not None:
             mounts[pattern] = cls(transport, journal=first.journal, project=project, tags=tags)
