@@ -114,7 +114,11 @@ def _json_or_none(response: httpx.Response) -> Any:
 
 
 def _ok_body(response: httpx.Response) -> dict[str, Any]:
-    body = _json_or_none(response)
+    # The recording transport already decoded this body to read its usage: reuse that.
+    attempt = response.extensions.get("ledger.attempt")
+    body = getattr(attempt, "body", None)
+    if body is None:
+        body = _json_or_none(response)
     if not isinstance(body, dict):
         raise APIResponseValidationError("response body is not a JSON object", request=response.request)
     return body

@@ -16,7 +16,9 @@ tables. It is never imported on the call path: the spool writer thread and the C
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
+import operator
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -24,14 +26,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, inspect, select, text
+from sqlalchemy import Boolean, Connection, Engine, create_engine, event, inspect, select, text
 from sqlalchemy.engine import make_url
 
 from .config import ConfigError, private_dir, redact_url
 from .events import CallEvent
 from .money import Money
 from .pricing import BUILTIN_PRICES, Charge, PriceBook, PricePoint
-from .schema import SCHEMA_REVISION, EventRow, PriceRow
+from .schema import SCHEMA_REVISION, EventRow, PriceRow, UTCDateTime
 
 __all__ = [
     "SchemaError",
@@ -311,7 +313,45 @@ def event_row(event: CallEvent, charge: Charge, recorded_at: datetime, *, kind: 
     }
 
 
+EVENT_COLUMNS: tuple[str, ...] = tuple(c.name for c in EventRow.__table__.columns)
+_DATETIME_COLUMNS = frozenset(c.name for c in EventRow.__table__.columns if isinstance(c.type, UTCDateTime))
+_BOOL_COLUMNS = frozenset(c.name for c in EventRow.__table__.columns if isinstance(c.type, Boolean))
+
+
+@functools.cache
+def _insert_events_sql(dialect: str) -> str:
+    mark = "?" if dialect == "sqlite" else "%s"
+    return (f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) "
+            f"VALUES ({', '.join([mark] * len(EVENT_COLUMNS))}) ON CONFLICT DO NOTHING")
+
+
+_event_values = operator.itemgetter(*EVENT_COLUMNS)
+
+
+def _sqlite_params(row: dict[str, Any]) -> tuple[Any, ...]:
+    fixed = dict(row)
+    for name in _DATETIME_COLUMNS:
+        if fixed[name] is not None:  # SQLAlchemy's own SQLite DATETIME format, in UTC
+            fixed[name] = fixed[name].astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    for name in _BOOL_COLUMNS:
+        fixed[name] = int(fixed[name])
+    return tuple(_event_values(fixed))
+
+
 def insert_events(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert event rows; rows whose ``event_id`` is already there are skipped."""
-    if rows:
-        conn.execute(_insert(conn, EventRow.__table__), list(rows))
+    """Insert event rows; rows whose ``event_id`` is already there are skipped.
+
+    This is the ingest hot path, so it hands plain tuples to the driver's ``executemany``
+    (``exec_driver_sql``) instead of a Core ``insert()``: per-row type processing in Core cost
+    about 45 us an event on SQLite, ten times the driver's own cost. The conversions it needs are
+    the two below (UTC text for SQLite datetimes, 0/1 for SQLite booleans); PostgreSQL's driver
+    takes aware datetimes and bools as they are. A test checks rows read back the same either way.
+    """
+    if not rows:
+        return
+    dialect = conn.dialect.name
+    if dialect == "sqlite":
+        params = [_sqlite_params(r) for r in rows]
+    else:
+        params = [tuple(_event_values(r)) for r in rows]
+    conn.exec_driver_sql(_insert_events_sql(dialect), params)

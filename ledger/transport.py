@@ -126,6 +126,8 @@ class Attempt:
         self.error_code: str | None = None
         self.note: str | None = None
         self.done = False
+        # The decoded JSON body, lent to the wrapper client so it need not parse it again.
+        self.body: Mapping[str, Any] | None = None
 
     def finish(self, status: Status, note: str | None = None) -> None:
         if self.done:
@@ -184,6 +186,7 @@ class Attempt:
         if not isinstance(parsed, Mapping):
             self.finish("ok", "response body is not a JSON object")
             return
+        self.body = parsed
         self._read_completion(parsed)
         self.finish("ok")
 
@@ -397,6 +400,7 @@ class _Recorder:
             mod = _module_of(response)
             cls = _async_stream_class(mod) if is_async else _sync_stream_class(mod)
             response.stream = cls(response.stream, tap)
+            response.extensions["ledger.attempt"] = attempt
         except Exception:
             log.exception("ledger: could not watch a response; recorded without its body")
             attempt.finish("ok" if response.status_code < 400 else "error", "response not readable by ledger")
