@@ -14,7 +14,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import Any, TypeVar
@@ -45,6 +45,14 @@ def _parse_when(value: str, name: str, *, end: bool = False) -> datetime:
     return parsed.astimezone(UTC)
 
 
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
 def _rows_out(rows: Sequence[dict[str, Any]], fmt: str, columns: Sequence[str]) -> None:
     if fmt == "json":
         click.echo(json.dumps(list(rows), indent=2, ensure_ascii=False, default=str))
@@ -52,9 +60,9 @@ def _rows_out(rows: Sequence[dict[str, Any]], fmt: str, columns: Sequence[str]) 
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(columns)
         for r in rows:
-            writer.writerow(["" if r[c] is None else r[c] for c in columns])
+            writer.writerow([_cell(r[c]) for c in columns])
     else:
-        cells = [[str(c) for c in columns]] + [["" if r[c] is None else str(r[c]) for c in columns] for r in rows]
+        cells = [[str(c) for c in columns]] + [[_cell(r[c]) for c in columns] for r in rows]
         widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
         for n, row in enumerate(cells):
             click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
@@ -486,12 +494,17 @@ def events_import(ctx: click.Context, file: Path, fmt: str | None) -> None:
     """
     from .eventio import import_file
 
-    with _engine(ctx) as engine, click.progressbar(length=0, label="importing", file=sys.stderr,
-                                                     show_pos=True) as bar:
+    with _engine(ctx) as engine, ExitStack() as stack:
         last = [0]
+        bars: list[Any] = []
 
         def tick(n: int) -> None:
-            bar.update(n - last[0])
+            # The bar opens on the first write, after every row was checked: a bad file
+            # prints its one error line and nothing else.
+            if not bars:
+                bars.append(stack.enter_context(
+                    click.progressbar(length=0, label="importing", file=sys.stderr, show_pos=True)))
+            bars[0].update(n - last[0])
             last[0] = n
 
         result = import_file(engine, file, fmt, tick)
@@ -532,7 +545,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .money import MoneyError
 
     try:
-        cli.main(args=list(argv) if argv is not None else None, prog_name="cerebras-ledger", standalone_mode=False)
+        rv = cli.main(args=list(argv) if argv is not None else None, prog_name="cerebras-ledger",
+                      standalone_mode=False)
+        if isinstance(rv, int):
+            return rv
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.UsageError as exc:

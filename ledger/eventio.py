@@ -73,7 +73,8 @@ def export_rows(conn: Connection, since: datetime, until: datetime, project: str
     if project is not None:
         query = query.where(e.project == project)
     for r in conn.execution_options(yield_per=2000).execute(query):
-        cost = None if r.cost_nanos is None else Money(int(r.cost_nanos) + int(r.delta or 0))
+        # A correction may price an event that had no price: it then has a cost after all.
+        cost = None if r.cost_nanos is None and r.delta is None else Money(int(r.cost_nanos or 0) + int(r.delta or 0))
         yield {
             "event_id": r.event_id,
             "occurred_at": iso_z(r.occurred_at),
@@ -86,7 +87,7 @@ def export_rows(conn: Connection, since: datetime, until: datetime, project: str
             **{k: getattr(r, k) for k in TOKEN_COLUMNS},
             "cost_usd": None if cost is None else str(cost),
             "free": bool(r.free),
-            "priced": bool(r.priced),
+            "priced": bool(r.priced) or r.delta is not None,
             "upstream_id": r.upstream_id,
             "tags": json.loads(r.tags or "{}"),
         }
@@ -240,6 +241,8 @@ def _raw_rows(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any]]]:
                 if reader.fieldnames is None or list(reader.fieldnames) != list(COLUMNS):
                     raise ImportError_(f"line 1: the header must be exactly: {','.join(COLUMNS)}")
                 for row in reader:
+                    if None in row.values():
+                        raise ImportError_(f"line {reader.line_num}: fewer cells than columns")
                     if None in row:
                         raise ImportError_(f"line {reader.line_num}: more cells than columns")
                     yield reader.line_num, row
@@ -255,9 +258,19 @@ def _raw_rows(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any]]]:
                         raise ImportError_(f"line {n}: not a JSON object")
                     yield n, row
         except UnicodeDecodeError:
-            raise ImportError_(f"{path} is not UTF-8 text") from None
+            with path.open("rb") as raw:
+                line = next((n for n, b in enumerate(raw, start=1) if not _utf8(b)), 1)
+            raise ImportError_(f"line {line}: not UTF-8 text") from None
         except csv.Error as exc:
             raise ImportError_(f"malformed CSV: {exc}") from None
+
+
+def _utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def detect_format(path: Path) -> str:

@@ -239,7 +239,27 @@ def drain_spool(folder: Path, sink: _Sink, reject: _Reject, skip: Path | None = 
     for path in sorted(folder.glob("*" + SEGMENT_SUFFIX)):
         if path != skip and not drain_segment(path, sink, reject):
             busy += 1
+    for path in folder.glob("*.new"):  # a process died between creating and naming a segment
+        _remove_if_unlocked(path)
     return busy
+
+
+def _remove_if_unlocked(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        st = os.fstat(fd)
+        # Nothing is written before the rename; the age check leaves alone a file whose
+        # creator is between os.open and flock right now.
+        if st.st_size == 0 and time.time() - st.st_mtime > 60:
+            path.unlink(missing_ok=True)
+    except BlockingIOError:
+        pass
+    finally:
+        os.close(fd)
 
 
 class Journal:
@@ -303,8 +323,12 @@ class Journal:
     def _open_segment(self) -> None:
         name = f"{os.getpid()}-{time.time_ns():x}{SEGMENT_SUFFIX}"
         self.segment = self.folder / name
-        self._fd = os.open(self.segment, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
+        # Made under a name recovery ignores, locked, then renamed: a segment is never seen
+        # unlocked, so no other process can take a live one for dead.
+        fresh = self.segment.with_suffix(".new")
+        self._fd = os.open(fresh, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
         fcntl.flock(self._fd, fcntl.LOCK_EX)
+        os.rename(fresh, self.segment)
         self._rfd = os.open(self.segment, os.O_RDONLY)
         self._ckpt_fd = os.open(self.segment.with_suffix(".ckpt"), os.O_RDWR | os.O_CREAT, 0o600)
         self._written = self._committed = 0

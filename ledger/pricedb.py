@@ -33,6 +33,7 @@ from .wire import Usage
 __all__ = ["RepriceResult", "feed_points", "new_point", "reprice", "unpriced"]
 
 PER_MILLION = 1_000_000
+MAX_RATE = usd(100_000)  # USD per million tokens; anything above is a typo, not a price
 
 
 def per_token(per_million: str, what: str) -> Money:
@@ -43,6 +44,8 @@ def per_token(per_million: str, what: str) -> Money:
         raise ConfigError(f"{what}: {exc}") from None
     if amount.nanos < 0:
         raise ConfigError(f"{what} must not be negative")
+    if amount > MAX_RATE:
+        raise ConfigError(f"{what} {per_million} is above {MAX_RATE} USD per million tokens")
     if amount.nanos % PER_MILLION:
         raise ConfigError(f"{what} {per_million} is finer than $0.001 per million tokens")
     return Money(amount.nanos // PER_MILLION)

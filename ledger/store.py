@@ -168,11 +168,14 @@ def _migration_lock(engine: Engine) -> Iterator[None]:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Apply migrations up to ``revision`` (Alembic, batch mode on SQLite)."""
+    """Apply migrations up to ``revision`` (Alembic, batch mode on SQLite); at the head, make
+    sure the built-in price points are there."""
     from alembic import command
 
     with _migration_lock(engine), engine.begin() as conn:
         command.upgrade(alembic_config(conn), revision)
+    if current_revision(engine) == SCHEMA_REVISION:
+        seed_builtin_prices(engine)
 
 
 def downgrade(engine: Engine, revision: str) -> None:
@@ -186,13 +189,12 @@ def ensure_schema(engine: Engine) -> None:
     """Make the database ready for this code's writes, migrating it if it is new or older."""
     rev = current_revision(engine)
     if rev == SCHEMA_REVISION:
+        seed_builtin_prices(engine)  # a newer package may bring new built-in points
         return
     known = _known_revisions()
     if rev is not None and rev not in known:
         raise SchemaError(f"database schema {rev!r} is newer than this cerebras-ledger; upgrade the package")
     upgrade(engine)
-    with write_transaction(engine) as conn:
-        seed_builtin_prices(conn)
 
 
 def _known_revisions() -> set[str]:
@@ -239,8 +241,15 @@ def insert_prices(conn: Connection, points: Iterable[PricePoint]) -> int:
     return len(after) - len(before)
 
 
-def seed_builtin_prices(conn: Connection) -> int:
-    return insert_prices(conn, BUILTIN_PRICES)
+def seed_builtin_prices(engine: Engine) -> int:
+    """Add the built-in price points that are missing; writes nothing when all are there."""
+    with engine.connect() as conn:
+        have = set(conn.execute(select(PriceRow.price_id)).scalars())
+    missing = [p for p in BUILTIN_PRICES if p.price_id not in have]
+    if not missing:
+        return 0
+    with write_transaction(engine) as conn:
+        return insert_prices(conn, missing)
 
 
 def load_price_book(conn: Connection) -> PriceBook:

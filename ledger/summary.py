@@ -13,7 +13,7 @@ from datetime import datetime
 
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, and_, case, func, select
+from sqlalchemy import ColumnElement, Connection, and_, case, exists, func, select
 
 from .money import Money
 from .schema import EventRow
@@ -31,7 +31,8 @@ class ProjectSummary:
         tokens: total tokens of attempts with known usage.
         paid_cost: cost of paid (non-free) usage, corrections included.
         free_calls, free_tokens: attempts priced as free, and their tokens.
-        unpriced: ``ok`` attempts with no price (unknown model, or usage the upstream did not give).
+        unpriced: ``ok`` attempts with no price (unknown model, or usage the upstream did not give),
+            unless a correction has priced them since.
     """
 
     project: str
@@ -49,6 +50,8 @@ def project_summaries(conn: Connection, since: datetime | None = None, until: da
                       projects: Sequence[str] | None = None) -> list[ProjectSummary]:
     e = EventRow.__table__.c
     usage = e.kind == "usage"
+    corr = EventRow.__table__.alias("corr")
+    corrected = exists().where(corr.c.corrects_event_id == e.event_id)
 
     def count_if(cond: ColumnElement[bool]) -> ColumnElement[Any]:
         return func.coalesce(func.sum(case((cond, 1), else_=0)), 0)
@@ -62,7 +65,7 @@ def project_summaries(conn: Connection, since: datetime | None = None, until: da
         func.coalesce(func.sum(case((e.free.is_(False), e.cost_nanos), else_=0)), 0),
         count_if(and_(usage, e.free.is_(True))),
         func.coalesce(func.sum(case((e.free.is_(True), e.total_tokens), else_=0)), 0),
-        count_if(and_(usage, e.priced.is_(False), e.status == "ok")),
+        count_if(and_(usage, e.priced.is_(False), e.status == "ok", ~corrected)),
     ).group_by(e.project).order_by(e.project)
     if since is not None:
         query = query.where(e.occurred_at >= since)

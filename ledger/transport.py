@@ -233,6 +233,7 @@ class _BodyTap:
         self.buf: list[bytes] = []
         self.size = 0
         self.errored = False
+        self.saw_done = False
 
     def feed(self, chunk: bytes) -> None:
         if self.attempt.done:
@@ -247,6 +248,7 @@ class _BodyTap:
                     self.buf.append(data)
                 return
             for ev in self.sse.feed(data):
+                self.saw_done |= ev.data == "[DONE]"
                 self.errored |= self.attempt.read_event(ev.data)
         except Exception:
             log.exception("ledger: could not read a response chunk")
@@ -279,9 +281,15 @@ class _BodyTap:
             a.finish("ok", "response could not be read")
 
     def cut(self, why: str) -> None:
-        """The body stopped early: a read error, or the caller closed it unread."""
+        """The body stopped early: a read error, or the caller closed it unread.
+
+        The SDKs stop reading at ``data: [DONE]`` and close the response; a stream that got
+        that far, or whose final chunk (with usage) arrived, is whole, not cut."""
         a = self.attempt
         if a.done:
+            return
+        if self.sse is not None and (self.saw_done or a.usage is not None):
+            self.end()
             return
         a.finish("error" if self.errored or (a.http_status or 0) >= 400 else "incomplete", why)
 

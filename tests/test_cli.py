@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -36,9 +36,26 @@ VENV_BIN = Path(sys.executable).parent
 CONSOLE_SCRIPT = VENV_BIN / "cerebras-ledger"
 PYTHON = VENV_BIN / "python"
 
-COLUMNS = ["event_id", "occurred_at", "project", "route", "model", "status", "http_status", "stream",
-           "prompt_tokens", "cached_tokens", "completion_tokens", "reasoning_tokens", "total_tokens",
-           "cost_usd", "free", "priced", "upstream_id", "tags"]
+COLUMNS = [
+    "event_id",
+    "occurred_at",
+    "project",
+    "route",
+    "model",
+    "status",
+    "http_status",
+    "stream",
+    "prompt_tokens",
+    "cached_tokens",
+    "completion_tokens",
+    "reasoning_tokens",
+    "total_tokens",
+    "cost_usd",
+    "free",
+    "priced",
+    "upstream_id",
+    "tags",
+]
 
 LAVA_SEED = {  # model -> (input per 1M, output per 1M, free)
     "qwen-3-235b-instruct": (Decimal("0.60"), Decimal("1.20"), False),
@@ -75,15 +92,22 @@ def ok(capsys: pytest.CaptureFixture[str], url: str, *args: str) -> str:
 
 
 def subprocess_env(home: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("LEDGER_") and k not in ("CEREBRAS_API_KEY", "LAVA_FORWARD_TOKEN")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("LEDGER_") and k not in ("CEREBRAS_API_KEY", "LAVA_FORWARD_TOKEN")
+    }
     env["LEDGER_HOME"] = str(home)
     env.update(extra)
     return env
 
 
-def run_process(argv: list[str], env: dict[str, str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
+def run_process(
+    argv: list[str], env: dict[str, str], cwd: Path, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 def assert_one_error(code: int, err: str, expected_code: int) -> str:
@@ -130,11 +154,14 @@ def sql_rows(url: str, query: str) -> list[Any]:
 
 
 def price_rows(url: str) -> list[dict[str, Any]]:
-    return [dict(r._mapping) for r in sql_rows(url, "SELECT * FROM prices ORDER BY book, model, effective_from")]
+    return [
+        dict(r._mapping) for r in sql_rows(url, "SELECT * FROM prices ORDER BY book, model, effective_from")
+    ]
 
 
 # (project, route, model, stream, scenario, tags) in call order
-STANDARD_MIX: list[tuple[str, str, str, bool, str | None, dict[str, str] | None]] = [
+Call = tuple[str, str, str, bool, str | None, dict[str, str] | None]
+STANDARD_MIX: list[Call] = [
     ("alpha", "cerebras", "gpt-oss-120b", False, None, {"env": "prod", "user": "ana"}),
     ("alpha", "cerebras", "gpt-oss-120b", True, None, None),
     ("beta", "lava", "llama3.1-8b", False, None, {"feature": "chat"}),
@@ -144,22 +171,38 @@ STANDARD_MIX: list[tuple[str, str, str, bool, str | None, dict[str, str] | None]
 ]
 
 
-def make_calls(upstream: StandIn, url: str,
-               mix: list[tuple[str, str, str, bool, str | None, dict[str, str] | None]] = STANDARD_MIX) -> None:
+def make_calls(
+    upstream: StandIn,
+    url: str,
+    mix: Sequence[Call] = STANDARD_MIX,
+) -> None:
     """Real calls through the wrapper client into the ledger at ``url``; returns when all are written."""
     clients = {
-        "cerebras": ledger.CerebrasClient("alpha", api_key="sk-test", base_url=upstream.base_url,
-                                          database_url=url, max_retries=0),
-        "lava": ledger.CerebrasClient("alpha", lava_forward_token="aks_live_test", lava_base_url=upstream.base_url,
-                                      base_url="https://api.cerebras.ai", database_url=url, max_retries=0),
+        "cerebras": ledger.CerebrasClient(
+            "alpha", api_key="sk-test", base_url=upstream.base_url, database_url=url, max_retries=0
+        ),
+        "lava": ledger.CerebrasClient(
+            "alpha",
+            lava_forward_token="aks_live_test",
+            lava_base_url=upstream.base_url,
+            base_url="https://api.cerebras.ai",
+            database_url=url,
+            max_retries=0,
+        ),
     }
     try:
         for project, route, model, stream, scenario, tags in mix:
             headers = {"x-standin-scenario": scenario} if scenario else None
             try:
                 reply = clients[route].chat.completions.create(
-                    model=model, messages=MSG, stream=stream, max_tokens=40, project=project, tags=tags,
-                    extra_headers=headers)
+                    model=model,
+                    messages=MSG,
+                    stream=stream,
+                    max_tokens=40,
+                    project=project,
+                    tags=tags,
+                    extra_headers=headers,
+                )
                 if stream:
                     for _ in reply:
                         pass
@@ -205,15 +248,32 @@ COMMAND_PATHS = sorted(walk(cli_group))
 
 
 def test_walk_finds_every_command() -> None:
-    expected = {(), ("demo",), ("chat",), ("summary",), ("db",), ("db", "upgrade"), ("db", "downgrade"),
-                ("db", "current"), ("prices",), ("prices", "list"), ("prices", "add"), ("prices", "sync"),
-                ("prices", "check"), ("prices", "reprice"), ("events",), ("events", "export"),
-                ("events", "import")}
+    expected = {
+        (),
+        ("demo",),
+        ("chat",),
+        ("summary",),
+        ("db",),
+        ("db", "upgrade"),
+        ("db", "downgrade"),
+        ("db", "current"),
+        ("prices",),
+        ("prices", "list"),
+        ("prices", "add"),
+        ("prices", "sync"),
+        ("prices", "check"),
+        ("prices", "reprice"),
+        ("events",),
+        ("events", "export"),
+        ("events", "import"),
+    }
     assert expected <= set(COMMAND_PATHS)
 
 
 @pytest.mark.parametrize("path", COMMAND_PATHS, ids=lambda p: " ".join(p) or "cerebras-ledger")
-def test_every_command_has_help_with_an_example(capsys: pytest.CaptureFixture[str], path: tuple[str, ...]) -> None:
+def test_every_command_has_help_with_an_example(
+    capsys: pytest.CaptureFixture[str], path: tuple[str, ...]
+) -> None:
     code, out, err = run(capsys, *path, "--help")
     assert code == 0, err
     assert "Example" in out
@@ -236,13 +296,21 @@ def test_console_script_help(tmp_path: Path) -> None:
 # -- bad input: one line, right exit code, no traceback ----------------------------------------
 
 
-@pytest.mark.parametrize(("args", "code", "needle"), [
-    (["events", "export", "--since", "2026-13-01", "--until", "2026-12-01"], 1, "--since"),
-    (["--database-url", "mysql://x", "summary"], 1, "mysql"),
-    (["--database-url", "postgresql://postgres@127.0.0.1:1/test", "summary"], 1, "127.0.0.1"),
-    (["prices", "add", "--book", "lava", "--model", "m", "--input", "1.2.3", "--output", "1"], 1, "input rate"),
-    (["events", "export", "--since", "2026-01-01"], 2, "--until"),
-], ids=["bad-date", "mysql-url", "unreachable-postgres", "garbage-rate", "missing-option"])
+@pytest.mark.parametrize(
+    ("args", "code", "needle"),
+    [
+        (["events", "export", "--since", "2026-13-01", "--until", "2026-12-01"], 1, "--since"),
+        (["--database-url", "mysql://x", "summary"], 1, "mysql"),
+        (["--database-url", "postgresql://postgres@127.0.0.1:1/test", "summary"], 1, "127.0.0.1"),
+        (
+            ["prices", "add", "--book", "lava", "--model", "m", "--input", "1.2.3", "--output", "1"],
+            1,
+            "input rate",
+        ),
+        (["events", "export", "--since", "2026-01-01"], 2, "--until"),
+    ],
+    ids=["bad-date", "mysql-url", "unreachable-postgres", "garbage-rate", "missing-option"],
+)
 def test_console_script_bad_input(tmp_path: Path, args: list[str], code: int, needle: str) -> None:
     proc = run_process([str(CONSOLE_SCRIPT), *args], subprocess_env(tmp_path / "home"), tmp_path)
     line = assert_one_error(proc.returncode, proc.stderr, code)
@@ -250,34 +318,88 @@ def test_console_script_bad_input(tmp_path: Path, args: list[str], code: int, ne
     assert proc.stdout == ""
 
 
-@pytest.mark.parametrize(("args", "code", "needle"), [
-    (["events", "export", "--since", "2026-11-31", "--until", "2026-12-01"], 1, "not a date"),
-    (["events", "export", "--since", "yesterday", "--until", "2026-12-01"], 1, "not a date"),
-    (["summary", "--since", "2026-11-01T00:00:00"], 1, "time zone"),
-    (["events", "export", "--since", "2026-12-01", "--until", "2026-11-01"], 1, "--until must be after --since"),
-    (["events", "export", "--since", "2026-12-01", "--until", "2026-12-01"], 1, "--until must be after --since"),
-    (["prices", "reprice", "--since", "2026-12-01", "--until", "2026-11-01"], 1, "--until must be after --since"),
-    (["prices", "add", "--book", "lava", "--model", "m", "--input", "0.35.1", "--output", "1"], 1, "input rate"),
-    (["prices", "add", "--book", "lava", "--model", "m", "--input", "1", "--output", "abc"], 1, "output rate"),
-    (["prices", "add", "--book", "lava", "--model", "m", "--input", "nan", "--output", "1"], 1, "input rate"),
-    (["prices", "add", "--book", "lava", "--model", "m", "--input", "0.0001", "--output", "1"], 1,
-     "finer than $0.001"),
-    (["prices", "add", "--book", "lava", "--model", "m", "--input", "1", "--output", "0.0005"], 1,
-     "finer than $0.001"),
-    (["prices", "add", "--book", "lava", "--model", "m", "--input=-1", "--output", "1"], 1, "negative"),
-    (["prices", "add", "--book", "lava", "--model", "m", "--input", "1", "--output", "1", "--from", "soon"], 1,
-     "--from"),
-    (["prices", "add", "--book", "nope", "--model", "m", "--input", "1", "--output", "1"], 2, "--book"),
-    (["prices", "add", "--book", "lava", "--input", "1", "--output", "1"], 2, "--model"),
-    (["prices", "list", "--format", "xml"], 2, "--format"),
-    (["events", "export", "--since", "2026-01-01", "--until", "2026-02-01", "--format", "xlsx"], 2, "--format"),
-    (["chat", "-m", "gpt-oss-120b", "-p", "hi", "--project", "p", "--tag", "novalue"], 1, "KEY=VALUE"),
-    (["chat", "-m", "gpt-oss-120b", "-p", "hi", "--project", "p", "--tag", "=v"], 1, "KEY=VALUE"),
-    (["events", "import", "/nonexistent/file.csv"], 2, "does not exist"),
-    (["no-such-command"], 2, "no-such-command"),
-])
-def test_bad_input_in_process(capsys: pytest.CaptureFixture[str], tmp_path: Path, args: list[str], code: int,
-                              needle: str) -> None:
+@pytest.mark.parametrize(
+    ("args", "code", "needle"),
+    [
+        (["events", "export", "--since", "2026-11-31", "--until", "2026-12-01"], 1, "not a date"),
+        (["events", "export", "--since", "yesterday", "--until", "2026-12-01"], 1, "not a date"),
+        (["summary", "--since", "2026-11-01T00:00:00"], 1, "time zone"),
+        (
+            ["events", "export", "--since", "2026-12-01", "--until", "2026-11-01"],
+            1,
+            "--until must be after --since",
+        ),
+        (
+            ["events", "export", "--since", "2026-12-01", "--until", "2026-12-01"],
+            1,
+            "--until must be after --since",
+        ),
+        (
+            ["prices", "reprice", "--since", "2026-12-01", "--until", "2026-11-01"],
+            1,
+            "--until must be after --since",
+        ),
+        (
+            ["prices", "add", "--book", "lava", "--model", "m", "--input", "0.35.1", "--output", "1"],
+            1,
+            "input rate",
+        ),
+        (
+            ["prices", "add", "--book", "lava", "--model", "m", "--input", "1", "--output", "abc"],
+            1,
+            "output rate",
+        ),
+        (
+            ["prices", "add", "--book", "lava", "--model", "m", "--input", "nan", "--output", "1"],
+            1,
+            "input rate",
+        ),
+        (
+            ["prices", "add", "--book", "lava", "--model", "m", "--input", "0.0001", "--output", "1"],
+            1,
+            "finer than $0.001",
+        ),
+        (
+            ["prices", "add", "--book", "lava", "--model", "m", "--input", "1", "--output", "0.0005"],
+            1,
+            "finer than $0.001",
+        ),
+        (["prices", "add", "--book", "lava", "--model", "m", "--input=-1", "--output", "1"], 1, "negative"),
+        (
+            [
+                "prices",
+                "add",
+                "--book",
+                "lava",
+                "--model",
+                "m",
+                "--input",
+                "1",
+                "--output",
+                "1",
+                "--from",
+                "soon",
+            ],
+            1,
+            "--from",
+        ),
+        (["prices", "add", "--book", "nope", "--model", "m", "--input", "1", "--output", "1"], 2, "--book"),
+        (["prices", "add", "--book", "lava", "--input", "1", "--output", "1"], 2, "--model"),
+        (["prices", "list", "--format", "xml"], 2, "--format"),
+        (
+            ["events", "export", "--since", "2026-01-01", "--until", "2026-02-01", "--format", "xlsx"],
+            2,
+            "--format",
+        ),
+        (["chat", "-m", "gpt-oss-120b", "-p", "hi", "--project", "p", "--tag", "novalue"], 1, "KEY=VALUE"),
+        (["chat", "-m", "gpt-oss-120b", "-p", "hi", "--project", "p", "--tag", "=v"], 1, "KEY=VALUE"),
+        (["events", "import", "/nonexistent/file.csv"], 2, "does not exist"),
+        (["no-such-command"], 2, "no-such-command"),
+    ],
+)
+def test_bad_input_in_process(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, args: list[str], code: int, needle: str
+) -> None:
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     got, out, err = run_db(capsys, url, *args)
     line = assert_one_error(got, err, code)
@@ -285,8 +407,16 @@ def test_bad_input_in_process(capsys: pytest.CaptureFixture[str], tmp_path: Path
     assert out == ""
 
 
-@pytest.mark.parametrize("args", [["summary"], ["prices", "list"], ["db", "upgrade"], ["db", "current"],
-                                  ["events", "export", "--since", "2026-01-01", "--until", "2026-02-01"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["summary"],
+        ["prices", "list"],
+        ["db", "upgrade"],
+        ["db", "current"],
+        ["events", "export", "--since", "2026-01-01", "--until", "2026-02-01"],
+    ],
+)
 def test_unreachable_postgres_is_one_line(capsys: pytest.CaptureFixture[str], args: list[str]) -> None:
     code, out, err = run(capsys, "--database-url", "postgresql://postgres@127.0.0.1:1/test", *args)
     line = assert_one_error(code, err, 1)
@@ -301,7 +431,9 @@ def test_unknown_database_url_is_one_line(capsys: pytest.CaptureFixture[str], ur
     assert out == ""
 
 
-def test_bad_url_from_environment(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bad_url_from_environment(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("LEDGER_DATABASE_URL", "mysql://x")
     code, _, err = run(capsys, "summary")
     assert "mysql" in assert_one_error(code, err, 1)
@@ -310,8 +442,9 @@ def test_bad_url_from_environment(capsys: pytest.CaptureFixture[str], monkeypatc
 # -- events export -----------------------------------------------------------------------------
 
 
-def test_export_csv_columns_and_values(capsys: pytest.CaptureFixture[str], ledger_env: dict[str, str],
-                                       upstream: StandIn, db_url: str) -> None:
+def test_export_csv_columns_and_values(
+    capsys: pytest.CaptureFixture[str], ledger_env: dict[str, str], upstream: StandIn, db_url: str
+) -> None:
     make_calls(upstream, db_url)
     header, rows = parse_csv(export(capsys, db_url, "csv"))
     assert header == COLUMNS
@@ -321,7 +454,7 @@ def test_export_csv_columns_and_values(capsys: pytest.CaptureFixture[str], ledge
     for r in rows:
         d = db[r["event_id"]]
         assert r["occurred_at"].endswith("Z")
-        assert datetime.fromisoformat(r["occurred_at"].replace("Z", "+00:00")) == as_utc(d["occurred_at"])
+        assert datetime.fromisoformat(r["occurred_at"]) == as_utc(d["occurred_at"])
         assert r["project"] == d["project"] and r["route"] == d["route"] and r["status"] == d["status"]
         assert r["model"] == (d["served_model"] or d["requested_model"])
         for b in ("stream", "free", "priced"):
@@ -350,8 +483,9 @@ def test_export_csv_columns_and_values(capsys: pytest.CaptureFixture[str], ledge
     assert err["http_status"] == "429" and err["prompt_tokens"] == "" and err["cost_usd"] == "0.000000000"
 
 
-def test_export_jsonl_and_project_filter(capsys: pytest.CaptureFixture[str], ledger_env: dict[str, str],
-                                         upstream: StandIn, db_url: str) -> None:
+def test_export_jsonl_and_project_filter(
+    capsys: pytest.CaptureFixture[str], ledger_env: dict[str, str], upstream: StandIn, db_url: str
+) -> None:
     make_calls(upstream, db_url)
     lines = export(capsys, db_url, "jsonl").splitlines()
     rows = [json.loads(line) for line in lines]
@@ -369,26 +503,47 @@ def test_export_jsonl_and_project_filter(capsys: pytest.CaptureFixture[str], led
     assert {r["project"] for r in alpha} == {"alpha"}
     assert len(alpha) == sum(1 for m in STANDARD_MIX if m[0] == "alpha")
     _, beta = parse_csv(export(capsys, db_url, "csv", "--project", "beta"))
-    assert {r["project"] for r in beta} == {"beta"} and len(beta) == sum(1 for m in STANDARD_MIX if m[0] == "beta")
+    assert {r["project"] for r in beta} == {"beta"} and len(beta) == sum(
+        1 for m in STANDARD_MIX if m[0] == "beta"
+    )
     _, none = parse_csv(export(capsys, db_url, "csv", "--project", "nobody"))
     assert none == []
 
 
-def test_export_window_excludes_other_periods(capsys: pytest.CaptureFixture[str], ledger_env: dict[str, str],
-                                              upstream: StandIn, db_url: str) -> None:
+def test_export_window_excludes_other_periods(
+    capsys: pytest.CaptureFixture[str], ledger_env: dict[str, str], upstream: StandIn, db_url: str
+) -> None:
     make_calls(upstream, db_url, STANDARD_MIX[:2])
     out = ok(capsys, db_url, "events", "export", "--since", "2020-01-01", "--until", "2020-02-01")
     assert out.splitlines() == [",".join(COLUMNS)]
 
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
-def test_export_out_writes_the_file(capsys: pytest.CaptureFixture[str], ledger_env: dict[str, str],
-                                    upstream: StandIn, db_url: str, tmp_path: Path, fmt: str) -> None:
+def test_export_out_writes_the_file(
+    capsys: pytest.CaptureFixture[str],
+    ledger_env: dict[str, str],
+    upstream: StandIn,
+    db_url: str,
+    tmp_path: Path,
+    fmt: str,
+) -> None:
     make_calls(upstream, db_url)
     target = tmp_path / f"out.{fmt}"
     since, until = window()
-    code, out, err = run_db(capsys, db_url, "events", "export", "--since", since, "--until", until,
-                            "--format", fmt, "--out", str(target))
+    code, out, err = run_db(
+        capsys,
+        db_url,
+        "events",
+        "export",
+        "--since",
+        since,
+        "--until",
+        until,
+        "--format",
+        fmt,
+        "--out",
+        str(target),
+    )
     assert code == 0, err
     assert out == ""
     assert f"wrote {len(STANDARD_MIX)} event(s)" in err
@@ -399,15 +554,32 @@ def test_export_out_writes_the_file(capsys: pytest.CaptureFixture[str], ledger_e
 # -- events import -----------------------------------------------------------------------------
 
 
-def test_import_round_trip(capsys: pytest.CaptureFixture[str], env_per_url: dict[str, str], upstream: StandIn,
-                           db_url: str, tmp_path: Path) -> None:
+def test_import_round_trip(
+    capsys: pytest.CaptureFixture[str],
+    env_per_url: dict[str, str],
+    upstream: StandIn,
+    db_url: str,
+    tmp_path: Path,
+) -> None:
     source = f"sqlite:///{tmp_path / 'source.db'}"
     make_calls(upstream, source)
     since, until = window()
     for fmt in ("csv", "jsonl"):
         target = tmp_path / f"events.{fmt}"
-        ok(capsys, source, "events", "export", "--since", since, "--until", until, "--format", fmt,
-           "--out", str(target))
+        ok(
+            capsys,
+            source,
+            "events",
+            "export",
+            "--since",
+            since,
+            "--until",
+            until,
+            "--format",
+            fmt,
+            "--out",
+            str(target),
+        )
     fresh = db_url  # empty: SQLite->SQLite, or SQLite->PostgreSQL
     out = ok(capsys, fresh, "events", "import", str(tmp_path / "events.csv"))
     assert f"{len(STANDARD_MIX)} row(s) read; {len(STANDARD_MIX)} new, 0 already present" in out
@@ -429,8 +601,13 @@ def test_import_round_trip(capsys: pytest.CaptureFixture[str], env_per_url: dict
     assert int(sql_rows(fresh, "SELECT SUM(cost_nanos) FROM events")[0][0]) == int(src_sum[0])
 
 
-def test_import_format_detected_from_content(capsys: pytest.CaptureFixture[str], env_per_url: dict[str, str],
-                                             upstream: StandIn, db_url: str, tmp_path: Path) -> None:
+def test_import_format_detected_from_content(
+    capsys: pytest.CaptureFixture[str],
+    env_per_url: dict[str, str],
+    upstream: StandIn,
+    db_url: str,
+    tmp_path: Path,
+) -> None:
     source = f"sqlite:///{tmp_path / 'source.db'}"
     make_calls(upstream, source, STANDARD_MIX[:3])
     (tmp_path / "noext").write_text(export(capsys, source, "jsonl"), encoding="utf-8")
@@ -446,8 +623,9 @@ def _rows_for(capsys: pytest.CaptureFixture[str], url: str, fmt: str) -> list[di
     return [json.loads(x) for x in text.splitlines()]
 
 
-def _write_rows(path: Path, rows: list[dict[str, Any]], fmt: str,
-                raw_line: Callable[[int, str], bytes] | None = None) -> None:
+def _write_rows(
+    path: Path, rows: list[dict[str, Any]], fmt: str, raw_line: Callable[[int, str], bytes] | None = None
+) -> None:
     """Write rows as an import file; ``raw_line(index, text)`` may replace a line's bytes."""
     lines: list[str] = []
     if fmt == "csv":
@@ -480,9 +658,15 @@ BAD_ROWS: dict[str, Callable[[dict[str, Any]], None]] = {
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
 @pytest.mark.parametrize("kind", list(BAD_ROWS))
-def test_import_bad_row_imports_nothing(capsys: pytest.CaptureFixture[str], ledger_env: dict[str, str],
-                                        upstream: StandIn, db_url: str, tmp_path: Path, fmt: str,
-                                        kind: str) -> None:
+def test_import_bad_row_imports_nothing(
+    capsys: pytest.CaptureFixture[str],
+    ledger_env: dict[str, str],
+    upstream: StandIn,
+    db_url: str,
+    tmp_path: Path,
+    fmt: str,
+    kind: str,
+) -> None:
     make_calls(upstream, db_url)
     rows = _rows_for(capsys, db_url, fmt)
     for r in rows:
@@ -508,8 +692,13 @@ def test_import_bad_row_imports_nothing(capsys: pytest.CaptureFixture[str], ledg
     assert "new" not in out
 
 
-def test_import_error_is_the_only_stderr_line(capsys: pytest.CaptureFixture[str], ledger_env: dict[str, str],
-                                              upstream: StandIn, db_url: str, tmp_path: Path) -> None:
+def test_import_error_is_the_only_stderr_line(
+    capsys: pytest.CaptureFixture[str],
+    ledger_env: dict[str, str],
+    upstream: StandIn,
+    db_url: str,
+    tmp_path: Path,
+) -> None:
     make_calls(upstream, db_url, STANDARD_MIX[:3])
     rows = _rows_for(capsys, db_url, "csv")
     rows[1]["event_id"] = "not-a-uuid"
@@ -519,8 +708,13 @@ def test_import_error_is_the_only_stderr_line(capsys: pytest.CaptureFixture[str]
     assert "line 3" in assert_one_error(code, err, 1)
 
 
-def test_import_bad_header_and_duplicates(capsys: pytest.CaptureFixture[str], ledger_env: dict[str, str],
-                                          upstream: StandIn, db_url: str, tmp_path: Path) -> None:
+def test_import_bad_header_and_duplicates(
+    capsys: pytest.CaptureFixture[str],
+    ledger_env: dict[str, str],
+    upstream: StandIn,
+    db_url: str,
+    tmp_path: Path,
+) -> None:
     make_calls(upstream, db_url, STANDARD_MIX[:3])
     text = export(capsys, db_url, "csv")
     before = count_rows(db_url)
@@ -537,9 +731,13 @@ def test_import_bad_header_and_duplicates(capsys: pytest.CaptureFixture[str], le
     assert count_rows(db_url) == before
 
 
-def test_import_rows_without_cost_are_priced_from_the_book(capsys: pytest.CaptureFixture[str],
-                                                          env_per_url: dict[str, str], upstream: StandIn,
-                                                          db_url: str, tmp_path: Path) -> None:
+def test_import_rows_without_cost_are_priced_from_the_book(
+    capsys: pytest.CaptureFixture[str],
+    env_per_url: dict[str, str],
+    upstream: StandIn,
+    db_url: str,
+    tmp_path: Path,
+) -> None:
     source = f"sqlite:///{tmp_path / 'source.db'}"
     make_calls(upstream, source)
     rows = _rows_for(capsys, source, "csv")
@@ -570,14 +768,18 @@ def test_import_rows_without_cost_are_priced_from_the_book(capsys: pytest.Captur
 # -- prices ------------------------------------------------------------------------------------
 
 
-def test_prices_list_lava_book_is_the_seed_table(capsys: pytest.CaptureFixture[str], ledger_env: dict[str, str],
-                                                db_url: str) -> None:
+def test_prices_list_lava_book_is_the_seed_table(
+    capsys: pytest.CaptureFixture[str], ledger_env: dict[str, str], db_url: str
+) -> None:
     rows = json.loads(ok(capsys, db_url, "prices", "list", "--book", "lava", "--format", "json"))
-    assert {r["model"]: (Decimal(r["input_per_m"]), Decimal(r["output_per_m"]), r["free"]) for r in rows} == LAVA_SEED
+    assert {
+        r["model"]: (Decimal(r["input_per_m"]), Decimal(r["output_per_m"]), r["free"]) for r in rows
+    } == LAVA_SEED
     assert len(rows) == len(LAVA_SEED) and {r["book"] for r in rows} == {"lava"}
     _, csv_rows = parse_csv(ok(capsys, db_url, "prices", "list", "--book", "lava", "--format", "csv"))
-    assert {r["model"]: (Decimal(r["input_per_m"]), Decimal(r["output_per_m"])) for r in csv_rows} == \
-        {m: v[:2] for m, v in LAVA_SEED.items()}
+    assert {r["model"]: (Decimal(r["input_per_m"]), Decimal(r["output_per_m"])) for r in csv_rows} == {
+        m: v[:2] for m, v in LAVA_SEED.items()
+    }
     table = ok(capsys, db_url, "prices", "list", "--book", "lava").splitlines()
     assert table[0].split()[:3] == ["book", "model", "effective_from"] and set(table[1]) <= {"-", " "}
     assert len(table) == 2 + len(LAVA_SEED)
@@ -587,12 +789,25 @@ def test_prices_list_lava_book_is_the_seed_table(capsys: pytest.CaptureFixture[s
     assert any(r["model"] == "gpt-oss-120b" and r["book"] == "cerebras" for r in everything)
 
 
-def test_prices_add_applies_to_later_calls_only(capsys: pytest.CaptureFixture[str], ledger_env: dict[str, str],
-                                                upstream: StandIn, db_url: str) -> None:
+def test_prices_add_applies_to_later_calls_only(
+    capsys: pytest.CaptureFixture[str], ledger_env: dict[str, str], upstream: StandIn, db_url: str
+) -> None:
     one = [("alpha", "cerebras", "gpt-oss-120b", False, None, None)]
     make_calls(upstream, db_url, one)
-    out = ok(capsys, db_url, "prices", "add", "--book", "cerebras", "--model", "gpt-oss-120b",
-             "--input", "1.00", "--output", "2.00")
+    out = ok(
+        capsys,
+        db_url,
+        "prices",
+        "add",
+        "--book",
+        "cerebras",
+        "--model",
+        "gpt-oss-120b",
+        "--input",
+        "1.00",
+        "--output",
+        "2.00",
+    )
     assert out.startswith("added cerebras/gpt-oss-120b@")
     new_id = out.split()[1]
     make_calls(upstream, db_url, one)
@@ -605,13 +820,28 @@ def test_prices_add_applies_to_later_calls_only(capsys: pytest.CaptureFixture[st
     point = next(p for p in listed if p["price_id"] == new_id)
     assert (point["input_per_m"], point["output_per_m"], point["source"]) == ("1", "2", "manual")
     # the same point again is refused, in one line
-    code, _, err = run_db(capsys, db_url, "prices", "add", "--book", "cerebras", "--model", "gpt-oss-120b",
-                          "--input", "1.00", "--output", "2.00", "--from", point["effective_from"])
+    code, _, err = run_db(
+        capsys,
+        db_url,
+        "prices",
+        "add",
+        "--book",
+        "cerebras",
+        "--model",
+        "gpt-oss-120b",
+        "--input",
+        "1.00",
+        "--output",
+        "2.00",
+        "--from",
+        point["effective_from"],
+    )
     assert "already exists" in assert_one_error(code, err, 1)
 
 
-def test_prices_check_lists_unpriced_models(capsys: pytest.CaptureFixture[str], ledger_env: dict[str, str],
-                                            upstream: StandIn, db_url: str) -> None:
+def test_prices_check_lists_unpriced_models(
+    capsys: pytest.CaptureFixture[str], ledger_env: dict[str, str], upstream: StandIn, db_url: str
+) -> None:
     make_calls(upstream, db_url, [STANDARD_MIX[0]])
     code, out, err = run_db(capsys, db_url, "prices", "check")
     assert code == 0, err
@@ -621,27 +851,50 @@ def test_prices_check_lists_unpriced_models(capsys: pytest.CaptureFixture[str], 
     assert "mystery-model-9000" in out and "cerebras" in out
     assert code == 1
     code, out, _ = run_db(capsys, db_url, "prices", "check", "--format", "json")
-    assert json.loads(out) == [{"book": "cerebras", "model": "mystery-model-9000", "events": 2,
-                                "tokens": 2 * fetch_events(db_url, "served_model = 'mystery-model-9000'")[0][
-                                    "total_tokens"]}]
+    assert json.loads(out) == [
+        {
+            "book": "cerebras",
+            "model": "mystery-model-9000",
+            "events": 2,
+            "tokens": 2 * fetch_events(db_url, "served_model = 'mystery-model-9000'")[0]["total_tokens"],
+        }
+    ]
     assert code == 1
 
 
-def test_prices_check_exit_code_via_console_script(tmp_path: Path, env_per_url: dict[str, str],
-                                                   upstream: StandIn) -> None:
-    url = f"sqlite:///{tmp_path / 'l.db'}"
-    make_calls(upstream, url, [STANDARD_MIX[3]])
-    proc = run_process([str(CONSOLE_SCRIPT), "--database-url", url, "prices", "check"],
-                       subprocess_env(tmp_path / "home"), tmp_path)
+def test_prices_check_exit_code_via_console_script(
+    tmp_path: Path, ledger_env: dict[str, str], upstream: StandIn, db_url: str
+) -> None:
+    make_calls(upstream, db_url, [STANDARD_MIX[3]])
+    proc = run_process(
+        [str(CONSOLE_SCRIPT), "--database-url", db_url, "prices", "check"],
+        subprocess_env(tmp_path / "home"),
+        tmp_path,
+    )
     assert "mystery-model-9000" in proc.stdout
     assert proc.returncode == 1
 
 
-def test_pricing_an_unpriced_model_then_reprice(capsys: pytest.CaptureFixture[str], ledger_env: dict[str, str],
-                                                upstream: StandIn, db_url: str) -> None:
+def test_pricing_an_unpriced_model_then_reprice(
+    capsys: pytest.CaptureFixture[str], ledger_env: dict[str, str], upstream: StandIn, db_url: str
+) -> None:
     make_calls(upstream, db_url, [STANDARD_MIX[3]])
-    ok(capsys, db_url, "prices", "add", "--book", "cerebras", "--model", "mystery-model-9000",
-       "--input", "2", "--output", "4", "--from", "2024-01-01")
+    ok(
+        capsys,
+        db_url,
+        "prices",
+        "add",
+        "--book",
+        "cerebras",
+        "--model",
+        "mystery-model-9000",
+        "--input",
+        "2",
+        "--output",
+        "4",
+        "--from",
+        "2024-01-01",
+    )
     since, until = window()
     out = ok(capsys, db_url, "prices", "reprice", "--since", since, "--until", until)
     assert "wrote 1 correction(s)" in out
@@ -657,10 +910,16 @@ def test_pricing_an_unpriced_model_then_reprice(capsys: pytest.CaptureFixture[st
     assert summary[0]["paid_usd"] == nanos_str(expected)
 
 
-def test_prices_sync_adds_only_changed_prices(capsys: pytest.CaptureFixture[str], ledger_env: dict[str, str],
-                                              upstream: StandIn, db_url: str) -> None:
-    upstream.models_feed["data"].append({"id": "llama3.1-8b", "object": "model",
-                                         "pricing": {"prompt": "0.0000001", "completion": "0.0000001"}})
+def test_prices_sync_adds_only_changed_prices(
+    capsys: pytest.CaptureFixture[str], ledger_env: dict[str, str], upstream: StandIn, db_url: str
+) -> None:
+    upstream.models_feed["data"].append(
+        {
+            "id": "llama3.1-8b",
+            "object": "model",
+            "pricing": {"prompt": "0.0000001", "completion": "0.0000001"},
+        }
+    )
     feed = ("--feed-url", upstream.base_url)
     out = ok(capsys, db_url, "prices", "sync", *feed)  # the feed matches the built-in book
     assert "added 0 price point(s)" in out
@@ -673,16 +932,22 @@ def test_prices_sync_adds_only_changed_prices(capsys: pytest.CaptureFixture[str]
     assert "added 1 price point(s)" in out
     after = price_rows(db_url)
     (new,) = [p for p in after if p["price_id"] not in {b["price_id"] for b in before}]
-    assert (new["book"], new["model"], new["input_nanos"], new["output_nanos"], new["source"]) == \
-        ("cerebras", "gpt-oss-120b", 400, 800, "sync")
+    assert (new["book"], new["model"], new["input_nanos"], new["output_nanos"], new["source"]) == (
+        "cerebras",
+        "gpt-oss-120b",
+        400,
+        800,
+        "sync",
+    )
     assert len(after) == len(before) + 1
     out = ok(capsys, db_url, "prices", "sync", "--format", "json", *feed)  # nothing changed since
     assert json.loads(out) == [] and len(price_rows(db_url)) == len(after)
 
 
 @pytest.mark.parametrize("feed", [{"object": "list"}, {"data": "nope"}, ["not", "a", "mapping"]])
-def test_prices_sync_malformed_feed(capsys: pytest.CaptureFixture[str], ledger_env: dict[str, str],
-                                    upstream: StandIn, db_url: str, feed: Any) -> None:
+def test_prices_sync_malformed_feed(
+    capsys: pytest.CaptureFixture[str], ledger_env: dict[str, str], upstream: StandIn, db_url: str, feed: Any
+) -> None:
     upstream.models_feed = feed
     code, out, err = run_db(capsys, db_url, "prices", "sync", "--feed-url", upstream.base_url)
     assert "feed" in assert_one_error(code, err, 1)
@@ -690,18 +955,34 @@ def test_prices_sync_malformed_feed(capsys: pytest.CaptureFixture[str], ledger_e
 
 
 def test_prices_sync_unreachable_feed(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    code, _, err = run_db(capsys, f"sqlite:///{tmp_path / 'l.db'}", "prices", "sync", "--feed-url",
-                          "http://127.0.0.1:1")
+    code, _, err = run_db(
+        capsys, f"sqlite:///{tmp_path / 'l.db'}", "prices", "sync", "--feed-url", "http://127.0.0.1:1"
+    )
     assert "unreachable" in assert_one_error(code, err, 1)
 
 
-def test_reprice_writes_corrections_once(capsys: pytest.CaptureFixture[str], ledger_env: dict[str, str],
-                                         upstream: StandIn, db_url: str) -> None:
+def test_reprice_writes_corrections_once(
+    capsys: pytest.CaptureFixture[str], ledger_env: dict[str, str], upstream: StandIn, db_url: str
+) -> None:
     make_calls(upstream, db_url)
     original = {r["event_id"]: r for r in fetch_events(db_url)}
     yesterday = (datetime.now(UTC) - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    added = ok(capsys, db_url, "prices", "add", "--book", "cerebras", "--model", "gpt-oss-120b",
-               "--input", "0.50", "--output", "1.00", "--from", yesterday).split()[1]
+    added = ok(
+        capsys,
+        db_url,
+        "prices",
+        "add",
+        "--book",
+        "cerebras",
+        "--model",
+        "gpt-oss-120b",
+        "--input",
+        "0.50",
+        "--output",
+        "1.00",
+        "--from",
+        yesterday,
+    ).split()[1]
     since, until = window()
     dry = ok(capsys, db_url, "prices", "reprice", "--since", since, "--until", until, "--dry-run")
     assert "would write 2 correction(s)" in dry
@@ -709,15 +990,20 @@ def test_reprice_writes_corrections_once(capsys: pytest.CaptureFixture[str], led
     out = ok(capsys, db_url, "prices", "reprice", "--since", since, "--until", until)
     assert f"examined {len(STANDARD_MIX) - 1} event(s); wrote 2 correction(s)" in out  # the 429 has no usage
     fixes = fetch_events(db_url, "kind = 'correction'")
-    targets = {eid for eid, r in original.items()
-               if r["route"] == "cerebras" and r["served_model"] == "gpt-oss-120b" and r["usage_known"]}
+    targets = {
+        eid
+        for eid, r in original.items()
+        if r["route"] == "cerebras" and r["served_model"] == "gpt-oss-120b" and r["usage_known"]
+    }
     assert {f["corrects_event_id"] for f in fixes} == targets and len(fixes) == 2
     total = 0
     for f in fixes:
         o = original[f["corrects_event_id"]]
         new_cost = o["prompt_tokens"] * 500 + o["completion_tokens"] * 1000
         assert f["cost_nanos"] == new_cost - o["cost_nanos"]
-        assert f["price_id"] == added and f["project"] == o["project"] and f["occurred_at"] == o["occurred_at"]
+        assert (
+            f["price_id"] == added and f["project"] == o["project"] and f["occurred_at"] == o["occurred_at"]
+        )
         total += f["cost_nanos"]
     assert f"totalling {nanos_str(total)} USD" in out
     # the originals are untouched
@@ -737,8 +1023,22 @@ def test_reprice_writes_corrections_once(capsys: pytest.CaptureFixture[str], led
         else:
             assert r["cost_usd"] == ("" if o["cost_nanos"] is None else nanos_str(o["cost_nanos"]))
     # --project limits the re-pricing
-    ok(capsys, db_url, "prices", "add", "--book", "lava", "--model", "qwen-3-235b-instruct",
-       "--input", "1", "--output", "2", "--from", yesterday)
+    ok(
+        capsys,
+        db_url,
+        "prices",
+        "add",
+        "--book",
+        "lava",
+        "--model",
+        "qwen-3-235b-instruct",
+        "--input",
+        "1",
+        "--output",
+        "2",
+        "--from",
+        yesterday,
+    )
     out = ok(capsys, db_url, "prices", "reprice", "--since", since, "--until", until, "--project", "beta")
     assert "wrote 0 correction(s)" in out
     out = ok(capsys, db_url, "prices", "reprice", "--since", since, "--until", until, "--project", "alpha")
@@ -760,20 +1060,60 @@ SELECT project,
        SUM(CASE WHEN kind = 'usage' AND NOT priced AND status = 'ok' THEN 1 ELSE 0 END)
 FROM events GROUP BY project ORDER BY project
 """
-SUMMARY_KEYS = ("calls", "errors", "incomplete", "tokens", "paid_usd", "free_calls", "free_tokens", "unpriced")
+SUMMARY_KEYS = (
+    "calls",
+    "errors",
+    "incomplete",
+    "tokens",
+    "paid_usd",
+    "free_calls",
+    "free_tokens",
+    "unpriced",
+)
 
 
 def sql_totals(url: str) -> dict[str, dict[str, Any]]:
-    return {r[0]: dict(zip(SUMMARY_KEYS, [int(r[1]), int(r[2]), int(r[3]), int(r[4]), nanos_str(int(r[5])),
-                                          int(r[6]), int(r[7]), int(r[8])], strict=True))
-            for r in sql_rows(url, SQL_TOTALS)}
+    return {
+        r[0]: dict(
+            zip(
+                SUMMARY_KEYS,
+                [
+                    int(r[1]),
+                    int(r[2]),
+                    int(r[3]),
+                    int(r[4]),
+                    nanos_str(int(r[5])),
+                    int(r[6]),
+                    int(r[7]),
+                    int(r[8]),
+                ],
+                strict=True,
+            )
+        )
+        for r in sql_rows(url, SQL_TOTALS)
+    }
 
 
-def test_summary_json_equals_sql_sums(capsys: pytest.CaptureFixture[str], ledger_env: dict[str, str],
-                                      upstream: StandIn, db_url: str) -> None:
+def test_summary_json_equals_sql_sums(
+    capsys: pytest.CaptureFixture[str], ledger_env: dict[str, str], upstream: StandIn, db_url: str
+) -> None:
     make_calls(upstream, db_url)
-    ok(capsys, db_url, "prices", "add", "--book", "cerebras", "--model", "gpt-oss-120b",
-       "--input", "0.50", "--output", "1.00", "--from", "2024-06-01")
+    ok(
+        capsys,
+        db_url,
+        "prices",
+        "add",
+        "--book",
+        "cerebras",
+        "--model",
+        "gpt-oss-120b",
+        "--input",
+        "0.50",
+        "--output",
+        "1.00",
+        "--from",
+        "2024-06-01",
+    )
     since, until = window()
     ok(capsys, db_url, "prices", "reprice", "--since", since, "--until", until)  # corrections count too
     got = {r.pop("project"): r for r in json.loads(ok(capsys, db_url, "summary", "--format", "json"))}
@@ -784,8 +1124,22 @@ def test_summary_json_equals_sql_sums(capsys: pytest.CaptureFixture[str], ledger
     paid = sum(r["cost_nanos"] or 0 for r in fetch_events(db_url) if not r["free"])
     assert sum(Decimal(r["paid_usd"]) for r in got.values()) == Decimal(paid).scaleb(-9)
     # outside the period: nothing
-    assert json.loads(ok(capsys, db_url, "summary", "--since", "2020-01-01", "--until", "2020-02-01",
-                         "--format", "json")) == []
+    assert (
+        json.loads(
+            ok(
+                capsys,
+                db_url,
+                "summary",
+                "--since",
+                "2020-01-01",
+                "--until",
+                "2020-02-01",
+                "--format",
+                "json",
+            )
+        )
+        == []
+    )
     _, csv_rows = parse_csv(ok(capsys, db_url, "summary", "--format", "csv"))
     assert {r["project"]: r["paid_usd"] for r in csv_rows} == {p: v["paid_usd"] for p, v in want.items()}
 
@@ -802,8 +1156,9 @@ def _tables(url: str) -> set[str]:
         engine.dispose()
 
 
-def test_db_upgrade_current_downgrade(capsys: pytest.CaptureFixture[str], ledger_env: dict[str, str],
-                                      db_url: str) -> None:
+def test_db_upgrade_current_downgrade(
+    capsys: pytest.CaptureFixture[str], ledger_env: dict[str, str], db_url: str
+) -> None:
     assert ok(capsys, db_url, "db", "current").strip() == "base (empty)"
     assert ok(capsys, db_url, "db", "upgrade").strip().endswith("is at revision 0001")
     assert ok(capsys, db_url, "db", "current").strip() == "0001"
@@ -819,8 +1174,9 @@ def test_db_upgrade_current_downgrade(capsys: pytest.CaptureFixture[str], ledger
     assert_one_error(code, err, 1)
 
 
-def test_db_upgrade_then_calls_are_priced(capsys: pytest.CaptureFixture[str], ledger_env: dict[str, str],
-                                          upstream: StandIn, db_url: str) -> None:
+def test_db_upgrade_then_calls_are_priced(
+    capsys: pytest.CaptureFixture[str], ledger_env: dict[str, str], upstream: StandIn, db_url: str
+) -> None:
     """``db upgrade`` is the documented way to create a ledger; the result must hold the built-in book."""
     ok(capsys, db_url, "db", "upgrade")
     rows = json.loads(ok(capsys, db_url, "prices", "list", "--book", "lava", "--format", "json"))
@@ -830,8 +1186,9 @@ def test_db_upgrade_then_calls_are_priced(capsys: pytest.CaptureFixture[str], le
     assert bool(row["priced"]) and row["price_id"] == BUILTIN_GPT
 
 
-def test_db_downgrade_then_first_use_recreates_the_ledger(capsys: pytest.CaptureFixture[str],
-                                                         ledger_env: dict[str, str], db_url: str) -> None:
+def test_db_downgrade_then_first_use_recreates_the_ledger(
+    capsys: pytest.CaptureFixture[str], ledger_env: dict[str, str], db_url: str
+) -> None:
     ok(capsys, db_url, "prices", "list")  # first use creates and seeds
     ok(capsys, db_url, "db", "downgrade", "base")
     rows = json.loads(ok(capsys, db_url, "prices", "list", "--book", "lava", "--format", "json"))
@@ -851,8 +1208,17 @@ def test_demo_creates_the_default_ledger_and_prints_a_table(tmp_path: Path) -> N
     assert db_file.is_file() and db_file.stat().st_size > 0
     lines = proc.stdout.splitlines()
     assert lines[0] == f"ledger: sqlite:///{db_file}"
-    assert lines[1].split() == ["project", "calls", "errors", "incomplete", "tokens", "paid_usd", "free_calls",
-                                "free_tokens", "unpriced"]
+    assert lines[1].split() == [
+        "project",
+        "calls",
+        "errors",
+        "incomplete",
+        "tokens",
+        "paid_usd",
+        "free_calls",
+        "free_tokens",
+        "unpriced",
+    ]
     body = {line.split()[0]: line.split() for line in lines[3:]}
     assert set(body) == set(DEMO_PROJECTS)
     assert sum(int(v[1]) for v in body.values()) == 30
@@ -861,8 +1227,9 @@ def test_demo_creates_the_default_ledger_and_prints_a_table(tmp_path: Path) -> N
 
 def test_demo_json_totals_equal_sql(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    proc = run_process([str(CONSOLE_SCRIPT), "demo", "--calls", "40", "--format", "json"], subprocess_env(home),
-                       tmp_path)
+    proc = run_process(
+        [str(CONSOLE_SCRIPT), "demo", "--calls", "40", "--format", "json"], subprocess_env(home), tmp_path
+    )
     assert proc.returncode == 0, proc.stderr
     got = {r.pop("project"): r for r in json.loads(proc.stdout)}
     assert set(got) == set(DEMO_PROJECTS)
@@ -873,7 +1240,17 @@ def test_demo_json_totals_equal_sql(tmp_path: Path) -> None:
 
 
 def test_demo_on_an_unusable_database_is_one_line(tmp_path: Path) -> None:
-    proc = run_process([str(CONSOLE_SCRIPT), "--database-url", "postgresql://postgres@127.0.0.1:1/test", "demo",
-                        "--calls", "3"], subprocess_env(tmp_path / "home"), tmp_path)
+    proc = run_process(
+        [
+            str(CONSOLE_SCRIPT),
+            "--database-url",
+            "postgresql://postgres@127.0.0.1:1/test",
+            "demo",
+            "--calls",
+            "3",
+        ],
+        subprocess_env(tmp_path / "home"),
+        tmp_path,
+    )
     assert_one_error(proc.returncode, proc.stderr, 1)
     assert proc.stdout == ""

@@ -136,7 +136,7 @@ def test_kill9_loses_no_returned_call(ledger_env: dict[str, str], upstream: Stan
     if mode == "threads":
         assert journal.recover(url) == 0  # no segment has a live owner
     else:  # any CLI command recovers first
-        out = subprocess.run([sys.executable, "-m", "ledger", "summary", "--format", "json"],
+        out = subprocess.run([sys.executable, "-m", "ledger", "summary", "--format", "json"], check=False,
                              capture_output=True, text=True, timeout=120, env=dict(os.environ))
         assert out.returncode == 0, out.stderr
     assert _spool_files(spool, journal.SEGMENT_SUFFIX) == []

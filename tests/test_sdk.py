@@ -78,7 +78,8 @@ class Flavour:
             return cls(api_key=api_key, base_url=base_url, http_client=http_client, max_retries=max_retries,
                        warm_tcp_connection=warm)
         cls = openai.AsyncOpenAI if self.is_async else openai.OpenAI  # base_url with /v1
-        return cls(api_key=api_key, base_url=f"{base_url}/v1", http_client=http_client, max_retries=max_retries)
+        return cls(api_key=api_key, base_url=f"{base_url}/v1", http_client=http_client,
+                   max_retries=max_retries)
 
 
 FLAVOURS = [
@@ -122,7 +123,9 @@ class Session:
     def __init__(self, flavour: Flavour, upstream: StandIn, route: str = "cerebras", *, max_retries: int = 0,
                  instrumented: bool = True, warm: bool = False, tags: dict[str, str] | None = None) -> None:
         self.flavour = flavour
-        hooks = [_lava_forwarding(upstream.base_url, flavour.http, flavour.is_async)] if route == "lava" else []
+        hooks = []
+        if route == "lava":
+            hooks.append(_lava_forwarding(upstream.base_url, flavour.http, flavour.is_async))
         self.http = flavour.http_client(hooks)
         if instrumented:
             assert ledger.instrument(self.http, project=PROJECT, tags=tags) is self.http
@@ -181,7 +184,8 @@ def _assert_priced_ok(row: dict[str, Any], served: Served, route: str, *, stream
     assert row["status"] == "ok" and row["http_status"] == 200
     assert (row["route"], row["book"], bool(row["stream"])) == (route, book, stream)
     assert row["upstream_id"] == served.upstream_id and row["requested_model"] == model
-    assert (row["prompt_tokens"], row["completion_tokens"]) == (served.prompt_tokens, served.completion_tokens)
+    assert row["prompt_tokens"] == served.prompt_tokens
+    assert row["completion_tokens"] == served.completion_tokens
     assert row["reasoning_tokens"] == served.reasoning_tokens
     assert row["total_tokens"] == served.prompt_tokens + served.completion_tokens
     assert row["cost_nanos"] == served.prompt_tokens * input_rate + served.completion_tokens * output_rate
@@ -197,7 +201,8 @@ def _assert_priced_ok(row: dict[str, Any], served: Served, route: str, *, stream
 class _RecordingHandler(_Handler):
     def _note(self) -> None:
         headers = {k.lower(): v for k, v in self.headers.items()}
-        self.server.owner.seen.append((self.command, urlsplit(self.path).path, headers))  # type: ignore[attr-defined]
+        owner: Any = self.server.owner
+        owner.seen.append((self.command, urlsplit(self.path).path, headers))
 
     def do_GET(self) -> None:
         self._note()
@@ -291,7 +296,8 @@ def test_exhausted_retries_raise_the_sdk_error_and_record_every_attempt(
     exc = _raised(flavour, upstream, body, max_retries=1)
     assert type(exc) is flavour.errors.RateLimitError
     assert exc.status_code == 429  # type: ignore[attr-defined]
-    assert exc.body["code"] == "token_quota_exceeded"  # type: ignore[attr-defined]  # the last body, unchanged
+    # the last attempt's body reaches the SDK unchanged
+    assert exc.body["code"] == "token_quota_exceeded"  # type: ignore[attr-defined]
     assert upstream.requests == 2 and not upstream.served
     rows = _rows(ledger_env)
     assert [(r["status"], r["http_status"], r["error_code"]) for r in rows] == [
@@ -355,7 +361,8 @@ def test_error_event_inside_stream_is_one_error_event(ledger_env: dict[str, str]
 @pytest.mark.parametrize("tags_header", ["team=search, user=ana", '{"team": "search", "user": "ana"}'],
                          ids=["pairs", "json"])
 def test_project_and_tags_headers_are_recorded_and_stripped(
-        ledger_env: dict[str, str], seen_upstream: RecordingStandIn, flavour: Flavour, tags_header: str) -> None:
+        ledger_env: dict[str, str], seen_upstream: RecordingStandIn, flavour: Flavour,
+        tags_header: str) -> None:
     async def body(s: Session) -> Any:
         await s.create(extra_headers={"x-ledger-project": "other", "x-ledger-tags": tags_header})
         return await s.create()  # and one with the defaults
