@@ -163,7 +163,8 @@ def encode(event: CallEvent) -> bytes:
         event.source,
         event.note,
     ]
-    return json.dumps(row, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+    # surrogatepass: a lone surrogate (from a JSON "\\ud800" or a file name) must not lose the event
+    return json.dumps(row, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass") + b"\n"
 
 
 def decode(line: bytes) -> CallEvent:
@@ -178,6 +179,8 @@ def decode(line: bytes) -> CallEvent:
         when = datetime.fromisoformat(occurred_at)
         if when.tzinfo is None or status not in STATUSES or route not in ROUTES:
             raise EventDecodeError("bad timestamp, status or route")
+        _check_types(event_id, project, book, requested, served, http_status, error_type, error_code, stream,
+                     usage, latency, ttft, time_info, upstream_id, lava_id, tags, source, note)
         return CallEvent(
             event_id=event_id,
             occurred_at=when.astimezone(UTC),
@@ -190,18 +193,45 @@ def decode(line: bytes) -> CallEvent:
             http_status=http_status,
             error_type=error_type,
             error_code=error_code,
-            stream=bool(stream),
+            stream=stream,
             usage=None if usage is None else Usage(*usage),
             latency_us=latency,
             ttft_us=ttft,
             time_info=None if time_info is None else TimeInfo(*time_info),
             upstream_id=upstream_id,
             lava_request_id=lava_id,
-            tags=tuple((str(k), str(v)) for k, v in tags),
+            tags=tuple((k, v) for k, v in tags),
             source=source,
             note=note,
         )
     except EventDecodeError:
         raise
-    except (ValueError, TypeError, IndexError, KeyError) as exc:
+    except (ValueError, TypeError, IndexError, KeyError, RecursionError) as exc:
         raise EventDecodeError(f"corrupt spool record: {type(exc).__name__}") from None
+
+
+def _is_int(v: Any) -> bool:
+    return type(v) is int
+
+
+def _check_types(event_id: Any, project: Any, book: Any, requested: Any, served: Any, http_status: Any,
+                 error_type: Any, error_code: Any, stream: Any, usage: Any, latency: Any, ttft: Any,
+                 time_info: Any, upstream_id: Any, lava_id: Any, tags: Any, source: Any, note: Any) -> None:
+    """Refuse a record whose fields have the wrong types (it would fail later, in the database)."""
+    if not all(isinstance(v, str) for v in (event_id, project, book, source)):
+        raise EventDecodeError("id, project, book and source must be text")
+    if not all(v is None or isinstance(v, str)
+               for v in (requested, served, error_type, error_code, upstream_id, lava_id, note)):
+        raise EventDecodeError("optional text fields must be text or null")
+    if not all(v is None or _is_int(v) for v in (http_status, latency, ttft)):
+        raise EventDecodeError("status and timings must be whole numbers or null")
+    if type(stream) is not bool:
+        raise EventDecodeError("stream must be true or false")
+    if usage is not None and not (isinstance(usage, list) and len(usage) == 5 and all(map(_is_int, usage))):
+        raise EventDecodeError("usage must be five whole numbers")
+    if time_info is not None and not (isinstance(time_info, list) and len(time_info) == 4
+                                      and all(v is None or _is_int(v) for v in time_info)):
+        raise EventDecodeError("time_info must be four whole numbers or nulls")
+    if not (isinstance(tags, list) and all(isinstance(p, list) and len(p) == 2
+                                           and all(isinstance(x, str) for x in p) for p in tags)):
+        raise EventDecodeError("tags must be pairs of text")

@@ -112,12 +112,20 @@ class _Sink:
                 self._book = store.load_price_book(conn)
                 self._book_at = time.monotonic()
             book = self._book
-            store.insert_events(conn, [store.event_row(e, charge(e, book), now) for e in events])
+            try:
+                rows = [store.event_row(e, charge(e, book), now) for e in events]
+            except (ValueError, TypeError, ArithmeticError) as exc:
+                raise BadEvent(str(exc)) from exc
+            store.insert_events(conn, rows)
 
     def dispose(self) -> None:
         if self._engine is not None:
             self._engine.dispose()
             self._engine = None
+
+
+class BadEvent(ValueError):
+    """An event that cannot become a row (the same every time it is tried)."""
 
 
 def _refused(exc: BaseException) -> bool:
@@ -126,7 +134,7 @@ def _refused(exc: BaseException) -> bool:
     Anything else (database down, locked, migrating, a bug) is retried later unchanged."""
     from sqlalchemy import exc as sa_exc
 
-    if isinstance(exc, (sa_exc.IntegrityError, sa_exc.DataError)):
+    if isinstance(exc, (BadEvent, sa_exc.IntegrityError, sa_exc.DataError)):
         return True
     return isinstance(exc, sa_exc.StatementError) and isinstance(exc.orig, (ValueError, TypeError))
 

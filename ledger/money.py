@@ -15,12 +15,15 @@ This module imports nothing from the rest of the package.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal, Inexact, InvalidOperation
 
 __all__ = ["NANOS_PER_USD", "ZERO", "Money", "MoneyError", "usd"]
 
 NANOS_PER_USD = 1_000_000_000
 _NANO = Decimal("1e-9")
+# Wide enough for any amount we accept (|x| < 1e10 USD at nano precision), and loud on rounding.
+_EXACT = Context(prec=40, traps=[Inexact, InvalidOperation])
+MAX_USD_DIGITS = 10  # a BIGINT holds 9.2e18 nano-dollars: refuse 1e10 USD and up
 
 
 class MoneyError(ValueError):
@@ -86,7 +89,10 @@ def usd(value: str | Decimal | int) -> Money:
         raise MoneyError(f"not a decimal amount: {value!r}") from None
     if not amount.is_finite():
         raise MoneyError(f"not a finite amount: {value!r}")
-    nanos = amount.scaleb(9)
-    if nanos != nanos.to_integral_value():
-        raise MoneyError(f"{value!r} is finer than one nano-dollar (1e-9 USD)")
-    return Money(int(nanos))
+    if amount and amount.adjusted() >= MAX_USD_DIGITS:
+        raise MoneyError(f"{value!r} is too large an amount (10 billion USD or more)")
+    try:
+        exact = amount.quantize(_NANO, context=_EXACT)
+    except (Inexact, InvalidOperation):
+        raise MoneyError(f"{value!r} is finer than one nano-dollar (1e-9 USD)") from None
+    return Money(int(exact.scaleb(9, context=_EXACT)))

@@ -165,14 +165,15 @@ class PriceBook:
         """The point in force for ``model`` in ``book`` at ``at``, or ``None``."""
         if not model:
             return None
-        for name in model_names(model):
+        best: PricePoint | None = None
+        for name in model_names(model):  # a point under any alias counts; the latest in force wins
             key = (book, name)
             starts = self._starts.get(key)
             if starts:
                 i = bisect.bisect_right(starts, at) - 1
-                if i >= 0:
-                    return self._points[key][i]
-        return None
+                if i >= 0 and (best is None or starts[i] > best.effective_from):
+                    best = self._points[key][i]
+        return best
 
 
 def cost_of(usage: Usage, point: PricePoint) -> Money:

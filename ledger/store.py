@@ -20,6 +20,8 @@ import functools
 import json
 import operator
 import os
+import sqlite3
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -83,18 +85,34 @@ def _private_file(path: Path) -> None:
     os.close(fd)
 
 
+def _wal_once(path: Path) -> None:
+    """Put a SQLite file in WAL mode (it stays so), under the ledger's file lock: switching
+    modes does not wait out the busy timeout, so connections racing to do it would fail."""
+    lock = os.open(path.with_name(path.name + ".migrate-lock"), os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        conn = sqlite3.connect(path, timeout=30)
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                conn.execute("PRAGMA journal_mode=WAL")
+        finally:
+            conn.close()
+    finally:
+        os.close(lock)
+
+
 def make_engine(url: str) -> Engine:
     url = normalize_url(url)
     path = sqlite_path(url)
     if path is not None:
         _private_file(path)
+        _wal_once(path)
         engine = create_engine(url, connect_args={"timeout": 30})
 
         @event.listens_for(engine, "connect")
         def _sqlite_setup(dbapi_conn: Any, _record: Any) -> None:
             dbapi_conn.isolation_level = None  # let the "begin" hook issue BEGIN itself
             cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=30000")
@@ -130,7 +148,7 @@ def migrations_dir() -> str:
 def alembic_config(conn: Connection) -> Any:
     from alembic.config import Config
 
-    cfg = Config()
+    cfg = Config(stdout=sys.stdout)  # not the stream that was sys.stdout when alembic was imported
     cfg.set_main_option("script_location", migrations_dir())
     cfg.attributes["connection"] = conn
     return cfg
@@ -271,14 +289,18 @@ def load_price_book(conn: Connection) -> PriceBook:
 
 
 def _clip(value: str | None, limit: int) -> str | None:
-    """Text as the database can hold it: no NUL (PostgreSQL refuses it), at most ``limit`` chars."""
+    """Text as the database can hold it: no NUL (PostgreSQL refuses it), no lone surrogate (not
+    UTF-8), at most ``limit`` characters."""
     if value is None:
         return None
-    return value.replace("\x00", "\ufffd")[:limit]
+    text = value.replace("\x00", "\ufffd")[:limit]
+    return text if text.isascii() else text.encode("utf-8", "replace").decode("utf-8")
 
 
 def event_row(event: CallEvent, charge: Charge, recorded_at: datetime, *, kind: str = "usage",
               corrects: str | None = None) -> dict[str, Any]:
+    if event.occurred_at.utcoffset() is None or recorded_at.utcoffset() is None:
+        raise ValueError("naive datetime given to the ledger; use timezone-aware UTC")
     u = event.usage
     t = event.time_info
     tags = {_clip(k, 200): _clip(v, 1000) for k, v in event.tags}

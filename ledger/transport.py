@@ -66,16 +66,24 @@ class _Target:
 
 
 def _target(request: Any) -> _Target | None:
-    """Whether ``request`` is a chat completion, and by which route."""
+    """Whether ``request`` is a chat completion, and by which route.
+
+    Lava's forward proxy is ``…/v1/forward?u=<target>``; SDKs pointed at it with a ``base_url``
+    of ``…/v1/forward?u=<base>`` send ``…/v1/forward/chat/completions?u=<base>``, so the target
+    is ``u`` plus whatever path follows ``/v1/forward``.
+    """
     path: str = request.url.path
-    if path.endswith("/chat/completions"):
-        return _Target("cerebras", "cerebras")
-    if path.endswith("/v1/forward"):
+    head, sep, rest = path.partition("/v1/forward")
+    if sep and (not rest or rest.startswith("/")):
         query = request.url.query
         raw = query.decode("ascii", "replace") if isinstance(query, bytes) else str(query)
         targets = parse_qs(raw).get("u")
-        if targets and unquote(targets[0]).split("?", 1)[0].endswith("/chat/completions"):
+        target = (unquote(targets[0]).split("?", 1)[0] if targets else "").rstrip("/") + rest
+        if target.endswith("/chat/completions"):
             return _Target("lava", _book_for_forward(request.headers.get("authorization", "")))
+        return None
+    if path.endswith("/chat/completions"):
+        return _Target("cerebras", "cerebras")
     return None
 
 

@@ -51,10 +51,17 @@ def test_usd_round_trips_decimal_strings_exactly(case: tuple[str, int]) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.integers(-(10**12), 10**12))
+@given(st.integers(-(10**10) + 1, 10**10 - 1))
 def test_usd_of_whole_dollars(dollars: int) -> None:
     assert usd(dollars) == Money(dollars * NANOS_PER_USD)
     assert usd(str(dollars)) == usd(dollars)
+
+
+@pytest.mark.parametrize("amount", [10**10, -(10**10), "1e10", "12345678901234567890.123456789"])
+def test_amounts_a_bigint_cannot_hold_are_refused(amount: object) -> None:
+    # 1e10 USD is 1e19 nano-dollars: more than a BIGINT column holds
+    with pytest.raises(MoneyError, match="too large"):
+        usd(amount)  # type: ignore[arg-type]
 
 
 def test_per_token_rate_reads_back_per_million() -> None:
@@ -101,6 +108,7 @@ def test_usd_refuses_any_amount_finer_than_a_nano(nanos: int, extra: str) -> Non
 
 @settings(max_examples=500, deadline=None)
 @given(st.text(max_size=30))
+@example("10000000000000000000000000001")  # 29 digits: past the default decimal precision
 def test_usd_on_any_text_gives_money_or_money_error(text: str) -> None:
     try:
         money = usd(text)
