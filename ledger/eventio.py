@@ -319,7 +319,7 @@ def import_file(engine: Engine, path: Path, fmt: str | None = None,
         def flush() -> int:
             ids = [r.event.event_id for r in chunk]
             have = set(conn.execute(select(EventRow.event_id).where(EventRow.event_id.in_(ids))).scalars())
-            store.insert_events(conn, [store.event_row(r.event, row_charge(r, book), now) for r in chunk])
+            store.insert_events(conn, [store.event_row(r.event, row_charge(r, book), now) for r in chunk], "import")
             return len(ids) - len(have)
 
         done = 0

@@ -151,36 +151,54 @@ class RepriceResult:
     delta: Money
 
 
-def _event_of(r: Any) -> CallEvent:
-    usage = None
-    if r.usage_known:
-        usage = Usage(r.prompt_tokens, r.cached_tokens, r.completion_tokens, r.reasoning_tokens, r.total_tokens)
+REVERSAL = "reversal"
+RESTATEMENT = "restatement"
+
+
+def _event_of(r: Any, usage: Usage | None, note: str | None = None) -> CallEvent:
     return CallEvent(
-        event_id=r.event_id, occurred_at=r.occurred_at, project=r.project, route=r.route, book=r.book,
+        event_id=new_event_id(), occurred_at=r.occurred_at, project=r.project, route=r.route, book=r.book,
         requested_model=r.requested_model, served_model=r.served_model, status=r.status,
         http_status=r.http_status, error_type=r.error_type, error_code=r.error_code, stream=bool(r.stream),
         usage=usage, latency_us=None, ttft_us=None, time_info=None, upstream_id=r.upstream_id,
-        lava_request_id=r.lava_request_id, tags=(), source="reprice",
+        lava_request_id=r.lava_request_id, tags=tuple(sorted((str(k), str(v)) for k, v in _tags(r.tags).items())),
+        source="reprice", note=note,
     )
+
+
+def _money(nanos: Any) -> Money | None:
+    return None if nanos is None else Money(int(nanos))
 
 
 def reprice(conn: Connection, since: datetime, until: datetime, project: str | None = None,
             *, dry_run: bool = False) -> RepriceResult:
-    """Write a correction for every event in [since, until) whose cost under today's book differs."""
+    """Re-price usage events of [since, until) with today's book.
+
+    An event whose price under today's book differs from how it stands (its own charge, or its
+    latest restatement) gets two ``correction`` rows pointing at it: a *reversal* (the standing
+    charge and tokens, negated) and a *restatement* (the tokens at the new charge). Sums over all
+    rows then equal the new pricing exactly, per price, per free/paid and per priced flag, and
+    no row is ever updated.
+    """
     from . import store
 
     book = store.load_price_book(conn)
     e = EventRow.__table__.c
     corr = EventRow.__table__.alias("corr")
-    deltas = (
-        select(corr.c.corrects_event_id.label("eid"), func.sum(corr.c.cost_nanos).label("delta"))
-        .where(corr.c.kind == "correction").group_by(corr.c.corrects_event_id).subquery()
+    latest = (
+        select(corr.c.corrects_event_id.label("eid"), func.max(corr.c.event_id).label("rid"))
+        .where(and_(corr.c.kind == "correction", corr.c.note == RESTATEMENT))
+        .group_by(corr.c.corrects_event_id).subquery()
     )
+    standing = EventRow.__table__.alias("standing")
     query = (
-        select(EventRow.__table__, deltas.c.delta)
-        .outerjoin(deltas, deltas.c.eid == e.event_id)
+        select(EventRow.__table__, standing.c.price_id.label("s_price_id"), standing.c.cost_nanos.label("s_cost"),
+               standing.c.free.label("s_free"), standing.c.priced.label("s_priced"),
+               standing.c.list_cost_nanos.label("s_list"), latest.c.rid)
+        .outerjoin(latest, latest.c.eid == e.event_id)
+        .outerjoin(standing, standing.c.event_id == latest.c.rid)
         .where(and_(e.kind == "usage", e.usage_known.is_(True), e.occurred_at >= since, e.occurred_at < until))
-        .order_by(e.occurred_at)
+        .order_by(e.occurred_at, e.event_id)
     )
     if project is not None:
         query = query.where(e.project == project)
@@ -188,28 +206,26 @@ def reprice(conn: Connection, since: datetime, until: datetime, project: str | N
     examined, rows, total = 0, [], 0
     for r in conn.execute(query).all():
         examined += 1
-        event = _event_of(r)
-        new = charge(event, book)
-        if new.cost is None:
-            continue  # still unpriced (or no longer priced): nothing to correct towards
-        current = None if r.cost_nanos is None else int(r.cost_nanos) + int(r.delta or 0)
-        if current == new.cost.nanos:
-            continue
-        delta = new.cost.nanos - (current or 0)
-        total += delta
-        fix = CallEvent(
-            event_id=new_event_id(), occurred_at=r.occurred_at, project=r.project, route=r.route, book=r.book,
-            requested_model=r.requested_model, served_model=r.served_model, status=r.status,
-            http_status=r.http_status, error_type=None, error_code=None, stream=bool(r.stream), usage=None,
-            latency_us=None, ttft_us=None, time_info=None, upstream_id=r.upstream_id, lava_request_id=None,
-            tags=tuple(sorted((str(k), str(v)) for k, v in _tags(r.tags).items())), source="reprice",
-            note=f"re-priced with {new.price_id}"[:200],
-        )
-        rows.append(store.event_row(fix, Charge(new.price_id, Money(delta), new.free, True), now,
-                                    kind="correction", corrects=r.event_id))
+        usage = Usage(r.prompt_tokens, r.cached_tokens, r.completion_tokens, r.reasoning_tokens, r.total_tokens)
+        if r.rid is None:
+            old = Charge(r.price_id, _money(r.cost_nanos), bool(r.free), bool(r.priced), _money(r.list_cost_nanos))
+        else:
+            old = Charge(r.s_price_id, _money(r.s_cost), bool(r.s_free), bool(r.s_priced), _money(r.s_list))
+        new = charge(_event_of(r, usage), book)
+        if new.cost is None or (new.price_id, new.cost, new.free) == (old.price_id, old.cost, old.free):
+            continue  # unchanged, or still unpriced: nothing to restate
+        negated = Usage(*(-n for n in (usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens,
+                                       usage.reasoning_tokens, usage.total_tokens)))
+        reversal = Charge(old.price_id, None if old.cost is None else -old.cost, old.free, old.priced,
+                          None if old.list_cost is None else -old.list_cost)
+        rows.append(store.event_row(_event_of(r, negated, REVERSAL), reversal, now, kind="correction",
+                                    corrects=r.event_id))
+        rows.append(store.event_row(_event_of(r, usage, RESTATEMENT), new, now, kind="correction",
+                                    corrects=r.event_id))
+        total += new.cost.nanos - (old.cost.nanos if old.cost is not None else 0)
     if rows and not dry_run:
-        store.insert_events(conn, rows)
-    return RepriceResult(examined, len(rows), Money(total))
+        store.insert_events(conn, rows, "reprice")
+    return RepriceResult(examined, len(rows) // 2, Money(total))
 
 
 def _tags(raw: str | None) -> dict[str, Any]:

@@ -98,12 +98,16 @@ class Charge:
         cost: exact cost, or ``None`` when unpriced.
         free: the point in force marks the model free.
         priced: a cost is known.
+        list_cost: what the same usage costs at the ``cerebras`` book's rates (Cerebras's list
+            price), or ``None`` when that book has no rate for the model or usage is unknown.
+            For a free Lava call this is "free usage at list price".
     """
 
     price_id: str | None
     cost: Money | None
     free: bool
     priced: bool
+    list_cost: Money | None = None
 
 
 def _point(book: str, model: str, input_per_m: str, output_per_m: str) -> PricePoint:
@@ -185,13 +189,18 @@ def cost_of(usage: Usage, point: PricePoint) -> Money:
     return point.input * uncached + cached_rate * usage.cached_tokens + point.output * usage.completion_tokens
 
 
+LIST_BOOK = "cerebras"
+
+
 def charge(event: CallEvent, book: PriceBook) -> Charge:
     """Price one event by the point in force at its ``occurred_at``."""
     point = book.price_for(event.book, event.model, event.occurred_at)
     if event.usage is None:
         if event.status == "error":
-            return Charge(point.price_id if point else None, ZERO, bool(point and point.free), True)
+            return Charge(point.price_id if point else None, ZERO, bool(point and point.free), True, ZERO)
         return Charge(point.price_id if point else None, None, bool(point and point.free), False)
+    listed = point if event.book == LIST_BOOK else book.price_for(LIST_BOOK, event.model, event.occurred_at)
+    list_cost = cost_of(event.usage, listed) if listed is not None else None
     if point is None:
-        return Charge(None, None, False, False)
-    return Charge(point.price_id, cost_of(event.usage, point), point.free, True)
+        return Charge(None, None, False, False, list_cost)
+    return Charge(point.price_id, cost_of(event.usage, point), point.free, True, list_cost)

@@ -8,6 +8,13 @@ this on SQLite and PostgreSQL, and a test runs ``alembic check`` against it.
   event it corrects and carries a cost *delta*.
 * ``prices`` holds every dated price point, built-in or added; events keep the ``price_id``
   they were priced with, so a later point never rewrites history.
+* ``ingest_batches`` has one row per write transaction into ``events`` (the spool writer, an
+  import, a re-pricing); every event names its batch. Rollups consume whole batches, so "what
+  arrived since the last run" is a small index lookup, and exactly-once is a flag flipped in the
+  same transaction as the rollup upsert.
+* ``usage_rollup`` and ``tag_rollup`` hold sums per quarter hour (UTC). Every time zone in use
+  today is offset from UTC by a whole number of quarter hours, so daily and monthly totals are
+  exact in any IANA zone, :30 and :45 offsets and DST changes included.
 * Timestamps are :class:`UTCDateTime`: aware UTC in Python; ``timestamptz`` on PostgreSQL and
   a naive UTC ISO string on SQLite (which sorts and compares correctly).
 """
@@ -34,10 +41,23 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ["SCHEMA_REVISION", "Base", "EventRow", "PriceRow", "UTCDateTime", "metadata"]
+__all__ = [
+    "ROLLUP_KEY",
+    "ROLLUP_MEASURES",
+    "SCHEMA_REVISION",
+    "Base",
+    "EventRow",
+    "EventTagRow",
+    "IngestBatchRow",
+    "PriceRow",
+    "TagRollupRow",
+    "UTCDateTime",
+    "UsageRollupRow",
+    "metadata",
+]
 
 # The Alembic head this code writes to; tests check it equals the migrations' head.
-SCHEMA_REVISION = "0001"
+SCHEMA_REVISION = "0002"
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -144,3 +164,78 @@ class EventRow(Base):
     tags: Mapped[str] = mapped_column(Text)
     source: Mapped[str] = mapped_column(String(16))
     note: Mapped[str | None] = mapped_column(String(200))
+    # What the usage costs at the cerebras book's rates ("free usage at list price", FOCUS ListCost).
+    list_cost_nanos: Mapped[int | None] = mapped_column(BigInteger)
+    batch_id: Mapped[str | None] = mapped_column(ForeignKey("ingest_batches.batch_id"), index=True)
+
+
+class EventTagRow(Base):
+    """One tag of one event, so rollups group by tag without parsing JSON in SQL. Keys are cut
+    to 100 characters and values to 200 here; the event's ``tags`` keeps them whole."""
+
+    __tablename__ = "event_tags"
+
+    event_id: Mapped[str] = mapped_column(ForeignKey("events.event_id"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    value: Mapped[str] = mapped_column(String(200))
+
+
+class IngestBatchRow(Base):
+    """One write transaction into ``events``; ``rolled_up`` flips once its events are in the rollups."""
+
+    __tablename__ = "ingest_batches"
+    __table_args__ = (Index("ix_ingest_batches_pending", "rolled_up", "created_at"),)
+
+    batch_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    source: Mapped[str] = mapped_column(String(16))
+    rolled_up: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+# The grain of usage_rollup: everything a report, the FOCUS export or an alert groups by.
+ROLLUP_KEY = ("bucket", "project", "route", "book", "model", "price_id", "status", "kind", "free", "priced")
+ROLLUP_MEASURES = ("events", "usage_known", "prompt_tokens", "cached_tokens", "completion_tokens",
+                   "reasoning_tokens", "total_tokens", "cost_nanos", "list_cost_nanos")
+
+
+class UsageRollupRow(Base):
+    """Sums of events per quarter hour (UTC) and grain. ``''`` stands for "no model / no price".
+
+    Key columns are short enough for a PostgreSQL index entry even in four-byte characters;
+    a longer model name or price id is cut to fit (no real one comes close)."""
+
+    __tablename__ = "usage_rollup"
+
+    bucket: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
+    project: Mapped[str] = mapped_column(String(200), primary_key=True)
+    route: Mapped[str] = mapped_column(String(16), primary_key=True)
+    book: Mapped[str] = mapped_column(String(32), primary_key=True)
+    model: Mapped[str] = mapped_column(String(100), primary_key=True)
+    price_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    free: Mapped[bool] = mapped_column(Boolean, primary_key=True)
+    priced: Mapped[bool] = mapped_column(Boolean, primary_key=True)
+    events: Mapped[int] = mapped_column(BigInteger)
+    usage_known: Mapped[int] = mapped_column(BigInteger)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger)
+    cached_tokens: Mapped[int] = mapped_column(BigInteger)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger)
+    reasoning_tokens: Mapped[int] = mapped_column(BigInteger)
+    total_tokens: Mapped[int] = mapped_column(BigInteger)
+    cost_nanos: Mapped[int] = mapped_column(BigInteger)
+    list_cost_nanos: Mapped[int] = mapped_column(BigInteger)
+
+
+class TagRollupRow(Base):
+    """Sums of events per quarter hour (UTC), project and tag."""
+
+    __tablename__ = "tag_rollup"
+
+    bucket: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
+    project: Mapped[str] = mapped_column(String(200), primary_key=True)
+    key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    value: Mapped[str] = mapped_column(String(200), primary_key=True)
+    events: Mapped[int] = mapped_column(BigInteger)
+    total_tokens: Mapped[int] = mapped_column(BigInteger)
+    cost_nanos: Mapped[int] = mapped_column(BigInteger)

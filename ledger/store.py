@@ -32,10 +32,10 @@ from sqlalchemy import Boolean, Connection, Engine, create_engine, event, inspec
 from sqlalchemy.engine import make_url
 
 from .config import ConfigError, private_dir, redact_url
-from .events import CallEvent
+from .events import CallEvent, new_event_id
 from .money import Money
 from .pricing import BUILTIN_PRICES, Charge, PriceBook, PricePoint
-from .schema import SCHEMA_REVISION, EventRow, PriceRow, UTCDateTime
+from .schema import SCHEMA_REVISION, EventRow, IngestBatchRow, PriceRow, UTCDateTime
 
 __all__ = [
     "SchemaError",
@@ -336,11 +336,13 @@ def event_row(event: CallEvent, charge: Charge, recorded_at: datetime, *, kind: 
         "lava_request_id": _clip(event.lava_request_id, 200),
         "price_id": charge.price_id,
         "cost_nanos": None if charge.cost is None else charge.cost.nanos,
+        "list_cost_nanos": None if charge.list_cost is None else charge.list_cost.nanos,
         "free": charge.free,
         "priced": charge.priced,
         "tags": json.dumps(tags, sort_keys=True, ensure_ascii=False),
         "source": _clip(event.source, 16),
         "note": _clip(event.note, 200),
+        "batch_id": None,  # set by insert_events
     }
 
 
@@ -369,8 +371,9 @@ def _sqlite_params(row: dict[str, Any]) -> tuple[Any, ...]:
     return tuple(_event_values(fixed))
 
 
-def insert_events(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert event rows; rows whose ``event_id`` is already there are skipped.
+def insert_events(conn: Connection, rows: Sequence[dict[str, Any]], source: str = "spool") -> str | None:
+    """Insert event rows as one new ingest batch; rows whose ``event_id`` is already there are
+    skipped (they stay in the batch that first brought them). Returns the batch id.
 
     This is the ingest hot path, so it hands plain tuples to the driver's ``executemany``
     (``exec_driver_sql``) instead of a Core ``insert()``: per-row type processing in Core cost
@@ -379,10 +382,21 @@ def insert_events(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
     takes aware datetimes and bools as they are. A test checks rows read back the same either way.
     """
     if not rows:
-        return
+        return None
     dialect = conn.dialect.name
+    batch_id = new_event_id()
+    conn.execute(_insert(conn, IngestBatchRow.__table__),
+                 [{"batch_id": batch_id, "created_at": datetime.now(UTC), "source": source[:16], "rolled_up": False}])
+    rows = [{**r, "batch_id": batch_id} for r in rows]
     if dialect == "sqlite":
         params = [_sqlite_params(r) for r in rows]
     else:
         params = [tuple(_event_values(r)) for r in rows]
     conn.exec_driver_sql(_insert_events_sql(dialect), params)
+    tags = [(r["event_id"], _clip(k, 100), _clip(str(v), 200))
+            for r in rows for k, v in json.loads(r["tags"]).items()]
+    if tags:
+        mark = "?" if dialect == "sqlite" else "%s"
+        conn.exec_driver_sql(f"INSERT INTO event_tags (event_id, key, value) VALUES ({mark}, {mark}, {mark}) "
+                             "ON CONFLICT DO NOTHING", tags)
+    return batch_id

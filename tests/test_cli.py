@@ -24,6 +24,7 @@ import pytest
 import sqlalchemy as sa
 
 import ledger
+from ledger.schema import SCHEMA_REVISION
 from ledger import journal, store
 from ledger.cli import cli as cli_group
 from ledger.cli import main
@@ -900,8 +901,14 @@ def test_pricing_an_unpriced_model_then_reprice(
     assert "wrote 1 correction(s)" in out
     (event,) = fetch_events(db_url, "kind = 'usage'")
     expected = event["prompt_tokens"] * 2000 + event["completion_tokens"] * 4000
-    (fix,) = fetch_events(db_url, "kind = 'correction'")
-    assert fix["corrects_event_id"] == event["event_id"] and fix["cost_nanos"] == expected
+    # a correction is a reversal (the unpriced charge, negated) plus a restatement at the new price
+    reversal, restatement = sorted(fetch_events(db_url, "kind = 'correction'"), key=lambda r: r["note"] != "reversal")
+    assert reversal["note"] == "reversal" and restatement["note"] == "restatement"
+    assert reversal["corrects_event_id"] == restatement["corrects_event_id"] == event["event_id"]
+    assert reversal["cost_nanos"] is None and not reversal["priced"]
+    assert reversal["total_tokens"] == -event["total_tokens"]
+    assert restatement["cost_nanos"] == expected and restatement["priced"]
+    assert restatement["total_tokens"] == event["total_tokens"]
     code, out, _ = run_db(capsys, db_url, "prices", "check")
     assert code == 0 and "every event with known usage is priced" in out
     (row,) = parse_csv(export(capsys, db_url, "csv"))[1]
@@ -995,15 +1002,17 @@ def test_reprice_writes_corrections_once(
         for eid, r in original.items()
         if r["route"] == "cerebras" and r["served_model"] == "gpt-oss-120b" and r["usage_known"]
     }
-    assert {f["corrects_event_id"] for f in fixes} == targets and len(fixes) == 2
+    assert {f["corrects_event_id"] for f in fixes} == targets and len(fixes) == 4  # reversal + restatement each
     total = 0
     for f in fixes:
         o = original[f["corrects_event_id"]]
-        new_cost = o["prompt_tokens"] * 500 + o["completion_tokens"] * 1000
-        assert f["cost_nanos"] == new_cost - o["cost_nanos"]
-        assert (
-            f["price_id"] == added and f["project"] == o["project"] and f["occurred_at"] == o["occurred_at"]
-        )
+        assert f["project"] == o["project"] and f["occurred_at"] == o["occurred_at"]
+        if f["note"] == "reversal":
+            assert f["cost_nanos"] == -o["cost_nanos"] and f["price_id"] == o["price_id"]
+            assert f["total_tokens"] == -o["total_tokens"]
+        else:
+            assert f["note"] == "restatement" and f["price_id"] == added
+            assert f["cost_nanos"] == o["prompt_tokens"] * 500 + o["completion_tokens"] * 1000
         total += f["cost_nanos"]
     assert f"totalling {nanos_str(total)} USD" in out
     # the originals are untouched
@@ -1012,7 +1021,7 @@ def test_reprice_writes_corrections_once(
     # a second run writes nothing
     again = ok(capsys, db_url, "prices", "reprice", "--since", since, "--until", until)
     assert "wrote 0 correction(s)" in again
-    assert len(fetch_events(db_url, "kind = 'correction'")) == 2
+    assert len(fetch_events(db_url, "kind = 'correction'")) == 4
     # the export shows the corrected cost, and still one row per call
     _, rows = parse_csv(export(capsys, db_url, "csv"))
     assert len(rows) == len(STANDARD_MIX)
@@ -1160,15 +1169,15 @@ def test_db_upgrade_current_downgrade(
     capsys: pytest.CaptureFixture[str], ledger_env: dict[str, str], db_url: str
 ) -> None:
     assert ok(capsys, db_url, "db", "current").strip() == "base (empty)"
-    assert ok(capsys, db_url, "db", "upgrade").strip().endswith("is at revision 0001")
-    assert ok(capsys, db_url, "db", "current").strip() == "0001"
+    assert ok(capsys, db_url, "db", "upgrade").strip().endswith(f"is at revision {SCHEMA_REVISION}")
+    assert ok(capsys, db_url, "db", "current").strip() == SCHEMA_REVISION
     assert {"events", "prices"} <= _tables(db_url)
-    assert ok(capsys, db_url, "db", "upgrade").strip().endswith("is at revision 0001")  # idempotent
+    assert ok(capsys, db_url, "db", "upgrade").strip().endswith(f"is at revision {SCHEMA_REVISION}")  # idempotent
     assert ok(capsys, db_url, "db", "downgrade", "base").strip().endswith("is at revision base")
     assert not {"events", "prices"} & _tables(db_url)
     assert ok(capsys, db_url, "db", "current").strip() == "base (empty)"
-    assert ok(capsys, db_url, "db", "upgrade").strip().endswith("is at revision 0001")
-    assert ok(capsys, db_url, "db", "current").strip() == "0001"
+    assert ok(capsys, db_url, "db", "upgrade").strip().endswith(f"is at revision {SCHEMA_REVISION}")
+    assert ok(capsys, db_url, "db", "current").strip() == SCHEMA_REVISION
     assert {"events", "prices"} <= _tables(db_url)
     code, _, err = run_db(capsys, db_url, "db", "downgrade", "no-such-revision")
     assert_one_error(code, err, 1)
@@ -1193,7 +1202,7 @@ def test_db_downgrade_then_first_use_recreates_the_ledger(
     ok(capsys, db_url, "db", "downgrade", "base")
     rows = json.loads(ok(capsys, db_url, "prices", "list", "--book", "lava", "--format", "json"))
     assert {r["model"] for r in rows} == set(LAVA_SEED)
-    assert ok(capsys, db_url, "db", "current").strip() == "0001"
+    assert ok(capsys, db_url, "db", "current").strip() == SCHEMA_REVISION
 
 
 # -- demo --------------------------------------------------------------------------------------

@@ -88,7 +88,10 @@ def test_constraints_follow_the_naming_convention(engine: sa.Engine) -> None:
         assert {c["name"] for c in insp.get_check_constraints("events")} == {
             "ck_events_status_known", "ck_events_kind_known"}
         assert {c["name"] for c in insp.get_check_constraints("prices")} == {"ck_prices_rates_not_negative"}
-        assert [f["name"] for f in insp.get_foreign_keys("events")] == ["fk_events_corrects_event_id_events"]
+        assert sorted(f["name"] for f in insp.get_foreign_keys("events")) == [
+            "fk_events_batch_id_ingest_batches", "fk_events_corrects_event_id_events"]
+        assert insp.get_pk_constraint("usage_rollup")["name"] == "pk_usage_rollup"
+        assert [f["name"] for f in insp.get_foreign_keys("event_tags")] == ["fk_event_tags_event_id_events"]
         assert {i["name"] for i in insp.get_indexes("events")} >= {
             "ix_events_occurred_at", "ix_events_project_occurred_at"}
 
@@ -238,7 +241,7 @@ def test_event_rows_read_back_as_written(engine: sa.Engine) -> None:
     book = _book_of(engine)
     event = _event(datetime(2025, 6, 1, 12, 0, tzinfo=UTC), tags=(("k", "v" * 1500), ("nul", "a\x00b")))
     c = charge(event, book)
-    assert c == Charge("cerebras/gpt-oss-120b@2024-01-01T00:00:00Z", c.cost, False, True)
+    assert c == Charge("cerebras/gpt-oss-120b@2024-01-01T00:00:00Z", c.cost, False, True, c.cost)
     with store.write_transaction(engine) as conn:
         store.insert_events(conn, [store.event_row(event, c, datetime.now(UTC))])
     with engine.connect() as conn:
@@ -248,6 +251,10 @@ def test_event_rows_read_back_as_written(engine: sa.Engine) -> None:
     assert row["stream"] is False and row["usage_known"] is True
     assert row["total_us"] == 50132 and row["project"] == "proj-ü"
     assert row["kind"] == "usage" and row["corrects_event_id"] is None
+    assert row["list_cost_nanos"] == row["cost_nanos"] and row["batch_id"] is not None
+    with engine.connect() as conn:  # tags also land in event_tags, cut to 200 characters, NUL replaced
+        tags = dict(conn.execute(sa.text("SELECT key, value FROM event_tags")).all())
+    assert tags == {"k": "v" * 200, "nul": "a\ufffdb"}
 
 
 def test_a_naive_datetime_is_refused(engine: sa.Engine) -> None:

@@ -153,7 +153,8 @@ def test_alias_resolves_both_ways() -> None:
     assert BOOK.price_for("lava", alias, WHEN) == lava
     assert BOOK.price_for("cerebras", api_id, WHEN) == cerebras
     c = charge(_event(api_id, book="lava"), BOOK)
-    assert c == Charge(lava.price_id, Money(1000 * 600 + 500 * 1200), False, True)
+    cost = Money(1000 * 600 + 500 * 1200)  # the cerebras list price is the same for this model
+    assert c == Charge(lava.price_id, cost, False, True, cost)
 
 
 def test_served_model_wins_over_requested() -> None:
@@ -181,7 +182,7 @@ def test_a_price_change_mid_period_applies_from_its_own_date() -> None:
         (CHANGE.astimezone(ZoneInfo("America/Los_Angeles")), new.price_id, usd("0.94")),
     ]
     for at, price_id, cost in cases:
-        assert charge(_event(usage=usage, at=at), book) == Charge(price_id, cost, False, True), at
+        assert charge(_event(usage=usage, at=at), book) == Charge(price_id, cost, False, True, cost), at
     # a later point never rewrites earlier events, and the book lists both points in date order
     assert [p.price_id for p in book.points() if p.model == "gpt-oss-120b" and p.book == "cerebras"] == [
         old_id, new.price_id]
@@ -224,8 +225,11 @@ def test_before_the_first_point_the_model_is_unpriced() -> None:
 @pytest.mark.parametrize("status", ["ok", "error", "incomplete"])
 def test_unknown_model_is_unpriced(status: str) -> None:
     assert charge(_event("no-such-model", status=status), BOOK) == Charge(None, None, False, False)
+    # a known model in a book without it: unpriced, though its list price (cerebras book) is known
+    list_point = BOOK.price_for("cerebras", "gpt-oss-120b", WHEN)
+    assert list_point is not None
     assert charge(_event("gpt-oss-120b", book="no-such-book", status=status), BOOK) == Charge(
-        None, None, False, False)
+        None, None, False, False, cost_of(USAGE, list_point))
 
 
 def test_no_model_at_all_is_unpriced() -> None:
@@ -253,9 +257,9 @@ def test_reasoning_tokens_are_not_charged_twice() -> None:
 
 def test_error_without_usage_costs_zero_and_is_priced() -> None:
     c = charge(_event(status="error", usage=None), BOOK)
-    assert c == Charge("cerebras/gpt-oss-120b@2024-01-01T00:00:00Z", ZERO, False, True)
+    assert c == Charge("cerebras/gpt-oss-120b@2024-01-01T00:00:00Z", ZERO, False, True, ZERO)
     free = charge(_event("llama3.1-8b", book="lava", status="error", usage=None), BOOK)
-    assert free == Charge("lava/llama3.1-8b@2024-01-01T00:00:00Z", ZERO, True, True)
+    assert free == Charge("lava/llama3.1-8b@2024-01-01T00:00:00Z", ZERO, True, True, ZERO)
     unknown = charge(_event("no-such-model", status="error", usage=None), BOOK)
     assert unknown.cost == ZERO and unknown.priced and unknown.price_id is None
 
@@ -274,7 +278,9 @@ def test_unknown_usage_is_unpriced(status: str) -> None:
 
 def test_free_model_costs_zero_and_says_free() -> None:
     c = charge(_event("qwen-3-32b", book="lava", usage=Usage(10**6, 10, 10**6, 5, 2 * 10**6)), BOOK)
-    assert c == Charge("lava/qwen-3-32b@2024-01-01T00:00:00Z", ZERO, True, True)
+    # free through Lava; at Cerebras's list price ($0.40 / $0.80 per 1M) the same usage costs this:
+    list_cost = Money((10**6 - 10) * 400 + 10 * 400 + 10**6 * 800)
+    assert c == Charge("lava/qwen-3-32b@2024-01-01T00:00:00Z", ZERO, True, True, list_cost)
     direct = charge(_event("qwen-3-32b", book="cerebras", usage=Usage(10**6, 0, 10**6, 0, 2 * 10**6)), BOOK)
     assert direct.cost == usd("1.20") and not direct.free
 
@@ -316,5 +322,7 @@ def test_cost_is_additive_and_never_negative(a: Usage, b: Usage, point: PricePoi
 @given(usages(), st.sampled_from(BUILTIN_PRICES))
 def test_charge_of_builtin_models_matches_cost_of(usage: Usage, point: PricePoint) -> None:
     c = charge(_event(point.model, book=point.book, usage=usage), BOOK)
-    assert c == Charge(point.price_id, cost_of(usage, point), point.free, True)
+    listed = BOOK.price_for("cerebras", point.model, WHEN)
+    list_cost = cost_of(usage, listed) if listed is not None else None
+    assert c == Charge(point.price_id, cost_of(usage, point), point.free, True, list_cost)
     assert c.cost is not None and c.cost.nanos >= 0
