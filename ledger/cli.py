@@ -540,6 +540,21 @@ def summary(ctx: click.Context, since: str | None, until: str | None, fmt: str) 
                           "free_tokens", "unpriced"])
 
 
+# == rollup ===================================================================================
+
+
+# == reports ==================================================================================
+
+
+# == billing export ===========================================================================
+
+
+# == budgets and alerts =======================================================================
+
+
+# == scheduler ================================================================================
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: run the CLI and turn every failure into one line and an exit code."""
     from .money import MoneyError

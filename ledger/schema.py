@@ -46,8 +46,13 @@ __all__ = [
     "ROLLUP_MEASURES",
     "SCHEMA_REVISION",
     "Base",
+    "AlertRow",
+    "BilledBatchRow",
+    "BillingExportRow",
+    "BudgetRow",
     "EventRow",
     "EventTagRow",
+    "LeaseRow",
     "IngestBatchRow",
     "PriceRow",
     "TagRollupRow",
@@ -57,7 +62,7 @@ __all__ = [
 ]
 
 # The Alembic head this code writes to; tests check it equals the migrations' head.
-SCHEMA_REVISION = "0002"
+SCHEMA_REVISION = "0003"
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -239,3 +244,77 @@ class TagRollupRow(Base):
     events: Mapped[int] = mapped_column(BigInteger)
     total_tokens: Mapped[int] = mapped_column(BigInteger)
     cost_nanos: Mapped[int] = mapped_column(BigInteger)
+
+
+class BillingExportRow(Base):
+    """A month whose FOCUS billing export has been issued; a closed month is never rewritten."""
+
+    __tablename__ = "billing_exports"
+
+    month: Mapped[str] = mapped_column(String(7), primary_key=True)  # YYYY-MM (UTC)
+    exported_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    rows: Mapped[int] = mapped_column(Integer)
+    billed_nanos: Mapped[int] = mapped_column(BigInteger)
+
+
+class BilledBatchRow(Base):
+    """Events of ``batch_id`` that occurred in ``month`` were billed in the export of ``billed_in``
+    (the same month for regular rows; a later month for late usage, as Correction rows)."""
+
+    __tablename__ = "billed_batches"
+
+    batch_id: Mapped[str] = mapped_column(ForeignKey("ingest_batches.batch_id"), primary_key=True)
+    month: Mapped[str] = mapped_column(String(7), primary_key=True)
+    billed_in: Mapped[str] = mapped_column(String(7))
+
+
+class BudgetRow(Base):
+    """A project's paid-spend budget (nano-dollars) and alert settings."""
+
+    __tablename__ = "budgets"
+
+    project: Mapped[str] = mapped_column(String(200), primary_key=True)
+    monthly_nanos: Mapped[int | None] = mapped_column(BigInteger)
+    daily_nanos: Mapped[int | None] = mapped_column(BigInteger)
+    thresholds: Mapped[str] = mapped_column(String(100))  # percentages, e.g. "50,80,100"
+    free_only: Mapped[bool] = mapped_column(Boolean)
+    hard: Mapped[bool] = mapped_column(Boolean)  # refuse paid calls once the monthly budget is spent
+    timezone: Mapped[str] = mapped_column(String(64))  # where "day" and "month" are counted
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class AlertRow(Base):
+    """One alert, fired once per (project, rule, period, threshold), with its evidence.
+
+    The table is also the delivery outbox: ``delivered_at`` is set once a delivery succeeded;
+    ``claimed_until`` is a lease so two processes never send the same alert at once."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (
+        UniqueConstraint("project", "rule", "period", "threshold"),
+        Index("ix_alerts_undelivered", "delivered_at", "next_attempt_at"),
+    )
+
+    alert_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    project: Mapped[str] = mapped_column(String(200))
+    rule: Mapped[str] = mapped_column(String(32))
+    period: Mapped[str] = mapped_column(String(32))
+    threshold: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    message: Mapped[str] = mapped_column(Text)
+    evidence: Mapped[str] = mapped_column(Text)  # JSON: figures and window
+    attempts: Mapped[int] = mapped_column(Integer)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_error: Mapped[str | None] = mapped_column(String(200))
+
+
+class LeaseRow(Base):
+    """A named lease (e.g. the scheduler's), held by one process until it expires."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(100))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
