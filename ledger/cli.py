@@ -543,6 +543,39 @@ def summary(ctx: click.Context, since: str | None, until: str | None, fmt: str) 
 # == rollup ===================================================================================
 
 
+@cli.command("rollup")
+@click.option("--rebuild", is_flag=True, help="Empty the rollups and build them again from every event.")
+@format_option()
+@click.pass_context
+def rollup_cmd(ctx: click.Context, rebuild: bool, fmt: str) -> None:
+    """Add newly arrived events to the quarter-hour rollups (exactly once; safe to run anywhere).
+
+    Incremental: only ingest batches not rolled up yet are read. Two runs at once serialize.
+
+    \b
+    Example:
+      cerebras-ledger rollup
+      cerebras-ledger rollup --rebuild
+    """
+    from . import rollup
+
+    with _engine(ctx) as engine:
+        _, waiting = rollup.pending(engine)
+        if rebuild:
+            with engine.connect() as conn:
+                from sqlalchemy import func, select
+
+                from .schema import EventRow
+                waiting = int(conn.execute(select(func.count()).select_from(EventRow)).scalar_one())
+        with click.progressbar(length=waiting, label="rolling up", file=sys.stderr) as bar:
+            result = (rollup.rebuild if rebuild else rollup.rollup)(engine, bar.update)
+    row = {"batches": result.batches, "events": result.events, "rebuilt": rebuild}
+    if fmt == "table":
+        click.echo(f"rolled up {result.events} event(s) from {result.batches} batch(es)")
+    else:
+        _rows_out([row], fmt, ["batches", "events", "rebuilt"])
+
+
 # == reports ==================================================================================
 
 
@@ -553,6 +586,38 @@ def summary(ctx: click.Context, since: str | None, until: str | None, fmt: str) 
 
 
 # == scheduler ================================================================================
+
+
+@cli.command("scheduler")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="TOML file with a [scheduler] table (LEDGER_SCHEDULE_* variables override it).")
+@click.option("--list", "list_only", is_flag=True, help="Print the jobs and their next run times, then exit.")
+@format_option()
+@click.pass_context
+def scheduler_cmd(ctx: click.Context, config_file: Path | None, list_only: bool, fmt: str) -> None:
+    """Run the ledger's jobs on a schedule until SIGTERM: rollups and alert checks every few
+    minutes, daily per-project reports, and the monthly billing export.
+
+    Safe to run twice against one ledger: each job run takes a lease in the database.
+
+    \b
+    Example:
+      LEDGER_SCHEDULE_ROLLUP_SECONDS=60 cerebras-ledger scheduler
+      cerebras-ledger scheduler --config ledger.toml --list
+    """
+    from .scheduler import build_scheduler, load_schedule, run_scheduler
+
+    schedule = load_schedule(config_file)
+    with _engine(ctx) as engine:
+        if not list_only:
+            run_scheduler(engine, schedule)
+            return
+        sched = build_scheduler(engine, schedule)
+        now = datetime.now(UTC)
+        rows = [{"job": job.id, "trigger": str(job.trigger),
+                 "next_run": (job.trigger.get_next_fire_time(None, now) or now).astimezone(UTC).isoformat()}
+                for job in sched.get_jobs()]
+    _rows_out(rows, fmt, ["job", "trigger", "next_run"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
