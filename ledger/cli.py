@@ -540,6 +540,32 @@ def summary(ctx: click.Context, since: str | None, until: str | None, fmt: str) 
                           "free_tokens", "unpriced"])
 
 
+@cli.command("verify")
+@format_option()
+@click.pass_context
+def verify_cmd(ctx: click.Context, fmt: str) -> None:
+    """Check the ledger's integrity; exits 1 and lists the problems if there are any.
+
+    Checks that rollups equal events, unpriced events are flagged, the spool has drained, the
+    price book has no ambiguous points and every correction points at a real event.
+
+    \b
+    Example:
+      cerebras-ledger verify --format json
+    """
+    from .config import spool_dir
+    from .verify import verify
+
+    with _engine(ctx) as engine, engine.connect() as conn:
+        found = verify(conn, spool_dir(ctx.obj["url"]))
+    if fmt == "table" and not found:
+        click.echo("ledger is consistent")
+        return
+    _rows_out([{"check": f.check, "problem": f.problem} for f in found], fmt, ["check", "problem"])
+    if found:
+        ctx.exit(1)
+
+
 # == rollup ===================================================================================
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import gzip
 import json
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -237,6 +238,12 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     owner: StandIn
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hangs up (a cut or abandoned stream) is part of the game, not an error.
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
 
 
 class StandIn:

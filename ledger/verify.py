@@ -1,0 +1,123 @@
+"""Verify: check a ledger's integrity and say what is wrong, one finding a line.
+
+Checks, each a SQL aggregate (nothing is loaded whole):
+
+* ``rollup``: the rollups equal the events of every rolled-up batch, per project and model, in
+  calls, tokens and nano-dollars; and no batch is left pending (a pending batch is reported).
+* ``pricing``: no event has a cost without ``priced``, or ``priced`` without a cost: an unpriced
+  event is always flagged.
+* ``spool``: the spool folder holds no segment of a dead process and no set-aside record.
+* ``prices``: no two points of one book price one model (through its aliases) from one instant.
+* ``corrections``: every correction points at an event that exists and is a usage event.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import Connection, case, func, select
+
+from .pricing import model_names
+from .schema import EventRow, IngestBatchRow, PriceRow, UsageRollupRow
+
+__all__ = ["Finding", "verify"]
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One problem: which check found it and what it is."""
+
+    check: str
+    problem: str
+
+
+def _rollup(conn: Connection) -> list[Finding]:
+    e, r, b = EventRow.__table__.c, UsageRollupRow.__table__.c, IngestBatchRow.__table__.c
+    model = func.substr(func.coalesce(e.served_model, e.requested_model, ""), 1, 100)
+    rolled = EventRow.__table__.join(IngestBatchRow.__table__, e.batch_id == b.batch_id)
+    raw = {
+        (row[0], row[1]): tuple(int(x or 0) for x in row[2:])
+        for row in conn.execute(
+            select(e.project, model, func.sum(case((e.kind == "usage", 1), else_=0)),
+                   func.sum(e.total_tokens), func.sum(e.cost_nanos))
+            .select_from(rolled).where(b.rolled_up.is_(True)).group_by(e.project, model))
+    }
+    summed = {
+        (row[0], row[1]): tuple(int(x or 0) for x in row[2:])
+        for row in conn.execute(
+            select(r.project, r.model, func.sum(case((r.kind == "usage", r.events), else_=0)),
+                   func.sum(r.total_tokens), func.sum(r.cost_nanos)).group_by(r.project, r.model))
+    }
+    out = [Finding("rollup", f"project {k[0]!r} model {k[1]!r}: events say (calls, tokens, nanos) = "
+                             f"{raw.get(k, (0, 0, 0))}, rollup says {summed.get(k, (0, 0, 0))}")
+           for k in sorted(set(raw) | set(summed)) if raw.get(k, (0, 0, 0)) != summed.get(k, (0, 0, 0))]
+    pending = conn.execute(select(func.count()).where(b.rolled_up.is_(False))).scalar_one()
+    if pending:
+        out.append(Finding("rollup", f"{pending} ingest batch(es) not rolled up yet (run `cerebras-ledger rollup`)"))
+    return out
+
+
+def _pricing(conn: Connection) -> list[Finding]:
+    e = EventRow.__table__.c
+    cost_unflagged = conn.execute(select(func.count()).where(e.cost_nanos.is_not(None),
+                                                             e.priced.is_(False))).scalar_one()
+    flagged_no_cost = conn.execute(select(func.count()).where(e.cost_nanos.is_(None), e.priced.is_(True))).scalar_one()
+    out = []
+    if cost_unflagged:
+        out.append(Finding("pricing", f"{cost_unflagged} event(s) have a cost but priced=false"))
+    if flagged_no_cost:
+        out.append(Finding("pricing", f"{flagged_no_cost} event(s) have priced=true but no cost"))
+    return out
+
+
+def _spool(folder: Path | None) -> list[Finding]:
+    if folder is None or not folder.is_dir():
+        return []
+    out = []
+    for seg in sorted(folder.glob("*.seg")):
+        try:
+            fd = os.open(seg, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            out.append(Finding("spool", f"{seg.name}: left by a dead process, not yet written to the database"))
+        except BlockingIOError:
+            pass  # a live process's segment
+        finally:
+            os.close(fd)
+    rejected = folder / "rejected.jsonl"
+    if rejected.exists() and rejected.stat().st_size:
+        lines = sum(1 for _ in rejected.open("rb"))
+        out.append(Finding("spool", f"{rejected}: {lines} record(s) set aside, never written to the database"))
+    return out
+
+
+def _prices(conn: Connection) -> list[Finding]:
+    p = PriceRow.__table__.c
+    seen: Counter[tuple[str, str, object]] = Counter()
+    for book, model, since in conn.execute(select(p.book, p.model, p.effective_from)):
+        canonical = sorted(model_names(model))[0]
+        seen[(book, canonical, since)] += 1
+    return [Finding("prices", f"{n} points price {m!r} in book {b!r} from {t}: which applies is ambiguous")
+            for (b, m, t), n in sorted(seen.items(), key=str) if n > 1]
+
+
+def _corrections(conn: Connection) -> list[Finding]:
+    e = EventRow.__table__.c
+    target = EventRow.__table__.alias("target")
+    bad = conn.execute(
+        select(func.count()).select_from(
+            EventRow.__table__.outerjoin(target, target.c.event_id == e.corrects_event_id))
+        .where(e.kind == "correction", (target.c.event_id.is_(None)) | (target.c.kind != "usage"))
+    ).scalar_one()
+    return [Finding("corrections", f"{bad} correction(s) point at no usage event")] if bad else []
+
+
+def verify(conn: Connection, spool: Path | None = None) -> list[Finding]:
+    """Every problem found; an empty list means the ledger is consistent."""
+    return [*_rollup(conn), *_pricing(conn), *_spool(spool), *_prices(conn), *_corrections(conn)]
