@@ -605,10 +605,315 @@ def rollup_cmd(ctx: click.Context, rebuild: bool, fmt: str) -> None:
 # == reports ==================================================================================
 
 
+@cli.command("report")
+@click.option("--project", default=None, help="The project to report on (default: all projects).")
+@click.option("--period", required=True, metavar="PERIOD",
+              help="A day (2026-11-27), an ISO week (2026-W48) or a month (2026-11).")
+@click.option("--tz", "tz_name", default="UTC", show_default=True, metavar="ZONE",
+              help="IANA time zone whose local midnights bound the period and its days.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "json", "html"]), default="html", show_default=True,
+              help="CSV or JSON (every figure), or an HTML dashboard with charts.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, metavar="FILE_OR_DIR",
+              help="Write here (a file, or a folder for the default name) instead of "
+                   "$LEDGER_REPORTS_DIR/<project>/ (default ./reports).")
+@click.pass_context
+def report_cmd(ctx: click.Context, project: str | None, period: str, tz_name: str, fmt: str,
+               out: Path | None) -> None:
+    """Write a spend report: calls, tokens, paid and free cost by day and model, top tags,
+    unpriced usage, free usage at list price, and the change against the previous period.
+
+    Reads the rollups (rolled up first, so the report is current). Prints the file's path.
+
+    \b
+    Example:
+      cerebras-ledger report --project search --period 2026-11 --tz Europe/Berlin --format html
+    """
+    from . import reports
+    from .config import check_project
+
+    try:
+        spec = reports.parse_period(period)
+    except ValueError as exc:
+        raise UserError(f"--period: {exc}") from None
+    try:
+        zone = reports.parse_zone(tz_name)
+        reports.period_bounds(spec, zone)
+        reports.period_bounds(spec.previous(), zone)
+    except ValueError as exc:
+        raise UserError(f"--tz: {exc}") from None
+    if project is not None:
+        try:
+            check_project(project)
+        except ConfigError as exc:
+            raise UserError(f"--project: {exc}") from None
+    with _engine(ctx) as engine, ExitStack() as stack:
+        tick: Callable[[int], None] | None = None
+        if spec.days > 7:  # a long period: show progress, now that every input is known to be good
+            tick = stack.enter_context(click.progressbar(
+                length=reports.BUILD_STEPS + 1, label=f"report {spec.label}", file=sys.stderr)).update
+        try:
+            built = reports.build_report(engine, spec, zone, project, progress=tick)
+        except reports.ReportError as exc:
+            raise UserError(str(exc)) from None
+        path = reports.write_report(built, fmt, out=out)
+        if tick is not None:
+            tick(1)
+    click.echo(str(path))
+
+
 # == billing export ===========================================================================
 
 
+@cli.group("export")
+def export_group() -> None:
+    """Billing exports for FinOps tools (FOCUS 1.2).
+
+    \b
+    Example:
+      cerebras-ledger export billing --month 2026-11 --out focus-2026-11.csv
+    """
+
+
+def _billing_month(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    from .focus import BillingError, parse_month
+
+    try:
+        return parse_month(value)
+    except BillingError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@export_group.command("billing")
+@click.option("--month", required=True, metavar="YYYY-MM", callback=_billing_month,
+              help="The UTC month to bill; it must have ended.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write here (whole or not at all) instead of stdout; parquet needs it.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "parquet"]), default="csv", show_default=True,
+              help="parquet needs the `parquet` extra (pyarrow).")
+@click.pass_context
+def export_billing_cmd(ctx: click.Context, month: str, out: Path | None, fmt: str) -> None:
+    """Issue a month's FOCUS 1.2 billing file: one row per project, model, token type and price.
+
+    The first run closes the month; running it again writes the identical file. Usage that
+    arrives after its month was issued is billed once, by the next export, as Correction rows.
+
+    \b
+    Example:
+      cerebras-ledger export billing --month 2026-11 --out focus-2026-11.csv
+      cerebras-ledger export billing --month 2026-11 --format parquet --out focus-2026-11.parquet
+    """
+    from .focus import export_billing, write_csv
+
+    if fmt == "parquet" and out is None:
+        raise click.UsageError("--format parquet needs --out FILE")
+    with _engine(ctx) as engine:
+        result = export_billing(engine, month, out, fmt)
+    if out is None:
+        write_csv(result.rows, sys.stdout)
+    click.echo(f"{'reissued' if result.reissued else 'issued'} {month}: {len(result.rows)} row(s), "
+               f"{result.corrections} correction row(s), billed {result.billed} USD"
+               + (f", written to {out}" if out is not None else ""), err=True)
+    if result.unpriced:
+        click.echo(f"warning: {result.unpriced} event(s) with usage but no price are not billed; "
+                   "see `cerebras-ledger prices check`", err=True)
+
+
 # == budgets and alerts =======================================================================
+
+
+def _cli_value(parse: Callable[[str], Any]) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """A click callback turning the library's one-line ConfigError into a usage error (exit 2)."""
+
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value is None:
+            return None
+        try:
+            return parse(value)
+        except ConfigError as exc:
+            raise click.BadParameter(str(exc).splitlines()[0]) from None
+
+    return callback
+
+
+def _budget_row(b: Any) -> dict[str, Any]:
+    return {"project": b.project, "monthly_usd": None if b.monthly is None else str(b.monthly),
+            "daily_usd": None if b.daily is None else str(b.daily), "thresholds": ",".join(map(str, b.thresholds)),
+            "timezone": b.timezone, "free_only": b.free_only, "hard": b.hard,
+            "updated_at": b.updated_at.isoformat().replace("+00:00", "Z") if b.updated_at else None}
+
+
+BUDGET_COLUMNS = ["project", "monthly_usd", "daily_usd", "thresholds", "timezone", "free_only", "hard", "updated_at"]
+
+
+@cli.group("budget")
+def budget_group() -> None:
+    """Paid-spend budgets per project (alerts fire at thresholds of them).
+
+    \b
+    Example:
+      cerebras-ledger budget set search --monthly 500 --daily 40 --thresholds 50,80,100
+    """
+
+
+@budget_group.command("set")
+@click.argument("project")
+@click.option("--monthly", metavar="USD", default=None, help="Paid-spend budget per month (decimal USD).",
+              callback=_cli_value(lambda v: _alerts().parse_amount(v, "monthly budget")))
+@click.option("--daily", metavar="USD", default=None, help="Paid-spend budget per day (decimal USD).",
+              callback=_cli_value(lambda v: _alerts().parse_amount(v, "daily budget")))
+@click.option("--thresholds", default="50,80,100", show_default=True, metavar="PCT,PCT",
+              help="Alert at these percentages of each budget.", callback=_cli_value(lambda v: _alerts().parse_thresholds(v)))
+@click.option("--timezone", "tz", default="UTC", show_default=True, metavar="ZONE",
+              help="IANA zone where days and months are counted.",
+              callback=_cli_value(lambda v: _alerts().parse_timezone(v).key))
+@click.option("--free-only", is_flag=True, help="Alert on any call to a paid model.")
+@click.option("--hard", is_flag=True, help="Mark the monthly budget as hard (stored for the wrapper to enforce).")
+@click.pass_context
+def budget_set(ctx: click.Context, project: str, monthly: Any, daily: Any, thresholds: tuple[int, ...], tz: str,
+               free_only: bool, hard: bool) -> None:
+    """Create or replace PROJECT's budget (options not given take their defaults).
+
+    \b
+    Example:
+      cerebras-ledger budget set search --monthly 500.00 --daily 40 --timezone Europe/Berlin
+    """
+    from .config import check_project
+
+    try:
+        check_project(project)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="PROJECT") from None
+    with _engine(ctx) as engine:
+        b = _alerts().set_budget(engine, project, monthly=monthly, daily=daily, thresholds=thresholds, timezone=tz,
+                                 free_only=free_only, hard=hard)
+    click.echo(f"budget for {b.project!r}: monthly {b.monthly or '-'} USD, daily {b.daily or '-'} USD, "
+               f"thresholds {','.join(map(str, b.thresholds))}%, {b.timezone}"
+               f"{', free-only' if b.free_only else ''}{', hard' if b.hard else ''}")
+
+
+@budget_group.command("list")
+@format_option()
+@click.pass_context
+def budget_list(ctx: click.Context, fmt: str) -> None:
+    """List every project's budget.
+
+    \b
+    Example:
+      cerebras-ledger budget list --format json
+    """
+    with _engine(ctx) as engine, engine.connect() as conn:
+        rows = [_budget_row(b) for b in _alerts().list_budgets(conn)]
+    _rows_out(rows, fmt, BUDGET_COLUMNS)
+
+
+@budget_group.command("remove")
+@click.argument("project")
+@click.pass_context
+def budget_remove(ctx: click.Context, project: str) -> None:
+    """Remove PROJECT's budget (its past alerts stay).
+
+    \b
+    Example:
+      cerebras-ledger budget remove search
+    """
+    with _engine(ctx) as engine:
+        if not _alerts().remove_budget(engine, project):
+            raise UserError(f"no budget for project {project!r}")
+    click.echo(f"removed the budget of {project!r}")
+
+
+def _alerts() -> Any:
+    from . import alerts
+
+    return alerts
+
+
+ALERT_COLUMNS = ["created_at", "project", "rule", "period", "threshold", "status", "attempts", "message",
+                 "alert_id", "last_error"]
+
+
+def _alert_row(alert: Any, record: Any = None) -> dict[str, Any]:
+    return {"created_at": alert.created_at.isoformat().replace("+00:00", "Z"), "project": alert.project,
+            "rule": alert.rule, "period": alert.period, "threshold": alert.threshold,
+            "status": record.status if record else "new", "attempts": record.attempts if record else 0,
+            "message": alert.message, "alert_id": alert.alert_id,
+            "last_error": record.last_error if record else None, "evidence": alert.evidence}
+
+
+@cli.group("alerts")
+def alerts_group() -> None:
+    """Check budgets and spikes, and list alerts (webhook: LEDGER_ALERT_WEBHOOK_URL).
+
+    \b
+    Example:
+      cerebras-ledger alerts check
+    """
+
+
+@alerts_group.command("check")
+@click.option("--now", "now_", default=None, metavar="WHEN", help="Evaluate as of this ISO time (default: now).")
+@click.option("--spike-factor", default="3", show_default=True, metavar="X",
+              help="Spike: last window's paid spend above X times the trailing average.")
+@click.option("--spike-min", default="1.00", show_default=True, metavar="USD",
+              help="Spike: and at least this much paid spend in the window.")
+@click.option("--spike-window", default=60, show_default=True, type=click.IntRange(15, 24 * 60), metavar="MIN",
+              help="Spike window in minutes (a multiple of 15).")
+@click.option("--spike-trailing", default=24, show_default=True, type=click.IntRange(1, 24 * 31), metavar="HOURS",
+              help="Trailing period of the average, in hours.")
+@click.option("--no-deliver", is_flag=True, help="Fire and log alerts, but do not POST to the webhook.")
+@format_option()
+@click.pass_context
+def alerts_check(ctx: click.Context, now_: str | None, spike_factor: str, spike_min: str, spike_window: int,
+                 spike_trailing: int, no_deliver: bool, fmt: str) -> None:
+    """Roll up, fire due alerts (each once), and deliver undelivered ones to the webhook.
+
+    \b
+    Example:
+      LEDGER_ALERT_WEBHOOK_URL=https://hooks.slack.com/services/... cerebras-ledger alerts check
+    """
+    mod = _alerts()
+    now = _parse_when(now_, "--now") if now_ else None
+    try:
+        spike = mod.SpikeRule.parse(spike_factor, spike_min, spike_window, spike_trailing)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc).splitlines()[0]) from None
+    try:
+        webhook = mod.webhook_from_env()
+    except ConfigError as exc:
+        raise UserError(str(exc).splitlines()[0]) from None
+    with _engine(ctx) as engine:
+        created, result = mod.check(engine, now=now, spike=spike, webhook=webhook, deliver_now=not no_deliver)
+    rows = [_alert_row(a) for a in created]
+    if fmt == "table":
+        click.echo(f"{len(created)} new alert(s)")
+    if rows or fmt != "table":
+        _rows_out(rows, fmt, ALERT_COLUMNS[:5] + ["message", "alert_id"])
+    if webhook is None:
+        note = "webhook: not configured (LEDGER_ALERT_WEBHOOK_URL); alerts were logged only"
+    elif no_deliver:
+        note = "webhook: delivery skipped (--no-deliver)"
+    else:
+        note = f"webhook {webhook.label}: {result.delivered} delivered, {result.failed} failed (retried later)"
+    click.echo(note, err=fmt != "table")
+
+
+@alerts_group.command("list")
+@click.option("--project", default=None)
+@click.option("--undelivered", is_flag=True, help="Only alerts the webhook has not acknowledged.")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=100, show_default=True)
+@format_option()
+@click.pass_context
+def alerts_list(ctx: click.Context, project: str | None, undelivered: bool, limit: int, fmt: str) -> None:
+    """List alerts, newest first, with their delivery state.
+
+    \b
+    Example:
+      cerebras-ledger alerts list --project search --format json
+    """
+    with _engine(ctx) as engine, engine.connect() as conn:
+        records = _alerts().list_alerts(conn, project, undelivered=undelivered, limit=limit)
+    rows = [_alert_row(r.alert, r) for r in records]
+    _rows_out(rows, fmt, ALERT_COLUMNS)
 
 
 # == scheduler ================================================================================

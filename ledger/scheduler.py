@@ -154,13 +154,13 @@ class Lease:
             holder, expires = conn.execute(query).one()
             if holder not in ("", self.holder) and expires > now:
                 return False
-            conn.execute(update(t).where(t.c.name == self.name).values(holder=self.holder, expires_at=until))
+            conn.execute(update(LeaseRow).where(t.c.name == self.name).values(holder=self.holder, expires_at=until))
             return True
 
     def release(self) -> None:
         t = LeaseRow.__table__
         with write_transaction(self.engine) as conn:
-            conn.execute(update(t).where(t.c.name == self.name, t.c.holder == self.holder)
+            conn.execute(update(LeaseRow).where(t.c.name == self.name, t.c.holder == self.holder)
                          .values(holder="", expires_at=datetime.now(UTC)))
 
 
@@ -195,7 +195,7 @@ def rollup_and_alerts(engine: Engine) -> None:
         from . import alerts
     except ImportError:  # pragma: no cover - alerts ship with the package
         return
-    alerts.run_checks(engine)  # type: ignore[attr-defined]
+    alerts.run_checks(engine)
 
 
 def build_scheduler(engine: Engine, schedule: Schedule, jobs: Mapping[str, Callable[[], None]] | None = None,
@@ -226,12 +226,12 @@ def default_jobs(engine: Engine, schedule: Schedule) -> dict[str, Callable[[], N
     def daily_reports() -> None:
         from . import reports
 
-        reports.daily_reports(engine, datetime.now(UTC), schedule.report_tz, Path(schedule.reports_dir))  # type: ignore[attr-defined]
+        reports.daily_reports(engine, datetime.now(UTC), schedule.report_tz, Path(schedule.reports_dir))
 
     def billing() -> None:
         from . import focus
 
-        focus.export_closed_month(engine, datetime.now(UTC), Path(schedule.billing_dir))  # type: ignore[attr-defined]
+        focus.export_closed_month(engine, datetime.now(UTC), Path(schedule.billing_dir))
 
     return {"rollup": lambda: rollup_and_alerts(engine), "daily-reports": daily_reports, "billing": billing}
 

@@ -1,0 +1,563 @@
+"""Monthly billing export in FOCUS 1.2 (FinOps Open Cost and Usage Specification).
+
+:func:`export_billing` issues the export of one UTC month and writes it as CSV or Parquet.
+
+Rows. One row per billing period charge: (charge month, project, route, book, model, price
+point, list price point, free) × token type, where the token types are ``input`` (uncached
+prompt tokens), ``cached_input`` and ``output`` (completion tokens, reasoning included). Grouping
+by the price point and by the list price point in force makes ``SkuPriceId``,
+``ContractedUnitPrice`` and ``ListUnitPrice`` single-valued on each row, so a price change in the
+middle of a month gives two rows. Token counts are summed in SQL (events grouped by key, never
+loaded one by one); money is exact: ``BilledCost`` = tokens × the point's per-token rate (cached
+tokens at the cached rate, else the input rate), and the export refuses to run if those products
+do not add up to the events' own ``cost_nanos`` (they always do unless a price row was tampered
+with). Events with no cost (unpriced models, unknown usage) are not billed; ``prices check`` lists
+them. Events imported with a cost of their own and no price point (``events import`` with
+``cost_usd``) cannot be split by token type: they give one row per group with ``x_TokenType``
+``total``, ``SkuPriceId`` and ``ListUnitPrice`` null and ``ListCost`` = ``BilledCost``.
+
+Columns (:data:`COLUMNS`): the FOCUS columns that apply, in alphabetical order (allowed by FOCUS
+column ordering), then the custom ``x_`` columns. Values:
+
+* ``BilledCost`` = ``EffectiveCost`` = ``ContractedCost`` (no discounts or commitments exist);
+  ``ContractedUnitPrice`` is the charging point's rate, ``ListUnitPrice`` the ``cerebras``
+  book's rate for the model (the charging point's own when that book has none), both per
+  ``1000000 Tokens``; ``ListCost`` = ``ListUnitPrice`` × ``PricingQuantity`` exactly.
+  List rates come from the ``cerebras`` points that existed when the month was issued, so a
+  point added later never changes an issued month.
+* ``SkuId`` is ``<model>/<token type>``; ``SkuPriceId`` is the price id used with the token
+  type appended (``lava/gpt-oss-120b@2024-01-01T00:00:00Z/output``), so every SkuPriceId has
+  exactly one parent SkuId and one unit price, as FOCUS requires; ``Tags`` carries the bare
+  ``price_id`` as well as ``route``, ``book`` and ``free``.
+* ``InvoiceIssuerName`` and ``BillingAccountId``/``Name`` are Lava when the route was ``lava``,
+  else Cerebras (the ledger does not know your account number at either).
+* Dates are ISO 8601 UTC with ``Z``; periods are [start, end): the billing period is the
+  exported month; the charge period is the month the usage occurred in.
+
+Nulls (FOCUS Null Handling): absent values are NULL, never an empty or placeholder string. In CSV
+a NULL is an empty cell (no value the export writes is ever an empty string, so an empty cell
+always means NULL); in Parquet it is a real null. Decimals are exact: plain decimal strings in
+CSV, ``decimal128`` in Parquet (costs at 9 places, quantities at 6, unit prices at 3).
+
+Closing months and late usage. ``billing_exports`` holds the months issued; a month is *closed*
+once it is there. ``billed_batches`` records, per (ingest batch, month the events occurred in),
+which export billed them. Issuing month M, in one transaction under a lock:
+
+1. if M is closed, nothing is recorded: the rows are rebuilt from what M's first run recorded,
+   so re-exporting a month reproduces the identical file and never adds late events;
+2. otherwise every (batch, month) pair not yet billed, whose month is M or a closed month
+   before M, is recorded as billed in M, and M is closed;
+3. the rows of M are those pairs: pairs of M give regular rows (``ChargeClass`` null); pairs of
+   an earlier, closed month give ``ChargeClass`` ``Correction`` rows with the charge period of
+   the month the usage occurred in and the billing period M.
+
+So usage that arrives after its month was issued (a late spool, an import, the
+reversal/restatement rows of ``prices reprice``) is billed exactly once, by the first export run
+after it arrived. Only months that have ended can be issued. The file is written to a
+temporary name inside the transaction and renamed into place after the commit: a failure
+before the commit records nothing and leaves no file; a crash between the commit and the rename
+leaves the month issued, and exporting it again writes the identical file.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import io
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Context, Decimal
+from pathlib import Path
+from typing import IO, Any
+
+from sqlalchemy import Connection, Engine, and_, case, exists, func, insert, literal, or_, select
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
+from sqlalchemy.types import String
+
+from .money import Money
+from .pricing import LIST_BOOK, PriceBook, PricePoint
+from .schema import BilledBatchRow, BillingExportRow, EventRow, PriceRow
+from .store import write_transaction
+
+__all__ = [
+    "COLUMNS",
+    "CUSTOM_COLUMNS",
+    "FOCUS_COLUMNS",
+    "FORMATS",
+    "TOKEN_TYPES",
+    "BillingError",
+    "BillingExport",
+    "billing_rows",
+    "export_billing",
+    "export_closed_month",
+    "month_bounds",
+    "parse_month",
+    "utc_month",
+    "write_csv",
+]
+
+FOCUS_COLUMNS: tuple[str, ...] = (
+    "BilledCost", "BillingAccountId", "BillingAccountName", "BillingCurrency", "BillingPeriodEnd",
+    "BillingPeriodStart", "ChargeCategory", "ChargeClass", "ChargeDescription", "ChargeFrequency",
+    "ChargePeriodEnd", "ChargePeriodStart", "ConsumedQuantity", "ConsumedUnit", "ContractedCost",
+    "ContractedUnitPrice", "EffectiveCost", "InvoiceIssuerName", "ListCost", "ListUnitPrice",
+    "PricingCategory", "PricingQuantity", "PricingUnit", "ProviderName", "PublisherName", "ServiceCategory",
+    "ServiceName", "ServiceSubcategory", "SkuId", "SkuPriceId", "SubAccountId", "SubAccountName", "Tags",
+)
+CUSTOM_COLUMNS: tuple[str, ...] = ("x_Model", "x_TokenType", "x_Free", "x_Route")
+COLUMNS: tuple[str, ...] = FOCUS_COLUMNS + CUSTOM_COLUMNS
+assert list(FOCUS_COLUMNS) == sorted(FOCUS_COLUMNS)
+
+TOKEN_TYPES: tuple[str, ...] = ("input", "cached_input", "output")
+TOTAL = "total"  # the token type of imported costs that cannot be split
+_TOKEN_WORDS = {"input": "input tokens", "cached_input": "cached input tokens", "output": "output tokens",
+                TOTAL: "tokens"}
+FORMATS: tuple[str, ...] = ("csv", "parquet")
+
+CURRENCY = "USD"
+SERVICE_NAME = "Cerebras Inference"
+PROVIDER = "Cerebras"
+PRICING_UNIT = "1000000 Tokens"
+TOKENS_PER_UNIT = 1_000_000
+ISSUERS = {"lava": ("lava", "Lava"), "cerebras": ("cerebras", "Cerebras")}  # route -> (account id, name)
+
+COST_COLUMNS = ("BilledCost", "ContractedCost", "EffectiveCost", "ListCost")
+UNIT_PRICE_COLUMNS = ("ContractedUnitPrice", "ListUnitPrice")
+DATE_COLUMNS = ("BillingPeriodEnd", "BillingPeriodStart", "ChargePeriodEnd", "ChargePeriodStart")
+SCALES = {**dict.fromkeys(COST_COLUMNS, 9), **dict.fromkeys(UNIT_PRICE_COLUMNS, 3), "PricingQuantity": 6,
+          "ConsumedQuantity": 0}
+
+_BILLING_LOCK_KEY = 0x6269_6C6C_696E_67  # "billing"
+_MONTH = re.compile(r"(\d{4})-(\d{2})")
+_EXACT = Context(prec=60)
+
+
+class BillingError(ValueError):
+    """A billing export that cannot be made, said in one line."""
+
+
+class utc_month(FunctionElement[str]):  # noqa: N801 - reads like the SQL function it is
+    """The UTC month of a timestamp column, as ``'YYYY-MM'``."""
+
+    type = String()
+    inherit_cache = True
+    name = "utc_month"
+
+
+@compiles(utc_month, "sqlite")
+def _utc_month_sqlite(element: utc_month, compiler: SQLCompiler, **kw: Any) -> str:
+    # SQLite keeps 'YYYY-MM-DD HH:MM:SS.ffffff' in UTC.
+    return f"substr({compiler.process(element.clauses, **kw)}, 1, 7)"
+
+
+@compiles(utc_month, "postgresql")
+def _utc_month_pg(element: utc_month, compiler: SQLCompiler, **kw: Any) -> str:
+    # In UTC explicitly, whatever the session's time zone.
+    return f"to_char(({compiler.process(element.clauses, **kw)} AT TIME ZONE 'UTC'), 'YYYY-MM')"
+
+
+def parse_month(text: str) -> str:
+    """``YYYY-MM`` checked (a real month, year 2000-9999), or :class:`BillingError`."""
+    m = _MONTH.fullmatch(text.strip()) if isinstance(text, str) else None
+    if not m or not 1 <= int(m.group(2)) <= 12 or int(m.group(1)) < 2000:
+        raise BillingError(f"month {text!r} is not a month as YYYY-MM (e.g. 2026-11)")
+    return m.group(0)
+
+
+def month_bounds(month: str) -> tuple[datetime, datetime]:
+    """[start, end) of a UTC month."""
+    year, mon = int(month[:4]), int(month[5:7])
+    start = datetime(year, mon, 1, tzinfo=UTC)
+    end = datetime(year + mon // 12, mon % 12 + 1, 1, tzinfo=UTC)
+    return start, end
+
+
+@dataclass(frozen=True, slots=True)
+class BillingExport:
+    """One issued month.
+
+    Attributes:
+        month: the billing period, ``YYYY-MM``.
+        exported_at: when the month was first issued.
+        reissued: the month was already closed; these rows are the ones first issued.
+        rows: the FOCUS rows, in file order, as Python values (``Decimal``, aware ``datetime``,
+            ``str``, ``bool``, ``None`` for NULL).
+        billed: sum of ``BilledCost``.
+        corrections: how many rows are ``Correction`` rows (late usage of closed months).
+        unpriced: usage events in this export that have no cost and so are not billed.
+    """
+
+    month: str
+    exported_at: datetime
+    reissued: bool
+    rows: list[dict[str, Any]] = field(repr=False)
+    billed: Money
+    corrections: int
+    unpriced: int
+
+
+# -- the rows ------------------------------------------------------------------------------------
+
+
+def _points(conn: Connection) -> tuple[dict[str, PricePoint], list[tuple[PricePoint, datetime]]]:
+    """Every price point by id, and the list book's points with their creation time."""
+    by_id: dict[str, PricePoint] = {}
+    listed: list[tuple[PricePoint, datetime]] = []
+    for r in conn.execute(select(PriceRow.__table__)).all():
+        p = PricePoint(r.price_id, r.book, r.model, r.effective_from, Money(int(r.input_nanos)),
+                       None if r.cached_nanos is None else Money(int(r.cached_nanos)),
+                       Money(int(r.output_nanos)),
+                       bool(r.free), r.source)
+        by_id[p.price_id] = p
+        if p.book == LIST_BOOK:
+            listed.append((p, r.created_at))
+    return by_id, listed
+
+
+def _rates(point: PricePoint) -> dict[str, int]:
+    """Nano-dollars per token, by token type."""
+    if point.free:
+        return dict.fromkeys(TOKEN_TYPES, 0)
+    cached = point.input if point.cached is None else point.cached
+    return {"input": point.input.nanos, "cached_input": cached.nanos, "output": point.output.nanos}
+
+
+def _usd(nanos: int) -> Decimal:
+    return Money(nanos).to_decimal()
+
+
+def _per_million(rate_nanos: int) -> Decimal:
+    # nano-dollars per token -> dollars per million tokens: exactly three decimal places.
+    return Decimal(rate_nanos).scaleb(-3, _EXACT).quantize(Decimal("0.001"), context=_EXACT)
+
+
+def _quantity(tokens: int) -> Decimal:
+    return Decimal(tokens).scaleb(-6, _EXACT).quantize(Decimal("0.000001"), context=_EXACT)
+
+
+def _grouped(conn: Connection, month: str, bounds: list[datetime]) -> Any:
+    """Sums per (charge month, project, route, book, model, price, free, list segment) of the
+    events billed in ``month``'s export, computed in SQL."""
+    e = EventRow.__table__.c
+    bb = BilledBatchRow.__table__.c
+    occurred = utc_month(e.occurred_at)
+    segment: Any = (case(*[(e.occurred_at < b, i) for i, b in enumerate(bounds)], else_=len(bounds))
+                    if bounds else literal(0))
+    inner = (
+        select(
+            bb.month.label("charge_month"), e.project.label("project"), e.route.label("route"),
+            e.book.label("book"), func.coalesce(e.served_model, e.requested_model, "").label("model"),
+            e.price_id.label("price_id"), e.free.label("free"), segment.label("segment"),
+            (func.coalesce(e.prompt_tokens, 0) - func.coalesce(e.cached_tokens, 0)).label("uncached"),
+            func.coalesce(e.cached_tokens, 0).label("cached"),
+            func.coalesce(e.completion_tokens, 0).label("completion"),
+            func.coalesce(e.total_tokens, 0).label("total"),
+            e.cost_nanos.label("cost"),
+        )
+        .select_from(BilledBatchRow.__table__.join(
+            EventRow.__table__, and_(e.batch_id == bb.batch_id, occurred == bb.month)))
+        .where(bb.billed_in == month, e.cost_nanos.is_not(None))
+        .subquery()
+    )
+    g = inner.c
+    keys = (g.charge_month, g.project, g.route, g.book, g.model, g.price_id, g.free, g.segment)
+    return conn.execute(
+        select(*keys, func.sum(g.uncached), func.sum(g.cached), func.sum(g.completion), func.sum(g.total),
+               func.sum(g.cost))
+        .group_by(*keys)
+    )
+
+
+def _unpriced(conn: Connection, month: str) -> int:
+    e = EventRow.__table__.c
+    bb = BilledBatchRow.__table__.c
+    return int(conn.execute(
+        select(func.count())
+        .select_from(BilledBatchRow.__table__.join(
+            EventRow.__table__, and_(e.batch_id == bb.batch_id, utc_month(e.occurred_at) == bb.month)))
+        .where(bb.billed_in == month, e.kind == "usage", e.usage_known.is_(True), e.cost_nanos.is_(None))
+    ).scalar_one())
+
+
+def billing_rows(conn: Connection, month: str, issued_at: datetime) -> list[dict[str, Any]]:
+    """The FOCUS rows of ``month``'s export, from what ``billed_batches`` says it billed.
+
+    List rates come from the ``cerebras`` points created by ``issued_at``, so the rows of an
+    issued month never change."""
+    by_id, listed = _points(conn)
+    month_start, month_end = month_bounds(month)
+    list_points = [p for p, created in listed if created <= issued_at]
+    list_book = PriceBook(list_points)
+    bounds = sorted({p.effective_from for p in list_points if p.effective_from < month_end})
+
+    # (charge month, project, route, book, model, price id, free, list point id) -> sums
+    merged: dict[tuple[Any, ...], list[int]] = {}
+    for (charge_month, project, route, book, model, price_id, free, segment,
+         uncached, cached, completion, total, cost) in _grouped(conn, month, bounds):
+        free = bool(free)
+        sums = [int(uncached or 0), int(cached or 0), int(completion or 0), int(total or 0), int(cost or 0)]
+        list_id: str | None = None
+        if price_id is not None:
+            point = by_id.get(price_id)
+            if point is None:
+                raise BillingError(f"events of {project!r} name price {price_id!r}, "
+                                   "which the ledger does not have")
+            rates = _rates(point)
+            computed = sum(n * rates[t] for n, t in zip(sums[:3], TOKEN_TYPES, strict=True))
+            if computed != sums[4]:
+                raise BillingError(f"events priced at {price_id} cost {Money(sums[4])} USD but their tokens "
+                                   f"at its rates cost {Money(computed)} USD; refusing to bill")
+            if book == LIST_BOOK:
+                list_id = price_id
+            else:
+                start = month_bounds(charge_month)[0]  # segment i starts at bounds[i - 1]
+                if int(segment):
+                    start = max(start, bounds[int(segment) - 1])
+                found = list_book.price_for(LIST_BOOK, model, start)
+                list_id = found.price_id if found is not None else price_id
+        key = (charge_month, project, route, book, model, price_id, free, list_id)
+        have = merged.setdefault(key, [0, 0, 0, 0, 0])
+        for i, n in enumerate(sums):
+            have[i] += n
+
+    billing_start, billing_end = month_start, month_end
+    rows: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+    for key, sums in merged.items():
+        charge_month, project, route, book, model, price_id, free, list_id = key
+        correction = charge_month != month
+        charge_start, charge_end = month_bounds(charge_month)
+        account_id, issuer = ISSUERS.get(route, (route, route.capitalize()))
+        tags = {"book": book, "free": "true" if free else "false", "route": route}
+        if price_id is not None:
+            tags["price_id"] = price_id
+        common = {
+            "BillingAccountId": account_id, "BillingAccountName": issuer, "BillingCurrency": CURRENCY,
+            "BillingPeriodEnd": billing_end, "BillingPeriodStart": billing_start,
+            "ChargeCategory": "Usage", "ChargeClass": "Correction" if correction else None,
+            "ChargeFrequency": "Usage-Based",
+            "ChargePeriodEnd": charge_end, "ChargePeriodStart": charge_start,
+            "ConsumedUnit": "Tokens", "InvoiceIssuerName": issuer, "PricingCategory": "Standard",
+            "PricingUnit": PRICING_UNIT, "ProviderName": PROVIDER, "PublisherName": PROVIDER,
+            "ServiceCategory": "AI and Machine Learning", "ServiceName": SERVICE_NAME,
+            "ServiceSubcategory": "Generative AI", "SubAccountId": project, "SubAccountName": project,
+            "Tags": json.dumps(tags, sort_keys=True, separators=(",", ":"), ensure_ascii=False),
+            "x_Model": model, "x_Free": free, "x_Route": route,
+        }
+        late = f" (late usage from {charge_month})" if correction else ""
+        if price_id is None:  # imported with a cost of its own: one row, not split by token type
+            if not sums[3] and not sums[4]:
+                continue
+            cost = _usd(sums[4])
+            row = {**common,
+                   "BilledCost": cost, "ContractedCost": cost, "EffectiveCost": cost, "ListCost": cost,
+                   "ContractedUnitPrice": None, "ListUnitPrice": None, "SkuPriceId": None,
+                   "SkuId": f"{model}/{TOTAL}", "ConsumedQuantity": Decimal(sums[3]),
+                   "PricingQuantity": _quantity(sums[3]), "x_TokenType": TOTAL,
+                   "ChargeDescription": f"{model} tokens via {issuer}, imported cost{late}"}
+            order = (correction, charge_month, project, model, route, book, "", "", free, len(TOKEN_TYPES))
+            rows.append((order, row))
+            continue
+        rates = _rates(by_id[price_id])
+        list_rates = _rates(by_id[list_id]) if list_id is not None else rates
+        for i, token_type in enumerate(TOKEN_TYPES):
+            tokens = sums[i]
+            if not tokens:
+                continue
+            cost = _usd(tokens * rates[token_type])
+            row = {**common, "BilledCost": cost, "ContractedCost": cost, "EffectiveCost": cost,
+                   "ListCost": _usd(tokens * list_rates[token_type]),
+                   "ContractedUnitPrice": _per_million(rates[token_type]),
+                   "ListUnitPrice": _per_million(list_rates[token_type]),
+                   "SkuId": f"{model}/{token_type}", "SkuPriceId": f"{price_id}/{token_type}",
+                   "ConsumedQuantity": Decimal(tokens), "PricingQuantity": _quantity(tokens),
+                   "x_TokenType": token_type,
+                   "ChargeDescription": f"{model} {_TOKEN_WORDS[token_type]} via {issuer}{late}"}
+            order = (correction, charge_month, project, model, route, book, price_id, list_id or "", free, i)
+            rows.append((order, row))
+    rows.sort(key=lambda kr: kr[0])
+    return [{c: row[c] for c in COLUMNS} for _, row in rows]
+
+
+# -- issuing a month ------------------------------------------------------------------------------
+
+
+def _lock(conn: Connection) -> None:
+    if conn.dialect.name == "postgresql":
+        conn.execute(select(func.pg_advisory_xact_lock(literal(_BILLING_LOCK_KEY))))
+
+
+def _record(conn: Connection, month: str) -> None:
+    """Record every unbilled (batch, month) pair of ``month``, or of a closed month before it, as
+    billed in ``month``."""
+    e = EventRow.__table__.c
+    bx = BillingExportRow.__table__.c
+    occurred = utc_month(e.occurred_at)
+    seen = BilledBatchRow.__table__.alias("seen")
+    pending = (
+        select(e.batch_id, occurred, literal(month, String()))
+        .where(
+            e.batch_id.is_not(None),
+            e.occurred_at < month_bounds(month)[1],
+            or_(occurred == month, occurred.in_(select(bx.month).where(bx.month < month))),
+            ~exists().where(seen.c.batch_id == e.batch_id, seen.c.month == occurred),
+        )
+        .distinct()
+    )
+    conn.execute(insert(BilledBatchRow).from_select(["batch_id", "month", "billed_in"], pending))
+
+
+def _issue(conn: Connection, month: str, now: datetime) -> BillingExport:
+    _lock(conn)
+    bx = BillingExportRow.__table__.c
+    issued = conn.execute(select(bx.exported_at).where(bx.month == month)).scalar_one_or_none()
+    reissued = issued is not None
+    if issued is None:
+        _record(conn, month)
+        issued = now
+    rows = billing_rows(conn, month, issued)
+    billed = sum((r["BilledCost"] for r in rows), Decimal(0))
+    billed_nanos = int(billed.scaleb(9, _EXACT))
+    if not reissued:
+        conn.execute(insert(BillingExportRow).values(
+            month=month, exported_at=issued, rows=len(rows), billed_nanos=billed_nanos))
+    return BillingExport(month, issued, reissued, rows, Money(billed_nanos),
+                         sum(1 for r in rows if r["ChargeClass"] == "Correction"), _unpriced(conn, month))
+
+
+# -- files ----------------------------------------------------------------------------------------
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    return str(value)
+
+
+def write_csv(rows: Iterable[dict[str, Any]], out: IO[str]) -> int:
+    """FOCUS rows as CSV (header first; NULL is an empty cell). Returns the row count."""
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    n = 0
+    for row in rows:
+        writer.writerow([_cell(row[c]) for c in COLUMNS])
+        n += 1
+    return n
+
+
+def _pyarrow() -> Any:
+    try:
+        return importlib.import_module("pyarrow"), importlib.import_module("pyarrow.parquet")
+    except ImportError:
+        raise BillingError("parquet output needs pyarrow: pip install 'cerebras-ledger[parquet]'") from None
+
+
+def parquet_schema() -> Any:
+    pa, _ = _pyarrow()
+    fields = []
+    for c in COLUMNS:
+        if c in SCALES:
+            kind = pa.decimal128(38, SCALES[c])
+        elif c in DATE_COLUMNS:
+            kind = pa.timestamp("ms", tz="UTC")
+        elif c == "x_Free":
+            kind = pa.bool_()
+        else:
+            kind = pa.string()
+        fields.append(pa.field(c, kind, nullable=True))
+    return pa.schema(fields)
+
+
+def write_parquet(rows: Sequence[dict[str, Any]], out: IO[bytes]) -> int:
+    pa, pq = _pyarrow()
+    schema = parquet_schema()
+    table = pa.Table.from_pylist(list(rows), schema=schema)
+    pq.write_table(table, out)
+    return len(rows)
+
+
+def _write_temp(rows: Sequence[dict[str, Any]], out: Path, fmt: str) -> Path:
+    """The file written whole under a temporary name beside ``out`` (and synced); the caller renames it."""
+    fd, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".part")
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as raw:
+            if fmt == "csv":
+                text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
+                write_csv(rows, text)
+                text.flush()
+                text.detach()
+            else:
+                write_parquet(rows, raw)
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # like any file the user asked for
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def export_billing(engine: Engine, month: str, out: Path | None = None, fmt: str = "csv", *,
+                   now: datetime | None = None) -> BillingExport:
+    """Issue ``month`` (``YYYY-MM``, UTC) and write its FOCUS file to ``out`` (``None``: write nothing;
+    the caller prints ``result.rows``). Re-running it reproduces the same file; see the module doc."""
+    month = parse_month(month)
+    if fmt not in FORMATS:
+        raise BillingError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
+    if fmt == "parquet":
+        _pyarrow()  # before anything is recorded
+    now = (now or datetime.now(UTC)).astimezone(UTC)
+    end = month_bounds(month)[1]
+    if now < end:
+        raise BillingError(f"month {month} has not ended (UTC); it can be exported from "
+                           f"{end.strftime('%Y-%m-%d')} on")
+    if out is not None and out.is_dir():
+        raise BillingError(f"{out} is a folder, not a file")
+    tmp: Path | None = None
+    try:
+        with write_transaction(engine) as conn:
+            result = _issue(conn, month, now)
+            if out is not None:
+                tmp = _write_temp(result.rows, out, fmt)
+        if tmp is not None and out is not None:
+            os.replace(tmp, out)
+            tmp = None
+    finally:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+    return result
+
+
+def last_month(now: datetime) -> str:
+    """The UTC month before the one ``now`` is in."""
+    now = now.astimezone(UTC)
+    year, mon = (now.year, now.month - 1) if now.month > 1 else (now.year - 1, 12)
+    return f"{year:04d}-{mon:02d}"
+
+
+def export_closed_month(engine: Engine, now: datetime, folder: Path, fmt: str = "csv") -> BillingExport:
+    """Issue the month that ended last (the scheduler's monthly job) into ``folder/focus-YYYY-MM.<fmt>``.
+
+    Safe to run again: an issued month is written again, identically."""
+    month = last_month(now)
+    folder.mkdir(parents=True, exist_ok=True)
+    return export_billing(engine, month, folder / f"focus-{month}.{fmt}", fmt, now=now)
