@@ -252,6 +252,24 @@ def drain_spool(folder: Path, sink: _Sink, reject: _Reject, skip: Path | None = 
     return busy
 
 
+def orphaned_segments(folder: Path) -> list[Path]:
+    """Segments in ``folder`` whose owner is dead (nobody holds their lock)."""
+    out = []
+    for path in sorted(folder.glob("*" + SEGMENT_SUFFIX)):
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            out.append(path)
+        except BlockingIOError:
+            pass  # a live process's segment
+        finally:
+            os.close(fd)
+    return out
+
+
 def _remove_if_unlocked(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)

@@ -13,8 +13,6 @@ Checks, each a SQL aggregate (nothing is loaded whole):
 
 from __future__ import annotations
 
-import fcntl
-import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,19 +75,10 @@ def _pricing(conn: Connection) -> list[Finding]:
 def _spool(folder: Path | None) -> list[Finding]:
     if folder is None or not folder.is_dir():
         return []
-    out = []
-    for seg in sorted(folder.glob("*.seg")):
-        try:
-            fd = os.open(seg, os.O_RDONLY)
-        except FileNotFoundError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            out.append(Finding("spool", f"{seg.name}: left by a dead process, not yet written to the database"))
-        except BlockingIOError:
-            pass  # a live process's segment
-        finally:
-            os.close(fd)
+    from .journal import orphaned_segments
+
+    out = [Finding("spool", f"{seg.name}: left by a dead process, not yet written to the database")
+           for seg in orphaned_segments(folder)]
     rejected = folder / "rejected.jsonl"
     if rejected.exists() and rejected.stat().st_size:
         lines = sum(1 for _ in rejected.open("rb"))
