@@ -26,6 +26,7 @@ Rules decided here:
 from __future__ import annotations
 
 import bisect
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -144,6 +145,7 @@ BUILTIN_PRICES: tuple[PricePoint, ...] = (
 )
 
 
+@functools.lru_cache(maxsize=1024)
 def model_names(model: str) -> tuple[str, ...]:
     """The names a model may be listed under in a book: itself, then its aliases."""
     canonical = ALIASES.get(model, model)
@@ -184,9 +186,12 @@ def cost_of(usage: Usage, point: PricePoint) -> Money:
     """Exact cost of ``usage`` at ``point``."""
     if point.free:
         return ZERO
-    cached_rate = point.input if point.cached is None else point.cached
+    # integer arithmetic on nano-dollars (the writer prices every event: one Money, not six)
+    rate_in = point.input.nanos
+    rate_cached = rate_in if point.cached is None else point.cached.nanos
     uncached = usage.prompt_tokens - usage.cached_tokens
-    return point.input * uncached + cached_rate * usage.cached_tokens + point.output * usage.completion_tokens
+    return Money(rate_in * uncached + rate_cached * usage.cached_tokens
+                 + point.output.nanos * usage.completion_tokens)
 
 
 LIST_BOOK = "cerebras"

@@ -343,9 +343,11 @@ def event_row(event: CallEvent, charge: Charge, recorded_at: datetime, *, kind: 
         "source": _clip(event.source, 16),
         "note": _clip(event.note, 200),
         "batch_id": None,  # set by insert_events
+        TAG_PAIRS: tags.items(),  # not a column: spares insert_events parsing the JSON back
     }
 
 
+TAG_PAIRS = "_tag_pairs"
 EVENT_COLUMNS: tuple[str, ...] = tuple(c.name for c in EventRow.__table__.columns)
 _DATETIME_COLUMNS = frozenset(c.name for c in EventRow.__table__.columns if isinstance(c.type, UTCDateTime))
 _BOOL_COLUMNS = frozenset(c.name for c in EventRow.__table__.columns if isinstance(c.type, Boolean))
@@ -365,7 +367,7 @@ def _sqlite_params(row: dict[str, Any]) -> tuple[Any, ...]:
     fixed = dict(row)
     for name in _DATETIME_COLUMNS:
         if fixed[name] is not None:  # SQLAlchemy's own SQLite DATETIME format, in UTC
-            fixed[name] = fixed[name].astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+            fixed[name] = fixed[name].astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
     for name in _BOOL_COLUMNS:
         fixed[name] = int(fixed[name])
     return tuple(_event_values(fixed))
@@ -394,7 +396,7 @@ def insert_events(conn: Connection, rows: Sequence[dict[str, Any]], source: str 
         params = [tuple(_event_values(r)) for r in rows]
     conn.exec_driver_sql(_insert_events_sql(dialect), params)
     tags = [(r["event_id"], _clip(k, 100), _clip(str(v), 200))
-            for r in rows for k, v in json.loads(r["tags"]).items()]
+            for r in rows for k, v in (r.get(TAG_PAIRS) or json.loads(r["tags"]).items())]
     if tags:
         mark = "?" if dialect == "sqlite" else "%s"
         conn.exec_driver_sql(f"INSERT INTO event_tags (event_id, key, value) VALUES ({mark}, {mark}, {mark}) "
