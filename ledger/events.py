@@ -40,6 +40,7 @@ Route = Literal["cerebras", "lava"]
 STATUSES: tuple[str, ...] = ("ok", "error", "incomplete")
 ROUTES: tuple[str, ...] = ("cerebras", "lava")
 _SPOOL_VERSION = 1
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # one, not one per event
 
 _id_lock = threading.Lock()
 _last_ms = 0
@@ -164,11 +165,14 @@ def encode(event: CallEvent) -> bytes:
         event.note,
     ]
     # surrogatepass: a lone surrogate (from a JSON "\\ud800" or a file name) must not lose the event
-    return json.dumps(row, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass") + b"\n"
+    return _ENCODER.encode(row).encode("utf-8", "surrogatepass") + b"\n"
 
 
-def decode(line: bytes) -> CallEvent:
-    """Read back one spool line written by :func:`encode`."""
+def decode(line: bytes, *, trusted: bool = False) -> CallEvent:
+    """Read back one spool line written by :func:`encode`.
+
+    ``trusted`` skips the field type checks: for lines this very process just wrote (its live
+    segment); a dead process's segment, which may be torn or corrupt, is always checked."""
     try:
         row = json.loads(line)
         if not isinstance(row, list) or row[0] != _SPOOL_VERSION or len(row) != 22:
@@ -179,8 +183,9 @@ def decode(line: bytes) -> CallEvent:
         when = datetime.fromisoformat(occurred_at)
         if when.tzinfo is None or status not in STATUSES or route not in ROUTES:
             raise EventDecodeError("bad timestamp, status or route")
-        _check_types(event_id, project, book, requested, served, http_status, error_type, error_code, stream,
-                     usage, latency, ttft, time_info, upstream_id, lava_id, tags, source, note)
+        if not trusted:
+            _check_types(event_id, project, book, requested, served, http_status, error_type, error_code,
+                         stream, usage, latency, ttft, time_info, upstream_id, lava_id, tags, source, note)
         return CallEvent(
             event_id=event_id,
             occurred_at=when.astimezone(UTC),

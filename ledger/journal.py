@@ -163,7 +163,7 @@ def _split_lines(data: bytes) -> tuple[list[bytes], int]:
     return (data[:end].splitlines() if end else []), end
 
 
-def _write_lines(sink: _Sink, reject: _Reject, lines: list[bytes]) -> None:
+def _write_lines(sink: _Sink, reject: _Reject, lines: list[bytes], *, trusted: bool = False) -> None:
     """Decode and write lines. Undecodable ones are set aside; a batch the database refuses
     is retried line by line, so one bad event never blocks the others."""
     events: list[CallEvent] = []
@@ -172,7 +172,7 @@ def _write_lines(sink: _Sink, reject: _Reject, lines: list[bytes]) -> None:
         if not line.strip():
             continue
         try:
-            events.append(decode(line))
+            events.append(decode(line, trusted=trusted))
             raw.append(line)
         except EventDecodeError as exc:
             reject.keep(line, str(exc))
@@ -439,7 +439,7 @@ class Journal:
             raise OSError("spool record longer than the read window")
         lines = lines[:BATCH_EVENTS]
         used = sum(len(x) + 1 for x in lines)
-        _write_lines(self._sink, self._reject, lines)
+        _write_lines(self._sink, self._reject, lines, trusted=True)  # our own, just written
         self._committed += used
         _write_checkpoint(self._ckpt_fd, self._committed)
         return self._committed < self._written
