@@ -110,3 +110,39 @@ def fetch_events(url: str, where: str = "1=1") -> list[dict[str, Any]]:
 def _close_journals() -> Iterator[None]:
     yield
     journal.close_all(5.0)
+
+
+@pytest.fixture
+def reliability(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """Record one RELIABILITY.md row from a fault, load or hostile-input test.
+
+    Call ``reliability(load=..., fault=..., inputs=..., expected=N, recorded=M, lost=K)`` after
+    the test has measured them (``expected``/``recorded`` are event counts, or short text).
+    With ``LEDGER_RELIABILITY_OUT=path.jsonl`` set, rows are appended there;
+    ``python -m tests._reliability path.jsonl`` turns them into the RELIABILITY.md table.
+    """
+    rows: list[dict[str, Any]] = []
+
+    def record(*, load: str, fault: str, inputs: str = "-", expected: object, recorded: object,
+               lost: object = 0) -> None:
+        rows.append({"load": load, "fault": fault, "inputs": inputs, "expected": str(expected),
+                     "recorded": str(recorded), "lost": str(lost)})
+
+    yield record
+    out = os.environ.get("LEDGER_RELIABILITY_OUT")
+    failed = getattr(request.node, "rep_call", None)
+    if out and rows:
+        import json as _json
+
+        status = "failed" if failed is not None and failed.failed else "passed"
+        with open(out, "a", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(_json.dumps({"test": request.node.nodeid, "status": status, **row}) + "\n")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    rep = yield
+    if rep.when == "call":
+        item.rep_call = rep  # type: ignore[attr-defined]
+    return rep
