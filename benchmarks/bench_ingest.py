@@ -52,7 +52,7 @@ def _prepare(events: list[Any], dialect: str) -> list[tuple[list[tuple[Any, ...]
     out = []
     for e in events:
         r = store.event_row(e, charge(e, book), now)
-        params = store._sqlite_params(r) if dialect == "sqlite" else tuple(store._event_values(r))
+        params = store._sqlite_params(r, "") if dialect == "sqlite" else tuple(store._event_values(r))
         tags = [(r["event_id"], k, v) for k, v in json.loads(r["tags"]).items()]
         out.append((params, tags))
     return out  # type: ignore[return-value]

@@ -14,12 +14,13 @@ Imports only :mod:`ledger.wire`.
 from __future__ import annotations
 
 import json
+import operator
 import os
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from .wire import TimeInfo, Usage
@@ -30,6 +31,7 @@ __all__ = [
     "CallEvent",
     "EventDecodeError",
     "decode",
+    "decode_fields",
     "encode",
     "new_event_id",
     "normalize_tags",
@@ -168,55 +170,71 @@ def encode(event: CallEvent) -> bytes:
     return _ENCODER.encode(row).encode("utf-8", "surrogatepass") + b"\n"
 
 
-def decode(line: bytes, *, trusted: bool = False) -> CallEvent:
-    """Read back one spool line written by :func:`encode`.
+# Where each field sits in a spool record (the JSON list :func:`encode` writes).
+(F_VERSION, F_ID, F_AT, F_PROJECT, F_ROUTE, F_BOOK, F_REQUESTED, F_SERVED, F_STATUS, F_HTTP, F_ERROR_TYPE,
+ F_ERROR_CODE, F_STREAM, F_USAGE, F_LATENCY, F_TTFT, F_TIME_INFO, F_UPSTREAM_ID, F_LAVA_ID, F_TAGS, F_SOURCE,
+ F_NOTE) = range(22)
+_FIELDS = 22
 
+
+def decode_fields(line: bytes, *, trusted: bool = False) -> list[Any]:
+    """One spool line's fields, checked, as a list indexed by the ``F_*`` positions.
+
+    ``F_AT`` holds the aware UTC datetime; every other field is as :func:`encode` wrote it
+    (``F_USAGE`` five ints or ``None``, ``F_TIME_INFO`` four, ``F_TAGS`` ``[key, value]`` pairs).
+    This is the writer's hot path: it turns lines into rows without building a :class:`CallEvent`.
     ``trusted`` skips the field type checks: for lines this very process just wrote (its live
     segment); a dead process's segment, which may be torn or corrupt, is always checked."""
     try:
         row = json.loads(line)
-        if not isinstance(row, list) or row[0] != _SPOOL_VERSION or len(row) != 22:
+        if type(row) is not list or len(row) != _FIELDS or row[0] != _SPOOL_VERSION:
             raise EventDecodeError("unknown spool record version or shape")
-        (_, event_id, occurred_at, project, route, book, requested, served, status, http_status,
-         error_type, error_code, stream, usage, latency, ttft, time_info, upstream_id, lava_id,
-         tags, source, note) = row
-        when = datetime.fromisoformat(occurred_at)
-        if when.tzinfo is None or status not in STATUSES or route not in ROUTES:
+        when = datetime.fromisoformat(row[F_AT])
+        if when.tzinfo is None or row[F_STATUS] not in STATUSES or row[F_ROUTE] not in ROUTES:
             raise EventDecodeError("bad timestamp, status or route")
+        row[F_AT] = when if when.utcoffset() == _ZERO else when.astimezone(UTC)
         if not trusted:
-            _check_types(event_id, project, book, requested, served, http_status, error_type, error_code,
-                         stream, usage, latency, ttft, time_info, upstream_id, lava_id, tags, source, note)
-        return CallEvent(
-            event_id=event_id,
-            occurred_at=when.astimezone(UTC),
-            project=project,
-            route=route,
-            book=book,
-            requested_model=requested,
-            served_model=served,
-            status=status,
-            http_status=http_status,
-            error_type=error_type,
-            error_code=error_code,
-            stream=stream,
-            usage=None if usage is None else Usage(*usage),
-            latency_us=latency,
-            ttft_us=ttft,
-            time_info=None if time_info is None else TimeInfo(*time_info),
-            upstream_id=upstream_id,
-            lava_request_id=lava_id,
-            tags=tuple((k, v) for k, v in tags),
-            source=source,
-            note=note,
-        )
+            _check_types(*_checked(row))
+        return row
     except EventDecodeError:
         raise
     except (ValueError, TypeError, IndexError, KeyError, RecursionError) as exc:
         raise EventDecodeError(f"corrupt spool record: {type(exc).__name__}") from None
 
 
-def _is_int(v: Any) -> bool:
-    return type(v) is int
+def decode(line: bytes, *, trusted: bool = False) -> CallEvent:
+    """Read back one spool line written by :func:`encode` (see :func:`decode_fields`)."""
+    f = decode_fields(line, trusted=trusted)
+    usage, time_info = f[F_USAGE], f[F_TIME_INFO]
+    return CallEvent(
+        event_id=f[F_ID],
+        occurred_at=f[F_AT],
+        project=f[F_PROJECT],
+        route=f[F_ROUTE],
+        book=f[F_BOOK],
+        requested_model=f[F_REQUESTED],
+        served_model=f[F_SERVED],
+        status=f[F_STATUS],
+        http_status=f[F_HTTP],
+        error_type=f[F_ERROR_TYPE],
+        error_code=f[F_ERROR_CODE],
+        stream=f[F_STREAM],
+        usage=None if usage is None else Usage(*usage),
+        latency_us=f[F_LATENCY],
+        ttft_us=f[F_TTFT],
+        time_info=None if time_info is None else TimeInfo(*time_info),
+        upstream_id=f[F_UPSTREAM_ID],
+        lava_request_id=f[F_LAVA_ID],
+        tags=tuple((k, v) for k, v in f[F_TAGS]),
+        source=f[F_SOURCE],
+        note=f[F_NOTE],
+    )
+
+
+_ZERO = timedelta(0)
+_checked = operator.itemgetter(F_ID, F_PROJECT, F_BOOK, F_REQUESTED, F_SERVED, F_HTTP, F_ERROR_TYPE,
+                               F_ERROR_CODE, F_STREAM, F_USAGE, F_LATENCY, F_TTFT, F_TIME_INFO, F_UPSTREAM_ID,
+                               F_LAVA_ID, F_TAGS, F_SOURCE, F_NOTE)
 
 
 def _check_types(event_id: Any, project: Any, book: Any, requested: Any, served: Any, http_status: Any,
@@ -235,11 +253,20 @@ def _check_types(event_id: Any, project: Any, book: Any, requested: Any, served:
             raise EventDecodeError("status and timings must be whole numbers or null")
     if type(stream) is not bool:
         raise EventDecodeError("stream must be true or false")
-    if usage is not None and not (isinstance(usage, list) and len(usage) == 5 and all(map(_is_int, usage))):
-        raise EventDecodeError("usage must be five whole numbers")
-    if time_info is not None and not (isinstance(time_info, list) and len(time_info) == 4
-                                      and all(v is None or _is_int(v) for v in time_info)):
-        raise EventDecodeError("time_info must be four whole numbers or nulls")
-    if not (isinstance(tags, list) and all(isinstance(p, list) and len(p) == 2
-                                           and all(isinstance(x, str) for x in p) for p in tags)):
+    if usage is not None:
+        if type(usage) is not list or len(usage) != 5:
+            raise EventDecodeError("usage must be five whole numbers")
+        for v in usage:
+            if type(v) is not int:
+                raise EventDecodeError("usage must be five whole numbers")
+    if time_info is not None:
+        if type(time_info) is not list or len(time_info) != 4:
+            raise EventDecodeError("time_info must be four whole numbers or nulls")
+        for v in time_info:
+            if v is not None and type(v) is not int:
+                raise EventDecodeError("time_info must be four whole numbers or nulls")
+    if type(tags) is not list:
         raise EventDecodeError("tags must be pairs of text")
+    for p in tags:
+        if type(p) is not list or len(p) != 2 or type(p[0]) is not str or type(p[1]) is not str:
+            raise EventDecodeError("tags must be pairs of text")

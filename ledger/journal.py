@@ -37,10 +37,10 @@ import time
 from collections import deque
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .config import ConfigError, private_dir, redact_url, spool_dir
-from .events import CallEvent, EventDecodeError, decode, encode
+from .events import F_ID, CallEvent, EventDecodeError, decode_fields, encode
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -103,10 +103,10 @@ class _Sink:
             self._engine = engine
         return self._engine
 
-    def write(self, events: list[CallEvent]) -> None:
-        """Price and insert ``events`` in one transaction (idempotent by event id)."""
+    def write(self, records: list[list[Any]]) -> None:
+        """Price and insert spool records (:func:`~ledger.events.decode_fields`) in one
+        transaction (idempotent by event id)."""
         from . import store
-        from .pricing import charge
 
         engine = self.engine()
         now = datetime.now(UTC)
@@ -114,12 +114,10 @@ class _Sink:
             if self._book is None or time.monotonic() - self._book_at > PRICE_REFRESH_S:
                 self._book = store.load_price_book(conn)
                 self._book_at = time.monotonic()
-            book = self._book
             try:
-                rows = [store.event_row(e, charge(e, book), now) for e in events]
-            except (ValueError, TypeError, ArithmeticError) as exc:
+                store.insert_spooled(conn, records, self._book, now)
+            except (ValueError, TypeError, ArithmeticError) as exc:  # priced out of range, bad field
                 raise BadEvent(str(exc)) from exc
-            store.insert_events(conn, rows)
 
     def dispose(self) -> None:
         if self._engine is not None:
@@ -134,12 +132,16 @@ class BadEvent(ValueError):
 def _refused(exc: BaseException) -> bool:
     """Whether the database refused this data and will refuse it again (set it aside).
 
-    Anything else (database down, locked, migrating, a bug) is retried later unchanged."""
+    Anything else (database down, locked, migrating, a bug) is retried later unchanged. The
+    PostgreSQL ``COPY`` path raises the driver's own exceptions, so PEP 249's ``DataError`` and
+    ``IntegrityError`` count as well as SQLAlchemy's wrappers of them."""
     from sqlalchemy import exc as sa_exc
 
     if isinstance(exc, (BadEvent, sa_exc.IntegrityError, sa_exc.DataError)):
         return True
-    return isinstance(exc, sa_exc.StatementError) and isinstance(exc.orig, (ValueError, TypeError))
+    if isinstance(exc, sa_exc.StatementError):
+        return isinstance(exc.orig, (ValueError, TypeError))
+    return any(c.__name__ in ("DataError", "IntegrityError") for c in type(exc).__mro__)
 
 
 class _Reject:
@@ -166,24 +168,24 @@ def _split_lines(data: bytes) -> tuple[list[bytes], int]:
 def _write_lines(sink: _Sink, reject: _Reject, lines: list[bytes], *, trusted: bool = False) -> None:
     """Decode and write lines. Undecodable ones are set aside; a batch the database refuses
     is retried line by line, so one bad event never blocks the others."""
-    events: list[CallEvent] = []
+    records: list[list[Any]] = []
     raw: list[bytes] = []
     for line in lines:
         if not line.strip():
             continue
         try:
-            events.append(decode(line, trusted=trusted))
+            records.append(decode_fields(line, trusted=trusted))
             raw.append(line)
         except EventDecodeError as exc:
             reject.keep(line, str(exc))
-    if not events:
+    if not records:
         return
     try:
-        sink.write(events)
+        sink.write(records)
     except Exception as exc:
         if not _refused(exc):
             raise
-        for one, line in zip(events, raw, strict=True):
+        for one, line in zip(records, raw, strict=True):
             try:
                 sink.write([one])
             except Exception as inner:
@@ -311,7 +313,10 @@ class Journal:
         self._written = 0  # bytes appended to the live segment
         self._committed = 0  # bytes of it known to be in the database
         self._problem: str | None = None
+        self._spool_problem = False  # the last append failed (disk full, read-only, ...)
+        self._ckpt_problem = False  # the last checkpoint write failed
         self._closed = False
+        self._writer_done = False  # the writer thread has returned (set under _lock)
         private_dir(folder)
         self._open_segment()
         self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
@@ -328,6 +333,9 @@ class Journal:
                 if self.fsync:
                     os.fsync(self._fd)
                 self._written += len(line)
+                if self._spool_problem:
+                    self._spool_problem = False
+                    log.warning("ledger: the spool in %s is writable again", self.folder)
             except OSError as exc:
                 self._spool_failed(line, exc)
         self._wake.set()
@@ -335,6 +343,7 @@ class Journal:
     def _spool_failed(self, line: bytes, exc: OSError) -> None:
         # Undo a partial line so the next one does not fuse with it, then keep the event in
         # memory for the writer to put straight into the database.
+        self._spool_problem = True
         try:
             os.ftruncate(self._fd, self._written)
         except OSError:
@@ -379,6 +388,23 @@ class Journal:
     # -- the writer thread -----------------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            self._writer_exit()
+
+    def _writer_exit(self) -> None:
+        # close() leaves the segment's files open while the writer is still in a database call
+        # (closing them under it would let it write into whatever file reuses the numbers);
+        # then the writer releases them itself, here.
+        with self._lock:
+            self._writer_done = True
+            if not self._closed:
+                return
+            self._close_segment(remove=not self.pending())
+        self._sink.dispose()
+
+    def _loop(self) -> None:
         backoff = 0.1
         next_scan = 0.0
         while True:
@@ -398,6 +424,7 @@ class Journal:
                 backoff = 0.1
             except Exception as exc:  # the writer must never die
                 self._note_problem(exc)
+                self._reconnect()
                 self._notify()
                 if self._stop:
                     return
@@ -421,12 +448,22 @@ class Journal:
                       redact_url(self.url), what, self.folder)
             self._problem = what
 
+    def _reconnect(self) -> None:
+        # A session opened while the database refused writes (a read-only server or role, a
+        # file opened read-only) goes on refusing them after the database takes writes again:
+        # drop the engine so the next try connects afresh.
+        try:
+            self._sink.dispose()
+        except Exception:  # noqa: BLE001 - the writer must never die
+            log.debug("ledger: could not close the database connections", exc_info=True)
+
     def _drain_overflow(self) -> None:
         while self._overflow:
             batch = list(self._overflow)[:BATCH_EVENTS]
             _write_lines(self._sink, self._reject, batch)
             for _ in batch:
-                self._overflow.popleft()
+                if self._overflow:  # close() may have moved them to the spool meanwhile
+                    self._overflow.popleft()
 
     def _drain_once(self) -> bool:
         """Write one batch from the live segment; whether there may be more."""
@@ -441,12 +478,37 @@ class Journal:
         used = sum(len(x) + 1 for x in lines)
         _write_lines(self._sink, self._reject, lines, trusted=True)  # our own, just written
         self._committed += used
-        _write_checkpoint(self._ckpt_fd, self._committed)
+        try:
+            _write_checkpoint(self._ckpt_fd, self._committed)
+            self._ckpt_problem = False
+        except OSError as exc:
+            # The batch is in the database; a stale checkpoint only makes a recovery after a
+            # crash replay it, which inserts nothing twice. A spool problem, not a database one.
+            if not self._ckpt_problem:
+                log.warning("ledger: cannot write the spool checkpoint in %s (%s); a recovery after "
+                            "a crash would replay events already written", self.folder, exc.strerror or exc)
+                self._ckpt_problem = True
         return self._committed < self._written
 
     def _notify(self) -> None:
         with self._cond:
             self._cond.notify_all()
+
+    def _save_overflow(self) -> None:
+        """At close, put events still held in memory into the spool for the next process to
+        write; one that still cannot be spooled is lost, and said so."""
+        while self._overflow:
+            line = self._overflow.popleft()
+            try:
+                _write_all(self._fd, line)
+                self._written += len(line)
+            except OSError as exc:
+                try:
+                    os.ftruncate(self._fd, self._written)
+                except OSError:
+                    pass
+                log.critical("ledger: closing with the database unavailable and the spool in %s unwritable "
+                             "(%s); event %s LOST", self.folder, exc.strerror or exc, event_id_of(line))
 
     def pending(self) -> int:
         """Bytes of events not yet known to be in the database (live segment + memory)."""
@@ -475,14 +537,17 @@ class Journal:
         self._thread.join(timeout=max(timeout, 1.0))
         with self._lock:
             self._closed = True
-            self._close_segment(remove=done and not self._thread.is_alive() and not self.pending())
+            self._save_overflow()
+            if not self._writer_done:  # still in a database call: it releases the segment itself
+                return done
+            self._close_segment(remove=done and not self.pending())
         self._sink.dispose()
         return done
 
 
 def event_id_of(line: bytes) -> str:
     try:
-        return decode(line).event_id
+        return str(decode_fields(line)[F_ID])
     except EventDecodeError:
         return "(unreadable)"
 

@@ -43,6 +43,8 @@ __all__ = [
     "PriceBook",
     "PricePoint",
     "charge",
+    "charge_nanos",
+    "charge_parts",
     "cost_of",
     "make_price_id",
     "model_names",
@@ -163,6 +165,7 @@ class PriceBook:
             by_key.setdefault((p.book, p.model), []).append(p)
         self._points = {k: sorted(v, key=lambda p: p.effective_from) for k, v in by_key.items()}
         self._starts = {k: [p.effective_from for p in v] for k, v in self._points.items()}
+        self._memo: dict[tuple[str, str], tuple[PricePoint | None, datetime, datetime]] = {}
 
     def points(self) -> list[PricePoint]:
         return [p for k in sorted(self._points) for p in self._points[k]]
@@ -171,27 +174,44 @@ class PriceBook:
         """The point in force for ``model`` in ``book`` at ``at``, or ``None``."""
         if not model:
             return None
+        hit = self._memo.get((book, model))
+        if hit is not None and hit[1] <= at < hit[2]:
+            return hit[0]  # the writer prices thousands of events of a few models a second
         best: PricePoint | None = None
+        lo, hi = _EARLIEST, _LATEST  # where the answer stays the same
         for name in model_names(model):  # a point under any alias counts; the latest in force wins
             key = (book, name)
             starts = self._starts.get(key)
             if starts:
                 i = bisect.bisect_right(starts, at) - 1
-                if i >= 0 and (best is None or starts[i] > best.effective_from):
-                    best = self._points[key][i]
+                if i >= 0:
+                    lo = max(lo, starts[i])
+                    if best is None or starts[i] > best.effective_from:
+                        best = self._points[key][i]
+                if i + 1 < len(starts):
+                    hi = min(hi, starts[i + 1])
+        if len(self._memo) >= 4096:
+            self._memo.clear()
+        self._memo[(book, model)] = (best, lo, hi)
         return best
+
+
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
+_LATEST = datetime.max.replace(tzinfo=UTC)
+
+
+def _cost_nanos(point: PricePoint, prompt: int, cached: int, completion: int) -> int:
+    # integer arithmetic on nano-dollars (the writer prices every event: one int, not six Moneys)
+    if point.free:
+        return 0
+    rate_in = point.input.nanos
+    rate_cached = rate_in if point.cached is None else point.cached.nanos
+    return rate_in * (prompt - cached) + rate_cached * cached + point.output.nanos * completion
 
 
 def cost_of(usage: Usage, point: PricePoint) -> Money:
     """Exact cost of ``usage`` at ``point``."""
-    if point.free:
-        return ZERO
-    # integer arithmetic on nano-dollars (the writer prices every event: one Money, not six)
-    rate_in = point.input.nanos
-    rate_cached = rate_in if point.cached is None else point.cached.nanos
-    uncached = usage.prompt_tokens - usage.cached_tokens
-    return Money(rate_in * uncached + rate_cached * usage.cached_tokens
-                 + point.output.nanos * usage.completion_tokens)
+    return Money(_cost_nanos(point, usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens))
 
 
 LIST_BOOK = "cerebras"
@@ -199,13 +219,31 @@ LIST_BOOK = "cerebras"
 
 def charge(event: CallEvent, book: PriceBook) -> Charge:
     """Price one event by the point in force at its ``occurred_at``."""
-    point = book.price_for(event.book, event.model, event.occurred_at)
-    if event.usage is None:
-        if event.status == "error":
-            return Charge(point.price_id if point else None, ZERO, bool(point and point.free), True, ZERO)
-        return Charge(point.price_id if point else None, None, bool(point and point.free), False)
-    listed = point if event.book == LIST_BOOK else book.price_for(LIST_BOOK, event.model, event.occurred_at)
-    list_cost = cost_of(event.usage, listed) if listed is not None else None
+    u = event.usage
+    return charge_parts(book, event.book, event.model, event.occurred_at, event.status,
+                        None if u is None else (u.prompt_tokens, u.cached_tokens, u.completion_tokens))
+
+
+def charge_parts(book: PriceBook, book_name: str, model: str | None, at: datetime, status: str,
+                 tokens: tuple[int, int, int] | None) -> Charge:
+    """:func:`charge` from an event's parts: ``tokens`` is (prompt, cached, completion) or
+    ``None`` when usage is unknown."""
+    price_id, cost, list_cost, free, priced = charge_nanos(book, book_name, model, at, status, tokens)
+    return Charge(price_id, None if cost is None else Money(cost), free, priced,
+                  None if list_cost is None else Money(list_cost))
+
+
+def charge_nanos(book: PriceBook, book_name: str, model: str | None, at: datetime, status: str,
+                 tokens: tuple[int, int, int] | None) -> tuple[str | None, int | None, int | None, bool, bool]:
+    """The one pricing rule, as plain values: ``(price_id, cost, list_cost, free, priced)``
+    with amounts in nano-dollars. The writer calls this for every spooled event."""
+    point = book.price_for(book_name, model, at)
+    if tokens is None:
+        if status == "error":  # an error with no usage costs nothing, and that is known
+            return (point.price_id if point else None), 0, 0, bool(point and point.free), True
+        return (point.price_id if point else None), None, None, bool(point and point.free), False
+    listed = point if book_name == LIST_BOOK else book.price_for(LIST_BOOK, model, at)
+    list_cost = _cost_nanos(listed, *tokens) if listed is not None else None
     if point is None:
-        return Charge(None, None, False, False, list_cost)
-    return Charge(point.price_id, cost_of(event.usage, point), point.free, True, list_cost)
+        return None, None, list_cost, False, False
+    return point.price_id, _cost_nanos(point, *tokens), list_cost, point.free, True
