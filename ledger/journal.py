@@ -328,6 +328,9 @@ class Journal:
         """Make ``event`` durable locally and hand it to the writer. Never raises."""
         line = encode(event)
         with self._lock:
+            if self._closed:
+                self._append_after_close(line)
+                return
             try:
                 _write_all(self._fd, line)
                 if self.fsync:
@@ -343,6 +346,7 @@ class Journal:
     def _spool_failed(self, line: bytes, exc: OSError) -> None:
         # Undo a partial line so the next one does not fuse with it, then keep the event in
         # memory for the writer to put straight into the database.
+        first = not self._spool_problem
         self._spool_problem = True
         try:
             os.ftruncate(self._fd, self._written)
@@ -350,11 +354,31 @@ class Journal:
             pass
         if len(self._overflow) < MAX_OVERFLOW:
             self._overflow.append(line)
-            log.error("ledger: cannot write the spool in %s (%s); event kept in memory (%d waiting)",
-                      self.folder, exc.strerror or exc, len(self._overflow))
+            if first or len(self._overflow) % 1000 == 0:  # loud once, then a count, not a flood
+                log.error("ledger: cannot write the spool in %s (%s); events kept in memory (%d waiting)",
+                          self.folder, exc.strerror or exc, len(self._overflow))
         else:
             log.critical("ledger: spool unwritable and memory overflow full; event %s LOST",
                          event_id_of(line))
+
+    def _append_after_close(self, line: bytes) -> None:
+        """A call that ends after :meth:`close` (a thread still running at exit, or racing
+        :func:`close_all`): the event gets a spool segment of its own, written whole under a
+        name recovery ignores, then renamed, for the next process to recover."""
+        path = self.folder / f"{os.getpid()}-{time.time_ns():x}{SEGMENT_SUFFIX}"
+        fresh = path.with_suffix(".new")
+        try:
+            fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                _write_all(fd, line)
+            finally:
+                os.close(fd)
+            os.rename(fresh, path)
+            log.warning("ledger: an event arrived after the ledger was closed; kept in %s for recovery", path)
+        except OSError as exc:
+            fresh.unlink(missing_ok=True)
+            log.critical("ledger: an event arrived after the ledger was closed and could not be spooled "
+                         "(%s); event %s LOST", exc.strerror or exc, event_id_of(line))
 
     # -- segments --------------------------------------------------------------------------
 
