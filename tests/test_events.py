@@ -277,3 +277,30 @@ def test_records_from_other_versions_or_shapes_are_refused() -> None:
     for row in (naive, bad_status, bad_route):
         with pytest.raises(EventDecodeError):
             decode(json.dumps(row).encode())
+
+
+def test_ids_differ_across_forked_children_even_when_the_app_seeds_random() -> None:
+    """Id randomness is the ledger's own: a fork, or ``random.seed`` in every worker, never makes
+    two processes produce the same ids (a duplicate id would silently drop an event)."""
+    import os
+    import random
+
+    read, write = os.pipe()
+    children = []
+    for _ in range(2):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            random.seed(42)
+            os.write(write, (",".join(new_event_id() for _ in range(50)) + "\n").encode())
+            os._exit(0)
+        children.append(pid)
+    for pid in children:
+        os.waitpid(pid, 0)
+    os.close(write)
+    with os.fdopen(read) as fh:
+        batches = [set(line.strip().split(",")) for line in fh if line.strip()]
+    random.seed(42)
+    mine = {new_event_id() for _ in range(50)}
+    assert len(batches) == 2 and all(len(b) == 50 for b in batches)
+    assert not (batches[0] & batches[1]) and not (mine & (batches[0] | batches[1]))
+    assert {i[24:] for i in batches[0]}.isdisjoint(i[24:] for i in batches[1])  # the random tails too
