@@ -122,7 +122,7 @@ def _kill_round(upstream: StandIn, mode: str, workers: int, rng: random.Random, 
 
 @pytest.mark.parametrize(("mode", "workers"), [("threads", 4), ("async", 8)])
 def test_kill9_loses_no_returned_call(ledger_env: dict[str, str], upstream: StandIn, tmp_path: Path,
-                                      mode: str, workers: int) -> None:
+                                      mode: str, workers: int, reliability: Any) -> None:
     url, spool = ledger_env["LEDGER_DATABASE_URL"], Path(ledger_env["LEDGER_SPOOL_DIR"])
     seed = int.from_bytes(os.urandom(4))
     rng = random.Random(seed)
@@ -165,12 +165,18 @@ def test_kill9_loses_no_returned_call(ledger_env: dict[str, str], upstream: Stan
     if mode == "async":
         (summary,) = json.loads(out.stdout)
         assert summary["project"] == "kill9" and summary["calls"] == len(rows)
+    returned_recorded = sum(1 for c in printed if in_db[c] == 1)
+    reliability(load=f"{ROUNDS} child processes in turn, {workers} {mode} each, calls back to back",
+                fault=f"kill -9 at a random moment ({ROUNDS} times, seed {seed}); recovery on restart",
+                expected=f"{len(printed)} returned calls", recorded=returned_recorded,
+                lost=f"{len(printed) - returned_recorded} (plus {len(served - set(in_db))} in flight at a kill, "
+                     f"never returned to the caller)")
 
 
 # -- 2. a torn last record -------------------------------------------------------------------------
 
 
-def test_torn_last_record_is_set_aside(db_url: str, tmp_path: Path) -> None:
+def test_torn_last_record_is_set_aside(db_url: str, tmp_path: Path, reliability: Any) -> None:
     spool = tmp_path / "spool"
     events = [_event() for _ in range(5)]
     whole = encode(_event())
@@ -184,14 +190,17 @@ def test_torn_last_record_is_set_aside(db_url: str, tmp_path: Path) -> None:
     assert (spool / "rejected.jsonl").read_bytes() == torn + b"\n"
     assert not seg.exists() and not seg.with_suffix(".ckpt").exists()
     assert journal.recover(db_url, spool) == 0  # again: nothing more, nothing twice
-    _assert_exactly_once(db_url, {e.event_id for e in events})
+    again = _assert_exactly_once(db_url, {e.event_id for e in events})
     assert (spool / "rejected.jsonl").read_bytes() == torn + b"\n"
+    reliability(load="a dead process's segment: 5 whole records + half of a 6th", fault="torn last record",
+                inputs="torn JSON line", expected="5 events + 1 torn line set aside",
+                recorded=f"{len(again)} events, torn line in rejected.jsonl", lost=5 - len(again))
 
 
 # -- 3. crash between the database commit and the checkpoint ----------------------------------------
 
 
-def test_replay_after_crash_between_commit_and_checkpoint(db_url: str, tmp_path: Path) -> None:
+def test_replay_after_crash_between_commit_and_checkpoint(db_url: str, tmp_path: Path, reliability: Any) -> None:
     spool = tmp_path / "spool"
     # A live journal writes events; keep a copy of its segment as it was once committed.
     j = journal.Journal(db_url, spool)
@@ -222,6 +231,10 @@ def test_replay_after_crash_between_commit_and_checkpoint(db_url: str, tmp_path:
     _assert_exactly_once(db_url, {e.event_id for e in first + more})
     assert _spool_files(spool, journal.SEGMENT_SUFFIX) == [] and _spool_files(spool, ".ckpt") == []
     assert not (spool / "rejected.jsonl").exists()
+    n = len(fetch_events(db_url))
+    reliability(load="37 events; the committed segment replayed 3 times (zero, stale and no checkpoint)",
+                fault="writer crash between the database commit and the spool checkpoint",
+                expected=37, recorded=n, lost=37 - n)
 
 
 # -- 4. the database down ------------------------------------------------------------------------
@@ -291,40 +304,77 @@ def outage_url(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pyte
         admin.dispose()
 
 
-def test_calls_succeed_while_database_unavailable(outage_url: str, upstream: StandIn) -> None:
+def _steady_calls(client: ledger.CerebrasClient, seconds: float, latencies: list[float]) -> list[str]:
+    """Calls back to back for ``seconds``; each call's latency goes into ``latencies``."""
+    ids: list[str] = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end or not ids:
+        t0 = time.perf_counter()
+        ids += _calls(client, 1)
+        latencies.append(time.perf_counter() - t0)
+    return ids
+
+
+def _median_ms(values: list[float]) -> float:
+    return round(sorted(values)[len(values) // 2] * 1000, 2) if values else 0.0
+
+
+def _outage(outage_url: str, upstream: StandIn, seconds: float, reliability: Any) -> None:
+    """Steady traffic before, during (``seconds``) and after the database is unavailable; no call
+    fails, and the backlog drains by itself once the database is back (no flush is asked for)."""
     url = outage_url
+    before: list[float] = []
+    during: list[float] = []
     with ledger.CerebrasClient("outage", api_key="k", base_url=upstream.base_url, max_retries=0) as client:
-        ids = _calls(client, 1)  # the ledger exists and the writer holds a (soon stale) connection
+        j = client.transport.journal
+        ids = _steady_calls(client, 0.5, before)  # the ledger exists; the writer holds a (soon stale) connection
         assert client.flush(30)
         if url.startswith("sqlite"):
             # SQLite: another connection holds the write lock.
+            fault = f"SQLite write-locked by another connection (BEGIN EXCLUSIVE) for {seconds:g} s"
             path = url.removeprefix("sqlite:///")
             lock = sqlite3.connect(path, timeout=0, isolation_level=None)
             try:
                 lock.execute("BEGIN EXCLUSIVE")
-                ids += _calls(client, 20)
-                assert client.flush(0.5) is False
-                assert client.transport.journal.pending() > 0
-                assert lock.execute("SELECT count(*) FROM events").fetchone() == (1,)
+                ids += _steady_calls(client, seconds, during)
+                assert j.pending() > 0
+                assert lock.execute("SELECT count(*) FROM events").fetchone() == (len(before),)
             finally:
                 lock.execute("ROLLBACK")
                 lock.close()
         else:
             # PostgreSQL: the server really stopped.
+            fault = f"PostgreSQL server stopped (pg_ctlcluster stop) for {seconds:g} s"
             try:
                 _pg_ctl("stop")
                 assert not _pg_accepts()
-                ids += _calls(client, 20)
-                assert client.flush(0.5) is False
-                assert client.transport.journal.pending() > 0
+                ids += _steady_calls(client, seconds, during)
+                assert j.pending() > 0
             finally:
                 _pg_start_and_wait()
-        assert client.flush(30)
+        deadline = time.monotonic() + 60
+        while j.pending():  # drains by itself: nobody calls flush()
+            assert time.monotonic() < deadline, "the backlog did not drain within 60 s"
+            time.sleep(0.1)
     rows = fetch_events(url)
     assert Counter(r["upstream_id"] for r in rows) == Counter(ids)
-    assert len({r["event_id"] for r in rows}) == len(rows) == 21
+    assert len({r["event_id"] for r in rows}) == len(rows) == len(ids)
     assert {s.upstream_id for s in upstream.served} == set(ids)
     assert all(r["status"] == "ok" and bool(r["priced"]) for r in rows)
+    reliability(load=f"1 thread, calls back to back: {len(before)} before, {len(during)} during the outage "
+                     f"(median {_median_ms(before)} ms before, {_median_ms(during)} ms during)",
+                fault=fault + "; backlog drained by itself after", expected=len(ids), recorded=len(rows),
+                lost=len(ids) - len(rows))
+
+
+def test_calls_succeed_while_database_unavailable(outage_url: str, upstream: StandIn, reliability: Any) -> None:
+    _outage(outage_url, upstream, 2.0, reliability)
+
+
+@pytest.mark.soak
+def test_thirty_second_outage_under_steady_traffic(outage_url: str, upstream: StandIn, reliability: Any) -> None:
+    """The issue's figure: the database unavailable for 30 s under steady traffic (``pytest -m soak``)."""
+    _outage(outage_url, upstream, 30.0, reliability)
 
 
 # -- 5. two processes recover the same dead segments at once ---------------------------------------
@@ -334,7 +384,7 @@ _RECOVER = ("import sys, ledger.journal as j, ledger.store, sqlalchemy\n"
             "print(j.recover(sys.argv[1], sys.argv[2]))\n")
 
 
-def test_two_processes_recover_the_same_segments(db_url: str, tmp_path: Path) -> None:
+def test_two_processes_recover_the_same_segments(db_url: str, tmp_path: Path, reliability: Any) -> None:
     spool = tmp_path / "spool"
     events: list[CallEvent] = []
     for n in range(8):
@@ -369,9 +419,12 @@ def test_two_processes_recover_the_same_segments(db_url: str, tmp_path: Path) ->
     for p, (out, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err
         assert 0 <= int(out) <= 8
-    _assert_exactly_once(db_url, expected - skipped)
+    rows = _assert_exactly_once(db_url, expected - skipped)
     assert _spool_files(spool, journal.SEGMENT_SUFFIX) == [] and _spool_files(spool, ".ckpt") == []
     assert not (spool / "rejected.jsonl").exists()
+    reliability(load="8 dead segments of 250 events (30 before checkpoints, already written)",
+                fault="two processes recover the same spool at the same moment",
+                expected=len(expected - skipped), recorded=len(rows), lost=len(expected - skipped) - len(rows))
 
 
 # -- files are owner-only ------------------------------------------------------------------------
