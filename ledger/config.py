@@ -16,7 +16,13 @@ Every setting has one name here, one environment variable and one default:
 =========================  ================================================================
 
 Project names are untrusted text: :func:`check_project` admits 1-200 printable characters
-with no control characters, and nothing else.
+(Python's ``str.isprintable``: no control, format, separator other than the ASCII space, or
+unassigned code points, so no NUL, newline, tab, RTL override, zero-width character or lone
+surrogate) whose first character is not ``=``, ``+``, ``-`` or ``@``, and nothing else. The
+first-character rule keeps every accepted name inert in a spreadsheet (OWASP CSV injection: a
+cell beginning with one of those is read as a formula), so project names appear byte-exact in
+every CSV the ledger writes; ``-`` would also read as an option on the command line. Names are
+compared exactly, code point by code point (no case folding, no Unicode normalization).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import binascii
 import hashlib
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -37,10 +44,14 @@ __all__ = [
     "ledger_home",
     "private_dir",
     "redact_url",
+    "spreadsheet_cell",
     "spool_dir",
 ]
 
 MAX_PROJECT_LEN = 200
+FORMULA_START = frozenset("=+-@")  # a spreadsheet cell starting with one is a formula
+_CELL_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
 
 
 class ConfigError(ValueError):
@@ -106,7 +117,25 @@ def check_project(name: object) -> str:
         raise ConfigError(f"project name longer than {MAX_PROJECT_LEN} characters")
     if not name.isprintable():
         raise ConfigError("project name has control or non-printable characters")
+    if name[0] in FORMULA_START:
+        raise ConfigError("project name may not begin with =, +, - or @ "
+                          "(a spreadsheet would read it as a formula)")
     return name
+
+
+def spreadsheet_cell(text: str) -> str:
+    """``text`` as a cell of a CSV file meant for spreadsheets (OWASP CSV injection advice).
+
+    A cell that begins with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return is read as a
+    formula by Excel, LibreOffice and Google Sheets; such a cell gets a leading ``'`` so that it
+    is shown as text. Plain decimal numbers (``-0.000000350``, ``-12.50``) are left alone: they
+    are what the ledger writes for negative amounts, and a spreadsheet reads them as numbers.
+    Accepted project names never begin with a formula character (see :func:`check_project`), so
+    they are never changed; tags and model names may be.
+    """
+    if text[:1] in _CELL_FORMULA_START and not _PLAIN_NUMBER.fullmatch(text):
+        return "'" + text
+    return text
 
 
 def is_lava_byok(forward_token: str) -> bool:

@@ -7,6 +7,15 @@ The columns, in this order, are :data:`COLUMNS`. ``occurred_at`` is ISO 8601 UTC
 Export streams rows from the database (``yield_per``), never loading the ledger. An exported
 event's ``cost_usd`` is its current cost: the original charge plus any corrections.
 
+**A machine format: values are exact.** Unlike the report and billing CSVs, which are meant for
+spreadsheets and get OWASP's leading ``'`` on cells that would begin with ``=``, ``+``, ``-``,
+``@``, a tab or a carriage return, the event files are written exactly as stored, so that
+``events export`` then ``events import`` gives back the very same events (a test checks the
+files are byte-identical). A project name can never begin with a formula character
+(:func:`ledger.config.check_project`), and ``tags`` is a JSON object (its cell begins with
+``{``), but a model name or an upstream id may; open an event CSV in a spreadsheet only through
+an import that reads every column as text, or use the report CSV.
+
 Import reads the same columns. Every row is checked before anything is written, and all rows
 go in one transaction: a bad row fails the whole file with its line number, and nothing is
 half-imported. It is idempotent by ``event_id`` (a UUID). A row with a ``cost_usd`` keeps it

@@ -39,6 +39,15 @@ a NULL is an empty cell (no value the export writes is ever an empty string, so 
 always means NULL); in Parquet it is a real null. Decimals are exact: plain decimal strings in
 CSV, ``decimal128`` in Parquet (costs at 9 places, quantities at 6, unit prices at 3).
 
+Spreadsheets (CSV injection). FOCUS CSV files are opened in spreadsheets as often as they are
+loaded into FinOps tools, so a text cell that would begin with ``=``, ``+``, ``-``, ``@``, a tab or
+a carriage return is written with a leading ``'`` (OWASP's advice; see
+:func:`ledger.config.spreadsheet_cell`); decimals, dates and booleans never are. In practice no
+cell of a billed row qualifies: project names (``SubAccountId``/``SubAccountName``) cannot begin
+with those characters (:func:`ledger.config.check_project`), and the model-derived columns
+(``x_Model``, ``SkuId``, ``SkuPriceId``, ``ChargeDescription``) only hold models that have a price
+point or an imported cost. Parquet holds every value exactly, unchanged.
+
 Closing months and late usage. ``billing_exports`` holds the months issued; a month is *closed*
 once it is there. ``billed_batches`` records, per (ingest batch, month the events occurred in),
 which export billed them. Issuing month M, in one transaction under a lock:
@@ -81,6 +90,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.types import String
 
+from .config import spreadsheet_cell
 from .money import Money
 from .pricing import LIST_BOOK, PriceBook, PricePoint
 from .schema import BilledBatchRow, BillingExportRow, EventRow, PriceRow
@@ -443,7 +453,7 @@ def _cell(value: Any) -> str:
         return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     if isinstance(value, Decimal):
         return format(value, "f")
-    return str(value)
+    return spreadsheet_cell(str(value))
 
 
 def write_csv(rows: Iterable[dict[str, Any]], out: IO[str]) -> int:

@@ -29,6 +29,16 @@ either, so no sum can wrap), checked by :func:`check_no_floats`. Amounts are pri
 
 Outputs: CSV (one long table: ``section,item,detail,figure,value``), JSON, and a self-contained
 HTML dashboard with inline SVG charts (no script, no network; every untrusted string escaped).
+
+**CSV is for spreadsheets, JSON for programs.** Following OWASP's CSV-injection advice, a CSV cell
+that would begin with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return gets a leading ``'``
+so that Excel, LibreOffice or Google Sheets show it as text instead of running it as a formula
+(:func:`ledger.config.spreadsheet_cell`). Plain decimal numbers (negative amounts and changes)
+are never changed. Project names cannot begin with those characters
+(:func:`ledger.config.check_project`), so they always appear byte-exact; a tag or a model name
+that does (or a project name stored before that rule) begins with one extra ``'``. The JSON
+report carries every value exactly, unchanged.
+
 Files go to ``$LEDGER_REPORTS_DIR/<project folder>/<period>_<zone>.<fmt>`` (default folder
 ``./reports``) or where asked; the project folder is a safe slug plus a short hash, so no name
 leaves the reports folder; files are written atomically (temporary file, then rename).
@@ -56,6 +66,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import pandas as pd  # type: ignore[import-untyped, unused-ignore]
 from sqlalchemy import Connection, Engine, case, func, literal, select
 
+from .config import spreadsheet_cell
 from .money import Money
 from .schema import TagRollupRow, UsageRollupRow
 
@@ -628,11 +639,23 @@ def to_json(report: Report) -> str:
 CSV_COLUMNS = ("section", "item", "detail", "figure", "value")
 
 
+class _SpreadsheetWriter:
+    """A ``csv.writer`` whose text cells are made inert for spreadsheets (:func:`spreadsheet_cell`)."""
+
+    def __init__(self, writer: Any) -> None:
+        self._writer = writer
+
+    def writerow(self, row: Sequence[Any]) -> None:
+        self._writer.writerow([spreadsheet_cell(v) if isinstance(v, str) else v for v in row])
+
+
 def to_csv(report: Report) -> str:
-    """One long table, ``section,item,detail,figure,value``; values exact (money in USD strings)."""
+    """One long table, ``section,item,detail,figure,value``; values exact (money in USD strings),
+    except that a text cell that would start a spreadsheet formula starts with ``'`` (see the module
+    docstring)."""
     data = to_dict(report)
     buf = io.StringIO(newline="")
-    w = csv.writer(buf, lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL)
+    w = _SpreadsheetWriter(csv.writer(buf, lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL))
     w.writerow(CSV_COLUMNS)
     w.writerow(["report", "", "", "project", "" if report.project is None else report.project])
     w.writerow(["report", "", "", "scope", "all projects" if report.project is None else "project"])

@@ -50,7 +50,10 @@ log = logging.getLogger("ledger")
 
 PROJECT_HEADER = "x-ledger-project"
 TAGS_HEADER = "x-ledger-tags"
-MAX_JSON_BODY = 16 * 1024 * 1024  # we keep at most this much of a JSON body to read usage from
+MAX_JSON_BODY = 16 * 1024 * 1024
+# The project of a call that names none, or whose x-ledger-project was refused: its cost is
+# kept (and shows in reports under this name) rather than lost.
+UNATTRIBUTED = "(unattributed)"  # we keep at most this much of a JSON body to read usage from
 
 
 @functools.lru_cache(maxsize=32)
@@ -383,28 +386,45 @@ class _Recorder:
 
     def begin(self, request: Any) -> Attempt | None:
         try:
+            headers = request.headers
+            # Ours, so removed first and always: they never leave the process, chat or not.
+            raw_project = headers.pop(PROJECT_HEADER, None) if PROJECT_HEADER in headers else None
+            raw_tags = headers.pop(TAGS_HEADER, None) if TAGS_HEADER in headers else None
             target = _target(request)
             if target is None:
                 return None
-            headers = request.headers
             project = self.project
             tags = self.tags
             model: str | None = None
+            notes: list[str] = []
             ext = request.extensions.get("ledger")
             if ext:
                 project = ext.get("project") or project
                 if ext.get("tags"):
                     tags = normalize_tags({**dict(tags), **ext["tags"]})
                 model = ext.get("model")
-            if PROJECT_HEADER in headers:
-                project = check_project(headers.pop(PROJECT_HEADER))
-            if TAGS_HEADER in headers:
-                tags = normalize_tags({**dict(tags), **_parse_tags_header(headers.pop(TAGS_HEADER))})
+            if raw_project is not None:
+                try:
+                    project = check_project(raw_project)
+                except ConfigError as exc:
+                    log.warning("ledger: x-ledger-project refused (%s); the call is recorded under %r",
+                                exc, project or UNATTRIBUTED)
+                    notes.append("x-ledger-project refused")
+            if raw_tags is not None:
+                try:
+                    tags = normalize_tags({**dict(tags), **_parse_tags_header(raw_tags)})
+                except ValueError:
+                    log.warning("ledger: x-ledger-tags ignored: neither k=v pairs nor a JSON object")
+                    notes.append("x-ledger-tags ignored")
             if project is None:
-                raise ConfigError("no project: pass project=..., set LEDGER_PROJECT or send x-ledger-project")
+                log.warning("ledger: a call names no project (pass project=..., set LEDGER_PROJECT or send "
+                            "x-ledger-project); recorded under %r", UNATTRIBUTED)
+                project = UNATTRIBUTED
             if model is None:
                 model = _requested_model(request)
-            return Attempt(self.journal, target, project, tags, model, self.source)
+            attempt = Attempt(self.journal, target, project, tags, model, self.source)
+            attempt.note = "; ".join(notes) or None
+            return attempt
         except Exception:
             log.exception("ledger: could not start recording a request; it goes unrecorded")
             return None
