@@ -27,9 +27,10 @@ import httpx
 from .config import ConfigError, check_project
 from .errors import (
     APIConnectionError,
-    APIError,
     APIResponseValidationError,
+    APIStatusError,
     APITimeoutError,
+    status_class,
     status_error,
 )
 from .transport import AsyncRecordingTransport, RecordingTransport
@@ -124,11 +125,15 @@ def _ok_body(response: httpx.Response) -> dict[str, Any]:
     return body
 
 
-def _stream_error(payload: Mapping[str, Any], response: httpx.Response) -> APIError:
-    err = payload.get("error") if isinstance(payload.get("error"), Mapping) else {}
+def _stream_error(payload: Mapping[str, Any], response: httpx.Response) -> APIStatusError:
+    """An error event inside a stream, raised as the SDK raises it: the class by the event's
+    ``status_code`` (else the response's), the error's message, the whole event as the body."""
+    err = payload.get("error")
     message = err.get("message") if isinstance(err, Mapping) else None
-    return APIError(message if isinstance(message, str) else "An error occurred during streaming",
-                    body=dict(err) if isinstance(err, Mapping) else None, request=response.request)
+    code = payload.get("status_code")
+    status = code if type(code) is int and 100 <= code <= 599 else response.status_code
+    return status_class(status)(message if isinstance(message, str) else "An error occurred during streaming",
+               response=response, body=dict(payload), status_code=status)
 
 
 def _chunks_from(decoder: SSEDecoder, data: bytes | None, response: httpx.Response) -> Iterator[dict[str, Any]]:
@@ -141,7 +146,7 @@ def _chunks_from(decoder: SSEDecoder, data: bytes | None, response: httpx.Respon
             payload = json.loads(ev.data)
         except ValueError:
             raise APIResponseValidationError("malformed event in stream", request=response.request) from None
-        if isinstance(payload, dict) and isinstance(payload.get("error"), Mapping):
+        if isinstance(payload, dict) and payload.get("error"):  # as the SDKs: any truthy "error"
             raise _stream_error(payload, response)
         if isinstance(payload, dict):
             yield payload

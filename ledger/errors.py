@@ -119,5 +119,9 @@ def status_error(status: int, body: Any, response: httpx.Response | None) -> API
         text = inner.get("message") or inner.get("detail")
         if isinstance(text, str):
             message = f"{message} - {text}"
-    cls = _BY_STATUS.get(status, InternalServerError if status >= 500 else APIStatusError)
-    return cls(message, response=response, body=body, status_code=status)
+    return status_class(status)(message, response=response, body=body, status_code=status)
+
+
+def status_class(status: int) -> type[APIStatusError]:
+    """The exception class the SDKs raise for an error ``status``."""
+    return _BY_STATUS.get(status, InternalServerError if status >= 500 else APIStatusError)

@@ -10,6 +10,29 @@ Scenarios pick misbehaviour per request: send header ``x-standin-scenario: NAME`
 with :meth:`StandIn.queue`. ``served`` lists every completion the server actually delivered
 whole, so tests can compare ledger totals with what the upstream really served.
 
+What each misbehaving scenario does, without / with ``"stream": true`` in the request:
+
+* ``slow``: waits :attr:`StandIn.slow_seconds` (0.3 s) before answering, then answers as ``ok``.
+* ``hang``: never answers (no status line) / streams content chunks every 50 ms forever.
+* ``stall``: sends the headers and half the body, then nothing more / sends half the chunks,
+  then nothing more. Either way the connection stays open until the client hangs up.
+* ``reset``: closes the connection before any response, in both modes.
+* ``cut``: closes the connection after half the body / after half the chunks.
+* ``malformed`` / ``non_utf8``: a 200 whose body is not JSON (truncated JSON / bytes that are
+  not UTF-8) / a stream whose middle event is such a body, after which the stream ends.
+* ``no_usage``: no ``usage`` in the body / on the final chunk (``[DONE]`` still follows).
+* ``negative_usage`` / ``absurd_usage``: ``prompt_tokens`` of -5 / 10**15 prompt and completion
+  tokens (and nonsense ``time_info``), in the body or on the final chunk.
+* ``truncated``: half the body, framed as if whole (its ``content-length``) / half the chunks,
+  then a clean end of the body: no final chunk, no usage, no ``[DONE]`` (a proxy that lost
+  its upstream and closed the stream politely).
+* ``stream_error``: an in-stream error event after half the chunks (streams only).
+* ``stream_error_text``: the same, but the event is ``{"error": "<text>"}`` (no object, no status).
+* ``absurd_status``: the same as ``stream_error``, with ``status_code`` :data:`ABSURD_STATUS`.
+
+A hanging or stalled handler gives up when the client hangs up, when the stand-in stops, or
+after :data:`STALL_LIMIT` seconds, so stopping the stand-in never waits on it for long.
+
 >>> with StandIn() as upstream:                                         # doctest: +SKIP
 ...     client = CerebrasClient(project="p", api_key="k", base_url=upstream.base_url)
 """
@@ -18,6 +41,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import select
 import socket
 import sys
 import threading
@@ -34,8 +58,12 @@ __all__ = ["SCENARIOS", "Served", "StandIn", "usage_for"]
 SCENARIOS = (
     "ok", "rate_limit", "token_quota", "server_error", "wrong_key", "not_found", "no_done",
     "stream_error", "cut", "no_usage", "malformed", "non_utf8", "negative_usage", "gzip", "slow",
-    "hang", "cached", "reset",
+    "hang", "cached", "reset", "absurd_usage", "stall", "truncated", "stream_error_text", "absurd_status",
 )
+
+ABSURD_TOKENS = 10**15  # "absurd_usage": far beyond any real completion
+ABSURD_STATUS = 2**64  # "absurd_status": the status_code of its in-stream error event (fits no SQL integer)
+STALL_LIMIT = 30.0  # seconds a "hang" or "stall" handler waits for the client to hang up
 
 DEFAULT_FEED: dict[str, Any] = {"object": "list", "data": [
     {"id": "gpt-oss-120b", "object": "model", "pricing": {"prompt": "0.00000035", "completion": "0.00000075"},
@@ -88,9 +116,27 @@ def usage_for(body: dict[str, Any], scenario: str) -> dict[str, Any]:
                                           "reasoning_tokens": reasoning}}
 
 
-def _time_info() -> dict[str, float]:
+def _time_info(scenario: str = "ok") -> dict[str, float]:
+    if scenario == "absurd_usage":
+        return {"queue_time": -1.0, "prompt_time": 1e300, "completion_time": 10.0**15,
+                "total_time": 2.0**70, "created": time.time()}
     return {"queue_time": 0.000533844, "prompt_time": 0.00128098, "completion_time": 0.003694258,
             "total_time": 0.007519960403442383, "created": time.time()}
+
+
+def _scenario_usage(body: dict[str, Any], scenario: str) -> dict[str, Any]:
+    """:func:`usage_for`, spoiled as the ``negative_usage`` / ``absurd_usage`` scenarios want."""
+    usage = usage_for(body, scenario)
+    if scenario == "negative_usage":
+        usage["prompt_tokens"] = -5
+    elif scenario == "absurd_usage":
+        usage.update(prompt_tokens=ABSURD_TOKENS, completion_tokens=ABSURD_TOKENS,
+                     total_tokens=2 * ABSURD_TOKENS)
+    return usage
+
+
+# scenarios whose usage never validly reaches the client: not in ``served``
+_SPOILED_USAGE = ("no_usage", "negative_usage", "absurd_usage")
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -154,7 +200,11 @@ class _Handler(BaseHTTPRequestHandler):
             status, err = ERRORS[scenario]
             return self._send_json(status, err, headers)
         if scenario == "slow":
-            time.sleep(0.3)
+            self.server.owner.stopping.wait(self.server.owner.slow_seconds)
+        if scenario == "reset":  # before any response, streamed or not
+            return self._reset()
+        if scenario == "hang" and not body.get("stream"):  # no response at all
+            return self._wait_for_hangup()
         if body.get("stream"):
             return self._stream(body, scenario, headers, via_lava)
         self._complete(body, scenario, headers, via_lava)
@@ -164,29 +214,53 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send_json(200, None, headers, raw=b'{"id": "chatcmpl-broken", "choices": [')
         if scenario == "non_utf8":
             return self._send_json(200, None, headers, raw=b'\xff\xfe{"id": \x80\x81}')
-        if scenario == "reset":
-            self.close_connection = True
-            self.connection.shutdown(socket.SHUT_RDWR)
-            return None
         model = str(body.get("model"))
-        usage = usage_for(body, scenario)
-        if scenario == "negative_usage":
-            usage["prompt_tokens"] = -5
+        words = usage_for(body, scenario)["completion_tokens"]  # what is really sent
+        usage = _scenario_usage(body, scenario)
         cid = f"chatcmpl-{uuid.uuid4()}"
         payload: dict[str, Any] = {
             "id": cid,
             "choices": [{"finish_reason": "stop", "index": 0,
-                         "message": {"role": "assistant", "content": "word " * usage["completion_tokens"]}}],
+                         "message": {"role": "assistant", "content": "word " * words}}],
             "created": int(time.time()), "model": model, "object": "chat.completion",
-            "system_fingerprint": "fp_standin", "time_info": _time_info(),
+            "system_fingerprint": "fp_standin", "time_info": _time_info(scenario),
         }
         if scenario != "no_usage":
             payload["usage"] = usage
         if scenario == "gzip":
             headers["x-gzip"] = "1"
+        if scenario == "truncated":  # half the body, framed as a whole one
+            whole = json.dumps(payload).encode()
+            return self._send_json(200, None, headers, raw=whole[: len(whole) // 2])
+        if scenario in ("cut", "stall"):  # the headers and half the body, then a hang-up or silence
+            data = json.dumps(payload).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data[: len(data) // 2])
+            self.wfile.flush()
+            return self._reset() if scenario == "cut" else self._wait_for_hangup()
         self._send_json(200, payload, headers)
-        if scenario not in ("no_usage", "negative_usage"):
+        if scenario not in _SPOILED_USAGE:
             self.server.owner.record(cid, model, usage, stream=False, via_lava=via_lava)
+
+    def _reset(self) -> None:
+        """Hang up on the client now."""
+        self.close_connection = True
+        self.connection.shutdown(socket.SHUT_RDWR)
+
+    def _wait_for_hangup(self) -> None:
+        """Send nothing more until the client hangs up (or the stand-in stops, or STALL_LIMIT)."""
+        self.close_connection = True
+        owner = self.server.owner
+        deadline = time.monotonic() + STALL_LIMIT
+        while not owner.stopping.is_set() and time.monotonic() < deadline:
+            readable, _, _ = select.select([self.connection], [], [], 0.05)
+            if readable:  # end of file (the client closed), or bytes we will never answer
+                return
 
     def _chunk(self, data: bytes) -> None:
         self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
@@ -194,7 +268,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _stream(self, body: dict[str, Any], scenario: str, headers: dict[str, str], via_lava: bool) -> None:
         model = str(body.get("model"))
-        usage = usage_for(body, scenario)
+        usage = _scenario_usage(body, scenario)
         cid = f"chatcmpl-{uuid.uuid4()}"
         base = {"id": cid, "created": int(time.time()), "model": model, "system_fingerprint": "fp_standin",
                 "object": "chat.completion.chunk"}
@@ -208,28 +282,52 @@ class _Handler(BaseHTTPRequestHandler):
         def event(obj: dict[str, Any]) -> None:
             self._chunk(b"data: " + json.dumps(obj).encode() + b"\n\n")
 
+        deadline = time.monotonic() + STALL_LIMIT
         try:
             event({**base, "choices": [{"delta": {"role": "assistant"}, "index": 0}]})
-            n = usage["completion_tokens"]
+            n = usage_for(body, scenario)["completion_tokens"]  # content chunks really sent
             for i in range(n if scenario != "hang" else 10**9):
                 event({**base, "choices": [{"delta": {"content": "word "}, "index": 0}]})
                 if scenario == "hang":
+                    if self.server.owner.stopping.is_set() or time.monotonic() > deadline:
+                        self.close_connection = True
+                        return
                     time.sleep(0.05)
+                if scenario == "stall" and i >= n // 2:
+                    return self._wait_for_hangup()
+                if scenario == "truncated" and i >= n // 2:
+                    self._chunk(b"")  # a clean end of the body, before the final chunk
+                    return
+                if scenario in ("malformed", "non_utf8") and i >= n // 2:
+                    bad = b'{"id": "chatcmpl-broken", "choices": [' if scenario == "malformed" \
+                        else b'{"id": \x80\x81}'
+                    self._chunk(b"data: " + bad + b"\n\n")
+                    self._chunk(b"")
+                    return
                 if scenario == "cut" and i >= n // 2:
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)  # cut mid-stream, no final chunk
                     return
-                if scenario == "stream_error" and i >= n // 2:
-                    event({"error": {"id": cid, "code": "internal_error", "message": "stream failed",
-                                     "param": "", "type": "server_error"}, "status_code": 500})
+                if scenario == "stream_error_text" and i >= n // 2:
+                    event({"error": "upstream connection lost"})
                     self._chunk(b"")
                     return
-            event({**base, "choices": [{"delta": {}, "finish_reason": "stop", "index": 0}],
-                   "usage": usage, "time_info": _time_info()})
+                if scenario in ("stream_error", "absurd_status") and i >= n // 2:
+                    event({"error": {"id": cid, "code": "internal_error", "message": "stream failed",
+                                     "param": "", "type": "server_error"},
+                           "status_code": 500 if scenario == "stream_error" else ABSURD_STATUS})
+                    self._chunk(b"")
+                    return
+            final: dict[str, Any] = {**base, "choices": [{"delta": {}, "finish_reason": "stop", "index": 0}],
+                                     "usage": usage, "time_info": _time_info(scenario)}
+            if scenario == "no_usage":
+                del final["usage"]
+            event(final)
             if scenario != "no_done":
                 self._chunk(b"data: [DONE]\n\n")
             self._chunk(b"")
-            self.server.owner.record(cid, model, usage, stream=True, via_lava=via_lava)
+            if scenario not in _SPOILED_USAGE:
+                self.server.owner.record(cid, model, usage, stream=True, via_lava=via_lava)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
 
@@ -257,6 +355,8 @@ class StandIn:
         self._lock = threading.Lock()
         self.served: list[Served] = []
         self.requests = 0
+        self.stopping = threading.Event()  # set by stop(): hanging handlers give up
+        self.slow_seconds = 0.3  # how late the "slow" scenario answers
         self.models_feed: dict[str, Any] = json.loads(json.dumps(DEFAULT_FEED))
 
     @property
@@ -289,6 +389,7 @@ class StandIn:
         return self
 
     def stop(self) -> None:
+        self.stopping.set()
         self._server.shutdown()
         self._server.server_close()
 

@@ -136,6 +136,7 @@ class Attempt:
         self.error_type: str | None = None
         self.error_code: str | None = None
         self.note: str | None = None
+        self.finished = False  # a stream chunk carried a finish_reason
         self.done = False
         # The decoded JSON body, lent to the wrapper client so it need not parse it again.
         self.body: Mapping[str, Any] | None = None
@@ -208,6 +209,10 @@ class Attempt:
         if "usage" in body or "time_info" in body:
             self.usage, self.note = usage_from(body)
             self.time_info = time_info_from(body) or self.time_info
+        elif self.stream:
+            choices = body.get("choices")
+            if isinstance(choices, list):
+                self.finished |= any(isinstance(c, Mapping) and bool(c.get("finish_reason")) for c in choices)
         elif self.usage is None:
             self.note = "no usage in response"
 
@@ -215,7 +220,8 @@ class Attempt:
         """One SSE ``data:`` payload. Returns ``True`` when it was an in-stream error."""
         if self.ttft_us is None:
             self.ttft_us = int((time.perf_counter() - self.t0) * 1_000_000)
-        elif not ('"usage"' in data or '"error"' in data or self.upstream_id is None):
+        elif not ('"usage"' in data or '"error"' in data or '"finish_reason"' in data
+                  or self.upstream_id is None):
             return False  # a plain content delta: nothing for the ledger in it
         if data.strip() == "[DONE]":
             return False
@@ -226,7 +232,7 @@ class Attempt:
             return False
         if not isinstance(chunk, Mapping):
             return False
-        if isinstance(chunk.get("error"), Mapping):
+        if chunk.get("error"):  # as the SDKs: any truthy "error" is an error event
             err = error_from(self.http_status, chunk)
             self.http_status, self.error_type, self.error_code = err.status, err.type, err.code
             return True
@@ -284,7 +290,10 @@ class _BodyTap:
                 if self.errored or (a.http_status or 0) >= 400:
                     a.finish("error")
                 elif a.usage is None and a.note is None:
-                    a.finish("incomplete", "stream ended before usage arrived")
+                    if self.saw_done or a.finished:  # whole, but the upstream sent no usage
+                        a.finish("ok", "no usage in response")
+                    else:
+                        a.finish("incomplete", "stream ended before usage arrived")
                 else:
                     a.finish("ok")
         except Exception:

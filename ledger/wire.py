@@ -163,7 +163,7 @@ def error_from(status: int | None, body: Any) -> WireError:
         inner = body.get("error")
         if isinstance(inner, Mapping):
             code = body.get("status_code")
-            if type(code) is int:
+            if type(code) is int and 100 <= code <= 599:  # anything else is not an HTTP status
                 status = code
             body = inner
         if "detail" in body and "type" not in body:

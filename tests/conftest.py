@@ -134,7 +134,8 @@ def reliability(request: pytest.FixtureRequest) -> Iterator[Any]:
     if out and rows:
         import json as _json
 
-        status = "failed" if failed is not None and failed.failed else "passed"
+        status = ("xfailed" if hasattr(failed, "wasxfail") else
+                  "failed" if failed is not None and failed.failed else "passed")
         with open(out, "a", encoding="utf-8") as fh:
             for row in rows:
                 fh.write(_json.dumps({"test": request.node.nodeid, "status": status, **row}) + "\n")
