@@ -328,6 +328,9 @@ def _sync_stream_class(mod: ModuleType) -> type:
                 for chunk in self._inner:
                     self._tap.feed(chunk)
                     yield chunk
+            except GeneratorExit:  # the reader stopped early and closed the body
+                self._tap.cut("response closed before the body was read")
+                raise
             except BaseException as exc:
                 self._tap.cut(f"body cut: {type(exc).__name__}")
                 raise
@@ -360,6 +363,9 @@ def _async_stream_class(mod: ModuleType) -> type:
                 async for chunk in self._inner:
                     self._tap.feed(chunk)
                     yield chunk
+            except GeneratorExit:  # the reader stopped early and closed the body
+                self._tap.cut("response closed before the body was read")
+                raise
             except BaseException as exc:
                 self._tap.cut(f"body cut: {type(exc).__name__}")
                 raise

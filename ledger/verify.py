@@ -4,6 +4,7 @@ Checks, each a SQL aggregate (nothing is loaded whole):
 
 * ``rollup``: the rollups equal the events of every rolled-up batch, per project and model, in
   calls, tokens and nano-dollars; and no batch is left pending (a pending batch is reported).
+  Read in one statement (one snapshot), so a rollup committing meanwhile is never a finding.
 * ``pricing``: no event has a cost without ``priced``, or ``priced`` without a cost: an unpriced
   event is always flagged.
 * ``spool``: the spool folder holds no segment of a dead process and no set-aside record.
@@ -16,8 +17,9 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Connection, case, func, select
+from sqlalchemy import Connection, case, func, literal_column, select, union_all
 
 from .pricing import model_names
 from .schema import EventRow, IngestBatchRow, PriceRow, UsageRollupRow
@@ -34,26 +36,36 @@ class Finding:
 
 
 def _rollup(conn: Connection) -> list[Finding]:
+    # One statement, so one snapshot: the events of rolled-up batches, the rollup sums and the
+    # pending batches are read as of the same instant. As separate statements, a rollup that
+    # commits between them (a scheduler, another process) would show as a false mismatch on
+    # PostgreSQL, where READ COMMITTED gives every statement its own snapshot.
     e, r, b = EventRow.__table__.c, UsageRollupRow.__table__.c, IngestBatchRow.__table__.c
     model = func.substr(func.coalesce(e.served_model, e.requested_model, ""), 1, 100)
     rolled = EventRow.__table__.join(IngestBatchRow.__table__, e.batch_id == b.batch_id)
-    raw = {
-        (row[0], row[1]): tuple(int(x or 0) for x in row[2:])
-        for row in conn.execute(
-            select(e.project, model, func.sum(case((e.kind == "usage", 1), else_=0)),
-                   func.sum(e.total_tokens), func.sum(e.cost_nanos))
-            .select_from(rolled).where(b.rolled_up.is_(True)).group_by(e.project, model))
-    }
-    summed = {
-        (row[0], row[1]): tuple(int(x or 0) for x in row[2:])
-        for row in conn.execute(
-            select(r.project, r.model, func.sum(case((r.kind == "usage", r.events), else_=0)),
-                   func.sum(r.total_tokens), func.sum(r.cost_nanos)).group_by(r.project, r.model))
-    }
+    raw_q = (select(literal_column("'raw'").label("side"), e.project.label("project"), model.label("model"),
+                    func.sum(case((e.kind == "usage", 1), else_=0)).label("calls"),
+                    func.sum(e.total_tokens).label("tokens"), func.sum(e.cost_nanos).label("nanos"))
+             .select_from(rolled).where(b.rolled_up.is_(True)).group_by(e.project, model))
+    sum_q = (select(literal_column("'rollup'"), r.project, r.model,
+                    func.sum(case((r.kind == "usage", r.events), else_=0)), func.sum(r.total_tokens),
+                    func.sum(r.cost_nanos))
+             .group_by(r.project, r.model))
+    pending_q: Any = select(literal_column("'pending'"), literal_column("''"), literal_column("''"), func.count(),
+                       literal_column("0"), literal_column("0")).select_from(IngestBatchRow.__table__).where(
+        b.rolled_up.is_(False))
+    raw: dict[tuple[str, str], tuple[int, ...]] = {}
+    summed: dict[tuple[str, str], tuple[int, ...]] = {}
+    pending = 0
+    for side, project, name, *figures in conn.execute(union_all(raw_q, sum_q, pending_q)):
+        values = tuple(int(x or 0) for x in figures)
+        if side == "pending":
+            pending = values[0]
+        else:
+            (raw if side == "raw" else summed)[(project, name)] = values
     out = [Finding("rollup", f"project {k[0]!r} model {k[1]!r}: events say (calls, tokens, nanos) = "
                              f"{raw.get(k, (0, 0, 0))}, rollup says {summed.get(k, (0, 0, 0))}")
            for k in sorted(set(raw) | set(summed)) if raw.get(k, (0, 0, 0)) != summed.get(k, (0, 0, 0))]
-    pending = conn.execute(select(func.count()).where(b.rolled_up.is_(False))).scalar_one()
     if pending:
         out.append(Finding("rollup", f"{pending} ingest batch(es) not rolled up yet (run `cerebras-ledger rollup`)"))
     return out
