@@ -26,6 +26,7 @@ import functools
 import json
 import logging
 import os
+import re
 import sys
 import time
 import zlib
@@ -178,10 +179,20 @@ class Attempt:
         self.error_type = type(exc).__name__
         self.finish("error", "no response from upstream")
 
-    def on_response(self, response: Any) -> None:
+    def on_response(self, response: Any) -> str:
+        """Read the response's status and headers; returns its content-encoding."""
         self.http_status = response.status_code
-        self.lava_request_id = response.headers.get("x-lava-request-id")
-        self.stream = response.headers.get("content-type", "").startswith("text/event-stream")
+        encoding = ""
+        # one pass over the raw headers (each httpx Headers lookup scans and decodes them all)
+        for key, value in response.headers.raw:
+            name = key.lower()
+            if name == b"content-type":
+                self.stream = value[:17].lower() == b"text/event-stream"
+            elif name == b"content-encoding":
+                encoding = value.decode("latin-1").lower().strip()
+            elif name == b"x-lava-request-id":
+                self.lava_request_id = value.decode("latin-1")
+        return encoding
 
     def read_body(self, body: bytes) -> None:
         """A whole JSON body (success or error) has arrived."""
@@ -403,8 +414,10 @@ class _Recorder:
         try:
             headers = request.headers
             # Ours, so removed first and always: they never leave the process, chat or not.
-            raw_project = headers.pop(PROJECT_HEADER, None) if PROJECT_HEADER in headers else None
-            raw_tags = headers.pop(TAGS_HEADER, None) if TAGS_HEADER in headers else None
+            raw_project = raw_tags = None
+            if any(k[:9].lower() == b"x-ledger-" for k, _ in headers.raw):  # one cheap pass
+                raw_project = headers.pop(PROJECT_HEADER, None)
+                raw_tags = headers.pop(TAGS_HEADER, None)
             target = _target(request)
             if target is None:
                 return None
@@ -446,8 +459,7 @@ class _Recorder:
 
     def wrap(self, attempt: Attempt, response: Any, *, is_async: bool) -> Any:
         try:
-            attempt.on_response(response)
-            tap = _BodyTap(attempt, response.headers.get("content-encoding", "").lower().strip())
+            tap = _BodyTap(attempt, attempt.on_response(response))
             mod = _module_of(response)
             cls = _async_stream_class(mod) if is_async else _sync_stream_class(mod)
             response.stream = cls(response.stream, tap)
@@ -459,12 +471,24 @@ class _Recorder:
 
 
 def _requested_model(request: Any) -> str | None:
+    """The request body's ``model``. A body up to :data:`PARSE_LIMIT` is parsed; a bigger one
+    (a long prompt) is scanned for its first ``"model": "…"`` key instead, so the call path never
+    parses a prompt of megabytes. (Inside a JSON string a quote is escaped, so the pattern only
+    matches a key; in the SDKs' bodies the first such key is the top-level one.)"""
     try:
-        body = json.loads(request.content)
+        content = request.content
+        if len(content) > PARSE_LIMIT:
+            found = _MODEL_KEY.search(content)
+            return json.loads(found.group(1)) if found else None
+        body = json.loads(content)
     except Exception:
         return None
     model = body.get("model") if isinstance(body, dict) else None
     return model if isinstance(model, str) else None
+
+
+PARSE_LIMIT = 64 * 1024
+_MODEL_KEY = re.compile(rb'"model"\s*:\s*("(?:[^"\\]|\\.)*")')
 
 
 class RecordingTransport(httpx.BaseTransport):
