@@ -115,7 +115,7 @@ class _Sink:
                 self._book = store.load_price_book(conn)
                 self._book_at = time.monotonic()
             try:
-                store.insert_spooled(conn, records, self._book, now, pause=_yield_gil)
+                store.insert_spooled(conn, records, self._book, now)
             except (ValueError, TypeError, ArithmeticError) as exc:  # priced out of range, bad field
                 raise BadEvent(str(exc)) from exc
 
@@ -159,12 +159,6 @@ class _Reject:
             os.close(fd)
 
 
-def _yield_gil() -> None:
-    """Let the application's threads run: the writer works in slices of a few dozen µs, never
-    holding the GIL for a whole batch while a caller waits for it."""
-    time.sleep(0)
-
-
 def _split_lines(data: bytes) -> tuple[list[bytes], int]:
     """Complete lines in ``data`` and how many bytes they span."""
     end = data.rfind(b"\n") + 1
@@ -176,9 +170,7 @@ def _write_lines(sink: _Sink, reject: _Reject, lines: list[bytes], *, trusted: b
     is retried line by line, so one bad event never blocks the others."""
     records: list[list[Any]] = []
     raw: list[bytes] = []
-    for i, line in enumerate(lines):
-        if not i % 16:
-            _yield_gil()
+    for line in lines:
         if not line.strip():
             continue
         try:

@@ -22,7 +22,7 @@ import operator
 import os
 import sqlite3
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -453,15 +453,11 @@ def _sqlite_time(when: datetime) -> str:
 
 
 def insert_spooled(conn: Connection, records: Sequence[list[Any]], book: PriceBook, recorded_at: datetime,
-                   source: str = "spool", pause: Callable[[], object] | None = None) -> str | None:
+                   source: str = "spool") -> str | None:
     """Price and insert spool records (from :func:`ledger.events.decode_fields`) as one ingest
     batch: the writer thread's hot path, the same rows as :func:`event_row` +
     :func:`insert_events` without building a :class:`CallEvent` and a dict per event.
 
-    ``pause``, if given, is called every :data:`PAUSE_EVERY` records: the writer thread passes
-    ``time.sleep(0)`` so it hands the GIL back to the application's threads often instead of
-    holding it for a whole batch (up to the interpreter's 5 ms switch interval each time a
-    caller wants it back).
     Raises ``ValueError`` for a record that cannot be priced (an amount out of range)."""
     if not records:
         return None
@@ -470,11 +466,8 @@ def insert_spooled(conn: Connection, records: Sequence[list[Any]], book: PriceBo
     recorded = _sqlite_time(recorded_at) if sqlite else recorded_at
     params: list[tuple[Any, ...]] = []
     tag_rows: list[tuple[str, str | None, str | None]] = []
-    for i, (_, event_id, at, project, route, book_name, requested, served, status, http_status, error_type,
-            error_code, stream, usage, latency, ttft, time_info, upstream_id, lava_id, tags, src,
-            note) in enumerate(records):
-        if pause is not None and not i % PAUSE_EVERY:
-            pause()
+    for (_, event_id, at, project, route, book_name, requested, served, status, http_status, error_type,
+         error_code, stream, usage, latency, ttft, time_info, upstream_id, lava_id, tags, src, note) in records:
         model = served or requested
         known = usage is not None
         price_id, cost, list_cost, free, priced = charge_nanos(
@@ -499,4 +492,3 @@ def insert_spooled(conn: Connection, records: Sequence[list[Any]], book: PriceBo
 
 
 _NO_USAGE = (None, None, None, None, None)
-PAUSE_EVERY = 16
