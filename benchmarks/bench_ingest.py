@@ -3,8 +3,11 @@
 Ingest: the same synthetic events, pre-encoded as spool lines, go batch by batch into two fresh
 ledgers of the same backend, alternating which goes first:
 
-* the ledger's writer path: ``journal._write_lines`` (decode each line, then ``_Sink.write``:
-  price + ``store.insert_events`` in one transaction), exactly what the writer thread runs per batch;
+* the ledger's writer path: ``journal._write_lines(..., trusted=True)`` (decode each line, then
+  ``_Sink.write``: price + ``store.insert_spooled`` in one transaction), exactly what the writer
+  thread runs per batch of its own live segment (a backlog after an outage included). Recovering
+  a *dead* process's segment also checks every field's type (``trusted=False``), about 2 µs more
+  an event;
 * raw: the very rows the store would write (prepared beforehand, untimed), with
   ``sqlite3.executemany`` (``BEGIN IMMEDIATE``, same PRAGMAs as the ledger's connections) or
   psycopg ``COPY``, one transaction per batch, into events, event_tags and ingest_batches.
@@ -129,7 +132,7 @@ def _ingest(backend: str, n: int, batch: int, seed: int) -> dict[str, Any]:
         try:
             # warm both (engine, price book, statement caches) on a first batch not counted
             warm = min(batch, 200)
-            journal._write_lines(sink, reject, lines[:warm])
+            journal._write_lines(sink, reject, lines[:warm], trusted=True)
             raw.write(prepared[:warm])
             t_ledger = t_raw = 0.0
             per_ledger: list[float] = []
@@ -139,7 +142,7 @@ def _ingest(backend: str, n: int, batch: int, seed: int) -> dict[str, Any]:
                 for which in (("ledger", "raw") if k % 2 == 0 else ("raw", "ledger")):
                     t0 = time.perf_counter()
                     if which == "ledger":
-                        journal._write_lines(sink, reject, chunk_l)
+                        journal._write_lines(sink, reject, chunk_l, trusted=True)
                         dt = time.perf_counter() - t0
                         t_ledger += dt
                         per_ledger.append(dt / len(chunk_l))
