@@ -6,7 +6,9 @@ This module owns ``usage_rollup`` and ``tag_rollup`` (see :mod:`ledger.schema`).
    PostgreSQL, so a second scheduler waits instead of doing the work twice);
 2. picks ingest batches not yet rolled up (a small index lookup: a no-op run reads no event);
 3. adds their events into the rollups with one ``INSERT … SELECT … GROUP BY … ON CONFLICT DO
-   UPDATE`` per table, summing into existing rows;
+   UPDATE`` per table, summing into existing rows; the events are found through their batch's
+   index (on PostgreSQL by insisting, see :func:`_by_index`), so a run costs what arrived, not
+   the size of the history;
 4. marks those batches rolled up, and commits.
 
 Steps 2-4 are one transaction: a crash anywhere rolls all of it back, and the batches are
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, case, delete, func, literal, select, update
+from sqlalchemy import Connection, Engine, case, delete, func, literal, select, text, true, update
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
@@ -122,18 +124,30 @@ def _usage_select(batch_ids: list[str]) -> Any:
     )
 
 
-def _tag_select(batch_ids: list[str]) -> Any:
+def _tag_select(batch_ids: list[str], lateral: bool = False) -> Any:
+    """Tag sums of the batches' events. ``lateral`` (PostgreSQL): look each event's tags up by
+    ``event_tags``'s primary key, events first. A plain join leaves the planner free to turn it
+    around -- every tag ever recorded, each looked up in ``events`` -- which it does once the
+    tables are large (seconds per run at a million events, growing with the history); the
+    ``OFFSET 0`` keeps it from flattening the subquery back into such a join."""
     e = EventRow.__table__.c
     t = EventTagRow.__table__.c
     bucket = quarter_hour(e.occurred_at)
     # Only usage rows count calls; corrections add their (signed) tokens and cost.
     calls = func.coalesce(func.sum(case((e.kind == "usage", 1), else_=0)), 0)
+    if lateral:
+        tags = select(t.key, t.value).where(t.event_id == e.event_id).offset(0).lateral("t")
+        source = EventRow.__table__.join(tags, true())
+        key, value = tags.c.key, tags.c.value
+    else:
+        source = EventRow.__table__.join(EventTagRow.__table__, t.event_id == e.event_id)
+        key, value = t.key, t.value
     return (
-        select(bucket, e.project, t.key, t.value, calls, func.coalesce(func.sum(e.total_tokens), 0),
+        select(bucket, e.project, key, value, calls, func.coalesce(func.sum(e.total_tokens), 0),
                func.coalesce(func.sum(e.cost_nanos), 0))
-        .select_from(EventRow.__table__.join(EventTagRow.__table__, t.event_id == e.event_id))
+        .select_from(source)
         .where(e.batch_id.in_(batch_ids))
-        .group_by(bucket, e.project, t.key, t.value)
+        .group_by(bucket, e.project, key, value)
     )
 
 
@@ -142,11 +156,30 @@ def _lock(conn: Connection) -> None:
         conn.execute(select(func.pg_advisory_xact_lock(literal(ROLLUP_LOCK_KEY))))
 
 
+def _by_index(conn: Connection) -> None:
+    """On PostgreSQL, make this transaction read ``events`` and ``event_tags`` through their
+    indexes -- a chunk's events by ``ix_events_batch_id``, their tags by ``event_tags``'s primary
+    key (see :func:`_tag_select`) -- and without JIT compilation.
+
+    Left to itself the planner reads a chunk's events with a sequential scan of ``events`` and
+    hash-joins a sequential scan of all of ``event_tags``, or turns the join around: either way
+    every incremental run costs the size of the whole history, not of what arrived. Its row
+    estimates for ``batch_id IN (…)`` run several times too high, which also pushes the plans'
+    costs past the JIT thresholds, and compiling them took longer than running them. (In a
+    ten-minute soak on PostgreSQL the rollups fell minutes behind; a 10-batch run on a 1.3 M-event
+    ledger took 0.4 s, and 0.02 s by index.) ``SET LOCAL`` ends with the transaction. SQLite
+    already looks ``batch_id IN (…)`` up by its index."""
+    if conn.dialect.name == "postgresql":
+        for setting in ("enable_seqscan", "enable_hashjoin", "enable_mergejoin", "jit"):
+            conn.execute(text(f"SET LOCAL {setting} = off"))
+
+
 def rollup_once(engine: Engine, max_batches: int = BATCHES_PER_RUN) -> RollupResult:
     """Roll up at most ``max_batches`` pending batches in one transaction."""
     b = IngestBatchRow.__table__.c
     with write_transaction(engine) as conn:
         _lock(conn)
+        _by_index(conn)
         batch_ids = list(conn.execute(
             select(b.batch_id).where(b.rolled_up.is_(False)).order_by(b.created_at, b.batch_id).limit(max_batches)
         ).scalars())
@@ -157,21 +190,25 @@ def rollup_once(engine: Engine, max_batches: int = BATCHES_PER_RUN) -> RollupRes
         ).scalar_one()
         _upsert(conn, UsageRollupRow.__table__, ROLLUP_KEY, ROLLUP_MEASURES, _usage_select(batch_ids))
         _upsert(conn, TagRollupRow.__table__, ("bucket", "project", "key", "value"),
-                ("events", "total_tokens", "cost_nanos"), _tag_select(batch_ids))
+                ("events", "total_tokens", "cost_nanos"),
+                _tag_select(batch_ids, lateral=conn.dialect.name == "postgresql"))
         conn.execute(update(IngestBatchRow).where(b.batch_id.in_(batch_ids)).values(rolled_up=True))
         return RollupResult(len(batch_ids), int(count))
 
 
 def pending(engine: Engine) -> tuple[int, int]:
-    """(batches, events) waiting to be rolled up."""
+    """(batches, events) waiting to be rolled up.
+
+    Events are counted batch by batch (a subquery per pending batch, by ``ix_events_batch_id``),
+    so this costs what is pending; as a join, PostgreSQL's planner would walk all of ``events``."""
     b = IngestBatchRow.__table__.c
     e = EventRow.__table__.c
+    per_batch = select(func.count()).where(e.batch_id == b.batch_id).scalar_subquery()
     with engine.connect() as conn:
-        batches = conn.execute(select(func.count()).where(b.rolled_up.is_(False))).scalar_one()
-        events = conn.execute(
-            select(func.count()).select_from(EventRow.__table__.join(
-                IngestBatchRow.__table__, e.batch_id == b.batch_id)).where(b.rolled_up.is_(False))
-        ).scalar_one()
+        _by_index(conn)
+        batches, events = conn.execute(
+            select(func.count(), func.coalesce(func.sum(per_batch), 0)).where(b.rolled_up.is_(False))
+        ).one()
     return int(batches), int(events)
 
 

@@ -51,9 +51,10 @@ def _rollup(conn: Connection) -> list[Finding]:
                     func.sum(case((r.kind == "usage", r.events), else_=0)), func.sum(r.total_tokens),
                     func.sum(r.cost_nanos))
              .group_by(r.project, r.model))
-    pending_q: Any = select(literal_column("'pending'"), literal_column("''"), literal_column("''"), func.count(),
-                       literal_column("0"), literal_column("0")).select_from(IngestBatchRow.__table__).where(
-        b.rolled_up.is_(False))
+    blank: Any = literal_column("''")
+    pending_q: Any = (select(literal_column("'pending'"), blank, blank, func.count(), literal_column("0"),
+                             literal_column("0"))
+                      .select_from(IngestBatchRow.__table__).where(b.rolled_up.is_(False)))
     raw: dict[tuple[str, str], tuple[int, ...]] = {}
     summed: dict[tuple[str, str], tuple[int, ...]] = {}
     pending = 0
