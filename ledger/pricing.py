@@ -44,7 +44,6 @@ __all__ = [
     "PricePoint",
     "charge",
     "charge_nanos",
-    "charge_parts",
     "cost_of",
     "make_price_id",
     "model_names",
@@ -220,15 +219,9 @@ LIST_BOOK = "cerebras"
 def charge(event: CallEvent, book: PriceBook) -> Charge:
     """Price one event by the point in force at its ``occurred_at``."""
     u = event.usage
-    return charge_parts(book, event.book, event.model, event.occurred_at, event.status,
-                        None if u is None else (u.prompt_tokens, u.cached_tokens, u.completion_tokens))
-
-
-def charge_parts(book: PriceBook, book_name: str, model: str | None, at: datetime, status: str,
-                 tokens: tuple[int, int, int] | None) -> Charge:
-    """:func:`charge` from an event's parts: ``tokens`` is (prompt, cached, completion) or
-    ``None`` when usage is unknown."""
-    price_id, cost, list_cost, free, priced = charge_nanos(book, book_name, model, at, status, tokens)
+    tokens = None if u is None else (u.prompt_tokens, u.cached_tokens, u.completion_tokens)
+    price_id, cost, list_cost, free, priced = charge_nanos(book, event.book, event.model, event.occurred_at,
+                                                           event.status, tokens)
     return Charge(price_id, None if cost is None else Money(cost), free, priced,
                   None if list_cost is None else Money(list_cost))
 
