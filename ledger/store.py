@@ -22,6 +22,7 @@ import operator
 import os
 import sqlite3
 import sys
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -162,8 +163,20 @@ def current_revision(engine: Engine) -> str | None:
         return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
 
+# Alembic's ``context`` and ``op`` are module-level proxies: two migrations running at once in
+# one process (two ledgers whose writer threads start together) would configure each other's
+# environment. One migration per process at a time; the locks below serialise processes.
+_ALEMBIC_IN_PROCESS = threading.Lock()
+
+
 @contextmanager
 def _migration_lock(engine: Engine) -> Iterator[None]:
+    with _ALEMBIC_IN_PROCESS, _database_migration_lock(engine):
+        yield
+
+
+@contextmanager
+def _database_migration_lock(engine: Engine) -> Iterator[None]:
     path = sqlite_path(engine.url.render_as_string(hide_password=False))
     if path is not None:
         lock_path = path.with_name(path.name + ".migrate-lock")

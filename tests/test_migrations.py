@@ -147,6 +147,42 @@ def test_ensure_schema_from_two_threads_at_once(db_url: str) -> None:
         eng.dispose()
 
 
+def test_two_different_ledgers_migrated_at_once_in_one_process(db_url: str, tmp_path: Any) -> None:
+    # Two clients on two ledgers start their writer threads together. Alembic's environment is
+    # module-global, so without a process-wide lock one migration ran in the other's database
+    # ("index ... already exists", "no such table", KeyError: 'config').
+    for attempt in range(3):
+        urls = [db_url if attempt == 0 else f"sqlite:///{tmp_path / f'a{attempt}.db'}",
+                f"sqlite:///{tmp_path / f'b{attempt}.db'}"]
+        barrier = threading.Barrier(2)
+        errors: list[BaseException] = []
+
+        def open_ledger(url: str) -> None:
+            eng = store.make_engine(url)
+            try:
+                barrier.wait()
+                store.ensure_schema(eng)
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+            finally:
+                eng.dispose()
+
+        threads = [threading.Thread(target=open_ledger, args=(u,)) for u in urls]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        for url in urls:
+            eng = store.make_engine(url)
+            try:
+                assert store.current_revision(eng) == SCHEMA_REVISION
+                assert _count(eng, PriceRow) == len(BUILTIN_PRICES)
+                _alembic_check(eng)
+            finally:
+                eng.dispose()
+
+
 def test_engines_opening_a_new_sqlite_ledger_at_once_all_connect(tmp_path: Any) -> None:
     """Two processes opening a brand-new SQLite ledger together: each connection sets WAL mode,
     and SQLite answers a concurrent journal-mode change with an immediate "database is locked"
