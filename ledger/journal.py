@@ -55,9 +55,10 @@ SEGMENT_SUFFIX = ".seg"
 ROTATE_BYTES = 8 * 1024 * 1024
 READ_BYTES = 1024 * 1024
 BATCH_EVENTS = 2000
-# A busy writer waits this long between batches, so it commits hundreds of events at a time
+# A busy writer waits this long between rounds, so it commits hundreds of events at a time
 # instead of a few: the database sees each event within a quarter second, and the writer's
-# per-batch cost (transaction, ingest batch row, checkpoint) is spread thin.
+# per-batch cost (transaction, ingest batch row, checkpoint: about 0.7 ms of CPU on SQLite and
+# 2 ms on PostgreSQL) is spread thin. flush() cuts the wait short.
 LINGER_S = 0.25
 ORPHAN_SCAN_S = 30.0
 PRICE_REFRESH_S = 5.0
@@ -308,6 +309,7 @@ class Journal:
         self._lock = threading.Lock()
         self._cond = threading.Condition(threading.Lock())
         self._wake = threading.Event()
+        self._hurry = threading.Event()  # flush() cuts the writer's linger short
         self._stop = False
         self._overflow: deque[bytes] = deque()
         self._written = 0  # bytes appended to the live segment
@@ -434,13 +436,13 @@ class Journal:
         while True:
             self._wake.wait(timeout=1.0)
             self._wake.clear()
+            self._hurry.clear()
             try:
                 if time.monotonic() >= next_scan:
                     drain_spool(self.folder, self._sink, self._reject, skip=self.segment)
                     next_scan = time.monotonic() + ORPHAN_SCAN_S
                 self._drain_overflow()
-                while self._drain_once():
-                    pass
+                self._drain_to(self._written)
                 self._rotate_if_due()
                 if self._problem:
                     log.warning("ledger: database %s is back; spool drained", redact_url(self.url))
@@ -458,8 +460,11 @@ class Journal:
                 continue
             self._notify()
             if self._stop:
+                if self._committed < self._written:  # closing: what came in during this round too
+                    self._wake.set()
+                    continue
                 return
-            time.sleep(LINGER_S)
+            self._hurry.wait(LINGER_S)
 
     def _note_problem(self, exc: BaseException) -> None:
         from .store import SchemaError
@@ -489,11 +494,15 @@ class Journal:
                 if self._overflow:  # close() may have moved them to the spool meanwhile
                     self._overflow.popleft()
 
-    def _drain_once(self) -> bool:
-        """Write one batch from the live segment; whether there may be more."""
-        end = self._written
-        if self._committed >= end:
-            return False
+    def _drain_to(self, end: int) -> None:
+        """Write the live segment up to ``end``, in batches. Only what was there when the round
+        began: events appended meanwhile wait for the next round, so steady traffic is written
+        in one batch per linger, not in a stream of tiny transactions that each cost a commit."""
+        while self._committed < end:
+            self._drain_once(end)
+
+    def _drain_once(self, end: int) -> None:
+        """Write one batch of the live segment, from the checkpoint towards ``end``."""
         data = os.pread(self._rfd, min(READ_BYTES, end - self._committed), self._committed)
         lines, used = _split_lines(data)
         if not used:
@@ -512,7 +521,6 @@ class Journal:
                 log.warning("ledger: cannot write the spool checkpoint in %s (%s); a recovery after "
                             "a crash would replay events already written", self.folder, exc.strerror or exc)
                 self._ckpt_problem = True
-        return self._committed < self._written
 
     def _notify(self) -> None:
         with self._cond:
@@ -548,6 +556,7 @@ class Journal:
                 if left <= 0 or not self._thread.is_alive():
                     return False
                 self._wake.set()
+                self._hurry.set()
                 self._cond.wait(timeout=min(left, 0.2))
         return True
 
