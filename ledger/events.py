@@ -43,7 +43,13 @@ Route = Literal["cerebras", "lava"]
 STATUSES: tuple[str, ...] = ("ok", "error", "incomplete")
 ROUTES: tuple[str, ...] = ("cerebras", "lava")
 _SPOOL_VERSION = 1
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # one, not one per event
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+# JSONEncoder.encode builds a fresh C encoder on every call (about 4 µs, half the cost of
+# encoding an event); the spool keeps one. Same output: no indent, no cycles check needed
+# (a spool record is a flat list of scalars and short lists), NaN never occurs.
+_make_c_encoder = getattr(json.encoder, "c_make_encoder", None)
+_C_ENCODER = (_make_c_encoder(None, None, json.encoder.encode_basestring, None, ":", ",", False, False, True)
+              if _make_c_encoder is not None else None)
 
 _id_lock = threading.Lock()
 _last_ms = 0
@@ -154,7 +160,7 @@ def encode(event: CallEvent) -> bytes:
     row = [
         _SPOOL_VERSION,
         event.event_id,
-        event.occurred_at.astimezone(UTC).isoformat(),
+        (at if (at := event.occurred_at).tzinfo is UTC else at.astimezone(UTC)).isoformat(),
         event.project,
         event.route,
         event.book,
@@ -176,8 +182,9 @@ def encode(event: CallEvent) -> bytes:
         event.source,
         event.note,
     ]
+    text = "".join(_C_ENCODER(row, 0)) if _C_ENCODER is not None else _ENCODER.encode(row)
     # surrogatepass: a lone surrogate (from a JSON "\\ud800" or a file name) must not lose the event
-    return _ENCODER.encode(row).encode("utf-8", "surrogatepass") + b"\n"
+    return text.encode("utf-8", "surrogatepass") + b"\n"
 
 
 # Where each field sits in a spool record (the JSON list :func:`encode` writes).

@@ -102,6 +102,16 @@ def _parse_tags_header(value: str) -> dict[str, str]:
     return {k.strip(): v.strip() for k, v in pairs}
 
 
+def _loads(body: bytes) -> Any:
+    """``json.loads`` of a body that is UTF-8 (as RFC 8259 requires on the wire) without the
+    encoding sniffing ``json.loads(bytes)`` does first; any other body goes the long way."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return json.loads(body)
+    return json.loads(text)
+
+
 class _Decoder:
     """Content-Encoding undone for our own copy of the body (gzip and deflate, via zlib)."""
 
@@ -197,7 +207,7 @@ class Attempt:
     def read_body(self, body: bytes) -> None:
         """A whole JSON body (success or error) has arrived."""
         try:
-            parsed = json.loads(body) if body else None
+            parsed = _loads(body) if body else None
         except ValueError:
             parsed = None
         status = self.http_status or 0
@@ -395,8 +405,11 @@ def _async_stream_class(mod: ModuleType) -> type:
     return AsyncRecordingStream
 
 
-def _module_of(obj: Any) -> ModuleType:
-    return sys.modules[type(obj).__module__.split(".", 1)[0]]
+@functools.cache
+def _stream_class(module: str, is_async: bool) -> type:
+    """The body wrapper for responses made in ``module`` (httpx's, or httpx2's)."""
+    mod = sys.modules[module.split(".", 1)[0]]
+    return _async_stream_class(mod) if is_async else _sync_stream_class(mod)
 
 
 class _Recorder:
@@ -460,9 +473,7 @@ class _Recorder:
     def wrap(self, attempt: Attempt, response: Any, *, is_async: bool) -> Any:
         try:
             tap = _BodyTap(attempt, attempt.on_response(response))
-            mod = _module_of(response)
-            cls = _async_stream_class(mod) if is_async else _sync_stream_class(mod)
-            response.stream = cls(response.stream, tap)
+            response.stream = _stream_class(type(response).__module__, is_async)(response.stream, tap)
             response.extensions["ledger.attempt"] = attempt
         except Exception:
             log.exception("ledger: could not watch a response; recorded without its body")
@@ -471,15 +482,20 @@ class _Recorder:
 
 
 def _requested_model(request: Any) -> str | None:
-    """The request body's ``model``. A body up to :data:`PARSE_LIMIT` is parsed; a bigger one
-    (a long prompt) is scanned for its first ``"model": "…"`` key instead, so the call path never
-    parses a prompt of megabytes. (Inside a JSON string a quote is escaped, so the pattern only
-    matches a key; in the SDKs' bodies the first such key is the top-level one.)"""
+    """The request body's ``model``. A body bigger than :data:`PARSE_LIMIT` (a long prompt) is
+    scanned for its first ``"model": "…"`` key, so the call path never parses a prompt of
+    megabytes; so is any body with ``"model"`` in it only once (the usual case, and the scan
+    costs a few per cent of a parse). Others are parsed. (Inside a JSON string a quote is
+    escaped, so the pattern only matches a key; in the SDKs' bodies the first such key is the
+    top-level one. A body whose only ``"model"`` is nested, with none at the top, is a request
+    the API refuses; its error event then names that value as the requested model.)"""
     try:
         content = request.content
-        if len(content) > PARSE_LIMIT:
+        if len(content) > PARSE_LIMIT or content.count(b'"model"') == 1:
+            # Big, or only one "model" in it: the scan finds what a parse would, far cheaper.
             found = _MODEL_KEY.search(content)
-            return json.loads(found.group(1)) if found else None
+            if found or len(content) > PARSE_LIMIT:
+                return json.loads(found.group(1)) if found else None
         body = json.loads(content)
     except Exception:
         return None

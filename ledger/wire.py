@@ -105,7 +105,7 @@ def usage_from(body: Mapping[str, Any]) -> tuple[Usage | None, str | None]:
     raw = body.get("usage")
     if raw is None:
         return None, "no usage in response"
-    if not isinstance(raw, Mapping):
+    if type(raw) is not dict and not isinstance(raw, Mapping):  # a dict from json.loads, nearly always
         return None, "usage is not an object"
     prompt = _count(raw.get("prompt_tokens"))
     completion = _count(raw.get("completion_tokens"))
@@ -126,24 +126,25 @@ def _detail(details: Any, key: str) -> int | None:
     """A count inside a ``*_details`` object; an absent object or key means zero."""
     if details is None:
         return 0
-    if not isinstance(details, Mapping):
+    if type(details) is not dict and not isinstance(details, Mapping):
         return None
     value = details.get(key)
     return 0 if value is None else _count(value)
 
 
 def _micros(value: Any) -> int | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    kind = type(value)
+    if kind is not float and kind is not int and (isinstance(value, bool) or not isinstance(value, (int, float))):
         return None
     if not 0 <= value < 86_400:  # a NaN fails this test too
         return None
-    return round(value * 1_000_000)
+    return int(round(value * 1_000_000))
 
 
 def time_info_from(body: Mapping[str, Any]) -> TimeInfo | None:
     """Read ``body["time_info"]`` (seconds) into microseconds; ``None`` when absent."""
     raw = body.get("time_info")
-    if not isinstance(raw, Mapping):
+    if type(raw) is not dict and not isinstance(raw, Mapping):
         return None
     return TimeInfo(
         _micros(raw.get("queue_time")),

@@ -742,6 +742,30 @@ def test_malformed_tags_header_still_records_the_call(sqlite_env: str,
     assert row["upstream_id"] == reply.id and row["project"] == "search"
 
 
+def test_requested_model_of_odd_request_bodies(sqlite_env: str, upstream: StandIn) -> None:
+    """The requested model is read without parsing the body when ``"model"`` occurs once, or
+    the body is over 64 KiB; a body naming ``"model"`` more than once is parsed, so a nested
+    ``"model"`` key before the top-level one is not taken for it. Errors (no served model)
+    show what was read."""
+    nested_first = {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {
+        "type": "object", "properties": {"model": {"type": "string"}}, "default": {"model": "nested"}}}},
+        "model": "gpt-oss-120b", "messages": MSG}
+    escaped = {"messages": [{"role": "user", "content": 'say "model": "fake" please'}], "model": "qwen-3-32b"}
+    big = {"messages": [{"role": "user", "content": "x" * 70_000}], "model": "llama3.1-8b"}
+    not_text = {"model": 7, "messages": MSG}
+    cases = [(nested_first, "gpt-oss-120b"), (escaped, "qwen-3-32b"), (big, "llama3.1-8b"), (not_text, None)]
+    http = ledger.instrument(httpx.Client(), project="odd-bodies")
+    with http:
+        for body, _ in cases:
+            upstream.queue("not_found")
+            r = http.post(f"{upstream.base_url}/v1/chat/completions", content=json.dumps(body).encode(),
+                          headers={"authorization": f"Bearer {API_KEY}", "content-type": "application/json"})
+            assert r.status_code == 404
+        assert http._transport.journal.flush(10)  # type: ignore[attr-defined]
+    rows = sorted(fetch_events(sqlite_env), key=lambda row: row["event_id"])
+    assert [(row["status"], row["requested_model"]) for row in rows] == [("error", m) for _, m in cases]
+
+
 # -- the webhook: signature verified independently; the secret never logged, even at DEBUG ---------
 
 
