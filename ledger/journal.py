@@ -32,6 +32,7 @@ import atexit
 import fcntl
 import logging
 import os
+import sys
 import threading
 import time
 from collections import deque
@@ -43,11 +44,13 @@ from .config import ConfigError, private_dir, redact_url, spool_dir
 from .events import F_ID, CallEvent, EventDecodeError, decode_fields, encode
 
 if TYPE_CHECKING:
+    import subprocess
+
     from sqlalchemy import Engine
 
     from .pricing import PriceBook
 
-__all__ = ["Journal", "check_url", "drain_spool", "journal_for"]
+__all__ = ["Journal", "ProcessJournal", "check_url", "drain_spool", "journal_for"]
 
 log = logging.getLogger("ledger.journal")
 
@@ -300,6 +303,8 @@ class Journal:
     Get it with :func:`journal_for`; clients share it. :meth:`append` is the whole call path.
     """
 
+    _wake_per_append = True  # the writer thread drains the live segment
+
     def __init__(self, url: str, folder: Path, *, fsync: bool = False) -> None:
         self.url = check_url(url)
         self.folder = folder
@@ -343,7 +348,8 @@ class Journal:
                     log.warning("ledger: the spool in %s is writable again", self.folder)
             except OSError as exc:
                 self._spool_failed(line, exc)
-        self._wake.set()
+        if self._wake_per_append or self._overflow:
+            self._wake.set()
 
     def _spool_failed(self, line: bytes, exc: OSError) -> None:
         # Undo a partial line so the next one does not fuse with it, then keep the event in
@@ -542,6 +548,12 @@ class Journal:
                 log.critical("ledger: closing with the database unavailable and the spool in %s unwritable "
                              "(%s); event %s LOST", self.folder, exc.strerror or exc, event_id_of(line))
 
+    _flush_poll_s = 0.2
+
+    def _hurry_up(self) -> None:
+        self._wake.set()
+        self._hurry.set()
+
     def pending(self) -> int:
         """Bytes of events not yet known to be in the database (live segment + memory)."""
         return self._written - self._committed + sum(len(x) for x in self._overflow)
@@ -555,9 +567,8 @@ class Journal:
                 left = deadline - time.monotonic()
                 if left <= 0 or not self._thread.is_alive():
                     return False
-                self._wake.set()
-                self._hurry.set()
-                self._cond.wait(timeout=min(left, 0.2))
+                self._hurry_up()
+                self._cond.wait(timeout=min(left, self._flush_poll_s))
         return True
 
     def close(self, timeout: float = 5.0) -> bool:
@@ -578,6 +589,103 @@ class Journal:
         return done
 
 
+class ProcessJournal(Journal):
+    """A journal whose live segment goes to the database through a writer *process*
+    (``LEDGER_WRITER=process``; see :mod:`ledger.writer`), so the calling process spends only
+    the spool append per call, and never its GIL on database work.
+
+    The thread stays, with little to do: it follows the writer's checkpoint (so :meth:`flush`
+    and :meth:`close` know what is written), writes events kept in memory while the spool was
+    unwritable, and recovers dead processes' segments. If the writer process cannot start or
+    dies, the thread takes the segment over from the checkpoint (nothing is lost; replays insert
+    nothing twice) and says so in the log.
+    """
+
+    _wake_per_append = False
+    _flush_poll_s = 0.02
+
+    def __init__(self, url: str, folder: Path, *, fsync: bool = False) -> None:
+        self._child: subprocess.Popen[bytes] | None = None
+        self._close_timeout = 5.0
+        self._spawned = False
+        super().__init__(url, folder, fsync=fsync)
+
+    def _open_segment(self) -> None:
+        super()._open_segment()
+        if not self._spawned:
+            self._spawned = True
+            self._child = self._spawn()
+        else:
+            self._tell(b"s " + os.fsencode(self.segment) + b"\n")
+
+    def _spawn(self) -> subprocess.Popen[bytes] | None:
+        import subprocess
+
+        # This very package, found as this process found it (appended: never shadows anything)
+        root = str(Path(__file__).resolve().parent.parent)
+        code = f"import sys; sys.path.append({root!r}); from ledger.writer import main; sys.exit(main())"
+        try:
+            return subprocess.Popen([sys.executable, "-c", code, str(self.folder), str(self.segment)],
+                                    stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                    env=dict(os.environ, LEDGER_WRITER_URL=self.url))
+        except Exception as exc:  # noqa: BLE001 - no interpreter to run, no fork: the thread writes
+            log.error("ledger: cannot start the writer process (%s); writing from this process instead",
+                      getattr(exc, "strerror", None) or exc)
+            return None
+
+    def _tell(self, message: bytes) -> None:
+        child = self._child
+        if child is None or child.stdin is None:
+            return
+        try:
+            child.stdin.write(message)
+            child.stdin.flush()
+        except (OSError, ValueError):  # it died: the next round notices and takes over
+            pass
+
+    def _hurry_up(self) -> None:
+        super()._hurry_up()
+        self._tell(b"h\n")
+
+    def _drain_to(self, end: int) -> None:
+        child = self._child
+        if child is None:
+            super()._drain_to(end)
+            return
+        if self._stop:  # closing: the writer drains what is left and exits
+            if child.stdin is not None:
+                try:
+                    child.stdin.close()
+                except OSError:
+                    pass
+            try:
+                child.wait(max(self._close_timeout, 1.0))
+            except Exception:  # noqa: BLE001 - subprocess.TimeoutExpired: checked below
+                pass
+        self._committed = max(self._committed, _read_checkpoint_fd(self._ckpt_fd))
+        status = child.poll()
+        if status is None or self._committed >= end:
+            if status is None and self._stop:
+                raise OSError("the writer process did not finish in time; events wait in the spool")
+            return
+        if self._stop:
+            raise OSError(f"the writer process exited ({status}) leaving events in the spool")
+        log.error("ledger: the writer process exited (%s); writing from this process instead", status)
+        self._child = None
+        super()._drain_to(end)
+
+    def close(self, timeout: float = 5.0) -> bool:
+        self._close_timeout = timeout
+        return super().close(timeout)
+
+
+def _read_checkpoint_fd(fd: int) -> int:
+    try:
+        return int(os.pread(fd, 32, 0).strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
 def event_id_of(line: bytes) -> str:
     try:
         return str(decode_fields(line)[F_ID])
@@ -596,9 +704,18 @@ def journal_for(url: str, folder: str | os.PathLike[str] | None = None) -> Journ
     with _journals_lock:
         j = _journals.get(key)
         if j is None or j._closed:
-            j = Journal(url, path, fsync=os.environ.get("LEDGER_SPOOL_FSYNC", "") in ("1", "true"))
+            kind = ProcessJournal if writer_mode() == "process" else Journal
+            j = kind(url, path, fsync=os.environ.get("LEDGER_SPOOL_FSYNC", "") in ("1", "true"))
             _journals[key] = j
         return j
+
+
+def writer_mode() -> str:
+    """``LEDGER_WRITER``: ``thread`` (default) or ``process``."""
+    mode = os.environ.get("LEDGER_WRITER", "thread").strip().lower() or "thread"
+    if mode not in ("thread", "process"):
+        raise ConfigError(f"LEDGER_WRITER must be 'thread' or 'process', not {mode[:40]!r}")
+    return mode
 
 
 def recover(url: str, folder: str | os.PathLike[str] | None = None) -> int:
@@ -629,6 +746,12 @@ def _after_fork_in_child() -> None:
     _journals_lock = threading.Lock()
     for j in _journals.values():
         j._closed = True
+        child = getattr(j, "_child", None)
+        if child is not None and child.stdin is not None:  # else the writer never sees the parent go
+            try:
+                child.stdin.close()
+            except OSError:
+                pass
         for fd in (j._fd, j._rfd, j._ckpt_fd):
             try:
                 os.close(fd)
