@@ -72,6 +72,7 @@ def machine() -> dict[str, Any]:
         "python_impl": platform.python_implementation(), "sqlite": sqlite3.sqlite_version,
         "postgresql": pg_version(), "packages": versions, "git_commit": commit,
         "load_avg_at_start": os.getloadavg(),
+        "ledger_writer": os.environ.get("LEDGER_WRITER", "thread"),  # figures 1 and 3 (spool) depend on it
     }
 
 
