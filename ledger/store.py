@@ -33,7 +33,7 @@ from sqlalchemy import Boolean, Connection, Engine, create_engine, event, inspec
 from sqlalchemy.engine import make_url
 
 from .config import ConfigError, private_dir, redact_url
-from .events import CallEvent, new_event_id
+from .events import CallEvent, json_encoder, new_event_id
 from .money import Money
 from .pricing import BUILTIN_PRICES, Charge, PriceBook, PricePoint, charge_nanos
 from .schema import SCHEMA_REVISION, EventRow, IngestBatchRow, PriceRow, UTCDateTime
@@ -355,7 +355,7 @@ def event_row(event: CallEvent, charge: Charge, recorded_at: datetime, *, kind: 
         "list_cost_nanos": None if charge.list_cost is None else charge.list_cost.nanos,
         "free": charge.free,
         "priced": charge.priced,
-        "tags": _TAGS_JSON.encode(tags),
+        "tags": _tags_json(tags),
         "source": _clip(event.source, 16),
         "note": _clip(event.note, 200),
         "batch_id": None,  # set by insert_events
@@ -455,7 +455,7 @@ _SPOOL_COLUMNS = (
 if EVENT_COLUMNS != _SPOOL_COLUMNS:  # insert_spooled builds rows in this order
     raise ImportError("events table columns changed; update store.insert_spooled")
 _NO_TIMES = (None, None, None, None)
-_TAGS_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False)  # json.dumps(**kw) builds one per call
+_tags_json = json_encoder(sort_keys=True)  # as json.dumps(tags, sort_keys=True, ensure_ascii=False)
 
 
 def _sqlite_time(when: datetime) -> str:
@@ -489,7 +489,7 @@ def insert_spooled(conn: Connection, records: Sequence[list[Any]], book: PriceBo
         u = usage if known else _NO_USAGE
         if tags:
             pairs = {_clip(k, 200): _clip(v, 1000) for k, v in tags}
-            tags_json = _TAGS_JSON.encode(pairs)
+            tags_json = _tags_json(pairs)
             tag_rows.extend((event_id, _clip(k, 100), _clip(v, 200)) for k, v in pairs.items())
         else:
             tags_json = "{}"
