@@ -313,6 +313,14 @@ def _clip(value: str | None, limit: int) -> str | None:
     return text if text.isascii() else text.encode("utf-8", "replace").decode("utf-8")
 
 
+def _plain_tags(tags: Sequence[Sequence[str]]) -> bool:
+    """Whether every tag fits the narrowest limits (key 100, value 200) as it is: ASCII, no NUL."""
+    for k, v in tags:
+        if len(k) > 100 or len(v) > 200 or not k.isascii() or not v.isascii() or "\x00" in k or "\x00" in v:
+            return False
+    return True
+
+
 def event_row(event: CallEvent, charge: Charge, recorded_at: datetime, *, kind: str = "usage",
               corrects: str | None = None) -> dict[str, Any]:
     if event.occurred_at.utcoffset() is None or recorded_at.utcoffset() is None:
@@ -487,19 +495,25 @@ def insert_spooled(conn: Connection, records: Sequence[list[Any]], book: PriceBo
             book, book_name, model, at, status, (usage[0], usage[1], usage[2]) if known else None)
         t = time_info or _NO_TIMES
         u = usage if known else _NO_USAGE
-        if tags:
+        if not tags:
+            tags_json = "{}"
+        elif _plain_tags(tags):  # nothing to clip anywhere: skip four _clip calls a tag
+            tags_json = _tags_json(dict(tags))
+            tag_rows.extend([(event_id, k, v) for k, v in tags])
+        else:
             pairs = {_clip(k, 200): _clip(v, 1000) for k, v in tags}
             tags_json = _tags_json(pairs)
             tag_rows.extend((event_id, _clip(k, 100), _clip(v, 200)) for k, v in pairs.items())
-        else:
-            tags_json = "{}"
         params.append((
             event_id, "usage", None, _sqlite_time(at) if sqlite else at, recorded, _clip(project, 200), route,
-            book_name, _clip(requested, 200), _clip(served, 200), status, http_status, _clip(error_type, 100),
-            _clip(error_code, 100), int(stream) if sqlite else stream, int(known) if sqlite else known,
+            book_name, _clip(requested, 200), _clip(served, 200), status, http_status,
+            None if error_type is None else _clip(error_type, 100),  # (usually None: no call)
+            None if error_code is None else _clip(error_code, 100),
+            int(stream) if sqlite else stream, int(known) if sqlite else known,
             u[0], u[1], u[2], u[3], u[4], latency, ttft, t[0], t[1], t[2], t[3], _clip(upstream_id, 200),
-            _clip(lava_id, 200), price_id, cost, int(free) if sqlite else free, int(priced) if sqlite else priced,
-            tags_json, _clip(src, 16), _clip(note, 200), list_cost, batch_id))
+            None if lava_id is None else _clip(lava_id, 200), price_id, cost,
+            int(free) if sqlite else free, int(priced) if sqlite else priced,
+            tags_json, _clip(src, 16), None if note is None else _clip(note, 200), list_cost, batch_id))
     _insert_params(conn, params, tag_rows)
     return batch_id
 
