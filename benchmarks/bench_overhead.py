@@ -5,7 +5,9 @@ The stand-in upstream runs in a separate process. Every variant makes the same c
 and decodes it. Variants run in blocks of calls, in a shuffled order each round, so drift on this
 shared machine hits all of them alike. After a ledger block the journal is flushed (timed apart),
 so the writer thread's work for one block never lands in another variant's block; its cost shows
-in the "CPU/call incl. writer thread" rows (this process's CPU, all threads, per call).
+in the "CPU/call incl. writer" rows (this process's CPU, all threads, per call, plus the
+writer process's with ``LEDGER_WRITER=process``, read from /proc). Each ledger variant runs
+twice: with the default writer thread, and with the writer process ("writer process" rows).
 
 On loopback a call takes about a millisecond, so these ratios are a worst case: against the real
 API (tens to hundreds of milliseconds a call) the same absolute overhead is a far smaller ratio.
@@ -13,6 +15,7 @@ API (tens to hundreds of milliseconds a call) the same absolute overhead is a fa
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -20,7 +23,7 @@ import random
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from _common import median, pct, pg_reachable, pg_schema, pg_url, row, scratch, wait_for_pg
@@ -32,15 +35,30 @@ MESSAGES = [{"role": "user", "content": "hello there"}]
 
 class Variant:
     def __init__(self, name: str, call: Callable[[], Any], flush: Callable[[], Any] | None = None,
-                 every: int = 1) -> None:
+                 writer_cpu: Callable[[], float] | None = None, every: int = 1) -> None:
         self.name = name
         self.call = call
         self.flush = flush
+        self.writer_cpu = writer_cpu or (lambda: 0.0)  # CPU seconds of a writer *process*, if any
         self.every = every  # take part in every n-th round only (the slow peer)
         self.times: list[float] = []
         self.cpu: list[float] = []  # per block: process CPU seconds per call, all threads, flush included
         self.drains: list[float] = []
         self.interrupted = 0  # blocks whose flush had to wait for PostgreSQL to come back
+
+
+@contextlib.contextmanager
+def _writer_mode(mode: str) -> Iterator[None]:
+    """``LEDGER_WRITER`` while a client (and so its journal) is made."""
+    old = os.environ.get("LEDGER_WRITER")
+    os.environ["LEDGER_WRITER"] = mode
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["LEDGER_WRITER"]
+        else:
+            os.environ["LEDGER_WRITER"] = old
 
 
 def _bare(url: str, stream: bool) -> Callable[[], Any]:
@@ -67,7 +85,7 @@ def _bare(url: str, stream: bool) -> Callable[[], Any]:
     return call_stream
 
 
-def _wrapper(url: str, db: str, spool: str, stream: bool) -> tuple[Callable[[], Any], Callable[[], Any]]:
+def _wrapper(url: str, db: str, spool: str, stream: bool) -> tuple[Callable[[], Any], Callable[[], Any], Any]:
     import ledger
 
     client = ledger.CerebrasClient("bench", api_key="k", base_url=url, database_url=db, spool_dir=spool)
@@ -81,10 +99,10 @@ def _wrapper(url: str, db: str, spool: str, stream: bool) -> tuple[Callable[[], 
             for chunk in create(model=MODEL, messages=MESSAGES, stream=True):
                 last = chunk
             return last
-    return call, lambda: client.flush(60)
+    return call, lambda: client.flush(60), _writer_cpu(client.transport.journal)
 
 
-def _sdk(url: str, stream: bool, db: str | None, spool: str | None) -> tuple[Callable[[], Any], Any]:
+def _sdk(url: str, stream: bool, db: str | None, spool: str | None) -> tuple[Callable[[], Any], Any, Any]:
     import httpx
     from cerebras.cloud.sdk import Cerebras
 
@@ -104,8 +122,29 @@ def _sdk(url: str, stream: bool, db: str | None, spool: str | None) -> tuple[Cal
             for chunk in create(model=MODEL, messages=MESSAGES, stream=True):  # type: ignore[arg-type]
                 last = chunk
             return last
-    flush = (lambda: http._transport.journal.flush(60)) if db is not None else None
-    return call, flush
+    if db is None:
+        return call, None, None
+    j = http._transport.journal
+    return call, (lambda: j.flush(60)), _writer_cpu(j)
+
+
+def _writer_cpu(journal: Any) -> Callable[[], float] | None:
+    """CPU seconds (user + system) used so far by the journal's writer process, from /proc;
+    ``None`` with the writer thread (its CPU is this process's)."""
+    child = getattr(journal, "_child", None)
+    if child is None:
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    path = f"/proc/{child.pid}/stat"
+
+    def cpu() -> float:
+        try:
+            with open(path) as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+        except (OSError, IndexError, ValueError):
+            return 0.0
+    return cpu
 
 
 def _litellm(url: str, stream: bool) -> Callable[[], Any]:
@@ -154,7 +193,7 @@ def _run_mode(variants: list[Variant], rounds: int, block: int, warm: int, seed:
             gc.collect()
             times = v.times
             call = v.call
-            c0 = time.process_time()
+            c0 = time.process_time() + v.writer_cpu()
             for _ in range(block):
                 t0 = time.perf_counter()
                 call()
@@ -168,7 +207,7 @@ def _run_mode(variants: list[Variant], rounds: int, block: int, warm: int, seed:
                     if not (wait_for_pg(180) and v.flush()):
                         raise RuntimeError(f"{v.name}: the ledger did not drain")
                 v.drains.append(time.perf_counter() - t0)
-            v.cpu.append((time.process_time() - c0) / block)
+            v.cpu.append((time.process_time() + v.writer_cpu() - c0) / block)
 
 
 def _compare(fig: str, label: str, mode: str, backend: str, v: Variant, base: Variant, target: float,
@@ -183,11 +222,12 @@ def _compare(fig: str, label: str, mode: str, backend: str, v: Variant, base: Va
                        calls=len(v.times), baseline_calls=len(base.times), extra_us=round((a - b) * 1e6, 1)))
     if drain_rows:
         a, b = median(v.cpu), median(base.cpu)
-        out.append(row(fig, f"{label} {mode} CPU/call incl. writer thread ({backend})", value=a, unit="s",
+        out.append(row(fig, f"{label} {mode} CPU/call incl. writer ({backend})", value=a, unit="s",
                        baseline_name=f"{base.name} CPU/call", baseline=b, extra_us=round((a - b) * 1e6, 1),
                        median_flush_after_block_s=median(v.drains) if v.drains else None,
-                       note="this process's CPU time (all threads: caller and ledger writer) per call, "
-                            "over a block of calls plus the flush after it; median over blocks"))
+                       note="CPU time per call of this process (all threads: caller and ledger writer "
+                            "thread) plus the writer process's, if any, over a block of calls and the "
+                            "flush after it; median over blocks"))
     return out
 
 
@@ -210,8 +250,6 @@ def main(quick: bool) -> dict[str, Any]:
     url = proc.stdout.readline().strip()
     rows: list[dict[str, Any]] = []
     try:
-        import contextlib
-
         with contextlib.ExitStack() as stack:
             backends = {"SQLite": (f"sqlite:///{tmp}/ledger.db", f"{tmp}/spool-sqlite")}
             if pg_why is None:
@@ -223,10 +261,13 @@ def main(quick: bool) -> dict[str, Any]:
                 variants = [bare, sdk_bare]
                 per_backend = {}
                 for bname, (db, spool) in backends.items():
-                    w = Variant(f"wrapper {bname}", *_wrapper(url, db, spool, stream))
-                    s = Variant(f"SDK+instrument {bname}", *_sdk(url, stream, db, spool))
-                    variants += [w, s]
-                    per_backend[bname] = (w, s)
+                    for writer in ("thread", "process"):
+                        label = bname if writer == "thread" else f"{bname}, writer process"
+                        with _writer_mode(writer):  # the journal is made (and its mode read) here
+                            w = Variant(f"wrapper {label}", *_wrapper(url, db, f"{spool}-{writer}", stream))
+                            s = Variant(f"SDK+instrument {label}", *_sdk(url, stream, db, f"{spool}-{writer}"))
+                        variants += [w, s]
+                        per_backend[label] = (w, s)
                 lite = None
                 if has_litellm:
                     lite = Variant("LiteLLM", _litellm(url, stream), every=4)

@@ -51,7 +51,7 @@ def profile_call(calls: int) -> None:
     try:
         for stream in (False, True):
             bare = ov._sdk(url, stream, None, None)[0]
-            inst, flush = ov._sdk(url, stream, f"sqlite:///{tmp}/l.db", f"{tmp}/spool")
+            inst, flush, _ = ov._sdk(url, stream, f"sqlite:///{tmp}/l.db", f"{tmp}/spool")
             for f in (bare, inst):
                 for _ in range(100):
                     f()

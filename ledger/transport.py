@@ -261,6 +261,10 @@ class Attempt:
         return False
 
 
+# What makes an SSE event matter to the ledger after the first one (see Attempt.read_event).
+_MARKERS = (b'"usage"', b'"error"', b'"finish_reason"', b"[DONE]")
+
+
 class _BodyTap:
     """What the sync and async body wrappers share: decode a copy, read it, finish once."""
 
@@ -272,6 +276,11 @@ class _BodyTap:
         self.size = 0
         self.errored = False
         self.saw_done = False
+        # Skimming: once the first event is read, whole events whose bytes hold none of
+        # _MARKERS (plain content deltas, nearly all of a stream) are not decoded at all;
+        # ``pending`` holds the bytes after the last event boundary.
+        self.skim = False
+        self.pending = b""
 
     def feed(self, chunk: bytes) -> None:
         if self.attempt.done:
@@ -285,12 +294,44 @@ class _BodyTap:
                 if self.size <= MAX_JSON_BODY:
                     self.buf.append(data)
                 return
+            if self.skim:
+                data = self._skimmed(data)
+                if not data:
+                    return
             for ev in self.sse.feed(data):
                 self.saw_done |= ev.data == "[DONE]"
                 self.errored |= self.attempt.read_event(ev.data)
+            a = self.attempt
+            self.skim = a.ttft_us is not None and a.upstream_id is not None and self.sse.at_boundary()
         except Exception:
             log.exception("ledger: could not read a response chunk")
             self.attempt.note = "response could not be decoded"
+
+    def _skimmed(self, data: bytes) -> bytes:
+        """What of ``data`` the SSE decoder must see: whole events that may matter, else nothing.
+        Only LF-delimited streams are skimmed (what Cerebras and Lava send); a CR anywhere
+        sends the rest through the decoder unskimmed."""
+        data = self.pending + data if self.pending else data
+        if b"\r" in data:
+            self.skim, self.pending = False, b""
+            return data
+        cut = data.rfind(b"\n\n") + 2
+        if cut < 2:  # no boundary yet
+            self.pending = data
+            return b""
+        whole, self.pending = data[:cut], data[cut:]
+        for marker in _MARKERS:
+            if marker in whole:
+                return whole
+        return b""
+
+    def _rest(self) -> None:
+        """The body ended: bytes held back by skimming go through the decoder first."""
+        if self.pending and self.sse is not None:
+            rest, self.pending = self.pending, b""
+            for ev in self.sse.feed(rest):
+                self.saw_done |= ev.data == "[DONE]"
+                self.errored |= self.attempt.read_event(ev.data)
 
     def end(self) -> None:
         """The body arrived whole."""
@@ -306,6 +347,7 @@ class _BodyTap:
                 else:
                     a.read_body(b"".join(self.buf))
             else:
+                self._rest()
                 for ev in self.sse.close():
                     self.errored |= a.read_event(ev.data)
                 if self.errored or (a.http_status or 0) >= 400:

@@ -202,6 +202,10 @@ class SSEDecoder:
             self._line(line.rstrip(b"\r\n"), out)
         return out
 
+    def at_boundary(self) -> bool:
+        """Whether everything fed so far ended with a complete event (nothing held back)."""
+        return not self._buf and not self._data and self._event is None
+
     def close(self) -> list[SSEEvent]:
         out: list[SSEEvent] = []
         if self._buf:

@@ -1,0 +1,102 @@
+"""The stream tap's skimming (content deltas not decoded) records exactly what full decoding does.
+
+Every variant of the real capture (LF, CRLF, CR, with and without ``[DONE]`` or the final blank
+line, an in-stream error, a stream cut before its usage) is fed to the transport's body tap in
+arbitrary chunks, with skimming and with it disabled; the events the two record must be equal
+field by field, except the id and the timings.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ledger.events import CallEvent
+from ledger.transport import Attempt, _BodyTap, _Target
+
+from .test_wire import CAPTURE, DONE, VARIANTS
+
+ERROR_EVENT = b'data: {"error": {"message": "boom", "type": "server_error", "code": "oops"}, "status_code": 500}\n\n'
+LONG = b"".join(  # a longer stream: the capture's first event, 200 content deltas, then the rest
+    [CAPTURE.split(b"\n\n")[0] + b"\n\n"]
+    + [b'data: {"id":"x","choices":[{"delta":{"content":"tok%d"},"index":0}]}\n\n' % i for i in range(200)]
+    + [b"\n\n".join(CAPTURE.split(b"\n\n")[1:])])
+BODIES = {**VARIANTS, "long": LONG, "long+done": LONG + DONE,
+          "error mid-stream": CAPTURE.split(b"\n\n", 2)[0] + b"\n\n" + ERROR_EVENT + DONE,
+          "cut before usage": b"\n\n".join(CAPTURE.split(b"\n\n")[:3]) + b"\n\n",
+          "done, no usage": b"\n\n".join(CAPTURE.split(b"\n\n")[:3]) + b"\n\n" + DONE}
+
+
+class _Collect:
+    """Stands in for the journal: the tap under test hands it the finished event."""
+
+    def __init__(self) -> None:
+        self.events: list[CallEvent] = []
+
+    def append(self, event: CallEvent) -> None:
+        self.events.append(event)
+
+
+def _record(chunks: list[bytes], skim: bool, whole: bool) -> CallEvent:
+    sink = _Collect()
+    attempt = Attempt(sink, _Target("cerebras", "cerebras"), "p", (), "gpt-oss-120b", "transport")  # type: ignore[arg-type]
+    attempt.http_status = 200
+    attempt.stream = True
+    tap = _BodyTap(attempt, "")
+    for chunk in chunks:
+        tap.feed(chunk)
+        if not skim:
+            tap.skim = False
+    if whole:
+        tap.end()
+    else:
+        tap.cut("body cut: ReadError")
+    (event,) = sink.events
+    return event
+
+
+def _comparable(e: CallEvent) -> CallEvent:
+    return replace(e, event_id="-", occurred_at=e.occurred_at.replace(microsecond=0, second=0),
+                   latency_us=None, ttft_us=None if e.ttft_us is None else 0)
+
+
+def _cut(body: bytes, cuts: list[int]) -> list[bytes]:
+    points = [0, *sorted(set(cuts)), len(body)]
+    return [body[a:b] for a, b in itertools.pairwise(points)]
+
+
+@pytest.mark.parametrize("name", sorted(BODIES))
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), whole=st.booleans())
+def test_skimming_records_what_full_decoding_does(name: str, data: st.DataObject, whole: bool) -> None:
+    body = BODIES[name]
+    # servers flush per event, so most chunks end on an event boundary (where skimming starts)
+    boundaries = [i + 2 for i in range(len(body)) if body.startswith(b"\n\n", i)] or [0]
+    cuts = data.draw(st.lists(st.one_of(st.sampled_from(boundaries), st.integers(0, len(body))), max_size=12))
+    chunks = _cut(body, cuts)
+    skimmed = _record(chunks, skim=True, whole=whole)
+    decoded = _record([body], skim=False, whole=whole)
+    assert _comparable(skimmed) == _comparable(decoded)
+
+
+def test_the_capture_is_priced_from_its_last_event_when_skimmed() -> None:
+    event = _record(_cut(LONG + DONE, list(range(0, len(LONG), 37))), skim=True, whole=True)
+    last = json.loads(CAPTURE.split(b"\n\n")[-2][len(b"data: "):])
+    usage: dict[str, Any] = last["usage"]
+    assert event.status == "ok" and event.usage is not None
+    assert (event.usage.prompt_tokens, event.usage.completion_tokens) == (usage["prompt_tokens"],
+                                                                           usage["completion_tokens"])
+    assert event.upstream_id == last["id"]
+
+
+def test_an_error_after_many_deltas_is_seen_when_skimmed() -> None:
+    body = LONG.rsplit(b"\n\n", 2)[0] + b"\n\n" + ERROR_EVENT
+    event = _record(_cut(body, list(range(0, len(body), 50))), skim=True, whole=True)
+    assert (event.status, event.http_status, event.error_type, event.error_code) == ("error", 500, "server_error",
+                                                                                      "oops")
