@@ -189,6 +189,8 @@ class SSEDecoder:
         self._event: str | None = None
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
+        if chunk.endswith(b"\n\n") and self.at_boundary() and b"\r" not in chunk:
+            return self._whole_events(chunk)
         buf = self._buf + chunk if self._buf else chunk
         out: list[SSEEvent] = []
         lines = buf.splitlines(keepends=True)
@@ -200,6 +202,20 @@ class SSEDecoder:
                 self._buf = line
                 break
             self._line(line.rstrip(b"\r\n"), out)
+        return out
+
+    def _whole_events(self, chunk: bytes) -> list[SSEEvent]:
+        """The usual chunk: LF only, starting and ending on an event boundary (servers flush
+        event by event). A block of one ``data: `` line is an event at once; any other block
+        goes line by line as usual."""
+        out: list[SSEEvent] = []
+        for block in chunk[:-2].split(b"\n\n"):
+            if block.startswith(b"data: ") and b"\n" not in block:
+                out.append(SSEEvent(None, block[6:].decode("utf-8", "replace")))
+                continue
+            for line in block.split(b"\n"):
+                self._line(line, out)
+            self._line(b"", out)
         return out
 
     def at_boundary(self) -> bool:
