@@ -95,7 +95,7 @@ from .events import new_event_id
 from .money import Money, MoneyError, usd
 from .rollup import rollup
 from .schema import AlertRow, BudgetRow, UsageRollupRow
-from .store import write_transaction
+from .store import read_snapshot, write_transaction
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
@@ -630,7 +630,7 @@ def evaluate(
     so concurrent or repeated runs never duplicate. New alerts are logged to ``ledger.alerts``."""
     when = _now(now)
     rule = spike or SpikeRule()
-    with engine.connect() as conn:
+    with read_snapshot(engine) as conn:
         budgets = [b for b in list_budgets(conn) if projects is None or b.project in projects]
         candidates = [c for b in budgets for c in _budget_candidates(conn, b, when, rule)]
         if not candidates:

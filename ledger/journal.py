@@ -24,6 +24,9 @@ Why this survives what it must:
 
 Files in the spool folder are created owner-only (0600, folder 0700). A segment that has been
 fully written to the database and grown past 8 MiB is rotated, so the spool stays bounded.
+
+:class:`ProcessJournal` (``LEDGER_WRITER=process``) is the same journal with the live segment
+drained by a child process (:mod:`ledger.writer`) instead of the thread.
 """
 
 from __future__ import annotations

@@ -69,6 +69,7 @@ from sqlalchemy import Connection, Engine, case, func, literal, select
 from .config import spreadsheet_cell
 from .money import Money
 from .schema import TagRollupRow, UsageRollupRow
+from .store import read_snapshot
 
 __all__ = [
     "BUILD_STEPS",
@@ -500,7 +501,7 @@ def build_report(
     if refresh:
         rollup(engine)
     tick()
-    with engine.connect() as conn:
+    with read_snapshot(engine) as conn:  # the three reads agree with each other
         current = _frame(_usage_rows(conn, bounds, project))
         tick()
         tag_rows = _tag_rows(conn, bounds[0], bounds[-1], project, top_tags)

@@ -140,6 +140,19 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
             yield conn
 
 
+@contextmanager
+def read_snapshot(engine: Engine) -> Iterator[Connection]:
+    """A read-only transaction in which every statement sees the same snapshot: a report's
+    totals, tags and previous period add up even while the writer commits. SQLite: the
+    ``BEGIN`` the begin hook issues holds one WAL snapshot from the first read. PostgreSQL:
+    ``REPEATABLE READ`` (its default, READ COMMITTED, takes a snapshot per statement)."""
+    with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+        with conn.begin():
+            yield conn
+
+
 def migrations_dir() -> str:
     import importlib
 

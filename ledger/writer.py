@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import select
+import signal
 import sys
 from pathlib import Path
 
@@ -125,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    # Ctrl-C in a terminal reaches the whole process group: the parent decides when to stop
+    # (it closes our input); dying mid-batch here would only hand the work back to it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     folder, segment = args
     return run(url, Path(folder), Path(segment))
 

@@ -312,3 +312,34 @@ def test_a_naive_price_date_is_refused(engine: sa.Engine) -> None:
     with pytest.raises((ValueError, sa.exc.StatementError)), store.write_transaction(engine) as conn:
         store.insert_prices(conn, [naive])
     assert _count(engine, PriceRow) == len(BUILTIN_PRICES)
+
+
+def test_read_snapshot_does_not_see_a_commit_made_meanwhile(engine: sa.Engine) -> None:
+    """A report reads totals, tags and the previous period in one snapshot (on PostgreSQL its
+    default isolation would show each statement the latest commits)."""
+    store.ensure_schema(engine)
+    book = PriceBook(BUILTIN_PRICES)
+
+    def event() -> CallEvent:
+        return CallEvent(event_id=new_event_id(), occurred_at=datetime.now(UTC), project="snap",
+                         route="cerebras", book="cerebras", requested_model="gpt-oss-120b",
+                         served_model="gpt-oss-120b", status="ok", http_status=200, error_type=None,
+                         error_code=None, stream=False, usage=Usage(10, 0, 5, 0, 15), latency_us=1, ttft_us=None,
+                         time_info=None, upstream_id=None, lava_request_id=None)
+
+    def insert(e: CallEvent) -> None:
+        with store.write_transaction(engine) as conn:
+            store.insert_events(conn, [store.event_row(e, charge(e, book), datetime.now(UTC))])
+
+    insert(event())
+    with store.read_snapshot(engine) as conn:
+        first = _count_in(conn)
+        insert(event())  # another connection commits while the snapshot is open
+        again = _count_in(conn)
+    assert first == again == 1
+    with engine.connect() as conn:
+        assert _count_in(conn) == 2
+
+
+def _count_in(conn: sa.Connection) -> int:
+    return int(conn.execute(select(sa.func.count()).select_from(EventRow)).scalar_one())

@@ -76,7 +76,8 @@ os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
-def test_parent_killed_the_writer_process_writes_everything_and_cleans_up(db_url: str, tmp_path: Path) -> None:
+def test_parent_killed_the_writer_process_writes_everything_and_cleans_up(db_url: str, tmp_path: Path,
+                                                                         reliability: Any) -> None:
     spool = tmp_path / "spool"
     root = str(Path(__file__).resolve().parent.parent)
     code = KILLED.format(root=root, url=db_url, spool=str(spool), n=3000)
@@ -88,10 +89,12 @@ def test_parent_killed_the_writer_process_writes_everything_and_cleans_up(db_url
     rows = fetch_events(db_url)
     assert sorted(r["event_id"] for r in rows) == sorted(ids.split())
     assert list(spool.glob("*" + journal.SEGMENT_SUFFIX)) == [], "the dead parent's segment was left behind"
+    reliability(load="3000 events appended, LEDGER_WRITER=process", fault="SIGKILL of the calling process",
+                expected=len(ids.split()), recorded=len(rows), lost=len(ids.split()) - len(rows))
 
 
 def test_writer_process_killed_the_thread_takes_over(db_url: str, tmp_path: Path,
-                                                     caplog: pytest.LogCaptureFixture) -> None:
+                                                     caplog: pytest.LogCaptureFixture, reliability: Any) -> None:
     caplog.set_level(logging.ERROR, logger="ledger.journal")
     j = journal.ProcessJournal(db_url, tmp_path / "spool")
     try:
@@ -111,6 +114,8 @@ def test_writer_process_killed_the_thread_takes_over(db_url: str, tmp_path: Path
     rows = fetch_events(db_url)
     assert sorted(r["event_id"] for r in rows) == sorted(e.event_id for e in first + second)
     assert any("writer process exited" in r.getMessage() for r in caplog.records)
+    reliability(load="400 events, LEDGER_WRITER=process", fault="SIGKILL of the writer process",
+                expected=len(first) + len(second), recorded=len(rows), lost=len(first) + len(second) - len(rows))
 
 
 def test_no_interpreter_for_the_writer_the_thread_writes(db_url: str, tmp_path: Path,
@@ -172,3 +177,22 @@ def test_writer_process_command_line_never_holds_the_database_url(tmp_path: Path
         assert b"secret-name" not in cmdline
     finally:
         j.close(10)
+
+
+def test_ctrl_c_reaches_the_group_but_the_writer_process_keeps_writing(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    j = journal.ProcessJournal(url, tmp_path / "spool")
+    try:
+        assert j._child is not None
+        j.append(_event())
+        assert j.flush(30)  # started and migrated
+        j._child.send_signal(signal.SIGINT)
+        events = [_event() for _ in range(100)]
+        for e in events:
+            j.append(e)
+        assert j.flush(30)
+        assert j._child is not None and j._child.poll() is None, "SIGINT killed the writer process"
+    finally:
+        assert j.close(10)
+    ids = {r["event_id"] for r in fetch_events(url)}
+    assert {e.event_id for e in events} <= ids
