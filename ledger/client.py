@@ -13,7 +13,6 @@ Like the SDK, the client retries connection errors, timeouts, 408, 409, 429 and 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import random
@@ -343,6 +342,8 @@ class _AsyncCompletions:
                      tags: Mapping[str, Any] | None = None, project: str | None = None,
                      **params: Any) -> Any:
         """Send a chat completion; a dict, or an :class:`AsyncStream` when ``stream=True``."""
+        import asyncio  # here, not at the top: asyncio costs 60 ms to import, and sync callers never need it
+
         c = self._client
         request = c._settings.build(c._http, model, messages, stream, extra_headers, timeout, tags, project, params)
         for attempt in range(c.max_retries + 1):
@@ -401,6 +402,8 @@ class AsyncCerebrasClient:
         return self._settings.project
 
     async def flush(self, timeout: float = 10.0) -> bool:
+        import asyncio
+
         return await asyncio.to_thread(self.transport.journal.flush, timeout)
 
     async def close(self) -> None:

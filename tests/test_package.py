@@ -48,12 +48,13 @@ def _clean_env(tmp_path: Path, url: str) -> dict[str, str]:
 
 
 def test_import_alone_loads_no_database_or_analytics_code(tmp_path: Path) -> None:
-    """(click and pygments may appear: httpx's own CLI imports them when installed.)"""
+    """(click and pygments may appear: httpx's own CLI imports them when installed.) Nor
+    asyncio: 60 ms of import that sync callers never need (the async client imports it itself)."""
     out = _run("""
         import json, sys
         import ledger
         print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in
-                                ("pandas", "alembic", "sqlalchemy", "apscheduler"))))
+                                ("pandas", "alembic", "sqlalchemy", "apscheduler", "asyncio"))))
     """, _clean_env(tmp_path, f"sqlite:///{tmp_path / 'unused.db'}"))
     assert out == []
 
