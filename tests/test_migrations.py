@@ -118,26 +118,32 @@ def test_ensure_schema_twice_seeds_builtin_prices_once(engine: sa.Engine) -> Non
         assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalars().all() == [SCHEMA_REVISION]
 
 
-def test_ensure_schema_from_two_threads_at_once(db_url: str) -> None:
-    barrier = threading.Barrier(2)
+def _ensure_schema_at_once(urls: list[str]) -> list[BaseException]:
+    """``ensure_schema`` on each URL from its own thread and engine (as another process would
+    have), all released together; the errors raised."""
+    barrier = threading.Barrier(len(urls))
     errors: list[BaseException] = []
 
-    def open_ledger() -> None:
-        eng = store.make_engine(db_url)  # its own engine, as another process would have
+    def open_ledger(url: str) -> None:
+        eng = store.make_engine(url)
         try:
             barrier.wait()
             store.ensure_schema(eng)
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:  # noqa: BLE001 - reported by the caller
             errors.append(exc)
         finally:
             eng.dispose()
 
-    threads = [threading.Thread(target=open_ledger) for _ in range(2)]
+    threads = [threading.Thread(target=open_ledger, args=(u,)) for u in urls]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert errors == []
+    return errors
+
+
+def test_ensure_schema_from_two_threads_at_once(db_url: str) -> None:
+    assert _ensure_schema_at_once([db_url, db_url]) == []
     eng = store.make_engine(db_url)
     try:
         assert store.current_revision(eng) == SCHEMA_REVISION
@@ -154,25 +160,7 @@ def test_two_different_ledgers_migrated_at_once_in_one_process(db_url: str, tmp_
     for attempt in range(3):
         urls = [db_url if attempt == 0 else f"sqlite:///{tmp_path / f'a{attempt}.db'}",
                 f"sqlite:///{tmp_path / f'b{attempt}.db'}"]
-        barrier = threading.Barrier(2)
-        errors: list[BaseException] = []
-
-        def open_ledger(url: str) -> None:
-            eng = store.make_engine(url)
-            try:
-                barrier.wait()
-                store.ensure_schema(eng)
-            except BaseException as exc:  # noqa: BLE001 - reported below
-                errors.append(exc)
-            finally:
-                eng.dispose()
-
-        threads = [threading.Thread(target=open_ledger, args=(u,)) for u in urls]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert errors == []
+        assert _ensure_schema_at_once(urls) == []
         for url in urls:
             eng = store.make_engine(url)
             try:
