@@ -265,24 +265,53 @@ class Attempt:
 _MARKERS = (b'"usage"', b'"error"', b'"finish_reason"', b"[DONE]")
 
 
+def _marked_spans(whole: bytes) -> list[tuple[int, int]]:
+    """Where, in LF-delimited SSE bytes that end on an event boundary, lie the events holding
+    one of :data:`_MARKERS`: sorted ``(start, end)`` spans, each whole events (byte searches
+    only; nothing is decoded)."""
+    spans: set[tuple[int, int]] = set()
+    for marker in _MARKERS:
+        at = whole.find(marker)
+        while at >= 0:
+            start = whole.rfind(b"\n\n", 0, at)
+            end = whole.find(b"\n\n", at) + 2
+            spans.add((0 if start < 0 else start + 2, end))
+            at = whole.find(marker, end)
+    return sorted(spans)
+
+
 class _BodyTap:
-    """What the sync and async body wrappers share: decode a copy, read it, finish once."""
+    """What the sync and async body wrappers share: decode a copy, read it, finish once.
+
+    A stream's first event is read as it arrives (for the time to first token and the upstream
+    id). After it, chunks are only held, as they are, and *scanned* in one go when the body
+    ends, is cut, or :attr:`scan_bytes` have piled up: a byte search finds the events that may
+    matter (:data:`_MARKERS`: usage, errors, finish reasons, ``[DONE]``) and only those are
+    decoded. Content deltas, nearly all of a stream, cost the caller one list append each.
+    Only LF-delimited streams are skimmed so (what Cerebras and Lava send); at a CR the rest goes
+    through the decoder whole."""
+
+    scan_bytes = 64 * 1024
 
     def __init__(self, attempt: Attempt, encoding: str) -> None:
         self.attempt = attempt
         self.decoder = _Decoder(encoding)
         self.sse = SSEDecoder() if attempt.stream else None
-        self.buf: list[bytes] = []
+        self.buf: list[bytes] = []  # a JSON body's chunks, or a skimmed stream's unscanned ones
         self.size = 0
         self.errored = False
         self.saw_done = False
-        # Skimming: once the first event is read, whole events whose bytes hold none of
-        # _MARKERS (plain content deltas, nearly all of a stream) are not decoded at all;
-        # ``pending`` holds the bytes after the last event boundary.
-        self.skim = False
-        self.pending = b""
+        self.can_skim = True  # tests turn skimming off to compare with full decoding
+        self.skim = False  # the first event is read; chunks are held for scanning
+        self.pending = b""  # scanned bytes after the last event boundary
 
     def feed(self, chunk: bytes) -> None:
+        if self.skim:
+            self.buf.append(chunk)
+            self.size += len(chunk)
+            if self.size >= self.scan_bytes:
+                self._scan()
+            return
         if self.attempt.done:
             return
         try:
@@ -294,44 +323,52 @@ class _BodyTap:
                 if self.size <= MAX_JSON_BODY:
                     self.buf.append(data)
                 return
-            if self.skim:
-                data = self._skimmed(data)
-                if not data:
-                    return
-            for ev in self.sse.feed(data):
-                self.saw_done |= ev.data == "[DONE]"
-                self.errored |= self.attempt.read_event(ev.data)
+            self._events(data)
             a = self.attempt
-            self.skim = a.ttft_us is not None and a.upstream_id is not None and self.sse.at_boundary()
+            self.skim = (self.can_skim and a.ttft_us is not None and a.upstream_id is not None
+                         and self.sse.at_boundary())
         except Exception:
             log.exception("ledger: could not read a response chunk")
             self.attempt.note = "response could not be decoded"
 
-    def _skimmed(self, data: bytes) -> bytes:
-        """What of ``data`` the SSE decoder must see: whole events that may matter, else nothing.
-        Only LF-delimited streams are skimmed (what Cerebras and Lava send); a CR anywhere
-        sends the rest through the decoder unskimmed."""
-        data = self.pending + data if self.pending else data
-        if b"\r" in data:
-            self.skim, self.pending = False, b""
-            return data
-        cut = data.rfind(b"\n\n") + 2
-        if cut < 2:  # no boundary yet
-            self.pending = data
-            return b""
-        whole, self.pending = data[:cut], data[cut:]
-        for marker in _MARKERS:
-            if marker in whole:
-                return whole
-        return b""
+    def _events(self, data: bytes) -> None:
+        assert self.sse is not None
+        for ev in self.sse.feed(data):
+            self.saw_done |= ev.data == "[DONE]"
+            self.errored |= self.attempt.read_event(ev.data)
+
+    def _scan(self) -> None:
+        """Read the held chunks of a skimmed stream: the events in them that may matter."""
+        if not self.buf:
+            return
+        data = b"".join(self.buf) if len(self.buf) > 1 else self.buf[0]
+        self.buf, self.size = [], 0
+        if self.attempt.done:
+            return
+        try:
+            data = self.decoder(data)
+            data = self.pending + data if self.pending else data
+            if b"\r" in data:  # not the usual LF-only stream: decode the rest in full
+                self.skim, self.pending = False, b""
+                self._events(data)
+                return
+            cut = data.rfind(b"\n\n") + 2
+            if cut < 2:  # no event boundary yet
+                self.pending = data
+                return
+            whole, self.pending = data[:cut], data[cut:]
+            for start, end in _marked_spans(whole):
+                self._events(whole[start:end])
+        except Exception:
+            log.exception("ledger: could not read a response chunk")
+            self.attempt.note = "response could not be decoded"
 
     def _rest(self) -> None:
-        """The body ended: bytes held back by skimming go through the decoder first."""
+        """The body ended: held chunks are scanned, and bytes after the last boundary decoded."""
+        self._scan()
         if self.pending and self.sse is not None:
             rest, self.pending = self.pending, b""
-            for ev in self.sse.feed(rest):
-                self.saw_done |= ev.data == "[DONE]"
-                self.errored |= self.attempt.read_event(ev.data)
+            self._events(rest)
 
     def end(self) -> None:
         """The body arrived whole."""
@@ -371,6 +408,8 @@ class _BodyTap:
         a = self.attempt
         if a.done:
             return
+        if self.skim:
+            self._scan()  # what arrived before the cut counts
         if self.sse is not None and (self.saw_done or a.usage is not None):
             self.end()
             return
