@@ -135,20 +135,20 @@ def _stream_error(payload: Mapping[str, Any], response: httpx.Response) -> APISt
                response=response, body=dict(payload), status_code=status)
 
 
-def _chunks_from(decoder: SSEDecoder, data: bytes | None, response: httpx.Response) -> Iterator[dict[str, Any]]:
-    """Chunk mappings from SSE bytes (``None`` means end of body); raises on an error event."""
-    events = decoder.feed(data) if data is not None else decoder.close()
-    for ev in events:
-        if ev.data.strip() == "[DONE]":
-            continue
-        try:
-            payload = json.loads(ev.data)
-        except ValueError:
-            raise APIResponseValidationError("malformed event in stream", request=response.request) from None
-        if isinstance(payload, dict) and payload.get("error"):  # as the SDKs: any truthy "error"
-            raise _stream_error(payload, response)
-        if isinstance(payload, dict):
-            yield payload
+def _payload(data: str, response: httpx.Response) -> dict[str, Any] | None:
+    """One SSE ``data:`` payload as a chunk mapping; ``None`` for ``[DONE]`` (and anything that is
+    not an object); raises on an error event or a malformed one."""
+    try:
+        payload = json.loads(data)
+    except ValueError:
+        if data.strip() == "[DONE]":  # tried after the parse: it comes once a stream, deltas every time
+            return None
+        raise APIResponseValidationError("malformed event in stream", request=response.request) from None
+    if type(payload) is not dict:
+        return None
+    if payload.get("error"):  # as the SDKs: any truthy "error"
+        raise _stream_error(payload, response)
+    return payload
 
 
 class Stream:
@@ -160,10 +160,15 @@ class Stream:
 
     def _chunks(self) -> Generator[dict[str, Any], None, None]:
         decoder = SSEDecoder()
+        response = self.response
         try:
-            for data in self.response.iter_bytes():
-                yield from _chunks_from(decoder, data, self.response)
-            yield from _chunks_from(decoder, None, self.response)
+            for data in response.iter_bytes():
+                for ev in decoder.feed(data):
+                    if (payload := _payload(ev.data, response)) is not None:
+                        yield payload
+            for ev in decoder.close():
+                if (payload := _payload(ev.data, response)) is not None:
+                    yield payload
         except httpx.TimeoutException:
             raise APITimeoutError(self.response.request) from None
         except httpx.TransportError as exc:
@@ -197,12 +202,15 @@ class AsyncStream:
 
     async def _chunks(self) -> AsyncGenerator[dict[str, Any], None]:
         decoder = SSEDecoder()
+        response = self.response
         try:
-            async for data in self.response.aiter_bytes():
-                for chunk in _chunks_from(decoder, data, self.response):
-                    yield chunk
-            for chunk in _chunks_from(decoder, None, self.response):
-                yield chunk
+            async for data in response.aiter_bytes():
+                for ev in decoder.feed(data):
+                    if (payload := _payload(ev.data, response)) is not None:
+                        yield payload
+            for ev in decoder.close():
+                if (payload := _payload(ev.data, response)) is not None:
+                    yield payload
         except httpx.TimeoutException:
             raise APITimeoutError(self.response.request) from None
         except httpx.TransportError as exc:

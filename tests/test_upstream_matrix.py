@@ -120,7 +120,7 @@ BUGS = {
     "B4": "fixed bug: an in-stream error event whose 'error' is not an object ({'error': '<text>'}) is an "
           "error to the SDKs (they raise APIStatusError) but not to the ledger: the transport records "
           "incomplete/ok instead of error, and CerebrasClient yields it as a chunk and raises nothing "
-          "(fix: ledger/transport.py Attempt.read_event and ledger/client.py _chunks_from)",
+          "(fix: ledger/transport.py Attempt.read_event and ledger/client.py _payload)",
 }
 
 
