@@ -509,7 +509,7 @@ class _Recorder:
             headers = request.headers
             # Ours, so removed first and always: they never leave the process, chat or not.
             raw_project = raw_tags = None
-            if any(k[:9].lower() == b"x-ledger-" for k, _ in headers.raw):  # one cheap pass
+            if b"x-ledger-" in b"\n".join([k for k, _ in headers.raw]).lower():  # one cheap pass
                 raw_project = headers.pop(PROJECT_HEADER, None)
                 raw_tags = headers.pop(TAGS_HEADER, None)
             target = _target(request)
@@ -572,11 +572,16 @@ def _requested_model(request: Any) -> str | None:
     the API refuses; its error event then names that value as the requested model.)"""
     try:
         content = request.content
-        if len(content) > PARSE_LIMIT or content.count(b'"model"') == 1:
+        big = len(content) > PARSE_LIMIT
+        first = content.find(b'"model"')
+        if first >= 0 and (big or content.find(b'"model"', first + 7) < 0):
             # Big, or only one "model" in it: the scan finds what a parse would, far cheaper.
-            found = _MODEL_KEY.search(content)
-            if found or len(content) > PARSE_LIMIT:
-                return json.loads(found.group(1)) if found else None
+            found = _MODEL_KEY.search(content, first)
+            if found:
+                value = found.group(1)
+                return value[1:-1].decode() if _PLAIN_STRING.fullmatch(value) else json.loads(value)
+        if big:
+            return None
         body = json.loads(content)
     except Exception:
         return None
@@ -586,6 +591,7 @@ def _requested_model(request: Any) -> str | None:
 
 PARSE_LIMIT = 64 * 1024
 _MODEL_KEY = re.compile(rb'"model"\s*:\s*("(?:[^"\\]|\\.)*")')
+_PLAIN_STRING = re.compile(rb'"[ -!#-\[\]-~]*"')  # printable ASCII, no escapes: its JSON value is itself
 
 
 class RecordingTransport(httpx.BaseTransport):

@@ -753,12 +753,17 @@ def test_requested_model_of_odd_request_bodies(sqlite_env: str, upstream: StandI
     escaped = {"messages": [{"role": "user", "content": 'say "model": "fake" please'}], "model": "qwen-3-32b"}
     big = {"messages": [{"role": "user", "content": "x" * 70_000}], "model": "llama3.1-8b"}
     not_text = {"model": 7, "messages": MSG}
-    cases = [(nested_first, "gpt-oss-120b"), (escaped, "qwen-3-32b"), (big, "llama3.1-8b"), (not_text, None)]
+    # a value with escapes (read as JSON, not as its bytes), and one in raw UTF-8
+    escaped_value = b'{"model": "gpt\\u002doss\\"q\\"", "messages": []}'
+    utf8_value = '{"model": "modèle-ü", "messages": []}'.encode()
+    cases = [(nested_first, "gpt-oss-120b"), (escaped, "qwen-3-32b"), (big, "llama3.1-8b"), (not_text, None),
+             (escaped_value, 'gpt-oss"q"'), (utf8_value, "modèle-ü")]
     http = ledger.instrument(httpx.Client(), project="odd-bodies")
     with http:
         for body, _ in cases:
             upstream.queue("not_found")
-            r = http.post(f"{upstream.base_url}/v1/chat/completions", content=json.dumps(body).encode(),
+            content = body if isinstance(body, bytes) else json.dumps(body).encode()
+            r = http.post(f"{upstream.base_url}/v1/chat/completions", content=content,
                           headers={"authorization": f"Bearer {API_KEY}", "content-type": "application/json"})
             assert r.status_code == 404
         assert http._transport.journal.flush(10)  # type: ignore[attr-defined]
