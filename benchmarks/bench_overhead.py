@@ -9,6 +9,10 @@ in the "CPU/call incl. writer" rows (this process's CPU, all threads, per call, 
 writer process's with ``LEDGER_WRITER=process``, read from /proc). Each ledger variant runs
 twice: with the default writer thread, and with the writer process ("writer process" rows).
 
+``CerebrasClient`` sends through its transport directly, without ``httpx.Client``'s per-request
+layer, so it can be faster than the bare httpx call; the "recording cost" rows compare it with the
+same client whose transport records nothing, which isolates what recording costs.
+
 On loopback a call takes about a millisecond, so these ratios are a worst case: against the real
 API (tens to hundreds of milliseconds a call) the same absolute overhead is a far smaller ratio.
 """
@@ -85,10 +89,17 @@ def _bare(url: str, stream: bool) -> Callable[[], Any]:
     return call_stream
 
 
-def _wrapper(url: str, db: str, spool: str, stream: bool) -> tuple[Callable[[], Any], Callable[[], Any], Any]:
+def _wrapper(url: str, db: str, spool: str, stream: bool,
+             record: bool = True) -> tuple[Callable[[], Any], Callable[[], Any], Any]:
+    """``CerebrasClient`` calls; with ``record=False`` its recording transport is swapped for a
+    plain ``httpx.HTTPTransport``: the baseline that isolates what recording costs in the client."""
+    import httpx
+
     import ledger
 
     client = ledger.CerebrasClient("bench", api_key="k", base_url=url, database_url=db, spool_dir=spool)
+    if not record:
+        client.transport = httpx.HTTPTransport()  # type: ignore[assignment]
     create = client.chat.completions.create
     if not stream:
         def call() -> Any:
@@ -99,6 +110,8 @@ def _wrapper(url: str, db: str, spool: str, stream: bool) -> tuple[Callable[[], 
             for chunk in create(model=MODEL, messages=MESSAGES, stream=True):
                 last = chunk
             return last
+    if not record:
+        return call, None, None  # type: ignore[return-value]
     return call, lambda: client.flush(60), _writer_cpu(client.transport.journal)
 
 
@@ -258,7 +271,9 @@ def main(quick: bool) -> dict[str, Any]:
             for mode, stream in (("non-stream", False), ("stream", True)):
                 bare = Variant("bare httpx", _bare(url, stream))
                 sdk_bare = Variant("SDK without instrument()", _sdk(url, stream, None, None)[0])
-                variants = [bare, sdk_bare]
+                plain = Variant("CerebrasClient without recording",
+                                _wrapper(url, f"sqlite:///{tmp}/unused.db", f"{tmp}/spool-unused", stream, False)[0])
+                variants = [bare, sdk_bare, plain]
                 per_backend = {}
                 for bname, (db, spool) in backends.items():
                     for writer in ("thread", "process"):
@@ -276,6 +291,8 @@ def main(quick: bool) -> dict[str, Any]:
                 for bname, (w, s) in per_backend.items():
                     rows += _compare(fig, "CerebrasClient", mode, bname, w, bare, 1.10)
                     rows += _compare(fig, "SDK+instrument()", mode, bname, s, sdk_bare, 1.05)
+                    rows += _compare(fig, "CerebrasClient recording cost", mode, bname, w, plain, 0,
+                                     drain_rows=False)
                 if lite is not None:
                     rows += _compare(fig, "LiteLLM+cost (peer)", mode, "no ledger", lite, bare, 0)
                 notes[f"{mode} medians_us"] = {v.name: round(median(v.times) * 1e6, 1) for v in variants}

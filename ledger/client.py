@@ -9,6 +9,16 @@ the official SDKs, so each attempt (retries included) becomes exactly one event.
 
 Like the SDK, the client retries connection errors, timeouts, 408, 409, 429 and 5xx up to
 ``max_retries`` times (default 2) with exponential back-off, honouring ``retry-after``.
+
+The client sends through its transport directly (``transport.handle_request(request)``, httpx's
+public transport API), not through an ``httpx.Client``: it needs none of what the Client layer
+adds per request (merging default URL, headers and cookies, auth and redirect flows, event hooks,
+a cookie jar), and that layer costs about 0.15–0.25 ms a call, more than the recording does (see
+the README's benchmarks). Consequences, by decision: no cookies are kept between calls (the API
+sets none), redirects are not followed (as with httpx's own default), and proxies come only from
+what you mount yourself (as before: an ``httpx.Client`` given a transport ignores
+``HTTPS_PROXY``); to go through a proxy, instrument your own ``httpx.Client`` with
+:func:`ledger.instrument` and use the official SDK.
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ from urllib.parse import quote
 
 import httpx
 
+from ._version import __version__
 from .config import ConfigError, check_project
 from .errors import (
     APIConnectionError,
@@ -64,16 +75,19 @@ class _Settings:
         else:
             self.url = target
             secret = self.api_key or ""
+        self.parsed_url = httpx.URL(self.url)
         self.headers = {"authorization": f"Bearer {secret}", "content-type": "application/json",
-                        "accept": "application/json"}
+                        "accept": "application/json", "accept-encoding": "gzip, deflate",
+                        "user-agent": f"cerebras-ledger/{__version__}"}
 
     @property
     def route(self) -> str:
         return "lava" if self.forward_token else "cerebras"
 
-    def build(self, http: httpx.Client | httpx.AsyncClient, model: str, messages: Any, stream: bool,
-              extra_headers: Mapping[str, str] | None, timeout: Any, tags: Mapping[str, Any] | None,
-              project: str | None, params: dict[str, Any]) -> httpx.Request:
+    def build(self, model: str, messages: Any, stream: bool, extra_headers: Mapping[str, str] | None,
+              timeout: dict[str, float | None], tags: Mapping[str, Any] | None, project: str | None,
+              params: dict[str, Any]) -> httpx.Request:
+        """The request of one call (sent as is by every attempt of it)."""
         body: dict[str, Any] = {"model": model, "messages": messages, **params}
         if stream:
             body["stream"] = True
@@ -82,12 +96,23 @@ class _Settings:
             headers["accept"] = "text/event-stream"
         if extra_headers:
             headers.update(extra_headers)
-        ext = {"ledger": {"project": check_project(project) if project else None, "tags": tags, "model": model}}
-        kwargs: dict[str, Any] = {}
-        if timeout is not None:
-            kwargs["timeout"] = timeout
-        return http.build_request("POST", self.url, content=json.dumps(body).encode(), headers=headers,
-                                  extensions=ext, **kwargs)
+        ext = {"ledger": {"project": check_project(project) if project else None, "tags": tags, "model": model},
+               "timeout": timeout}
+        return httpx.Request("POST", self.parsed_url, content=json.dumps(body).encode(), headers=headers,
+                             extensions=ext)
+
+
+def _attach(exc: httpx.RequestError, request: httpx.Request) -> None:
+    """Give a transport error its request, as ``httpx.Client`` does (callers read ``exc.request``)."""
+    try:
+        exc.request  # noqa: B018 - the property raises when unset
+    except RuntimeError:
+        exc.request = request
+
+
+def _timeout(value: Any) -> dict[str, float | None]:
+    """A timeout (seconds, an ``httpx.Timeout`` or ``None`` for none) as the transport takes it."""
+    return httpx.Timeout(value).as_dict()
 
 
 def _retry_delay(attempt: int, response: httpx.Response | None) -> float:
@@ -245,11 +270,12 @@ class _Completions:
                **params: Any) -> Any:
         """Send a chat completion; a dict, or a :class:`Stream` of chunk dicts when ``stream=True``."""
         c = self._client
-        request = c._settings.build(c._http, model, messages, stream, extra_headers, timeout, tags, project, params)
+        request = c._settings.build(model, messages, stream, extra_headers,
+                                    c._timeout if timeout is None else _timeout(timeout), tags, project, params)
         for attempt in range(c.max_retries + 1):
             last = attempt == c.max_retries
             try:
-                response = c._http.send(request, stream=True)
+                response = c._send(request)
             except httpx.TimeoutException:
                 if last:
                     raise APITimeoutError(request) from None
@@ -319,7 +345,8 @@ class CerebrasClient:
         self.transport = RecordingTransport(httpx.HTTPTransport(), project=self._settings.project, tags=tags,
                                             database_url=database_url, spool_dir=spool_dir, source="wrapper",
                                             flush_timeout=flush_timeout)
-        self._http = httpx.Client(transport=self.transport, timeout=timeout)
+        self._timeout = _timeout(timeout)
+        self._closed = False
         self.max_retries = max_retries
         self.chat = _Chat(self)
 
@@ -331,8 +358,23 @@ class CerebrasClient:
         """Wait until every recorded event is in the database (they are safe in the spool anyway)."""
         return self.transport.journal.flush(timeout)
 
+    def _send(self, request: httpx.Request) -> httpx.Response:
+        """One attempt, straight through the transport; the response body is not read yet."""
+        if self._closed:
+            raise RuntimeError("Cannot send a request, as the client has been closed.")
+        try:
+            response: httpx.Response = self.transport.handle_request(request)
+        except httpx.RequestError as exc:
+            _attach(exc, request)
+            raise
+        response.request = request
+        return response
+
     def close(self) -> None:
-        self._http.close()
+        """Close the connections and write what was recorded (see ``flush_timeout``)."""
+        if not self._closed:
+            self._closed = True
+            self.transport.close()
 
     def __enter__(self) -> CerebrasClient:
         return self
@@ -353,11 +395,12 @@ class _AsyncCompletions:
         import asyncio  # here, not at the top: asyncio costs 60 ms to import, and sync callers never need it
 
         c = self._client
-        request = c._settings.build(c._http, model, messages, stream, extra_headers, timeout, tags, project, params)
+        request = c._settings.build(model, messages, stream, extra_headers,
+                                    c._timeout if timeout is None else _timeout(timeout), tags, project, params)
         for attempt in range(c.max_retries + 1):
             last = attempt == c.max_retries
             try:
-                response = await c._http.send(request, stream=True)
+                response = await c._send(request)
             except httpx.TimeoutException:
                 if last:
                     raise APITimeoutError(request) from None
@@ -401,7 +444,8 @@ class AsyncCerebrasClient:
         self.transport = AsyncRecordingTransport(httpx.AsyncHTTPTransport(), project=self._settings.project,
                                                  tags=tags, database_url=database_url, spool_dir=spool_dir,
                                                  source="wrapper", flush_timeout=flush_timeout)
-        self._http = httpx.AsyncClient(transport=self.transport, timeout=timeout)
+        self._timeout = _timeout(timeout)
+        self._closed = False
         self.max_retries = max_retries
         self.chat = _AsyncChat(self)
 
@@ -414,8 +458,21 @@ class AsyncCerebrasClient:
 
         return await asyncio.to_thread(self.transport.journal.flush, timeout)
 
+    async def _send(self, request: httpx.Request) -> httpx.Response:
+        if self._closed:
+            raise RuntimeError("Cannot send a request, as the client has been closed.")
+        try:
+            response: httpx.Response = await self.transport.handle_async_request(request)
+        except httpx.RequestError as exc:
+            _attach(exc, request)
+            raise
+        response.request = request
+        return response
+
     async def close(self) -> None:
-        await self._http.aclose()
+        if not self._closed:
+            self._closed = True
+            await self.transport.aclose()
 
     async def __aenter__(self) -> AsyncCerebrasClient:
         return self

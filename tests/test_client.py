@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 
+import httpx
 import pytest
 
 import ledger
@@ -217,8 +218,41 @@ def test_gzip_body_is_read(ledger_env: dict[str, str], upstream: StandIn) -> Non
 
 def test_connection_refused_is_recorded_and_raised(ledger_env: dict[str, str]) -> None:
     with ledger.CerebrasClient("p", api_key="k", base_url="http://127.0.0.1:9", max_retries=0) as client:
-        with pytest.raises(ledger.APIConnectionError):
+        with pytest.raises(ledger.APIConnectionError) as info:
             client.chat.completions.create(model="gpt-oss-120b", messages=MSG)
         assert client.flush(10)
+    # as through httpx.Client: the transport's error carries the request it failed on
+    cause = info.value.__cause__
+    assert isinstance(cause, httpx.ConnectError)
+    assert str(cause.request.url) == "http://127.0.0.1:9/v1/chat/completions"
     (row,) = fetch_events(ledger_env["LEDGER_DATABASE_URL"])
     assert row["status"] == "error" and row["http_status"] is None and row["error_type"] == "ConnectError"
+
+
+def test_request_is_built_as_httpx_client_would_send_it() -> None:
+    """The client sends through its transport, without httpx.Client: the request carries what
+    the Client layer would have added (host, length, timeout) plus our own agent and encodings."""
+    client = ledger.CerebrasClient("p", api_key="sk-x", base_url="http://127.0.0.1:9", timeout=7.5,
+                                   database_url="sqlite:///:memory:")
+    try:
+        req = client._settings.build("m", MSG, False, {"x-extra": "1"}, client._timeout, None, None, {"seed": 3})
+        assert req.method == "POST" and str(req.url) == "http://127.0.0.1:9/v1/chat/completions"
+        assert req.headers["host"] == "127.0.0.1:9" and int(req.headers["content-length"]) == len(req.content)
+        assert req.headers["user-agent"].startswith("cerebras-ledger/")
+        assert req.headers["accept-encoding"] == "gzip, deflate" and req.headers["x-extra"] == "1"
+        assert req.headers["authorization"] == "Bearer sk-x"
+        assert json.loads(req.content) == {"model": "m", "messages": MSG, "seed": 3}
+        assert req.extensions["timeout"] == {"connect": 7.5, "read": 7.5, "write": 7.5, "pool": 7.5}
+        stream = client._settings.build("m", MSG, True, None, {"read": 1.0}, None, None, {})
+        assert stream.headers["accept"] == "text/event-stream" and json.loads(stream.content)["stream"] is True
+    finally:
+        client.close()
+
+
+def test_closed_client_refuses_calls(ledger_env: dict[str, str], upstream: StandIn) -> None:
+    client = _client(upstream, "cerebras")
+    client.close()  # type: ignore[attr-defined]
+    client.close()  # type: ignore[attr-defined]  # twice is fine
+    with pytest.raises(RuntimeError, match="closed"):
+        client.chat.completions.create(model="gpt-oss-120b", messages=MSG)  # type: ignore[attr-defined]
+    assert upstream.requests == 0 and client.transport.journal.pending() == 0  # type: ignore[attr-defined]
