@@ -156,7 +156,10 @@ def _lock(conn: Connection) -> None:
         conn.execute(select(func.pg_advisory_xact_lock(literal(ROLLUP_LOCK_KEY))))
 
 
-def _by_index(conn: Connection) -> None:
+BIG_CHUNK_EVENTS = 100_000  # a chunk this big is summed as the planner sees fit (see _by_index)
+
+
+def _by_index(conn: Connection, on: bool = True) -> None:
     """On PostgreSQL, make this transaction read ``events`` and ``event_tags`` through their
     indexes -- a chunk's events by ``ix_events_batch_id``, their tags by ``event_tags``'s primary
     key (see :func:`_tag_select`) -- and without JIT compilation.
@@ -168,10 +171,15 @@ def _by_index(conn: Connection) -> None:
     costs past the JIT thresholds, and compiling them took longer than running them. (In a
     ten-minute soak on PostgreSQL the rollups fell minutes behind; a 10-batch run on a 1.3 M-event
     ledger took 0.4 s, and 0.02 s by index.) ``SET LOCAL`` ends with the transaction. SQLite
-    already looks ``batch_id IN (…)`` up by its index."""
+    already looks ``batch_id IN (…)`` up by its index.
+
+    ``on=False`` lifts that again (JIT stays off) for a chunk of :data:`BIG_CHUNK_EVENTS` or
+    more -- a backlog after an outage, or an import -- whose tags are then joined plainly, not
+    event by event: for such a chunk scanning and hashing is what the planner rightly picks."""
     if conn.dialect.name == "postgresql":
-        for setting in ("enable_seqscan", "enable_hashjoin", "enable_mergejoin", "jit"):
-            conn.execute(text(f"SET LOCAL {setting} = off"))
+        for setting in ("enable_seqscan", "enable_hashjoin", "enable_mergejoin"):
+            conn.execute(text(f"SET LOCAL {setting} = {'off' if on else 'on'}"))
+        conn.execute(text("SET LOCAL jit = off"))
 
 
 def rollup_once(engine: Engine, max_batches: int = BATCHES_PER_RUN) -> RollupResult:
@@ -188,10 +196,13 @@ def rollup_once(engine: Engine, max_batches: int = BATCHES_PER_RUN) -> RollupRes
         count = conn.execute(
             select(func.count()).select_from(EventRow.__table__).where(EventRow.__table__.c.batch_id.in_(batch_ids))
         ).scalar_one()
+        big = count >= BIG_CHUNK_EVENTS
+        if big:
+            _by_index(conn, on=False)
         _upsert(conn, UsageRollupRow.__table__, ROLLUP_KEY, ROLLUP_MEASURES, _usage_select(batch_ids))
         _upsert(conn, TagRollupRow.__table__, ("bucket", "project", "key", "value"),
                 ("events", "total_tokens", "cost_nanos"),
-                _tag_select(batch_ids, lateral=conn.dialect.name == "postgresql"))
+                _tag_select(batch_ids, lateral=conn.dialect.name == "postgresql" and not big))
         conn.execute(update(IngestBatchRow).where(b.batch_id.in_(batch_ids)).values(rolled_up=True))
         return RollupResult(len(batch_ids), int(count))
 
