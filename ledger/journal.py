@@ -453,9 +453,7 @@ class Journal:
                 self._drain_overflow()
                 self._drain_to(self._written)
                 self._rotate_if_due()
-                if self._problem:
-                    log.warning("ledger: database %s is back; spool drained", redact_url(self.url))
-                    self._problem = None
+                self._back()
                 backoff = 0.1
             except Exception as exc:  # the writer must never die
                 self._note_problem(exc)
@@ -474,6 +472,13 @@ class Journal:
                     continue
                 return
             self._hurry.wait(LINGER_S)
+
+    def _back(self) -> None:
+        """Say once that the database takes writes again. Called after a batch is written and
+        before the checkpoint moves, so a :meth:`flush` that returns has the recovery logged."""
+        if self._problem:
+            log.warning("ledger: database %s is back; writing the events that waited", redact_url(self.url))
+            self._problem = None
 
     def _note_problem(self, exc: BaseException) -> None:
         from .store import SchemaError
@@ -499,6 +504,7 @@ class Journal:
         while self._overflow:
             batch = list(self._overflow)[:BATCH_EVENTS]
             _write_lines(self._sink, self._reject, batch)
+            self._back()
             for _ in batch:
                 if self._overflow:  # close() may have moved them to the spool meanwhile
                     self._overflow.popleft()
@@ -519,6 +525,7 @@ class Journal:
         lines = lines[:BATCH_EVENTS]
         used = sum(len(x) + 1 for x in lines)
         _write_lines(self._sink, self._reject, lines, trusted=True)  # our own, just written
+        self._back()
         self._committed += used
         try:
             _write_checkpoint(self._ckpt_fd, self._committed)

@@ -28,6 +28,7 @@ import select
 import signal
 import sys
 from pathlib import Path
+from typing import Callable
 
 from . import journal
 from .config import redact_url
@@ -44,8 +45,9 @@ class _Segment:
         self.ckpt_fd = os.open(path.with_suffix(".ckpt"), os.O_RDWR | os.O_CREAT, 0o600)
         self.offset = journal._read_checkpoint(path.with_suffix(".ckpt"))
 
-    def drain(self, sink: journal._Sink, reject: journal._Reject) -> None:
-        """Write every complete line past the checkpoint (the size now is the round's end)."""
+    def drain(self, sink: journal._Sink, reject: journal._Reject, wrote: Callable[[], None]) -> None:
+        """Write every complete line past the checkpoint (the size now is the round's end);
+        ``wrote`` is called after each batch reaches the database, before the checkpoint moves."""
         end = os.fstat(self.fd).st_size
         while self.offset < end:
             data = os.pread(self.fd, min(journal.READ_BYTES, end - self.offset), self.offset)
@@ -55,6 +57,7 @@ class _Segment:
             lines = lines[:journal.BATCH_EVENTS]
             used = sum(len(x) + 1 for x in lines)
             journal._write_lines(sink, reject, lines, trusted=True)  # the parent's own lines
+            wrote()
             self.offset += used
             journal._write_checkpoint(self.ckpt_fd, self.offset)
 
@@ -81,13 +84,18 @@ def run(url: str, folder: Path, segment: Path) -> int:
     problem: str | None = None
     backoff = 0.1
     open_input = True
+
+    def back() -> None:  # logged before the checkpoint moves: a flush that returns has it said
+        nonlocal problem
+        if problem:
+            log.warning("ledger writer: database %s is back", redact_url(url))
+            problem = None
+
     try:
         while True:
             try:
-                seg.drain(sink, reject)
-                if problem:
-                    log.warning("ledger writer: database %s is back", redact_url(url))
-                    problem = None
+                seg.drain(sink, reject, back)
+                back()
                 backoff = 0.1
                 wait = journal.LINGER_S
             except Exception as exc:  # the writer must never die on a database problem
