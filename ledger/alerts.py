@@ -4,8 +4,16 @@
 optional paid-spend budget per month and per day (exact :class:`~ledger.money.Money`),
 thresholds in percent (default 50, 80, 100), the IANA time zone its days and months are counted
 in (default UTC), a ``free_only`` flag (the project should only ever call free models) and a
-``hard`` flag (stored for the wrapper; nothing here enforces it). A budget with no amounts
-still watches for spikes and, with ``free_only``, for paid calls.
+``hard`` flag (see below). A budget with no amounts still watches for spikes and, with
+``free_only``, for paid calls.
+
+**Hard budgets.** :func:`check` also keeps the ``budget_stops`` table (:func:`update_stops`):
+a row for every ``hard`` budget whose paid spend this local month has reached its monthly
+amount (exactly: ``spent ≥ budget`` in nano-dollars), with
+the month's end in UTC; none for any other project. Setting or removing a budget deletes its
+row at once (the next check puts it back if it is still spent). The wrapper refuses the
+project's paid-model calls while a row is in force; how that reaches the call path, and how
+fresh it is, is :mod:`ledger.stops`'s docstring.
 
 **Paid spend** is the sum of ``cost_nanos`` over ``usage_rollup`` rows with ``free = false``:
 priced usage of non-free models plus the cost deltas of correction rows (the same figure as
@@ -94,7 +102,8 @@ from .config import ConfigError, check_project
 from .events import new_event_id
 from .money import Money, MoneyError, usd
 from .rollup import rollup
-from .schema import AlertRow, BudgetRow, UsageRollupRow
+from .schema import AlertRow, BudgetRow, BudgetStopRow, UsageRollupRow
+from .stops import Stop, read_stops
 from .store import read_snapshot, write_transaction
 
 __all__ = [
@@ -118,6 +127,7 @@ __all__ = [
     "remove_budget",
     "run_checks",
     "set_budget",
+    "update_stops",
     "sign",
     "webhook_from_env",
 ]
@@ -273,6 +283,7 @@ def set_budget(
                 index_elements=["project"], set_={k: v for k, v in values.items() if k != "project"}
             )
         )
+        conn.execute(delete(BudgetStopRow).where(BudgetStopRow.__table__.c.project == project))
     return budget
 
 
@@ -289,6 +300,7 @@ def list_budgets(conn: Connection) -> list[Budget]:
 def remove_budget(engine: Engine, project: str) -> bool:
     """Remove ``project``'s budget; its alerts stay. Returns whether there was one."""
     with write_transaction(engine) as conn:
+        conn.execute(delete(BudgetStopRow).where(BudgetStopRow.__table__.c.project == project))
         result = conn.execute(delete(BudgetRow).where(BudgetRow.__table__.c.project == project))
         return bool(result.rowcount)
 
@@ -919,8 +931,44 @@ def check(
     """Roll up, fire due alerts, then deliver the outbox to ``webhook`` (if any)."""
     rollup(engine)
     created = evaluate(engine, now=now, spike=spike, projects=projects)
+    update_stops(engine, now=now, projects=projects)
     result = deliver(engine, webhook, now=now) if deliver_now else DeliveryResult()
     return created, result
+
+
+# -- hard budgets --------------------------------------------------------------------------------
+
+
+def update_stops(engine: Engine, *, now: datetime | None = None, projects: Sequence[str] | None = None) -> list[Stop]:
+    """Keep ``budget_stops`` true to the rollups (see the module docstring) and return the stops
+    in force. A project stopped for the first time is logged (``ledger.alerts``, WARNING)."""
+    when = _now(now)
+    t = BudgetStopRow.__table__
+    with write_transaction(engine) as conn:
+        budgets = [b for b in list_budgets(conn) if (projects is None or b.project in projects)]
+        stops: list[Stop] = []
+        for b in budgets:
+            if not b.hard or b.monthly is None:
+                continue
+            start, end = _month_bounds(when.astimezone(b.zone).date(), b.zone)
+            spent, _ = _paid(conn, b.project, start, end)
+            if spent >= b.monthly.nanos:
+                stops.append(Stop(b.project, start.astimezone(b.zone).strftime("%Y-%m"), end, b.monthly,
+                                  Money(spent)))
+        held = {r.project: r.period for r in conn.execute(select(t.c.project, t.c.period))}
+        keep = {s.project for s in stops}
+        gone = [p for p in held if p not in keep and (projects is None or p in projects)]
+        if gone:
+            conn.execute(delete(BudgetStopRow).where(t.c.project.in_(gone)))
+        for s in stops:
+            values = {"period": s.period, "until": s.until, "budget_nanos": s.budget.nanos,
+                      "spent_nanos": s.spent.nanos, "updated_at": when}
+            conn.execute(_insert(conn, t).values(project=s.project, **values)
+                         .on_conflict_do_update(index_elements=["project"], set_=values))
+            if held.get(s.project) != s.period:
+                log.warning("hard budget spent: project %r has spent %s of its %s USD for %s; its paid-model "
+                            "calls are refused until %s", s.project, s.spent, s.budget, s.period, _iso(s.until))
+        return read_stops(conn, when)
 
 
 def run_checks(engine: Engine, now: datetime | None = None) -> tuple[list[Alert], DeliveryResult]:

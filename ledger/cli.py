@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import click
 
 from .config import ConfigError, database_url, redact_url
+from .stops import read_stops
 
 F = TypeVar("F", bound=Callable[..., Any])
 FORMATS = ("table", "csv", "json")
@@ -735,14 +736,19 @@ def _cli_value(parse: Callable[[str], Any]) -> Callable[[click.Context, click.Pa
     return callback
 
 
-def _budget_row(b: Any) -> dict[str, Any]:
+def _iso_z(when: Any) -> str | None:
+    return when.isoformat().replace("+00:00", "Z") if when else None
+
+
+def _budget_row(b: Any, stop: Any = None) -> dict[str, Any]:
     return {"project": b.project, "monthly_usd": None if b.monthly is None else str(b.monthly),
             "daily_usd": None if b.daily is None else str(b.daily), "thresholds": ",".join(map(str, b.thresholds)),
             "timezone": b.timezone, "free_only": b.free_only, "hard": b.hard,
-            "updated_at": b.updated_at.isoformat().replace("+00:00", "Z") if b.updated_at else None}
+            "refused_until": _iso_z(stop.until) if stop else None, "updated_at": _iso_z(b.updated_at)}
 
 
-BUDGET_COLUMNS = ["project", "monthly_usd", "daily_usd", "thresholds", "timezone", "free_only", "hard", "updated_at"]
+BUDGET_COLUMNS = ["project", "monthly_usd", "daily_usd", "thresholds", "timezone", "free_only", "hard",
+                  "refused_until", "updated_at"]
 
 
 @cli.group("budget")
@@ -767,7 +773,8 @@ def budget_group() -> None:
               help="IANA zone where days and months are counted.",
               callback=_cli_value(lambda v: _alerts().parse_timezone(v).key))
 @click.option("--free-only", is_flag=True, help="Alert on any call to a paid model.")
-@click.option("--hard", is_flag=True, help="Mark the monthly budget as hard (stored for the wrapper to enforce).")
+@click.option("--hard", is_flag=True, help="Refuse the project's paid-model calls once the monthly budget is spent "
+              "(takes effect after the next alerts check).")
 @click.pass_context
 def budget_set(ctx: click.Context, project: str, monthly: Any, daily: Any, thresholds: tuple[int, ...], tz: str,
                free_only: bool, hard: bool) -> None:
@@ -795,14 +802,16 @@ def budget_set(ctx: click.Context, project: str, monthly: Any, daily: Any, thres
 @format_option()
 @click.pass_context
 def budget_list(ctx: click.Context, fmt: str) -> None:
-    """List every project's budget.
+    """List every project's budget; refused_until is set while a hard budget is spent
+    (as of the last alerts check).
 
     \b
     Example:
       cerebras-ledger budget list --format json
     """
     with _engine(ctx) as engine, engine.connect() as conn:
-        rows = [_budget_row(b) for b in _alerts().list_budgets(conn)]
+        stops = {s.project: s for s in read_stops(conn, datetime.now(UTC))}
+        rows = [_budget_row(b, stops.get(b.project)) for b in _alerts().list_budgets(conn)]
     _rows_out(rows, fmt, BUDGET_COLUMNS)
 
 
@@ -886,6 +895,10 @@ def alerts_check(ctx: click.Context, now_: str | None, spike_factor: str, spike_
     rows = [_alert_row(a) for a in created]
     if fmt == "table":
         click.echo(f"{len(created)} new alert(s)")
+        with _engine(ctx) as engine, engine.connect() as conn:
+            for stop in read_stops(conn, now or datetime.now(UTC)):
+                click.echo(f"hard budget spent: {stop.project!r} ({stop.spent} of {stop.budget} USD in "
+                           f"{stop.period}); paid-model calls refused until {_iso_z(stop.until)}")
     if rows or fmt != "table":
         _rows_out(rows, fmt, ALERT_COLUMNS[:5] + ["message", "alert_id"])
     if webhook is None:

@@ -19,6 +19,7 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "BudgetExceededError",
     "ConflictError",
     "InternalServerError",
     "NotFoundError",
@@ -100,6 +101,12 @@ class InternalServerError(APIStatusError):
     pass
 
 
+class BudgetExceededError(APIStatusError):
+    """Not from the upstream: the ledger refused a paid-model call because the project's hard
+    monthly budget is spent (status 402, ``code`` ``hard_budget_spent``; see :mod:`ledger.stops`).
+    Nothing was sent, and the refusal is recorded. Not retried."""
+
+
 _BY_STATUS: dict[int, type[APIStatusError]] = {
     400: BadRequestError,
     401: AuthenticationError,
@@ -119,7 +126,10 @@ def status_error(status: int, body: Any, response: httpx.Response | None) -> API
         text = inner.get("message") or inner.get("detail")
         if isinstance(text, str):
             message = f"{message} - {text}"
-    return status_class(status)(message, response=response, body=body, status_code=status)
+    cls = status_class(status)
+    if status == 402 and response is not None and response.headers.get("x-ledger-refused"):
+        cls = BudgetExceededError
+    return cls(message, response=response, body=body, status_code=status)
 
 
 def status_class(status: int) -> type[APIStatusError]:

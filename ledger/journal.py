@@ -45,11 +45,12 @@ from typing import TYPE_CHECKING, Any
 
 from .config import ConfigError, private_dir, redact_url, spool_dir
 from .events import F_ID, CallEvent, EventDecodeError, decode_fields, encode
+from .stops import STOP_FILE, StopList
 
 if TYPE_CHECKING:
     import subprocess
 
-    from sqlalchemy import Engine
+    from sqlalchemy import Connection, Engine
 
     from .pricing import PriceBook
 
@@ -96,6 +97,8 @@ class _Sink:
         self._engine: Engine | None = None
         self._book: PriceBook | None = None
         self._book_at = 0.0
+        self._stops_due = 0.0
+        self._stops_problem = False
 
     def engine(self) -> Engine:
         if self._engine is None:
@@ -118,13 +121,39 @@ class _Sink:
         engine = self.engine()
         now = datetime.now(UTC)
         with store.write_transaction(engine) as conn:
-            if self._book is None or time.monotonic() - self._book_at > PRICE_REFRESH_S:
-                self._book = store.load_price_book(conn)
-                self._book_at = time.monotonic()
+            book = self.price_book(conn)
             try:
-                store.insert_spooled(conn, records, self._book, now)
+                store.insert_spooled(conn, records, book, now)
             except (ValueError, TypeError, ArithmeticError) as exc:  # priced out of range, bad field
                 raise BadEvent(str(exc)) from exc
+
+    def price_book(self, conn: Connection) -> PriceBook:
+        """The price book, re-read from ``conn`` when older than :data:`PRICE_REFRESH_S`."""
+        if self._book is None or time.monotonic() - self._book_at > PRICE_REFRESH_S:
+            from . import store
+
+            self._book = store.load_price_book(conn)
+            self._book_at = time.monotonic()
+        return self._book
+
+    def refresh_stops(self, folder: Path) -> None:
+        """Publish the hard-budget stop file (:mod:`ledger.stops`) when due, once this sink has
+        reached the database (a process that has written nothing yet does not connect for it).
+        A failure is logged once and leaves the last file in place; it never stops the writer."""
+        if self._engine is None or time.monotonic() < self._stops_due:
+            return
+        from . import stops, store
+
+        self._stops_due = time.monotonic() + stops.REFRESH_S
+        try:
+            with store.read_snapshot(self._engine) as conn:
+                stops.refresh(conn, lambda: self.price_book(conn), folder)
+            self._stops_problem = False
+        except Exception as exc:  # noqa: BLE001 - the writer must never die
+            if not self._stops_problem:
+                log.warning("ledger: cannot refresh the hard-budget stop list in %s (%s: %s); the last one "
+                            "stays in force", folder, type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
+                self._stops_problem = True
 
     def dispose(self) -> None:
         if self._engine is not None:
@@ -314,6 +343,7 @@ class Journal:
         self.fsync = fsync
         self._sink = _Sink(url)
         self._reject = _Reject(folder)
+        self.stops = StopList(folder / STOP_FILE)  # hard budgets, read on the call path
         self._lock = threading.Lock()
         self._cond = threading.Condition(threading.Lock())
         self._wake = threading.Event()
@@ -454,6 +484,7 @@ class Journal:
                 self._drain_to(self._written)
                 self._rotate_if_due()
                 self._back()
+                self._sink.refresh_stops(self.folder)
                 backoff = 0.1
             except Exception as exc:  # the writer must never die
                 self._note_problem(exc)

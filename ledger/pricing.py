@@ -169,6 +169,15 @@ class PriceBook:
     def points(self) -> list[PricePoint]:
         return [p for k in sorted(self._points) for p in self._points[k]]
 
+    def books(self) -> list[str]:
+        """The names of the books that have points."""
+        return sorted({book for book, _ in self._points})
+
+    def free_models(self, book: str, at: datetime) -> frozenset[str]:
+        """Every name (model or alias) that :meth:`price_for` finds free in ``book`` at ``at``."""
+        names = {alias for b, model in self._points if b == book for alias in model_names(model)}
+        return frozenset(n for n in names if (p := self.price_for(book, n, at)) is not None and p.free)
+
     def price_for(self, book: str, model: str | None, at: datetime) -> PricePoint | None:
         """The point in force for ``model`` in ``book`` at ``at``, or ``None``."""
         if not model:

@@ -50,6 +50,7 @@ __all__ = [
     "BilledBatchRow",
     "BillingExportRow",
     "BudgetRow",
+    "BudgetStopRow",
     "EventRow",
     "EventTagRow",
     "LeaseRow",
@@ -62,7 +63,7 @@ __all__ = [
 ]
 
 # The Alembic head this code writes to; tests check it equals the migrations' head.
-SCHEMA_REVISION = "0003"
+SCHEMA_REVISION = "0004"
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -280,6 +281,20 @@ class BudgetRow(Base):
     free_only: Mapped[bool] = mapped_column(Boolean)
     hard: Mapped[bool] = mapped_column(Boolean)  # refuse paid calls once the monthly budget is spent
     timezone: Mapped[str] = mapped_column(String(64))  # where "day" and "month" are counted
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class BudgetStopRow(Base):
+    """A project whose hard monthly budget is spent (kept by the alerts check; read by the
+    writer for the call path, see :mod:`ledger.stops`): paid calls refused until ``until``."""
+
+    __tablename__ = "budget_stops"
+
+    project: Mapped[str] = mapped_column(String(200), primary_key=True)
+    period: Mapped[str] = mapped_column(String(7))  # the budget's local month, e.g. "2026-11"
+    until: Mapped[datetime] = mapped_column(UTCDateTime())  # that month's end
+    budget_nanos: Mapped[int] = mapped_column(BigInteger)
+    spent_nanos: Mapped[int] = mapped_column(BigInteger)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 

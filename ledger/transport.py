@@ -43,6 +43,7 @@ from .config import ConfigError, check_project, is_lava_byok
 from .config import database_url as resolve_url
 from .events import CallEvent, Route, Status, new_event_id, normalize_tags
 from .journal import Journal, journal_for
+from .stops import Stop
 from .wire import SSEDecoder, TimeInfo, Usage, error_from, time_info_from, usage_from
 
 __all__ = ["AsyncRecordingTransport", "RecordingTransport", "instrument"]
@@ -51,6 +52,8 @@ log = logging.getLogger("ledger")
 
 PROJECT_HEADER = "x-ledger-project"
 TAGS_HEADER = "x-ledger-tags"
+REFUSED_HEADER = "x-ledger-refused"  # on the 402 the ledger answers for a spent hard budget
+REFUSAL_CODE = "hard_budget_spent"
 MAX_JSON_BODY = 16 * 1024 * 1024
 # The project of a call that names none, or whose x-ledger-project was refused: its cost is
 # kept (and shows in reports under this name) rather than lost.
@@ -151,6 +154,7 @@ class Attempt:
         self.done = False
         # The decoded JSON body, lent to the wrapper client so it need not parse it again.
         self.body: Mapping[str, Any] | None = None
+        self.refusal: Stop | None = None  # a spent hard budget: answered here, never sent
 
     def finish(self, status: Status, note: str | None = None) -> None:
         if self.done:
@@ -546,10 +550,42 @@ class _Recorder:
                 model = _requested_model(request)
             attempt = Attempt(self.journal, target, project, tags, model, self.source)
             attempt.note = "; ".join(notes) or None
-            return attempt
         except Exception:
             log.exception("ledger: could not start recording a request; it goes unrecorded")
             return None
+        try:
+            attempt.refusal = self.journal.stops.refused(project, target.book, model)
+        except Exception:
+            log.exception("ledger: could not check the hard budget of project %r; the call goes ahead", project)
+        return attempt
+
+    def refuse(self, attempt: Attempt, request: Any) -> Any:
+        """Answer a call whose project's hard budget is spent, without sending it: a 402 with a
+        Cerebras-shaped error body, recorded as an ``error`` event that costs nothing. ``None``
+        if the answer cannot be made (logged): the call then goes ahead, as if not stopped."""
+        stop = attempt.refusal
+        if stop is None:
+            return None
+        try:
+            message = stop.message(attempt.requested_model)
+            body = json.dumps({"message": message, "type": "budget_exceeded_error", "param": "model",
+                               "code": REFUSAL_CODE}).encode()
+            http = sys.modules[type(request).__module__.split(".", 1)[0]]  # httpx's or httpx2's
+            response = http.Response(402, headers=[(b"content-type", b"application/json"),
+                                                   (REFUSED_HEADER.encode(), b"hard-budget")],
+                                     content=body, request=request)
+        except Exception:
+            log.exception("ledger: could not refuse a call of project %r; it goes ahead", stop.project)
+            return None
+        said = self.journal.stops.said
+        if (stop.project, stop.period) not in said:
+            said.add((stop.project, stop.period))
+            log.warning("%s", message)
+        attempt.http_status = 402
+        attempt.error_type = "budget_exceeded_error"
+        attempt.error_code = REFUSAL_CODE
+        attempt.finish("error", "refused by the ledger: hard monthly budget spent")
+        return response
 
     def wrap(self, attempt: Attempt, response: Any, *, is_async: bool) -> Any:
         try:
@@ -619,6 +655,8 @@ class RecordingTransport(httpx.BaseTransport):
         attempt = self.recorder.begin(request)
         if attempt is None:
             return self.inner.handle_request(request)
+        if attempt.refusal is not None and (refused := self.recorder.refuse(attempt, request)) is not None:
+            return refused
         try:
             response = self.inner.handle_request(request)
         except BaseException as exc:
@@ -651,6 +689,8 @@ class AsyncRecordingTransport(httpx.AsyncBaseTransport):
         attempt = self.recorder.begin(request)
         if attempt is None:
             return await self.inner.handle_async_request(request)
+        if attempt.refusal is not None and (refused := self.recorder.refuse(attempt, request)) is not None:
+            return refused
         try:
             response = await self.inner.handle_async_request(request)
         except BaseException as exc:

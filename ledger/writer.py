@@ -96,6 +96,7 @@ def run(url: str, folder: Path, segment: Path) -> int:
             try:
                 seg.drain(sink, reject, back)
                 back()
+                sink.refresh_stops(folder)
                 backoff = 0.1
                 wait = journal.LINGER_S
             except Exception as exc:  # the writer must never die on a database problem

@@ -703,7 +703,8 @@ def test_cli_end_to_end(
     assert listed["other"]["free_only"] is True and listed["other"]["monthly_usd"] is None
     code, out, _ = run(capsys, db_url, "budget", "list", "--format", "csv")
     assert (
-        out.splitlines()[0] == "project,monthly_usd,daily_usd,thresholds,timezone,free_only,hard,updated_at"
+        out.splitlines()[0]
+        == "project,monthly_usd,daily_usd,thresholds,timezone,free_only,hard,refused_until,updated_at"
     )
     assert len(out.splitlines()) == 3
     code, out, _ = run(capsys, db_url, "budget", "list")
@@ -758,6 +759,22 @@ def test_cli_end_to_end(
     assert run(capsys, db_url, "budget", "remove", "other")[0] == 0
     code, _, err = run(capsys, db_url, "budget", "remove", "other")
     assert "no budget" in one_error(code, err, 1)
+
+    # the hard budget spent in full: the check says so, budget list shows until when (the local month end)
+    eng = store.make_engine(db_url)
+    try:
+        spend(eng, "web", [(datetime(2026, 11, 5, 9, tzinfo=UTC), 5 * 10**9)])
+    finally:
+        eng.dispose()
+    code, out, err = run(capsys, db_url, "alerts", "check", "--now", now, "--spike-min", "1000", "--no-deliver")
+    assert code == 0, err
+    assert ("hard budget spent: 'web' (10.000000000 of 10.000000000 USD in 2026-11); paid-model calls refused "
+            "until 2026-11-30T23:00:00Z") in out
+    code, out, _ = run(capsys, db_url, "budget", "list", "--format", "json")
+    month_end = datetime(2026, 11, 30, 23, tzinfo=UTC)  # budget list shows stops in force now
+    expected = "2026-11-30T23:00:00Z" if datetime.now(UTC) < month_end else None
+    assert {b["project"]: b["refused_until"] for b in json.loads(out)} == {"web": expected}
+
     for args, word in [
         (("--monthly", "ten"), "--monthly"),
         (("--daily", "0"), "--daily"),
