@@ -9,8 +9,8 @@ in (default UTC), a ``free_only`` flag (the project should only ever call free m
 
 **Hard budgets.** :func:`check` also keeps the ``budget_stops`` table (:func:`update_stops`):
 a row for every ``hard`` budget whose paid spend this local month has reached its monthly
-amount (exactly: ``spent ≥ budget`` in nano-dollars), with
-the month's end in UTC; none for any other project. Setting or removing a budget deletes its
+amount (exactly: ``spent ≥ budget`` in nano-dollars), with the month's end in UTC; none for
+any other project. Setting or removing a budget deletes its
 row at once (the next check puts it back if it is still spent). The wrapper refuses the
 project's paid-model calls while a row is in force; how that reaches the call path, and how
 fresh it is, is :mod:`ledger.stops`'s docstring.
@@ -127,8 +127,8 @@ __all__ = [
     "remove_budget",
     "run_checks",
     "set_budget",
-    "update_stops",
     "sign",
+    "update_stops",
     "webhook_from_env",
 ]
 
@@ -939,7 +939,8 @@ def check(
 # -- hard budgets --------------------------------------------------------------------------------
 
 
-def update_stops(engine: Engine, *, now: datetime | None = None, projects: Sequence[str] | None = None) -> list[Stop]:
+def update_stops(engine: Engine, *, now: datetime | None = None,
+                 projects: Sequence[str] | None = None) -> list[Stop]:
     """Keep ``budget_stops`` true to the rollups (see the module docstring) and return the stops
     in force. A project stopped for the first time is logged (``ledger.alerts``, WARNING)."""
     when = _now(now)

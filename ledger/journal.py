@@ -151,8 +151,9 @@ class _Sink:
             self._stops_problem = False
         except Exception as exc:  # noqa: BLE001 - the writer must never die
             if not self._stops_problem:
+                why = str(exc).splitlines()[0][:200] if str(exc) else ""
                 log.warning("ledger: cannot refresh the hard-budget stop list in %s (%s: %s); the last one "
-                            "stays in force", folder, type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
+                            "stays in force", folder, type(exc).__name__, why)
                 self._stops_problem = True
 
     def dispose(self) -> None:

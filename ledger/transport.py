@@ -13,6 +13,10 @@ Lava's ``/v1/forward?u=…``) yields exactly one event, handed to the journal wh
 * ``incomplete``: the body was cut (connection reset, read timeout) or the caller stopped
   reading; whatever is known is kept, usage is marked unknown.
 
+A call of a project whose hard monthly budget is spent (:mod:`ledger.stops`) to a model that
+is not free in its book is not sent: the transport answers 402 itself (``x-ledger-refused:
+hard-budget``) and records an ``error`` event with ``error_code`` ``hard_budget_spent``.
+
 Accounting never breaks a call: any failure in here is logged and the response goes through.
 The request's ``x-ledger-project`` / ``x-ledger-tags`` headers, if any, are read and removed
 before the request leaves the process. :func:`instrument` fits this transport into an existing
