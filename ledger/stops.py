@@ -97,7 +97,7 @@ def encode(stops: Sequence[Stop], free: Mapping[str, Iterable[str]]) -> bytes:
         ],
         "free": {book: sorted(set(models)) for book, models in sorted(free.items())},
     }
-    return json.dumps(doc, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode() + b"\n"  # ASCII: any name fits
 
 
 def decode(data: bytes) -> tuple[dict[str, Stop], dict[str, frozenset[str]]]:

@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -21,9 +22,12 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
+from hypothesis import assume, example, given, settings
+from hypothesis import strategies as st
 
 import ledger
 from ledger import alerts, stops, store
+from ledger.config import ConfigError, check_project
 from ledger.money import Money, usd
 from ledger.pricing import BUILTIN_PRICES, PriceBook
 from ledger.schema import BudgetStopRow
@@ -32,6 +36,7 @@ from ledger.testing import StandIn
 
 from .conftest import fetch_events
 from .test_alerts import spend
+from .test_hostile import _NAMES
 from .test_sdk import FLAVOURS, PROJECT, Flavour, Session, _raised, _run
 
 MSG = [{"role": "user", "content": "count to three please"}]
@@ -428,3 +433,25 @@ def test_writer_process_publishes_the_stop(ledger_env: dict[str, str], upstream:
     assert upstream.requests == 1
     (row,) = _refusals(url)
     _assert_refusal(row, "gpt-oss-120b", "cerebras", "wrapper")
+
+
+@settings(max_examples=200, deadline=None)
+@given(project=_NAMES, model=st.text(st.characters(codec=None, exclude_categories=()), max_size=40),
+       other=st.text(max_size=40))
+@example(project="'); DROP TABLE budget_stops;--", model="lone \ud800 surrogate", other="")
+@example(project="\u05d0 \U0001f680 \"quoted\"", model="\u202e", other="x")
+def test_any_accepted_project_and_any_model_name_round_trip(project: str, model: str, other: str) -> None:
+    """Hostile project names (any the ledger accepts) and model names (any text, lone surrogates
+    included) come back from the stop file exactly, and only the named project is stopped."""
+    try:
+        check_project(project)
+    except ConfigError:
+        assume(False)
+    assume(other != project)
+    with tempfile.TemporaryDirectory() as folder:
+        assert stops.publish(Path(folder), [_stop(project)], {"lava": [model]})
+        seen = StopList(Path(folder) / stops.STOP_FILE, check_s=0)
+        hit = seen.refused(project, "cerebras", model)
+        assert hit is not None and hit.project == project
+        assert seen.refused(project, "lava", model) is None
+        assert seen.refused(other, "cerebras", model) is None
