@@ -42,8 +42,9 @@ zone):
   trailing spend (credits) counts as zero.
 * ``free_only`` (period = the local month, threshold 0): a ``free_only`` project made a paid
   call: a usage event whose model is not free in its book (``free = false``), whatever its status
-  and whether or not it could be priced (an unknown model is not known to be free). Fires once per
-  month; the evidence has the count and cost so far.
+  and whether or not it could be priced (an unknown model is not known to be free): a call the
+  wrapper refused for a spent hard budget is an attempt at a paid model and counts too (at no
+  cost). Fires once per month; the evidence has the count and cost so far.
 * ``spike`` (period = the UTC hour of ``now``, e.g. ``2026-11-05T13:00Z``; threshold = the
   factor × 100): the paid spend of the last window (default 60 minutes: the quarter-hour buckets
   up to and including the one holding ``now``) is at least ``min_spend`` (default 1.00 USD)
