@@ -313,7 +313,7 @@ def prices_list(ctx: click.Context, book: str | None, fmt: str) -> None:
         points = store.load_price_book(conn).points()
     rows = [{
         "price_id": p.price_id, "book": p.book, "model": p.model,
-        "effective_from": p.effective_from.isoformat().replace("+00:00", "Z"),
+        "effective_from": _iso_z(p.effective_from),
         "input_per_m": str(p.input.per_million()), "cached_per_m": str(p.cached.per_million()) if p.cached else None,
         "output_per_m": str(p.output.per_million()), "free": p.free, "source": p.source,
     } for p in points if book is None or p.book == book]
@@ -736,8 +736,9 @@ def _cli_value(parse: Callable[[str], Any]) -> Callable[[click.Context, click.Pa
     return callback
 
 
-def _iso_z(when: Any) -> str | None:
-    return when.isoformat().replace("+00:00", "Z") if when else None
+def _iso_z(when: datetime | None) -> str | None:
+    """An aware time as ISO 8601 UTC with ``Z``; ``None`` stays ``None``."""
+    return when.astimezone(UTC).isoformat().replace("+00:00", "Z") if when else None
 
 
 def _budget_row(b: Any, stop: Any = None) -> dict[str, Any]:
@@ -842,7 +843,7 @@ ALERT_COLUMNS = ["created_at", "project", "rule", "period", "threshold", "status
 
 
 def _alert_row(alert: Any, record: Any = None) -> dict[str, Any]:
-    return {"created_at": alert.created_at.isoformat().replace("+00:00", "Z"), "project": alert.project,
+    return {"created_at": _iso_z(alert.created_at), "project": alert.project,
             "rule": alert.rule, "period": alert.period, "threshold": alert.threshold,
             "status": record.status if record else "new", "attempts": record.attempts if record else 0,
             "message": alert.message, "alert_id": alert.alert_id,
@@ -892,13 +893,14 @@ def alerts_check(ctx: click.Context, now_: str | None, spike_factor: str, spike_
         raise UserError(str(exc).splitlines()[0]) from None
     with _engine(ctx) as engine:
         created, result = mod.check(engine, now=now, spike=spike, webhook=webhook, deliver_now=not no_deliver)
+        with engine.connect() as conn:
+            stops = read_stops(conn, now or datetime.now(UTC))
     rows = [_alert_row(a) for a in created]
     if fmt == "table":
         click.echo(f"{len(created)} new alert(s)")
-        with _engine(ctx) as engine, engine.connect() as conn:
-            for stop in read_stops(conn, now or datetime.now(UTC)):
-                click.echo(f"hard budget spent: {stop.project!r} ({stop.spent} of {stop.budget} USD in "
-                           f"{stop.period}); paid-model calls refused until {_iso_z(stop.until)}")
+        for stop in stops:
+            click.echo(f"hard budget spent: {stop.project!r} ({stop.spent} of {stop.budget} USD in "
+                       f"{stop.period}); paid-model calls refused until {_iso_z(stop.until)}")
     if rows or fmt != "table":
         _rows_out(rows, fmt, ALERT_COLUMNS[:5] + ["message", "alert_id"])
     if webhook is None:

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 from .config import ConfigError, private_dir, redact_url, spool_dir
 from .events import F_ID, CallEvent, EventDecodeError, decode_fields, encode
-from .stops import STOP_FILE, StopList
+from . import stops
 
 if TYPE_CHECKING:
     import subprocess
@@ -142,7 +142,7 @@ class _Sink:
         A failure is logged once and leaves the last file in place; it never stops the writer."""
         if self._engine is None or time.monotonic() < self._stops_due:
             return
-        from . import stops, store
+        from . import store
 
         self._stops_due = time.monotonic() + stops.REFRESH_S
         try:
@@ -344,7 +344,7 @@ class Journal:
         self.fsync = fsync
         self._sink = _Sink(url)
         self._reject = _Reject(folder)
-        self.stops = StopList(folder / STOP_FILE)  # hard budgets, read on the call path
+        self.stops = stops.StopList(folder / stops.STOP_FILE)  # hard budgets, read on the call path
         self._lock = threading.Lock()
         self._cond = threading.Condition(threading.Lock())
         self._wake = threading.Event()

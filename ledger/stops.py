@@ -75,10 +75,9 @@ class Stop:
 
     def message(self, model: str | None) -> str:
         """The one line a refused caller reads."""
-        until = self.until.astimezone(UTC).isoformat().replace("+00:00", "Z")
         return (f"cerebras-ledger: project {self.project!r} has spent its hard monthly budget for "
                 f"{self.period} ({self.spent} of {self.budget} USD); paid model {model!r} refused "
-                f"until {until}. Free models still work; raise the budget with "
+                f"until {_iso(self.until)}. Free models still work; raise the budget with "
                 f"`cerebras-ledger budget set`.")
 
 
