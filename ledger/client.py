@@ -68,17 +68,20 @@ class _Settings:
         if self.forward_token is None and self.api_key is None:
             raise ConfigError("no credentials: pass api_key=... or set CEREBRAS_API_KEY "
                               "(or LAVA_FORWARD_TOKEN to go through Lava)")
-        target = f"{self.base_url}/v1/chat/completions"
-        if self.forward_token:
-            self.url = f"{self.lava_base_url}/v1/forward?u={quote(target, safe='')}"
-            secret = self.forward_token
-        else:
-            self.url = target
-            secret = self.api_key or ""
-        self.parsed_url = httpx.URL(self.url)
+        secret = self.forward_token or self.api_key or ""
+        # one URL per endpoint the client offers (see ledger.transport.ENDPOINTS)
+        self.urls = {path: httpx.URL(self._url(path)) for path in ("chat/completions", "completions")}
+        self.url = str(self.urls["chat/completions"])
+        self.parsed_url = self.urls["chat/completions"]
         self.headers = {"authorization": f"Bearer {secret}", "content-type": "application/json",
                         "accept": "application/json", "accept-encoding": "gzip, deflate",
                         "user-agent": f"cerebras-ledger/{__version__}"}
+
+    def _url(self, path: str) -> str:
+        target = f"{self.base_url}/v1/{path}"
+        if self.forward_token:
+            return f"{self.lava_base_url}/v1/forward?u={quote(target, safe='')}"
+        return target
 
     @property
     def route(self) -> str:
@@ -86,9 +89,11 @@ class _Settings:
 
     def build(self, model: str, messages: Any, stream: bool, extra_headers: Mapping[str, str] | None,
               timeout: dict[str, float | None], tags: Mapping[str, Any] | None, project: str | None,
-              params: dict[str, Any]) -> httpx.Request:
-        """The request of one call (sent as is by every attempt of it)."""
-        body: dict[str, Any] = {"model": model, "messages": messages, **params}
+              params: dict[str, Any], *, path: str = "chat/completions", input_key: str = "messages"
+              ) -> httpx.Request:
+        """The request of one call (sent as is by every attempt of it): a chat completion, or
+        with ``path="completions", input_key="prompt"`` a legacy text completion."""
+        body: dict[str, Any] = {"model": model, input_key: messages, **params}
         if stream:
             body["stream"] = True
         headers = dict(self.headers)
@@ -98,7 +103,7 @@ class _Settings:
             headers.update(extra_headers)
         ext = {"ledger": {"project": check_project(project) if project else None, "tags": tags, "model": model},
                "timeout": timeout}
-        return httpx.Request("POST", self.parsed_url, content=json.dumps(body).encode(), headers=headers,
+        return httpx.Request("POST", self.urls[path], content=json.dumps(body).encode(), headers=headers,
                              extensions=ext)
 
 
@@ -115,15 +120,23 @@ def _timeout(value: Any) -> dict[str, float | None]:
     return httpx.Timeout(value).as_dict()
 
 
+def _header_seconds(response: httpx.Response, name: str, scale: float) -> float | None:
+    value = response.headers.get(name)
+    try:
+        seconds = float(value) / scale if value is not None else -1.0
+    except ValueError:
+        return None
+    return seconds if 0 <= seconds <= 60 else None  # (a NaN fails this test too)
+
+
 def _retry_delay(attempt: int, response: httpx.Response | None) -> float:
+    """How long to wait before the next attempt: ``retry-after-ms`` (what Cerebras sends on a
+    429), else ``retry-after`` in seconds, as the SDKs read them; else exponential back-off."""
     if response is not None:
-        after = response.headers.get("retry-after")
-        try:
-            seconds = float(after) if after is not None else -1.0
-        except ValueError:
-            seconds = -1.0
-        if 0 <= seconds <= 60:
-            return seconds
+        for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+            seconds = _header_seconds(response, name, scale)
+            if seconds is not None:
+                return seconds
     return min(0.5 * pow(2.0, attempt), 8.0) * random.uniform(0.75, 1.0)
 
 
@@ -272,39 +285,62 @@ class _Completions:
         c = self._client
         request = c._settings.build(model, messages, stream, extra_headers,
                                     c._timeout if timeout is None else _timeout(timeout), tags, project, params)
-        for attempt in range(c.max_retries + 1):
-            last = attempt == c.max_retries
-            try:
-                response = c._send(request)
-            except httpx.TimeoutException:
-                if last:
-                    raise APITimeoutError(request) from None
-                time.sleep(_retry_delay(attempt, None))
-                continue
-            except httpx.TransportError as exc:
-                if last:
-                    raise APIConnectionError(request=request) from exc
-                time.sleep(_retry_delay(attempt, None))
-                continue
-            if response.status_code >= 400:
-                response.read()
-                response.close()
-                if not last and _should_retry(response.status_code):
-                    time.sleep(_retry_delay(attempt, response))
-                    continue
-                raise status_error(response.status_code, _json_or_none(response), response)
-            if stream:
-                return Stream(response)
-            try:
-                response.read()
-            except httpx.TimeoutException:
+        return _send_sync(c, request, stream)
+
+
+class _TextCompletions:
+    """``client.completions``: the legacy text endpoint (``POST /v1/completions``), billed like chat."""
+
+    def __init__(self, client: CerebrasClient) -> None:
+        self._client = client
+
+    def create(self, *, model: str, prompt: Any, stream: bool = False,
+               extra_headers: Mapping[str, str] | None = None, timeout: Any = None,
+               tags: Mapping[str, Any] | None = None, project: str | None = None,
+               **params: Any) -> Any:
+        """Send a text completion; a dict, or a :class:`Stream` of chunk dicts when ``stream=True``."""
+        c = self._client
+        request = c._settings.build(model, prompt, stream, extra_headers,
+                                    c._timeout if timeout is None else _timeout(timeout), tags, project, params,
+                                    path="completions", input_key="prompt")
+        return _send_sync(c, request, stream)
+
+
+def _send_sync(c: CerebrasClient, request: httpx.Request, stream: bool) -> Any:
+    """Send ``request`` with the SDK's retries; the body, or a :class:`Stream`."""
+    for attempt in range(c.max_retries + 1):
+        last = attempt == c.max_retries
+        try:
+            response = c._send(request)
+        except httpx.TimeoutException:
+            if last:
                 raise APITimeoutError(request) from None
-            except httpx.TransportError as exc:
+            time.sleep(_retry_delay(attempt, None))
+            continue
+        except httpx.TransportError as exc:
+            if last:
                 raise APIConnectionError(request=request) from exc
-            finally:
-                response.close()
-            return _ok_body(response)
-        raise AssertionError("unreachable")  # pragma: no cover
+            time.sleep(_retry_delay(attempt, None))
+            continue
+        if response.status_code >= 400:
+            response.read()
+            response.close()
+            if not last and _should_retry(response.status_code):
+                time.sleep(_retry_delay(attempt, response))
+                continue
+            raise status_error(response.status_code, _json_or_none(response), response)
+        if stream:
+            return Stream(response)
+        try:
+            response.read()
+        except httpx.TimeoutException:
+            raise APITimeoutError(request) from None
+        except httpx.TransportError as exc:
+            raise APIConnectionError(request=request) from exc
+        finally:
+            response.close()
+        return _ok_body(response)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 class _Chat:
@@ -349,6 +385,7 @@ class CerebrasClient:
         self._closed = False
         self.max_retries = max_retries
         self.chat = _Chat(self)
+        self.completions = _TextCompletions(self)
 
     @property
     def project(self) -> str:
@@ -392,44 +429,67 @@ class _AsyncCompletions:
                      tags: Mapping[str, Any] | None = None, project: str | None = None,
                      **params: Any) -> Any:
         """Send a chat completion; a dict, or an :class:`AsyncStream` when ``stream=True``."""
-        import asyncio  # here, not at the top: asyncio costs 60 ms to import, and sync callers never need it
-
         c = self._client
         request = c._settings.build(model, messages, stream, extra_headers,
                                     c._timeout if timeout is None else _timeout(timeout), tags, project, params)
-        for attempt in range(c.max_retries + 1):
-            last = attempt == c.max_retries
-            try:
-                response = await c._send(request)
-            except httpx.TimeoutException:
-                if last:
-                    raise APITimeoutError(request) from None
-                await asyncio.sleep(_retry_delay(attempt, None))
-                continue
-            except httpx.TransportError as exc:
-                if last:
-                    raise APIConnectionError(request=request) from exc
-                await asyncio.sleep(_retry_delay(attempt, None))
-                continue
-            if response.status_code >= 400:
-                await response.aread()
-                await response.aclose()
-                if not last and _should_retry(response.status_code):
-                    await asyncio.sleep(_retry_delay(attempt, response))
-                    continue
-                raise status_error(response.status_code, _json_or_none(response), response)
-            if stream:
-                return AsyncStream(response)
-            try:
-                await response.aread()
-            except httpx.TimeoutException:
+        return await _send_async(c, request, stream)
+
+
+class _AsyncTextCompletions:
+    """The async twin of ``client.completions`` (the legacy text endpoint)."""
+
+    def __init__(self, client: AsyncCerebrasClient) -> None:
+        self._client = client
+
+    async def create(self, *, model: str, prompt: Any, stream: bool = False,
+                     extra_headers: Mapping[str, str] | None = None, timeout: Any = None,
+                     tags: Mapping[str, Any] | None = None, project: str | None = None,
+                     **params: Any) -> Any:
+        """Send a text completion; a dict, or an :class:`AsyncStream` when ``stream=True``."""
+        c = self._client
+        request = c._settings.build(model, prompt, stream, extra_headers,
+                                    c._timeout if timeout is None else _timeout(timeout), tags, project, params,
+                                    path="completions", input_key="prompt")
+        return await _send_async(c, request, stream)
+
+
+async def _send_async(c: AsyncCerebrasClient, request: httpx.Request, stream: bool) -> Any:
+    """The async twin of :func:`_send_sync`."""
+    import asyncio  # here, not at the top: asyncio costs 60 ms to import, and sync callers never need it
+
+    for attempt in range(c.max_retries + 1):
+        last = attempt == c.max_retries
+        try:
+            response = await c._send(request)
+        except httpx.TimeoutException:
+            if last:
                 raise APITimeoutError(request) from None
-            except httpx.TransportError as exc:
+            await asyncio.sleep(_retry_delay(attempt, None))
+            continue
+        except httpx.TransportError as exc:
+            if last:
                 raise APIConnectionError(request=request) from exc
-            finally:
-                await response.aclose()
-            return _ok_body(response)
-        raise AssertionError("unreachable")  # pragma: no cover
+            await asyncio.sleep(_retry_delay(attempt, None))
+            continue
+        if response.status_code >= 400:
+            await response.aread()
+            await response.aclose()
+            if not last and _should_retry(response.status_code):
+                await asyncio.sleep(_retry_delay(attempt, response))
+                continue
+            raise status_error(response.status_code, _json_or_none(response), response)
+        if stream:
+            return AsyncStream(response)
+        try:
+            await response.aread()
+        except httpx.TimeoutException:
+            raise APITimeoutError(request) from None
+        except httpx.TransportError as exc:
+            raise APIConnectionError(request=request) from exc
+        finally:
+            await response.aclose()
+        return _ok_body(response)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 class AsyncCerebrasClient:
@@ -448,6 +508,7 @@ class AsyncCerebrasClient:
         self._closed = False
         self.max_retries = max_retries
         self.chat = _AsyncChat(self)
+        self.completions = _AsyncTextCompletions(self)
 
     @property
     def project(self) -> str:

@@ -42,7 +42,8 @@ Status = Literal["ok", "error", "incomplete"]
 Route = Literal["cerebras", "lava"]
 STATUSES: tuple[str, ...] = ("ok", "error", "incomplete")
 ROUTES: tuple[str, ...] = ("cerebras", "lava")
-_SPOOL_VERSION = 1
+_SPOOL_VERSION = 2  # version 1 records (22 fields, 5 usage counts) are still read
+ENDPOINTS: tuple[str, ...] = ("chat.completions", "completions")
 
 
 def json_encoder(*, sort_keys: bool = False, compact: bool = False) -> Callable[[Any], str]:
@@ -132,6 +133,11 @@ class CallEvent:
         tags: free-form ``(key, value)`` pairs, sorted.
         source: ``wrapper``, ``transport`` or ``import``.
         note: why usage is unknown, or another short machine-made remark; never content.
+        endpoint: ``chat.completions`` or ``completions`` (the legacy text endpoint).
+        service_tier: the ``service_tier`` the request asked for (responses do not echo it).
+        finish_reason: the first choice's ``finish_reason`` (``stop``, ``length``, ...).
+        rl_tokens_minute, rl_requests_day: the ``x-ratelimit-remaining-tokens-minute`` and
+            ``x-ratelimit-remaining-requests-day`` headers: quota headroom after this call.
     """
 
     event_id: str
@@ -155,6 +161,11 @@ class CallEvent:
     tags: tuple[tuple[str, str], ...] = field(default=())
     source: str = "wrapper"
     note: str | None = None
+    endpoint: str = "chat.completions"
+    service_tier: str | None = None
+    finish_reason: str | None = None
+    rl_tokens_minute: int | None = None
+    rl_requests_day: int | None = None
 
     @property
     def model(self) -> str | None:
@@ -185,7 +196,8 @@ def encode(event: CallEvent) -> bytes:
         event.error_code,
         event.stream,
         None if u is None else [u.prompt_tokens, u.cached_tokens, u.completion_tokens,
-                                u.reasoning_tokens, u.total_tokens],
+                                u.reasoning_tokens, u.total_tokens, u.accepted_prediction_tokens,
+                                u.rejected_prediction_tokens, u.image_tokens],
         event.latency_us,
         event.ttft_us,
         None if t is None else [t.queue_us, t.prompt_us, t.completion_us, t.total_us],
@@ -194,6 +206,11 @@ def encode(event: CallEvent) -> bytes:
         [list(p) for p in event.tags],
         event.source,
         event.note,
+        event.endpoint,
+        event.service_tier,
+        event.finish_reason,
+        event.rl_tokens_minute,
+        event.rl_requests_day,
     ]
     text = _encode_json(row)
     # surrogatepass: a lone surrogate (from a JSON "\\ud800" or a file name) must not lose the event
@@ -203,8 +220,10 @@ def encode(event: CallEvent) -> bytes:
 # Where each field sits in a spool record (the JSON list :func:`encode` writes).
 (F_VERSION, F_ID, F_AT, F_PROJECT, F_ROUTE, F_BOOK, F_REQUESTED, F_SERVED, F_STATUS, F_HTTP, F_ERROR_TYPE,
  F_ERROR_CODE, F_STREAM, F_USAGE, F_LATENCY, F_TTFT, F_TIME_INFO, F_UPSTREAM_ID, F_LAVA_ID, F_TAGS, F_SOURCE,
- F_NOTE) = range(22)
-_FIELDS = 22
+ F_NOTE, F_ENDPOINT, F_SERVICE_TIER, F_FINISH_REASON, F_RL_TOKENS, F_RL_REQUESTS) = range(27)
+_FIELDS = 27
+_V1_FIELDS = 22
+_V1_PADDING = ("chat.completions", None, None, None, None)  # what a version 1 record did not say
 
 
 def decode_fields(line: bytes, *, trusted: bool = False) -> list[Any]:
@@ -217,8 +236,17 @@ def decode_fields(line: bytes, *, trusted: bool = False) -> list[Any]:
     segment); a dead process's segment, which may be torn or corrupt, is always checked."""
     try:
         row = json.loads(line)
-        if type(row) is not list or len(row) != _FIELDS or row[0] != _SPOOL_VERSION:
+        if type(row) is not list:
             raise EventDecodeError("unknown spool record version or shape")
+        if len(row) == _V1_FIELDS and row[0] == 1:  # written by an older ledger: still good
+            row.extend(_V1_PADDING)
+            usage = row[F_USAGE]
+            if type(usage) is list and len(usage) == 5:
+                usage.extend((0, 0, 0))
+        elif len(row) != _FIELDS or row[0] != _SPOOL_VERSION:
+            raise EventDecodeError("unknown spool record version or shape")
+        if row[F_ENDPOINT] not in ENDPOINTS:
+            raise EventDecodeError("unknown endpoint")
         when = datetime.fromisoformat(row[F_AT])
         if when.tzinfo is None or row[F_STATUS] not in STATUSES or row[F_ROUTE] not in ROUTES:
             raise EventDecodeError("bad timestamp, status or route")
@@ -258,37 +286,44 @@ def decode(line: bytes, *, trusted: bool = False) -> CallEvent:
         tags=tuple((k, v) for k, v in f[F_TAGS]),
         source=f[F_SOURCE],
         note=f[F_NOTE],
+        endpoint=f[F_ENDPOINT],
+        service_tier=f[F_SERVICE_TIER],
+        finish_reason=f[F_FINISH_REASON],
+        rl_tokens_minute=f[F_RL_TOKENS],
+        rl_requests_day=f[F_RL_REQUESTS],
     )
 
 
 _ZERO = timedelta(0)
 _checked = operator.itemgetter(F_ID, F_PROJECT, F_BOOK, F_REQUESTED, F_SERVED, F_HTTP, F_ERROR_TYPE,
                                F_ERROR_CODE, F_STREAM, F_USAGE, F_LATENCY, F_TTFT, F_TIME_INFO, F_UPSTREAM_ID,
-                               F_LAVA_ID, F_TAGS, F_SOURCE, F_NOTE)
+                               F_LAVA_ID, F_TAGS, F_SOURCE, F_NOTE, F_SERVICE_TIER, F_FINISH_REASON, F_RL_TOKENS,
+                               F_RL_REQUESTS)
 
 
 def _check_types(event_id: Any, project: Any, book: Any, requested: Any, served: Any, http_status: Any,
                  error_type: Any, error_code: Any, stream: Any, usage: Any, latency: Any, ttft: Any,
-                 time_info: Any, upstream_id: Any, lava_id: Any, tags: Any, source: Any, note: Any) -> None:
+                 time_info: Any, upstream_id: Any, lava_id: Any, tags: Any, source: Any, note: Any,
+                 tier: Any, finish_reason: Any, rl_tokens: Any, rl_requests: Any) -> None:
     """Refuse a record whose fields have the wrong types (it would fail later, in the database)."""
     # plain loops: this runs for every spooled event, and all(<generator>) costs twice as much
     for v in (event_id, project, book, source):
         if type(v) is not str:
             raise EventDecodeError("id, project, book and source must be text")
-    for v in (requested, served, error_type, error_code, upstream_id, lava_id, note):
+    for v in (requested, served, error_type, error_code, upstream_id, lava_id, note, tier, finish_reason):
         if v is not None and type(v) is not str:
             raise EventDecodeError("optional text fields must be text or null")
-    for v in (http_status, latency, ttft):
+    for v in (http_status, latency, ttft, rl_tokens, rl_requests):
         if v is not None and type(v) is not int:
             raise EventDecodeError("status and timings must be whole numbers or null")
     if type(stream) is not bool:
         raise EventDecodeError("stream must be true or false")
     if usage is not None:
-        if type(usage) is not list or len(usage) != 5:
-            raise EventDecodeError("usage must be five whole numbers")
+        if type(usage) is not list or len(usage) != 8:
+            raise EventDecodeError("usage must be eight whole numbers")
         for v in usage:
             if type(v) is not int:
-                raise EventDecodeError("usage must be five whole numbers")
+                raise EventDecodeError("usage must be eight whole numbers")
     if time_info is not None:
         if type(time_info) is not list or len(time_info) != 4:
             raise EventDecodeError("time_info must be four whole numbers or nulls")

@@ -41,7 +41,7 @@ import time
 from collections import deque
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .config import ConfigError, private_dir, redact_url, spool_dir
 from .events import F_ID, CallEvent, EventDecodeError, decode_fields, encode
@@ -330,6 +330,12 @@ def _remove_if_unlocked(path: Path) -> None:
         os.close(fd)
 
 
+class OpenAttempt(Protocol):
+    """An attempt the call path has begun and not yet recorded (see ``ledger.transport``)."""
+
+    def abandon(self, why: str) -> None: ...
+
+
 class Journal:
     """One process's handle on one ledger: its spool segment and its writer thread.
 
@@ -358,6 +364,9 @@ class Journal:
         self._ckpt_problem = False  # the last checkpoint write failed
         self._closed = False
         self._writer_done = False  # the writer thread has returned (set under _lock)
+        # Attempts begun and not yet recorded (streams still being read): ended as incomplete
+        # when the ledger closes (and so at interpreter exit), not left to garbage collection.
+        self.open_attempts: set[OpenAttempt] = set()
         private_dir(folder)
         self._open_segment()
         self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
@@ -617,6 +626,11 @@ class Journal:
         """Flush, stop the writer and release the segment (left in place if not drained)."""
         if self._closed:
             return True
+        for attempt in list(self.open_attempts):
+            try:
+                attempt.abandon("response abandoned: the ledger closed before the body was read")
+            except Exception:  # noqa: BLE001 - closing goes on
+                log.exception("ledger: could not end an open attempt at close")
         done = self.flush(timeout)
         self._stop = True
         self._wake.set()

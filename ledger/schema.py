@@ -63,7 +63,7 @@ __all__ = [
 ]
 
 # The Alembic head this code writes to; tests check it equals the migrations' head.
-SCHEMA_REVISION = "0004"
+SCHEMA_REVISION = "0006"
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -172,6 +172,17 @@ class EventRow(Base):
     note: Mapped[str | None] = mapped_column(String(200))
     # What the usage costs at the cerebras book's rates ("free usage at list price", FOCUS ListCost).
     list_cost_nanos: Mapped[int | None] = mapped_column(BigInteger)
+    # What else the wire said (migration 0006): the endpoint, the requested service tier, the
+    # first choice's finish reason, predicted-output and image tokens (parts of the completion
+    # and prompt tokens, never priced apart), and the rate-limit headroom the answer reported.
+    endpoint: Mapped[str] = mapped_column(String(32), server_default="chat.completions")
+    service_tier: Mapped[str | None] = mapped_column(String(32))
+    finish_reason: Mapped[str | None] = mapped_column(String(32))
+    accepted_prediction_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    rejected_prediction_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    image_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    rl_remaining_tokens_minute: Mapped[int | None] = mapped_column(BigInteger)
+    rl_remaining_requests_day: Mapped[int | None] = mapped_column(BigInteger)
     batch_id: Mapped[str | None] = mapped_column(ForeignKey("ingest_batches.batch_id"), index=True)
 
 

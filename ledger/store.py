@@ -379,6 +379,14 @@ def event_row(event: CallEvent, charge: Charge, recorded_at: datetime, *, kind: 
         "tags": _tags_json(tags),
         "source": _clip(event.source, 16),
         "note": _clip(event.note, 200),
+        "endpoint": event.endpoint,
+        "service_tier": _clip(event.service_tier, 32),
+        "finish_reason": _clip(event.finish_reason, 32),
+        "accepted_prediction_tokens": u and u.accepted_prediction_tokens,
+        "rejected_prediction_tokens": u and u.rejected_prediction_tokens,
+        "image_tokens": u and u.image_tokens,
+        "rl_remaining_tokens_minute": _bigint(event.rl_tokens_minute),
+        "rl_remaining_requests_day": _bigint(event.rl_requests_day),
         "batch_id": None,  # set by insert_events
         TAG_PAIRS: tags.items(),  # not a column: spares insert_events parsing the JSON back
     }
@@ -472,10 +480,18 @@ _SPOOL_COLUMNS = (
     "usage_known", "prompt_tokens", "cached_tokens", "completion_tokens", "reasoning_tokens", "total_tokens",
     "latency_us", "ttft_us", "queue_us", "prompt_us", "completion_us", "total_us", "upstream_id",
     "lava_request_id", "price_id", "cost_nanos", "free", "priced", "tags", "source", "note",
-    "list_cost_nanos", "batch_id")
+    "list_cost_nanos", "endpoint", "service_tier", "finish_reason", "accepted_prediction_tokens",
+    "rejected_prediction_tokens", "image_tokens", "rl_remaining_tokens_minute", "rl_remaining_requests_day",
+    "batch_id")
 if EVENT_COLUMNS != _SPOOL_COLUMNS:  # insert_spooled builds rows in this order
     raise ImportError("events table columns changed; update store.insert_spooled")
 _NO_TIMES = (None, None, None, None)
+_BIGINT_MAX = 2**63 - 1
+
+
+def _bigint(value: int | None) -> int | None:
+    """A count from a header as a BIGINT holds it: one past its range is not kept."""
+    return value if value is None or 0 <= value <= _BIGINT_MAX else None
 _tags_json = json_encoder(sort_keys=True)  # as json.dumps(tags, sort_keys=True, ensure_ascii=False)
 
 
@@ -501,7 +517,8 @@ def insert_spooled(conn: Connection, records: Sequence[list[Any]], book: PriceBo
     params: list[tuple[Any, ...]] = []
     tag_rows: list[tuple[str, str | None, str | None]] = []
     for (_, event_id, at, project, route, book_name, requested, served, status, http_status, error_type,
-         error_code, stream, usage, latency, ttft, time_info, upstream_id, lava_id, tags, src, note) in records:
+         error_code, stream, usage, latency, ttft, time_info, upstream_id, lava_id, tags, src, note, endpoint, tier,
+         finish, rl_tokens, rl_requests) in records:
         model = served or requested
         known = usage is not None
         price_id, cost, list_cost, free, priced = charge_nanos(
@@ -526,9 +543,12 @@ def insert_spooled(conn: Connection, records: Sequence[list[Any]], book: PriceBo
             u[0], u[1], u[2], u[3], u[4], latency, ttft, t[0], t[1], t[2], t[3], _clip(upstream_id, 200),
             None if lava_id is None else _clip(lava_id, 200), price_id, cost,
             int(free) if sqlite else free, int(priced) if sqlite else priced,
-            tags_json, _clip(src, 16), None if note is None else _clip(note, 200), list_cost, batch_id))
+            tags_json, _clip(src, 16), None if note is None else _clip(note, 200), list_cost, endpoint,
+            None if tier is None else _clip(tier, 32), None if finish is None else _clip(finish, 32),
+            u[5], u[6], u[7], None if rl_tokens is None else _bigint(rl_tokens),
+            None if rl_requests is None else _bigint(rl_requests), batch_id))
     _insert_params(conn, params, tag_rows)
     return batch_id
 
 
-_NO_USAGE = (None, None, None, None, None)
+_NO_USAGE = (None, None, None, None, None, None, None, None)

@@ -33,7 +33,6 @@ import os
 import re
 import sys
 import time
-import zlib
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -48,7 +47,7 @@ from .config import database_url as resolve_url
 from .events import CallEvent, Route, Status, new_event_id, normalize_tags
 from .journal import Journal, journal_for
 from .stops import Stop
-from .wire import SSEDecoder, TimeInfo, Usage, error_from, time_info_from, usage_from
+from .wire import Skeleton, SSEDecoder, TimeInfo, Usage, error_from, time_info_from, usage_from
 
 __all__ = ["AsyncRecordingTransport", "RecordingTransport", "instrument"]
 
@@ -58,7 +57,16 @@ PROJECT_HEADER = "x-ledger-project"
 TAGS_HEADER = "x-ledger-tags"
 REFUSED_HEADER = "x-ledger-refused"  # on the 402 the ledger answers for a spent hard budget
 REFUSAL_CODE = "hard_budget_spent"
-MAX_JSON_BODY = 16 * 1024 * 1024
+# A JSON body or stream event bigger than this is read through a :class:`~ledger.wire.Skeleton`
+# (its long strings emptied) rather than parsed whole: the tap stays linear, and cheap, on a body
+# of any size.
+BIG_BODY = 256 * 1024
+# The endpoints the ledger records, by the end of their path: a new billed endpoint is one line.
+# (Checked in order, so /chat/completions is not taken for the legacy /completions.)
+ENDPOINTS: tuple[tuple[str, str], ...] = (
+    ("/chat/completions", "chat.completions"),
+    ("/completions", "completions"),
+)
 # The project of a call that names none, or whose x-ledger-project was refused: its cost is
 # kept (and shows in reports under this name) rather than lost.
 UNATTRIBUTED = "(unattributed)"  # we keep at most this much of a JSON body to read usage from
@@ -74,10 +82,18 @@ def _book_for_forward(authorization: str) -> str:
 class _Target:
     route: Route
     book: str
+    endpoint: str
+
+
+def _endpoint(path: str) -> str | None:
+    for suffix, name in ENDPOINTS:
+        if path.endswith(suffix):
+            return name
+    return None
 
 
 def _target(request: Any) -> _Target | None:
-    """Whether ``request`` is a chat completion, and by which route.
+    """Whether ``request`` is a billed completion (:data:`ENDPOINTS`), and by which route.
 
     Lava's forward proxy is ``…/v1/forward?u=<target>``; SDKs pointed at it with a ``base_url``
     of ``…/v1/forward?u=<base>`` send ``…/v1/forward/chat/completions?u=<base>``, so the target
@@ -90,12 +106,12 @@ def _target(request: Any) -> _Target | None:
         raw = query.decode("ascii", "replace") if isinstance(query, bytes) else str(query)
         targets = parse_qs(raw).get("u")
         target = (unquote(targets[0]).split("?", 1)[0] if targets else "").rstrip("/") + rest
-        if target.endswith("/chat/completions"):
-            return _Target("lava", _book_for_forward(request.headers.get("authorization", "")))
+        endpoint = _endpoint(target)
+        if endpoint is not None:
+            return _Target("lava", _book_for_forward(request.headers.get("authorization", "")), endpoint)
         return None
-    if path.endswith("/chat/completions"):
-        return _Target("cerebras", "cerebras")
-    return None
+    endpoint = _endpoint(path)
+    return None if endpoint is None else _Target("cerebras", "cerebras", endpoint)
 
 
 def _parse_tags_header(value: str) -> dict[str, str]:
@@ -120,21 +136,46 @@ def _loads(body: bytes) -> Any:
 
 
 class _Decoder:
-    """Content-Encoding undone for our own copy of the body (gzip and deflate, via zlib)."""
+    """Content-Encoding undone for our own copy of the body, exactly as the caller's httpx (or
+    httpx2) undoes it for the caller: by the decoder that package itself picks for those headers
+    (``br`` once ``brotli`` is installed, ``zstd`` once ``zstandard`` is, gzip and deflate always,
+    values it does not know skipped, several undone in reverse order). So the ledger reads what
+    the SDK reads, whichever release of which package the caller runs (httpx's decoders return
+    bytes, httpx2's iterators of bytes; both are taken)."""
 
-    def __init__(self, encoding: str) -> None:
-        self.supported = encoding in ("", "identity", "gzip", "x-gzip", "deflate")
-        self._z = None if encoding in ("", "identity") else zlib.decompressobj(zlib.MAX_WBITS | 32)
+    def __init__(self, http: ModuleType, encoding: str) -> None:
+        self._d: Any = None
+        if not encoding or encoding.strip().lower() == "identity":
+            return
+        probe = http.Response(200, headers=[("content-encoding", encoding)])
+        decoder = probe._get_content_decoder()
+        if type(decoder).__name__ != "IdentityDecoder":
+            self._d = decoder
 
     def __call__(self, chunk: bytes) -> bytes:
-        return chunk if self._z is None else self._z.decompress(chunk)
+        if self._d is None:
+            return chunk
+        out = self._d.decode(chunk)
+        return out if isinstance(out, bytes) else b"".join(out)
+
+    def flush(self) -> bytes:
+        if self._d is None:
+            return b""
+        out = self._d.flush()
+        return out if isinstance(out, bytes) else b"".join(out)
+
+
+def _header_count(value: bytes) -> int | None:
+    """A rate-limit header's whole, non-negative count (ASCII digits only), else ``None``."""
+    text = value.strip()
+    return int(text) if text.isdigit() and len(text) <= 18 else None
 
 
 class Attempt:
     """One attempt's facts as they arrive; :meth:`finish` turns them into exactly one event."""
 
     def __init__(self, journal: Journal, target: _Target, project: str, tags: tuple[tuple[str, str], ...],
-                 model: str | None, source: str) -> None:
+                 model: str | None, source: str, facts: _RequestFacts | None = None) -> None:
         self.journal = journal
         self.target = target
         self.project = project
@@ -145,7 +186,12 @@ class Attempt:
         self.t0 = time.perf_counter()
         self.http_status: int | None = None
         self.lava_request_id: str | None = None
-        self.stream = False
+        self.stream = False  # the body is an event stream
+        self.requested_stream = facts is not None and facts.stream
+        self.service_tier = None if facts is None else facts.service_tier
+        self.finish_reason: str | None = None
+        self.rl_tokens_minute: int | None = None  # x-ratelimit-remaining-tokens-minute
+        self.rl_requests_day: int | None = None  # x-ratelimit-remaining-requests-day
         self.ttft_us: int | None = None
         self.served_model: str | None = None
         self.upstream_id: str | None = None
@@ -159,11 +205,29 @@ class Attempt:
         # The decoded JSON body, lent to the wrapper client so it need not parse it again.
         self.body: Mapping[str, Any] | None = None
         self.refusal: Stop | None = None  # a spent hard budget: answered here, never sent
+        self.tap: _BodyTap | None = None  # the body being read, once there is one
+        self.owner: object = None  # the transport that sent it (which ends it when it closes)
+        journal.open_attempts.add(self)
+
+    def abandon(self, why: str) -> None:
+        """End an attempt its caller left open (a stream never read to its end nor closed), when
+        its transport or the ledger closes or the interpreter exits: what arrived counts."""
+        if self.done:
+            return
+        try:
+            if self.tap is not None:
+                self.tap.cut(why)
+            else:
+                self.finish("incomplete", why)
+        except Exception:
+            log.exception("ledger: could not end an abandoned attempt")
+            self.finish("incomplete", why)
 
     def finish(self, status: Status, note: str | None = None) -> None:
         if self.done:
             return
         self.done = True
+        self.journal.open_attempts.discard(self)
         try:
             event = CallEvent(
                 event_id=new_event_id(),
@@ -174,10 +238,11 @@ class Attempt:
                 requested_model=self.requested_model,
                 served_model=self.served_model,
                 status=status,
+                endpoint=self.target.endpoint,
                 http_status=self.http_status,
                 error_type=self.error_type,
                 error_code=self.error_code,
-                stream=self.stream,
+                stream=self.stream or self.requested_stream,
                 usage=self.usage,  # kept even when the body was cut after it arrived
                 latency_us=int((time.perf_counter() - self.t0) * 1_000_000),
                 ttft_us=self.ttft_us,
@@ -187,6 +252,10 @@ class Attempt:
                 tags=self.tags,
                 source=self.source,
                 note=note or self.note,
+                service_tier=self.service_tier,
+                finish_reason=self.finish_reason,
+                rl_tokens_minute=self.rl_tokens_minute,
+                rl_requests_day=self.rl_requests_day,
             )
             self.journal.append(event)
         except Exception:  # accounting must never break the call
@@ -206,10 +275,16 @@ class Attempt:
             name = key.lower()
             if name == b"content-type":
                 self.stream = value[:17].lower() == b"text/event-stream"
-            elif name == b"content-encoding":
-                encoding = value.decode("latin-1").lower().strip()
+            elif name == b"content-encoding":  # every one, as httpx joins them
+                encoding = f"{encoding},{value.decode('latin-1')}" if encoding else value.decode("latin-1")
             elif name == b"x-lava-request-id":
                 self.lava_request_id = value.decode("latin-1")
+            elif name == b"inference-id":  # the upstream id, even when the body cannot be read
+                self.upstream_id = self.upstream_id or value.decode("latin-1")
+            elif name == b"x-ratelimit-remaining-tokens-minute":
+                self.rl_tokens_minute = _header_count(value)
+            elif name == b"x-ratelimit-remaining-requests-day":
+                self.rl_requests_day = _header_count(value)
         return encoding
 
     def read_body(self, body: bytes) -> None:
@@ -232,18 +307,28 @@ class Attempt:
         self.finish("ok")
 
     def _read_completion(self, body: Mapping[str, Any]) -> None:
+        """One body, or one stream chunk. What a chunk says adds to what earlier ones said and
+        never erases it: usage is the last non-null usage seen (a later ``"usage": null``, a
+        ``time_info`` alone or another choice's finish chunk keep it), and so on per field."""
         model, rid = body.get("model"), body.get("id")
-        self.served_model = model if isinstance(model, str) else self.served_model
-        self.upstream_id = rid if isinstance(rid, str) else self.upstream_id
-        if "usage" in body or "time_info" in body:
+        if isinstance(model, str) and model:
+            self.served_model = model
+        if isinstance(rid, str) and rid:
+            self.upstream_id = rid
+        if body.get("usage") is not None:
             self.usage, self.note = usage_from(body)
-            self.time_info = time_info_from(body) or self.time_info
-        elif self.stream:
-            choices = body.get("choices")
-            if isinstance(choices, list):
-                self.finished |= any(isinstance(c, Mapping) and bool(c.get("finish_reason")) for c in choices)
-        elif self.usage is None:
+        elif self.usage is None and not self.stream:
             self.note = "no usage in response"
+        if body.get("time_info") is not None:
+            self.time_info = time_info_from(body) or self.time_info
+        choices = body.get("choices")
+        if type(choices) is list:
+            for c in choices:
+                reason = c.get("finish_reason") if isinstance(c, Mapping) else None
+                if isinstance(reason, str) and reason:
+                    self.finished = True
+                    if self.finish_reason is None or c.get("index") in (0, None):
+                        self.finish_reason = reason[:32]
 
     def read_event(self, data: str) -> bool:
         """One SSE ``data:`` payload. Returns ``True`` when it was an in-stream error."""
@@ -256,9 +341,9 @@ class Attempt:
             return False
         try:
             chunk = json.loads(data)
-        except ValueError:
+        except ValueError:  # the SDKs and the wrapper raise on it: the attempt failed
             self.note = "malformed event in stream"
-            return False
+            return True
         if not isinstance(chunk, Mapping):
             return False
         if chunk.get("error"):  # as the SDKs: any truthy "error" is an error event
@@ -297,13 +382,18 @@ class _BodyTap:
     matter (:data:`_MARKERS`: usage, errors, finish reasons, ``[DONE]``) and only those are
     decoded. Content deltas, nearly all of a stream, cost the caller one list append each.
     Only LF-delimited streams are skimmed so (what Cerebras and Lava send); at a CR the rest goes
-    through the decoder whole."""
+    through the decoder whole.
+
+    An event (or a JSON body) that grows past :data:`BIG_BODY` goes through a
+    :class:`~ledger.wire.Skeleton` instead, chunk by chunk: its long strings are dropped as
+    they pass and the rest (ids, model, usage, finish reasons) is read as usual, so a body of
+    any size costs about one ``memchr`` pass and no more memory than :data:`BIG_BODY`."""
 
     scan_bytes = 64 * 1024
 
-    def __init__(self, attempt: Attempt, encoding: str) -> None:
+    def __init__(self, attempt: Attempt, encoding: str, http: ModuleType) -> None:
         self.attempt = attempt
-        self.decoder = _Decoder(encoding)
+        self.decoder = _Decoder(http, encoding)
         self.sse = SSEDecoder() if attempt.stream else None
         self.buf: list[bytes] = []  # a JSON body's chunks, or a skimmed stream's unscanned ones
         self.size = 0
@@ -312,6 +402,8 @@ class _BodyTap:
         self.can_skim = True  # tests turn skimming off to compare with full decoding
         self.skim = False  # the first event is read; chunks are held for scanning
         self.pending = b""  # scanned bytes after the last event boundary
+        self.big: Skeleton | None = None  # reading a big event or body through its skeleton
+        attempt.tap = self
 
     def feed(self, chunk: bytes) -> None:
         if self.skim:
@@ -323,21 +415,40 @@ class _BodyTap:
         if self.attempt.done:
             return
         try:
-            if not self.decoder.supported:
-                return
             data = self.decoder(chunk)
-            if self.sse is None:
+            if self.big is not None:
+                self._big(data)
+            elif self.sse is None:
+                self.buf.append(data)
                 self.size += len(data)
-                if self.size <= MAX_JSON_BODY:
-                    self.buf.append(data)
-                return
-            self._events(data)
-            a = self.attempt
-            self.skim = (self.can_skim and a.ttft_us is not None and a.upstream_id is not None
-                         and self.sse.at_boundary())
+                if self.size > BIG_BODY:  # from here on, only the skeleton of the body is kept
+                    self.big = Skeleton()
+                    held, self.buf, self.size = b"".join(self.buf), [], 0
+                    self.big.feed(held)
+            else:
+                self._events(data)
+                if self.sse.held() > BIG_BODY:
+                    self.big = Skeleton()
+                    self._big(self.sse.take_held())
+                    return
+                a = self.attempt
+                self.skim = (self.can_skim and a.ttft_us is not None and a.upstream_id is not None
+                             and self.sse.at_boundary())
         except Exception:
             log.exception("ledger: could not read a response chunk")
             self.attempt.note = "response could not be decoded"
+
+    def _big(self, data: bytes) -> None:
+        """A chunk of a big event (or body): through the skeleton; for a stream, the skeleton's
+        events are read as usual, and once the big event is over, the stream is read as usual."""
+        big = self.big
+        assert big is not None
+        big.feed(data)
+        if self.sse is None:
+            return
+        self._events(big.take())
+        if not big.in_string and self.sse.at_boundary():
+            self.big = None
 
     def _events(self, data: bytes) -> None:
         assert self.sse is not None
@@ -362,7 +473,12 @@ class _BodyTap:
                 return
             cut = data.rfind(b"\n\n") + 2
             if cut < 2:  # no event boundary yet
-                self.pending = data
+                if len(data) > BIG_BODY:  # a big event: read the rest of it through its skeleton
+                    self.skim, self.pending = False, b""
+                    self.big = Skeleton()
+                    self._big(data)
+                else:
+                    self.pending = data
                 return
             whole, self.pending = data[:cut], data[cut:]
             for start, end in _marked_spans(whole):
@@ -374,8 +490,12 @@ class _BodyTap:
     def _rest(self) -> None:
         """The body ended: held chunks are scanned, and bytes after the last boundary decoded."""
         self._scan()
-        if self.pending and self.sse is not None:
-            rest, self.pending = self.pending, b""
+        tail = self.decoder.flush()
+        if self.big is not None:
+            self._big(tail)
+            return
+        rest, self.pending = self.pending + tail, b""
+        if rest and self.sse is not None:
             self._events(rest)
 
     def end(self) -> None:
@@ -384,12 +504,13 @@ class _BodyTap:
         if a.done:
             return
         try:
-            if not self.decoder.supported:
-                a.finish("error" if (a.http_status or 0) >= 400 else "ok", "unsupported content-encoding")
-            elif self.sse is None:
-                if self.size > MAX_JSON_BODY:
-                    a.finish("ok", "response too large to read usage from")
+            if self.sse is None:
+                tail = self.decoder.flush()
+                if self.big is not None:
+                    self.big.feed(tail)
+                    a.read_body(self.big.take())
                 else:
+                    self.buf.append(tail)
                     a.read_body(b"".join(self.buf))
             else:
                 self._rest()
@@ -421,7 +542,10 @@ class _BodyTap:
         if self.sse is not None and (self.saw_done or a.usage is not None):
             self.end()
             return
-        a.finish("error" if self.errored or (a.http_status or 0) >= 400 else "incomplete", why)
+        if self.errored:  # the caller stopped at the error it raised: that is what the event says
+            a.finish("error", None if a.note else why)
+            return
+        a.finish("error" if (a.http_status or 0) >= 400 else "incomplete", why)
 
 
 @functools.cache
@@ -550,9 +674,11 @@ class _Recorder:
                 log.warning("ledger: a call names no project (pass project=..., set LEDGER_PROJECT or send "
                             "x-ledger-project); recorded under %r", UNATTRIBUTED)
                 project = UNATTRIBUTED
+            facts = _request_facts(request)
             if model is None:
-                model = _requested_model(request)
-            attempt = Attempt(self.journal, target, project, tags, model, self.source)
+                model = facts.model
+            attempt = Attempt(self.journal, target, project, tags, model, self.source, facts)
+            attempt.owner = self
             attempt.note = "; ".join(notes) or None
         except Exception:
             log.exception("ledger: could not start recording a request; it goes unrecorded")
@@ -591,9 +717,16 @@ class _Recorder:
         attempt.finish("error", "refused by the ledger: hard monthly budget spent")
         return response
 
+    def abandon_open(self) -> None:
+        """End this transport's attempts still open (their caller never finished nor closed them)."""
+        for attempt in list(self.journal.open_attempts):
+            if isinstance(attempt, Attempt) and attempt.owner is self:
+                attempt.abandon("response abandoned: its client was closed before the body was read")
+
     def wrap(self, attempt: Attempt, response: Any, *, is_async: bool) -> Any:
         try:
-            tap = _BodyTap(attempt, attempt.on_response(response))
+            http = sys.modules[type(response).__module__.split(".", 1)[0]]  # httpx, or httpx2
+            tap = _BodyTap(attempt, attempt.on_response(response), http)
             response.stream = _stream_class(type(response).__module__, is_async)(response.stream, tap)
             response.extensions["ledger.attempt"] = attempt
         except Exception:
@@ -602,16 +735,44 @@ class _Recorder:
         return response
 
 
-def _requested_model(request: Any) -> str | None:
+@dataclass(frozen=True, slots=True)
+class _RequestFacts:
+    """What the ledger keeps of a request body: the model, whether it asked for a stream, and its
+    ``service_tier``. Never the prompt."""
+
+    model: str | None
+    stream: bool
+    service_tier: str | None
+
+
+def _request_facts(request: Any) -> _RequestFacts:
+    try:
+        content = request.content
+    except Exception:
+        return _RequestFacts(None, False, None)
+    model = _requested_model(content)
+    stream = False
+    tier: str | None = None
+    at = content.find(b'"stream"')
+    if at >= 0:
+        found = _STREAM_KEY.match(content, at)
+        stream = found is not None and found.group(1) == b"true"
+    at = content.find(b'"service_tier"')
+    if at >= 0 and (found := _TIER_KEY.match(content, at)) is not None:
+        tier = found.group(1).decode("ascii")
+    return _RequestFacts(model, stream, tier)
+
+
+def _requested_model(content: bytes) -> str | None:
     """The request body's ``model``. A body bigger than :data:`PARSE_LIMIT` (a long prompt) is
     scanned for its first ``"model": "…"`` key, so the call path never parses a prompt of
     megabytes; so is any body with ``"model"`` in it only once (the usual case, and the scan
     costs a few per cent of a parse). Others are parsed. (Inside a JSON string a quote is
     escaped, so the pattern only matches a key; in the SDKs' bodies the first such key is the
     top-level one. A body whose only ``"model"`` is nested, with none at the top, is a request
-    the API refuses; its error event then names that value as the requested model.)"""
+    the API refuses; its error event then names that value as the requested model. The same
+    scan finds ``"stream": true`` and ``"service_tier"``.)"""
     try:
-        content = request.content
         big = len(content) > PARSE_LIMIT
         first = content.find(b'"model"')
         if first >= 0 and (big or content.find(b'"model"', first + 7) < 0):
@@ -632,6 +793,8 @@ def _requested_model(request: Any) -> str | None:
 PARSE_LIMIT = 64 * 1024
 _MODEL_KEY = re.compile(rb'"model"\s*:\s*("(?:[^"\\]|\\.)*")')
 _PLAIN_STRING = re.compile(rb'"[ -!#-\[\]-~]*"')  # printable ASCII, no escapes: its JSON value is itself
+_STREAM_KEY = re.compile(rb'"stream"\s*:\s*(true|false)')
+_TIER_KEY = re.compile(rb'"service_tier"\s*:\s*"([A-Za-z0-9_.-]{1,32})"')
 
 
 class RecordingTransport(httpx.BaseTransport):
@@ -670,6 +833,7 @@ class RecordingTransport(httpx.BaseTransport):
 
     def close(self) -> None:
         try:
+            self.recorder.abandon_open()
             self.inner.close()
         finally:
             self.recorder.journal.flush(self.flush_timeout)
@@ -704,6 +868,7 @@ class AsyncRecordingTransport(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         try:
+            self.recorder.abandon_open()
             await self.inner.aclose()
         finally:
             # flush() blocks briefly; run it off the event loop

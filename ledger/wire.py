@@ -25,6 +25,7 @@ __all__ = [
     "MAX_TOKENS",
     "SSEDecoder",
     "SSEEvent",
+    "Skeleton",
     "TimeInfo",
     "Usage",
     "WireError",
@@ -47,6 +48,9 @@ class Usage:
         completion_tokens: output tokens, reasoning ones included.
         reasoning_tokens: the part of ``completion_tokens`` spent on reasoning.
         total_tokens: ``prompt_tokens + completion_tokens``.
+        accepted_prediction_tokens, rejected_prediction_tokens: predicted-output tokens the
+            model kept / threw away (both part of ``completion_tokens``).
+        image_tokens: the part of ``prompt_tokens`` that came from images.
     """
 
     prompt_tokens: int
@@ -54,6 +58,9 @@ class Usage:
     completion_tokens: int
     reasoning_tokens: int
     total_tokens: int
+    accepted_prediction_tokens: int = 0
+    rejected_prediction_tokens: int = 0
+    image_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,11 +122,21 @@ def usage_from(body: Mapping[str, Any]) -> tuple[Usage | None, str | None]:
     total = _count(total_raw)
     if total is None or total != prompt + completion:
         return None, "usage total_tokens disagrees with prompt + completion"
-    cached = _detail(raw.get("prompt_tokens_details"), "cached_tokens")
-    reasoning = _detail(raw.get("completion_tokens_details"), "reasoning_tokens")
+    prompt_details, completion_details = raw.get("prompt_tokens_details"), raw.get("completion_tokens_details")
+    cached = _detail(prompt_details, "cached_tokens")
+    reasoning = _detail(completion_details, "reasoning_tokens")
     if cached is None or cached > prompt or reasoning is None or reasoning > completion:
         return None, "usage details are invalid"
-    return Usage(prompt, cached, completion, reasoning, total), None
+    if prompt_details is None and completion_details is None:
+        return Usage(prompt, cached, completion, reasoning, total), None
+    # Kept for analysis, never priced apart: an implausible one is dropped, not the usage.
+    accepted = _detail(completion_details, "accepted_prediction_tokens")
+    rejected = _detail(completion_details, "rejected_prediction_tokens")
+    images = _detail(prompt_details, "image_tokens")
+    return Usage(prompt, cached, completion, reasoning, total,
+                 accepted if accepted is not None and accepted <= completion else 0,
+                 rejected if rejected is not None and rejected <= completion else 0,
+                 images if images is not None and images <= prompt else 0), None
 
 
 def _detail(details: Any, key: str) -> int | None:
@@ -178,20 +195,32 @@ class SSEDecoder:
 
     Feed it byte chunks of any size; it returns each event once its blank line arrives.
     :meth:`close` returns an event left without its final blank line, since some servers end
-    the body right after the last ``data:`` line.
+    the body right after the last ``data:`` line. Linear in the bytes fed, however long a line
+    is: chunks of a line still waiting for its end are kept as they are and joined once.
     """
 
-    __slots__ = ("_buf", "_data", "_event")
+    __slots__ = ("_buf", "_data", "_event", "_more", "_held")
 
     def __init__(self) -> None:
         self._buf = b""
+        self._more: list[bytes] = []  # later pieces of the unfinished line in _buf
         self._data: list[bytes] = []
         self._event: str | None = None
+        self._held = 0  # bytes held back: the unfinished line and this event's data lines
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         if chunk.endswith(b"\n\n") and self.at_boundary() and b"\r" not in chunk:
             return self._whole_events(chunk)
-        buf = self._buf + chunk if self._buf else chunk
+        if self._buf and self._buf[-1] != 0x0D and b"\n" not in chunk and b"\r" not in chunk:
+            self._more.append(chunk)  # the line goes on: keep the piece, join once it ends
+            self._held += len(chunk)
+            return []
+        if self._more:
+            self._more.append(chunk)
+            buf = self._buf + b"".join(self._more)
+            self._more = []
+        else:
+            buf = self._buf + chunk if self._buf else chunk
         out: list[SSEEvent] = []
         lines = buf.splitlines(keepends=True)
         self._buf = b""
@@ -202,7 +231,21 @@ class SSEDecoder:
                 self._buf = line
                 break
             self._line(line.rstrip(b"\r\n"), out)
+        self._held = len(self._buf) + sum(len(d) for d in self._data)
         return out
+
+    def held(self) -> int:
+        """How many bytes are held back waiting for the end of their line or event."""
+        return self._held
+
+    def take_held(self) -> bytes:
+        """Hand back what is held (the current event so far, as stream text) and forget it."""
+        parts = [] if self._event is None else [b"event: " + self._event.encode("utf-8", "replace") + b"\n"]
+        parts.extend(b"data: " + d + b"\n" for d in self._data)
+        parts.append(self._buf)
+        parts.extend(self._more)
+        self._buf, self._more, self._data, self._event, self._held = b"", [], [], None, 0
+        return b"".join(parts)
 
     def _whole_events(self, chunk: bytes) -> list[SSEEvent]:
         """The usual chunk: LF only, starting and ending on an event boundary (servers flush
@@ -224,10 +267,12 @@ class SSEDecoder:
 
     def close(self) -> list[SSEEvent]:
         out: list[SSEEvent] = []
-        if self._buf:
-            tail, self._buf = self._buf, b""
+        if self._buf or self._more:
+            tail = self._buf + b"".join(self._more)
+            self._buf, self._more = b"", []
             self._line(tail.rstrip(b"\r\n"), out)
         self._line(b"", out)
+        self._held = 0
         return out
 
     def _line(self, line: bytes, out: list[SSEEvent]) -> None:
@@ -247,3 +292,84 @@ class SSEDecoder:
             self._data.append(value)
         elif name == b"event":
             self._event = value.decode("utf-8", "replace")
+
+
+class Skeleton:
+    """JSON text with its long strings emptied, streamed: what a huge body says about itself.
+
+    Feed it the bytes of JSON documents (or of an event stream of them) in chunks of any size;
+    :meth:`take` returns them with every string value longer than ``keep`` bytes replaced by
+    ``""``, everything else byte for byte. Huge bodies are huge because of content (a completion
+    of megabytes in one string); ids, model, ``usage``, ``time_info`` and ``finish_reason`` are
+    small, so the skeleton parses in microseconds and says all the ledger needs. Strings are
+    found with ``bytes.find`` (a ``memchr``), so a 100 MB body costs about one pass over its
+    bytes and ``keep`` bytes of memory, not a parse. An escaped quote ends no string, even when
+    its backslashes arrived in an earlier chunk.
+    """
+
+    __slots__ = ("_cur", "_in", "_len", "_out", "_trail", "keep")
+
+    def __init__(self, keep: int = 4096) -> None:
+        self.keep = keep
+        self._out: list[bytes] = []
+        self._in = False  # inside a string
+        self._cur: list[bytes] = []  # the current string's bytes, while it is short
+        self._len = 0  # the current string's length so far
+        self._trail = 0  # backslashes that ended the previous chunk, inside the current string
+
+    @property
+    def in_string(self) -> bool:
+        return self._in
+
+    def feed(self, data: bytes) -> None:
+        pos, n = 0, len(data)
+        while pos < n:
+            if not self._in:
+                q = data.find(b'"', pos)
+                if q < 0:
+                    self._out.append(data[pos:] if pos else data)
+                    return
+                self._out.append(data[pos:q + 1])
+                self._in, self._cur, self._len = True, [], 0
+                pos = q + 1
+                continue
+            end = self._closing_quote(data, pos)
+            piece = data[pos:] if end < 0 else data[pos:end]
+            self._len += len(piece)
+            if self._len <= self.keep:
+                self._cur.append(piece)
+            elif self._cur:
+                self._cur = []
+            if end < 0:
+                return
+            if self._len <= self.keep:
+                self._out.extend(self._cur)
+            self._out.append(b'"')
+            self._in, self._cur = False, []
+            pos = end + 1
+
+    def _closing_quote(self, data: bytes, start: int) -> int:
+        """Where the current string ends in ``data`` (from ``start``), or -1 (it goes on)."""
+        pos = start
+        while True:
+            q = data.find(b'"', pos)
+            if q < 0:
+                i = len(data)
+                while i > start and data[i - 1] == 0x5C:
+                    i -= 1
+                run = len(data) - i
+                self._trail = self._trail + run if i == start else run
+                return -1
+            i = q
+            while i > start and data[i - 1] == 0x5C:
+                i -= 1
+            run = q - i + (self._trail if i == start else 0)
+            if run % 2 == 0:
+                self._trail = 0
+                return q
+            pos = q + 1
+
+    def take(self) -> bytes:
+        """The skeleton so far (and forget it); a string still open stays open."""
+        out, self._out = b"".join(self._out), []
+        return out

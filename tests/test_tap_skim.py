@@ -14,6 +14,7 @@ import json
 from dataclasses import replace
 from typing import Any
 
+import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -45,6 +46,7 @@ class _Collect:
 
     def __init__(self) -> None:
         self.events: list[CallEvent] = []
+        self.open_attempts: set[object] = set()
 
     def append(self, event: CallEvent) -> None:
         self.events.append(event)
@@ -52,10 +54,10 @@ class _Collect:
 
 def _record(chunks: list[bytes], skim: bool, whole: bool, scan_bytes: int | None = None) -> CallEvent:
     sink = _Collect()
-    attempt = Attempt(sink, _Target("cerebras", "cerebras"), "p", (), "gpt-oss-120b", "transport")  # type: ignore[arg-type]
+    attempt = Attempt(sink, _Target("cerebras", "cerebras", "chat.completions"), "p", (), "gpt-oss-120b", "transport")  # type: ignore[arg-type]
     attempt.http_status = 200
     attempt.stream = True
-    tap = _BodyTap(attempt, "")
+    tap = _BodyTap(attempt, "", httpx)
     tap.can_skim = skim
     if scan_bytes is not None:
         tap.scan_bytes = scan_bytes
@@ -114,9 +116,9 @@ def test_an_error_after_many_deltas_is_seen_when_skimmed() -> None:
 def test_skimmed_chunks_are_held_not_decoded_until_a_scan() -> None:
     """After the first event a chunk costs one append; the scan decodes only marked events."""
     sink = _Collect()
-    attempt = Attempt(sink, _Target("cerebras", "cerebras"), "p", (), "m", "transport")  # type: ignore[arg-type]
+    attempt = Attempt(sink, _Target("cerebras", "cerebras", "chat.completions"), "p", (), "m", "transport")  # type: ignore[arg-type]
     attempt.http_status, attempt.stream = 200, True
-    tap = _BodyTap(attempt, "")
+    tap = _BodyTap(attempt, "", httpx)
     events = LONG.split(b"\n\n")[:-1]
     tap.feed(events[0] + b"\n\n")
     assert tap.skim and attempt.upstream_id is not None
