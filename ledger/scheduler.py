@@ -231,7 +231,9 @@ def default_jobs(engine: Engine, schedule: Schedule) -> dict[str, Callable[[], N
     def billing() -> None:
         from . import focus
 
-        focus.export_closed_month(engine, datetime.now(UTC), Path(schedule.billing_dir))
+        for issued in focus.catch_up(engine, datetime.now(UTC), Path(schedule.billing_dir)):
+            log.info("billing: %s %s, %d row(s)", "rewrote" if issued.reissued else "issued", issued.month,
+                     len(issued.rows))
 
     return {"rollup": lambda: rollup_and_alerts(engine), "daily-reports": daily_reports, "billing": billing}
 
