@@ -151,7 +151,7 @@ COST_COLUMNS = ("BilledCost", "ContractedCost", "EffectiveCost", "ListCost")
 UNIT_PRICE_COLUMNS = ("ContractedUnitPrice", "ListUnitPrice")
 DATE_COLUMNS = ("BillingPeriodEnd", "BillingPeriodStart", "ChargePeriodEnd", "ChargePeriodStart")
 SCALES = {**dict.fromkeys(COST_COLUMNS, 9), **dict.fromkeys(UNIT_PRICE_COLUMNS, 9), "PricingQuantity": 6,
-          "ConsumedQuantity": 0}
+          "ConsumedQuantity": 6}
 
 _BILLING_LOCK_KEY = 0x6269_6C6C_696E_67  # "billing"
 _MONTH = re.compile(r"(\d{4})-(\d{2})")
@@ -259,6 +259,12 @@ def _per_million(rate_nanos: int) -> Decimal:
 
 def _quantity(tokens: int) -> Decimal:
     return Decimal(tokens).scaleb(-6, _EXACT).quantize(Decimal("0.000001"), context=_EXACT)
+
+
+def _tokens(tokens: int) -> Decimal:
+    # whole tokens, written at the quantities' six places (a column of bare integers reads as
+    # integers, not decimals, in pandas-based FOCUS tools such as the FinOps Foundation's validator)
+    return Decimal(tokens).quantize(Decimal("0.000001"), context=_EXACT)
 
 
 def _grouped(conn: Connection, month: str, bounds: list[datetime]) -> Any:
@@ -397,7 +403,7 @@ def billing_rows(conn: Connection, month: str, issued_at: datetime) -> list[dict
                    "PricingQuantity": Decimal(-1 if cost < 0 else 1).quantize(Decimal("0.000001")),
                    "SkuId": f"{model}/{TOTAL}", "SkuMeter": _METERS[TOTAL],
                    "SkuPriceId": f"{IMPORTED}/{model}/{TOTAL}", "SkuPriceDetails": _details(IMPORTED, TOTAL),
-                   "ConsumedQuantity": Decimal(sums[3]), "x_TokenType": TOTAL,
+                   "ConsumedQuantity": _tokens(sums[3]), "x_TokenType": TOTAL,
                    "ChargeDescription": f"{model} tokens via {issuer}, imported cost{late}"}
             order = (correction, charge_month, project, model, route, book, "", "", free, len(TOKEN_TYPES),
                      user_tags)
@@ -417,7 +423,7 @@ def billing_rows(conn: Connection, month: str, issued_at: datetime) -> list[dict
                    "ListUnitPrice": _per_million(list_rates[token_type]),
                    "SkuId": f"{model}/{token_type}", "SkuMeter": _METERS[token_type],
                    "SkuPriceId": f"{book}/{model}/{token_type}", "SkuPriceDetails": _details(book, token_type),
-                   "ConsumedQuantity": Decimal(tokens), "PricingQuantity": _quantity(tokens),
+                   "ConsumedQuantity": _tokens(tokens), "PricingQuantity": _quantity(tokens),
                    "x_TokenType": token_type,
                    "ChargeDescription": f"{model} {_TOKEN_WORDS[token_type]} via {issuer}{late}"}
             order = (correction, charge_month, project, model, route, book, price_id, list_id or "", free, i,

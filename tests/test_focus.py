@@ -162,7 +162,7 @@ def test_columns_in_order_and_null_rules(engine: sa.Engine, tmp_path: Path) -> N
         assert tags["feature"] == "chat"  # the call's own tag, as given
     total = [r for r in rows if r["x_TokenType"] == "total"]
     assert len(total) == 1 and total[0]["BilledCost"] == total[0]["ListCost"] == "0.000123456"
-    assert total[0]["ConsumedQuantity"] == "15"
+    assert total[0]["ConsumedQuantity"] == "15.000000"
     assert (total[0]["PricingQuantity"], total[0]["PricingUnit"], total[0]["ContractedUnitPrice"],
             total[0]["ListUnitPrice"], total[0]["SkuPriceId"]) == \
         ("1.000000", "Charges", "0.000123456", "0.000123456", "imported/some-import/total")
@@ -213,7 +213,7 @@ def test_totals_equal_raw_events_summary_and_rollup(engine: sa.Engine, tmp_path:
     for r in rows:
         got[r["SubAccountId"]][0] += nanos(r["BilledCost"])
         got[r["SubAccountId"]][1] += nanos(r["ListCost"])
-        got[r["SubAccountId"]][2] += int(r["ConsumedQuantity"])
+        got[r["SubAccountId"]][2] += Decimal(r["ConsumedQuantity"])
     assert {p: tuple(v) for p, v in got.items()} == raw
     assert result.billed == Money(sum(v[0] for v in raw.values()))
     with engine.connect() as conn:
@@ -245,9 +245,9 @@ def test_price_change_mid_month_keeps_the_sku_price_id_and_gives_two_rows(engine
     inputs = sorted(((r["SkuPriceId"], r["ContractedUnitPrice"], r["ListUnitPrice"], r["ConsumedQuantity"],
                       r["BilledCost"], r["ListCost"]) for r in rows if r["x_TokenType"] == "input"), key=str)
     assert inputs == [
-        ("lava/gpt-oss-120b/input", "0.350", "0.350", "1000000", "0.350000000", "0.350000000"),
-        ("lava/gpt-oss-120b/input", "0.500", "0.350", "3000000", "1.500000000", "1.050000000"),
-        ("lava/gpt-oss-120b/input", "0.500", "0.400", "5000000", "2.500000000", "2.000000000"),
+        ("lava/gpt-oss-120b/input", "0.350", "0.350", "1000000.000000", "0.350000000", "0.350000000"),
+        ("lava/gpt-oss-120b/input", "0.500", "0.350", "3000000.000000", "1.500000000", "1.050000000"),
+        ("lava/gpt-oss-120b/input", "0.500", "0.400", "5000000.000000", "2.500000000", "2.000000000"),
     ]
     outputs = [r for r in rows if r["x_TokenType"] == "output"]
     assert len({r["SkuPriceId"] for r in outputs}) == 1 and len({r["ContractedUnitPrice"] for r in outputs}) == 2
@@ -314,7 +314,7 @@ def test_late_usage_is_billed_once_as_corrections_in_the_next_export(engine: sa.
     assert {r["ChargePeriodStart"] for r in regular} == {"2026-09-01T00:00:00Z"}
     assert all("(late usage from 2026-08)" in r["ChargeDescription"] for r in corrections)
     assert sum(nanos(r["BilledCost"]) for r in corrections) == charge_of(engine, late.event_id)
-    assert sorted(int(r["ConsumedQuantity"]) for r in corrections) == [900, 3000, 4000]
+    assert sorted(Decimal(r["ConsumedQuantity"]) for r in corrections) == [900, 3000, 4000]
     assert rows.index(corrections[0]) > rows.index(regular[-1])  # regular rows first, then corrections
 
     # billed once: October's export has no trace of it, and re-exporting September is unchanged
@@ -352,7 +352,7 @@ def test_reprice_corrections_of_a_closed_month_follow_the_same_rule(engine: sa.E
     assert all(Decimal(r["BilledCost"]) < 0 and Decimal(r["ConsumedQuantity"]) < 0 for r in reversal)
     assert all(Decimal(r["BilledCost"]) > 0 for r in restatement)
     assert sum(nanos(r["BilledCost"]) for r in rows) == result.delta.nanos
-    assert sum(int(r["ConsumedQuantity"]) for r in rows) == 0  # tokens moved between prices, none added
+    assert sum(Decimal(r["ConsumedQuantity"]) for r in rows) == 0  # tokens moved between prices, none added
     assert export(engine, AUG, tmp_path / "aug-2.csv").reissued
     assert (tmp_path / "aug-2.csv").read_bytes() == aug_bytes
     # everything billed across both files equals every event's cost: each billed exactly once
