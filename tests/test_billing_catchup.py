@@ -131,3 +131,30 @@ def _read(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     from .test_focus import read_csv
 
     return read_csv(path)
+
+
+def test_cli_export_billing_due(ledger_env: dict[str, str], tmp_path: Path,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    from ledger.cli import main
+
+    eng = store.make_engine(ledger_env["LEDGER_DATABASE_URL"])
+    try:
+        store.ensure_schema(eng)
+        write(eng, [event(at(SEP, 4)), event(at(OCT, 5), model="mystery-model")])
+    finally:
+        eng.dispose()
+    folder = tmp_path / "due"
+    capsys.readouterr()
+    assert main(["export", "billing", "--due", str(folder)]) == 0
+    err = capsys.readouterr().err
+    months = sorted(p.name for p in folder.iterdir())
+    assert months[0] == "focus-2026-09.csv" and months[-1] == f"focus-{focus.last_month(datetime.now(UTC))}.csv"
+    assert err.count("issued ") == len(months) and "issued 2026-09: 2 row(s)" in err
+    assert "1 event(s) with usage but no price are not billed" in err
+    assert main(["export", "billing", "--due", str(folder)]) == 0
+    assert "nothing due" in capsys.readouterr().err
+    for args in (["--due", str(folder), "--month", SEP], ["--due", str(folder), "--out", str(tmp_path / "x.csv")],
+                 [], ["--due", str(folder / "focus-2026-09.csv")]):
+        code = main(["export", "billing", *args])
+        lines = capsys.readouterr().err.splitlines()
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (args, lines)
