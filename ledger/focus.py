@@ -3,18 +3,27 @@
 :func:`export_billing` issues the export of one UTC month and writes it as CSV or Parquet.
 
 Rows. One row per billing period charge: (charge month, project, route, book, model, price
-point, list price point, free) × token type, where the token types are ``input`` (uncached
-prompt tokens), ``cached_input`` and ``output`` (completion tokens, reasoning included). Grouping
-by the price point and by the list price point in force makes ``SkuPriceId``,
-``ContractedUnitPrice`` and ``ListUnitPrice`` single-valued on each row, so a price change in the
-middle of a month gives two rows. Token counts are summed in SQL (events grouped by key, never
-loaded one by one); money is exact: ``BilledCost`` = tokens × the point's per-token rate (cached
-tokens at the cached rate, else the input rate), and the export refuses to run if those products
-do not add up to the events' own ``cost_nanos`` (they always do unless a price row was tampered
-with). Events with no cost (unpriced models, unknown usage) are not billed; ``prices check`` lists
-them. Events imported with a cost of their own and no price point (``events import`` with
-``cost_usd``) cannot be split by token type: they give one row per group with ``x_TokenType``
-``total``, ``SkuPriceId`` and ``ListUnitPrice`` null and ``ListCost`` = ``BilledCost``.
+point, list price point, free, the calls' tags) × token type, where the token types are ``input``
+(uncached prompt tokens), ``cached_input`` and ``output`` (completion tokens, reasoning included).
+Grouping by the price point and by the list price point in force makes ``ContractedUnitPrice``
+and ``ListUnitPrice`` single-valued on each row, so a price change in the middle of a month gives
+two rows (with the same ``SkuPriceId``). Token counts are summed in SQL (events grouped by key,
+never loaded one by one); money is exact: ``BilledCost`` = tokens × the point's per-token rate
+(cached tokens at the cached rate, else the input rate), and the export refuses to run if those
+products do not add up to the events' own ``cost_nanos`` (they always do unless a price row was
+tampered with).
+
+Unpriced usage. Events with no cost (a model no book prices, unknown usage) are not billed: no
+row, since there is no cost to state. The export counts them (``BillingExport.unpriced``; the
+CLI warns with the count) and ``prices check`` lists them; once the model is priced, ``prices
+reprice`` gives them a cost and the next export bills it as ``Correction`` rows.
+
+Imported costs. Events imported with a cost of their own and no price point (``events import``
+with ``cost_usd``) cannot be split by token type: they give one row per group with
+``x_TokenType`` ``total``, priced as one charge of its whole cost: ``PricingUnit`` ``Charges``,
+``PricingQuantity`` 1 (-1 for a negative cost), ``ContractedUnitPrice`` = ``ListUnitPrice`` =
+the cost's size, ``SkuPriceId`` ``imported/<model>/total``; ``ConsumedQuantity`` is still the
+tokens.
 
 Columns (:data:`COLUMNS`): the FOCUS columns that apply, in alphabetical order (allowed by FOCUS
 column ordering), then the custom ``x_`` columns. Values:
@@ -25,10 +34,23 @@ column ordering), then the custom ``x_`` columns. Values:
   ``1000000 Tokens``; ``ListCost`` = ``ListUnitPrice`` × ``PricingQuantity`` exactly.
   List rates come from the ``cerebras`` points that existed when the month was issued, so a
   point added later never changes an issued month.
-* ``SkuId`` is ``<model>/<token type>``; ``SkuPriceId`` is the price id used with the token
-  type appended (``lava/gpt-oss-120b@2024-01-01T00:00:00Z/output``), so every SkuPriceId has
-  exactly one parent SkuId and one unit price, as FOCUS requires; ``Tags`` carries the bare
-  ``price_id`` as well as ``route``, ``book`` and ``free``.
+* Free models, every one the same: ``ListUnitPrice`` is the free point's own rate, 0, so
+  ``ListCost`` = ``BilledCost`` = 0, whether or not the ``cerebras`` book lists the model. What
+  free usage would have cost at Cerebras's list price is a report figure ("free usage at list
+  price"), not a FOCUS cost.
+* ``SkuId`` is ``<model>/<token type>``; ``SkuMeter`` the token type in words (``Output Tokens``).
+  ``SkuPriceId`` is ``<book>/<model>/<token type>`` (``lava/gpt-oss-120b/output``): the same in
+  every month and across accounts, with no effective date or price in it (FOCUS 1.2), and
+  exactly one parent SkuId; the row's rates come from the dated point in force, which
+  ``Tags`` names. ``SkuPriceDetails`` is ``{"PriceBook": <book>, "TokenType": <type>}``, the
+  same for every row of a SkuPriceId.
+* ``Tags`` (JSON, Key-Value Format) holds the calls' own tags, keys and values as given, and the
+  ledger's keys under the prefix ``ledger/``: ``ledger/book``, ``ledger/free``, ``ledger/route``
+  and ``ledger/price_id`` (the dated price point). A call's tag whose key begins with
+  ``ledger/`` is reserved and left out of ``Tags`` (it stays on the event).
+* ``x_FocusVersion`` is ``1.2`` on every row. FOCUS puts ``FocusVersion`` in dataset metadata,
+  separate from the data; the export is one self-contained file (or stdout), so it states the
+  version in a custom column, which FOCUS allows and every tool keeps.
 * ``InvoiceIssuerName`` and ``BillingAccountId``/``Name`` are Lava when the route was ``lava``,
   else Cerebras (the ledger does not know your account number at either).
 * Dates are ISO 8601 UTC with ``Z``; periods are [start, end): the billing period is the
@@ -37,7 +59,13 @@ column ordering), then the custom ``x_`` columns. Values:
 Nulls (FOCUS Null Handling): absent values are NULL, never an empty or placeholder string. In CSV
 a NULL is an empty cell (no value the export writes is ever an empty string, so an empty cell
 always means NULL); in Parquet it is a real null. Decimals are exact: plain decimal strings in
-CSV, ``decimal128`` in Parquet (costs at 9 places, quantities at 6, unit prices at 3).
+CSV, ``decimal128`` in Parquet (costs and unit prices at 9 places, quantities at 6, token counts
+included, so tools that infer types read every decimal column as decimal).
+
+The FinOps Foundation's ``focus-validator`` (1.0.0, ``--validate-version 1.0``) passes the export
+with ``tests/focus_validator_overrides.yaml``, which lists the rules where that release departs
+from FOCUS 1.0/1.2 (1.0-preview column names, conditional columns treated as required), each
+with its reason; ``tests/test_focus_spec.py`` runs it and checks the 1.2 rules it lacks.
 
 Spreadsheets (CSV injection). FOCUS CSV files are opened in spreadsheets as often as they are
 loaded into FinOps tools, so a text cell that would begin with ``=``, ``+``, ``-``, ``@``, a tab or
@@ -66,6 +94,12 @@ after it arrived. Only months that have ended can be issued. The file is written
 temporary name inside the transaction and renamed into place after the commit: a failure
 before the commit records nothing and leaves no file; a crash between the commit and the rename
 leaves the month issued, and exporting it again writes the identical file.
+
+Catching up. The scheduler's job (and ``export billing --due DIR``) is :func:`catch_up`: every
+month from the first one with events up to the last that has ended, that was never issued or
+whose file is not in the folder, is issued (or written again) oldest first. So a run that never
+happened (the database down on the 1st) is made up by the next run, and a crash between the
+commit and the rename is repaired by it.
 """
 
 from __future__ import annotations

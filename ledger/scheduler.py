@@ -9,7 +9,8 @@ job                when                                            one-shot comm
 ``alerts``         right after each rollup                         ``cerebras-ledger alerts check``
 ``daily-reports``  every day at ``report_hour`` in ``report_tz``   ``cerebras-ledger report``
 ``billing``        the 1st of each month, ``billing_grace_hours``  ``cerebras-ledger export
-                   after midnight UTC, for the month just closed   billing``
+                   after midnight UTC: every ended month not yet   billing --due DIR``
+                   issued, or whose file is missing
 =================  ==============================================  =============================
 
 Every job sets ``coalesce=True`` (a backlog of missed runs runs once), ``max_instances=1`` and
