@@ -390,7 +390,7 @@ def billing_rows(conn: Connection, month: str, issued_at: datetime) -> list[dict
             if computed != sums[4]:
                 raise BillingError(f"events priced at {price_id} cost {Money(sums[4])} USD but their tokens "
                                    f"at its rates cost {Money(computed)} USD; refusing to bill")
-            if book == LIST_BOOK:
+            if book == LIST_BOOK or free:  # a free model is listed at its own free point
                 list_id = price_id
             else:
                 start = month_bounds(charge_month)[0]  # segment i starts at bounds[i - 1]
@@ -444,8 +444,7 @@ def billing_rows(conn: Connection, month: str, issued_at: datetime) -> list[dict
             rows.append((order, row))
             continue
         rates = _rates(by_id[price_id])
-        # Free models, every one: listed at their own (free) price point, so ListCost is 0.
-        list_rates = _rates(by_id[list_id]) if list_id is not None and not free else rates
+        list_rates = _rates(by_id[list_id]) if list_id is not None else rates
         for i, token_type in enumerate(TOKEN_TYPES):
             tokens = sums[i]
             if not tokens:

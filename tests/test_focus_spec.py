@@ -253,7 +253,9 @@ def test_version_and_custom_columns(engine: sa.Engine, tmp_path: Path) -> None:
 
 def test_free_models_all_follow_one_list_cost_rule(engine: sa.Engine, tmp_path: Path) -> None:
     # llama3.1-8b is free through Lava and has a Cerebras list price; deepseek is free and has none
+    add_point(engine, "cerebras", "llama3.1-8b", "0.20", "0.20", at(SEP, 10, 0))  # its list price moves
     write(engine, [event(at(SEP, 3), model="llama3.1-8b", prompt=2_000_000, completion=1_000_000),
+                   event(at(SEP, 20), model="llama3.1-8b", prompt=1_000_000, completion=1_000_000),
                    event(at(SEP, 3), model="deepseek-r1-distill-llama-70b", prompt=2_000_000, completion=1),
                    event(at(SEP, 4), route="cerebras", model="llama3.1-8b")])
     _, rows = read_csv(_export(engine, tmp_path))
@@ -262,6 +264,8 @@ def test_free_models_all_follow_one_list_cost_rule(engine: sa.Engine, tmp_path: 
     for r in free:
         assert Decimal(r["ListUnitPrice"]) == Decimal(r["ContractedUnitPrice"]) == 0
         assert Decimal(r["ListCost"]) == Decimal(r["BilledCost"]) == 0
+    lava_llama = [r["x_TokenType"] for r in free if r["x_Model"] == "llama3.1-8b"]
+    assert sorted(lava_llama) == ["input", "output"]  # one row each: a list price change splits nothing
     paid = [r for r in rows if r["x_Free"] == "false"]
     assert paid and all(Decimal(r["ListCost"]) > 0 for r in paid)
 
