@@ -50,7 +50,8 @@ column ordering), then the custom ``x_`` columns. Values:
   ``ledger/`` is reserved and left out of ``Tags`` (it stays on the event).
 * ``x_FocusVersion`` is ``1.2`` on every row. FOCUS puts ``FocusVersion`` in dataset metadata,
   separate from the data; the export is one self-contained file (or stdout), so it states the
-  version in a custom column, which FOCUS allows and every tool keeps.
+  version in a custom column, which FOCUS allows and every tool keeps (Parquet files also carry
+  it as the schema metadata key ``FocusVersion``).
 * ``InvoiceIssuerName`` and ``BillingAccountId``/``Name`` are Lava when the route was ``lava``,
   else Cerebras (the ledger does not know your account number at either).
 * Dates are ISO 8601 UTC with ``Z``; periods are [start, end): the billing period is the
@@ -558,7 +559,7 @@ def parquet_schema() -> Any:
         else:
             kind = pa.string()
         fields.append(pa.field(c, kind, nullable=True))
-    return pa.schema(fields)
+    return pa.schema(fields, metadata={"FocusVersion": FOCUS_VERSION})  # FOCUS's metadata key, too
 
 
 def write_parquet(rows: Sequence[dict[str, Any]], out: IO[bytes]) -> int:

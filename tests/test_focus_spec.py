@@ -248,7 +248,9 @@ def test_version_and_custom_columns(engine: sa.Engine, tmp_path: Path) -> None:
     assert {r["x_FocusVersion"] for r in rows} == {"1.2"}
     pq = pytest.importorskip("pyarrow.parquet")
     focus.export_billing(engine, SEP, tmp_path / "sep.parquet", "parquet")
-    assert set(pq.read_table(tmp_path / "sep.parquet").column("x_FocusVersion").to_pylist()) == {"1.2"}
+    table = pq.read_table(tmp_path / "sep.parquet")
+    assert set(table.column("x_FocusVersion").to_pylist()) == {"1.2"}
+    assert table.schema.metadata[b"FocusVersion"] == b"1.2"
 
 
 def test_free_models_all_follow_one_list_cost_rule(engine: sa.Engine, tmp_path: Path) -> None:
