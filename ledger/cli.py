@@ -675,9 +675,11 @@ def export_group() -> None:
     """
 
 
-def _billing_month(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+def _billing_month(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
     from .focus import BillingError, parse_month
 
+    if value is None:
+        return None
     try:
         return parse_month(value)
     except BillingError as exc:
@@ -685,14 +687,19 @@ def _billing_month(_ctx: click.Context, _param: click.Parameter, value: str) -> 
 
 
 @export_group.command("billing")
-@click.option("--month", required=True, metavar="YYYY-MM", callback=_billing_month,
+@click.option("--month", metavar="YYYY-MM", callback=_billing_month,
               help="The UTC month to bill; it must have ended.")
+@click.option("--due", "due_dir", metavar="DIR", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Instead of --month: issue every ended month since the first event that was never issued, "
+                   "or whose file is not in DIR, into DIR/focus-YYYY-MM.<format>, oldest first (the "
+                   "scheduler's billing job).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write here (whole or not at all) instead of stdout; parquet needs it.")
 @click.option("--format", "fmt", type=click.Choice(["csv", "parquet"]), default="csv", show_default=True,
               help="parquet needs the `parquet` extra (pyarrow).")
 @click.pass_context
-def export_billing_cmd(ctx: click.Context, month: str, out: Path | None, fmt: str) -> None:
+def export_billing_cmd(ctx: click.Context, month: str | None, due_dir: Path | None, out: Path | None,
+                       fmt: str) -> None:
     """Issue a month's FOCUS 1.2 billing file: one row per project, model, token type and price.
 
     The first run closes the month; running it again writes the identical file. Usage that
@@ -702,16 +709,36 @@ def export_billing_cmd(ctx: click.Context, month: str, out: Path | None, fmt: st
     Example:
       cerebras-ledger export billing --month 2026-11 --out focus-2026-11.csv
       cerebras-ledger export billing --month 2026-11 --format parquet --out focus-2026-11.parquet
+      cerebras-ledger export billing --due reports/billing
     """
-    from .focus import export_billing, write_csv
+    from .focus import catch_up, export_billing, write_csv
 
+    if (month is None) == (due_dir is None):
+        raise click.UsageError("give --month YYYY-MM, or --due DIR (every month not yet issued)")
+    if due_dir is not None:
+        if out is not None:
+            raise click.UsageError("--due writes into its folder; --out goes with --month")
+        if due_dir.exists() and not due_dir.is_dir():
+            raise click.UsageError(f"--due: {due_dir} is not a folder")
+        with _engine(ctx) as engine:
+            done = catch_up(engine, datetime.now(UTC), due_dir, fmt)
+        for result in done:
+            _billing_said(result, due_dir / f"focus-{result.month}.{fmt}")
+        if not done:
+            click.echo("nothing due: every ended month is issued and its file is there", err=True)
+        return
+    assert month is not None
     if fmt == "parquet" and out is None:
         raise click.UsageError("--format parquet needs --out FILE")
     with _engine(ctx) as engine:
         result = export_billing(engine, month, out, fmt)
     if out is None:
         write_csv(result.rows, sys.stdout)
-    click.echo(f"{'reissued' if result.reissued else 'issued'} {month}: {len(result.rows)} row(s), "
+    _billing_said(result, out)
+
+
+def _billing_said(result: Any, out: Path | None) -> None:
+    click.echo(f"{'reissued' if result.reissued else 'issued'} {result.month}: {len(result.rows)} row(s), "
                f"{result.corrections} correction row(s), billed {result.billed} USD"
                + (f", written to {out}" if out is not None else ""), err=True)
     if result.unpriced:

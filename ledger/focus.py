@@ -3,18 +3,27 @@
 :func:`export_billing` issues the export of one UTC month and writes it as CSV or Parquet.
 
 Rows. One row per billing period charge: (charge month, project, route, book, model, price
-point, list price point, free) × token type, where the token types are ``input`` (uncached
-prompt tokens), ``cached_input`` and ``output`` (completion tokens, reasoning included). Grouping
-by the price point and by the list price point in force makes ``SkuPriceId``,
-``ContractedUnitPrice`` and ``ListUnitPrice`` single-valued on each row, so a price change in the
-middle of a month gives two rows. Token counts are summed in SQL (events grouped by key, never
-loaded one by one); money is exact: ``BilledCost`` = tokens × the point's per-token rate (cached
-tokens at the cached rate, else the input rate), and the export refuses to run if those products
-do not add up to the events' own ``cost_nanos`` (they always do unless a price row was tampered
-with). Events with no cost (unpriced models, unknown usage) are not billed; ``prices check`` lists
-them. Events imported with a cost of their own and no price point (``events import`` with
-``cost_usd``) cannot be split by token type: they give one row per group with ``x_TokenType``
-``total``, ``SkuPriceId`` and ``ListUnitPrice`` null and ``ListCost`` = ``BilledCost``.
+point, list price point, free, the calls' tags) × token type, where the token types are ``input``
+(uncached prompt tokens), ``cached_input`` and ``output`` (completion tokens, reasoning included).
+Grouping by the price point and by the list price point in force makes ``ContractedUnitPrice``
+and ``ListUnitPrice`` single-valued on each row, so a price change in the middle of a month gives
+two rows (with the same ``SkuPriceId``). Token counts are summed in SQL (events grouped by key,
+never loaded one by one); money is exact: ``BilledCost`` = tokens × the point's per-token rate
+(cached tokens at the cached rate, else the input rate), and the export refuses to run if those
+products do not add up to the events' own ``cost_nanos`` (they always do unless a price row was
+tampered with).
+
+Unpriced usage. Events with no cost (a model no book prices, unknown usage) are not billed: no
+row, since there is no cost to state. The export counts them (``BillingExport.unpriced``; the
+CLI warns with the count) and ``prices check`` lists them; once the model is priced, ``prices
+reprice`` gives them a cost and the next export bills it as ``Correction`` rows.
+
+Imported costs. Events imported with a cost of their own and no price point (``events import``
+with ``cost_usd``) cannot be split by token type: they give one row per group with
+``x_TokenType`` ``total``, priced as one charge of its whole cost: ``PricingUnit`` ``Charges``,
+``PricingQuantity`` 1 (-1 for a negative cost), ``ContractedUnitPrice`` = ``ListUnitPrice`` =
+the cost's size, ``SkuPriceId`` ``imported/<model>/total``; ``ConsumedQuantity`` is still the
+tokens.
 
 Columns (:data:`COLUMNS`): the FOCUS columns that apply, in alphabetical order (allowed by FOCUS
 column ordering), then the custom ``x_`` columns. Values:
@@ -25,10 +34,24 @@ column ordering), then the custom ``x_`` columns. Values:
   ``1000000 Tokens``; ``ListCost`` = ``ListUnitPrice`` × ``PricingQuantity`` exactly.
   List rates come from the ``cerebras`` points that existed when the month was issued, so a
   point added later never changes an issued month.
-* ``SkuId`` is ``<model>/<token type>``; ``SkuPriceId`` is the price id used with the token
-  type appended (``lava/gpt-oss-120b@2024-01-01T00:00:00Z/output``), so every SkuPriceId has
-  exactly one parent SkuId and one unit price, as FOCUS requires; ``Tags`` carries the bare
-  ``price_id`` as well as ``route``, ``book`` and ``free``.
+* Free models, every one the same: ``ListUnitPrice`` is the free point's own rate, 0, so
+  ``ListCost`` = ``BilledCost`` = 0, whether or not the ``cerebras`` book lists the model. What
+  free usage would have cost at Cerebras's list price is a report figure ("free usage at list
+  price"), not a FOCUS cost.
+* ``SkuId`` is ``<model>/<token type>``; ``SkuMeter`` the token type in words (``Output Tokens``).
+  ``SkuPriceId`` is ``<book>/<model>/<token type>`` (``lava/gpt-oss-120b/output``): the same in
+  every month and across accounts, with no effective date or price in it (FOCUS 1.2), and
+  exactly one parent SkuId; the row's rates come from the dated point in force, which
+  ``Tags`` names. ``SkuPriceDetails`` is ``{"PriceBook": <book>, "TokenType": <type>}``, the
+  same for every row of a SkuPriceId.
+* ``Tags`` (JSON, Key-Value Format) holds the calls' own tags, keys and values as given, and the
+  ledger's keys under the prefix ``ledger/``: ``ledger/book``, ``ledger/free``, ``ledger/route``
+  and ``ledger/price_id`` (the dated price point). A call's tag whose key begins with
+  ``ledger/`` is reserved and left out of ``Tags`` (it stays on the event).
+* ``x_FocusVersion`` is ``1.2`` on every row. FOCUS puts ``FocusVersion`` in dataset metadata,
+  separate from the data; the export is one self-contained file (or stdout), so it states the
+  version in a custom column, which FOCUS allows and every tool keeps (Parquet files also carry
+  it as the schema metadata key ``FocusVersion``).
 * ``InvoiceIssuerName`` and ``BillingAccountId``/``Name`` are Lava when the route was ``lava``,
   else Cerebras (the ledger does not know your account number at either).
 * Dates are ISO 8601 UTC with ``Z``; periods are [start, end): the billing period is the
@@ -37,7 +60,13 @@ column ordering), then the custom ``x_`` columns. Values:
 Nulls (FOCUS Null Handling): absent values are NULL, never an empty or placeholder string. In CSV
 a NULL is an empty cell (no value the export writes is ever an empty string, so an empty cell
 always means NULL); in Parquet it is a real null. Decimals are exact: plain decimal strings in
-CSV, ``decimal128`` in Parquet (costs at 9 places, quantities at 6, unit prices at 3).
+CSV, ``decimal128`` in Parquet (costs and unit prices at 9 places, quantities at 6, token counts
+included, so tools that infer types read every decimal column as decimal).
+
+The FinOps Foundation's ``focus-validator`` (1.0.0, ``--validate-version 1.0``) passes the export
+with ``tests/focus_validator_overrides.yaml``, which lists the rules where that release departs
+from FOCUS 1.0/1.2 (1.0-preview column names, conditional columns treated as required), each
+with its reason; ``tests/test_focus_spec.py`` runs it and checks the 1.2 rules it lacks.
 
 Spreadsheets (CSV injection). FOCUS CSV files are opened in spreadsheets as often as they are
 loaded into FinOps tools, so a text cell that would begin with ``=``, ``+``, ``-``, ``@``, a tab or
@@ -66,6 +95,12 @@ after it arrived. Only months that have ended can be issued. The file is written
 temporary name inside the transaction and renamed into place after the commit: a failure
 before the commit records nothing and leaves no file; a crash between the commit and the rename
 leaves the month issued, and exporting it again writes the identical file.
+
+Catching up. The scheduler's job (and ``export billing --due DIR``) is :func:`catch_up`: every
+month from the first one with events up to the last that has ended, that was never issued or
+whose file is not in the folder, is issued (or written again) oldest first. So a run that never
+happened (the database down on the 1st) is made up by the next run, and a crash between the
+commit and the rename is repaired by it.
 """
 
 from __future__ import annotations
@@ -106,8 +141,10 @@ __all__ = [
     "BillingExport",
     "billing_rows",
     "export_billing",
+    "catch_up",
     "export_closed_month",
     "month_bounds",
+    "months_due",
     "parse_month",
     "utc_month",
     "write_csv",
@@ -119,9 +156,10 @@ FOCUS_COLUMNS: tuple[str, ...] = (
     "ChargePeriodEnd", "ChargePeriodStart", "ConsumedQuantity", "ConsumedUnit", "ContractedCost",
     "ContractedUnitPrice", "EffectiveCost", "InvoiceIssuerName", "ListCost", "ListUnitPrice",
     "PricingCategory", "PricingQuantity", "PricingUnit", "ProviderName", "PublisherName", "ServiceCategory",
-    "ServiceName", "ServiceSubcategory", "SkuId", "SkuPriceId", "SubAccountId", "SubAccountName", "Tags",
+    "ServiceName", "ServiceSubcategory", "SkuId", "SkuMeter", "SkuPriceDetails", "SkuPriceId", "SubAccountId",
+    "SubAccountName", "Tags",
 )
-CUSTOM_COLUMNS: tuple[str, ...] = ("x_Model", "x_TokenType", "x_Free", "x_Route")
+CUSTOM_COLUMNS: tuple[str, ...] = ("x_Model", "x_TokenType", "x_Free", "x_Route", "x_FocusVersion")
 COLUMNS: tuple[str, ...] = FOCUS_COLUMNS + CUSTOM_COLUMNS
 assert list(FOCUS_COLUMNS) == sorted(FOCUS_COLUMNS)
 
@@ -129,6 +167,12 @@ TOKEN_TYPES: tuple[str, ...] = ("input", "cached_input", "output")
 TOTAL = "total"  # the token type of imported costs that cannot be split
 _TOKEN_WORDS = {"input": "input tokens", "cached_input": "cached input tokens", "output": "output tokens",
                 TOTAL: "tokens"}
+_METERS = {"input": "Input Tokens", "cached_input": "Cached Input Tokens", "output": "Output Tokens",
+           TOTAL: "Tokens"}
+FOCUS_VERSION = "1.2"
+TAG_PREFIX = "ledger/"  # the ledger's own keys in Tags; user keys under it are reserved
+IMPORTED = "imported"  # the SkuPriceId "book" of imported costs
+IMPORTED_UNIT = "Charges"  # their PricingUnit: one row is one charge of its whole cost
 FORMATS: tuple[str, ...] = ("csv", "parquet")
 
 CURRENCY = "USD"
@@ -141,8 +185,8 @@ ISSUERS = {"lava": ("lava", "Lava"), "cerebras": ("cerebras", "Cerebras")}  # ro
 COST_COLUMNS = ("BilledCost", "ContractedCost", "EffectiveCost", "ListCost")
 UNIT_PRICE_COLUMNS = ("ContractedUnitPrice", "ListUnitPrice")
 DATE_COLUMNS = ("BillingPeriodEnd", "BillingPeriodStart", "ChargePeriodEnd", "ChargePeriodStart")
-SCALES = {**dict.fromkeys(COST_COLUMNS, 9), **dict.fromkeys(UNIT_PRICE_COLUMNS, 3), "PricingQuantity": 6,
-          "ConsumedQuantity": 0}
+SCALES = {**dict.fromkeys(COST_COLUMNS, 9), **dict.fromkeys(UNIT_PRICE_COLUMNS, 9), "PricingQuantity": 6,
+          "ConsumedQuantity": 6}
 
 _BILLING_LOCK_KEY = 0x6269_6C6C_696E_67  # "billing"
 _MONTH = re.compile(r"(\d{4})-(\d{2})")
@@ -252,6 +296,12 @@ def _quantity(tokens: int) -> Decimal:
     return Decimal(tokens).scaleb(-6, _EXACT).quantize(Decimal("0.000001"), context=_EXACT)
 
 
+def _tokens(tokens: int) -> Decimal:
+    # whole tokens, written at the quantities' six places (a column of bare integers reads as
+    # integers, not decimals, in pandas-based FOCUS tools such as the FinOps Foundation's validator)
+    return Decimal(tokens).quantize(Decimal("0.000001"), context=_EXACT)
+
+
 def _grouped(conn: Connection, month: str, bounds: list[datetime]) -> Any:
     """Sums per (charge month, project, route, book, model, price, free, list segment) of the
     events billed in ``month``'s export, computed in SQL."""
@@ -264,7 +314,7 @@ def _grouped(conn: Connection, month: str, bounds: list[datetime]) -> Any:
         select(
             bb.month.label("charge_month"), e.project.label("project"), e.route.label("route"),
             e.book.label("book"), func.coalesce(e.served_model, e.requested_model, "").label("model"),
-            e.price_id.label("price_id"), e.free.label("free"), segment.label("segment"),
+            e.price_id.label("price_id"), e.free.label("free"), segment.label("segment"), e.tags.label("tags"),
             (func.coalesce(e.prompt_tokens, 0) - func.coalesce(e.cached_tokens, 0)).label("uncached"),
             func.coalesce(e.cached_tokens, 0).label("cached"),
             func.coalesce(e.completion_tokens, 0).label("completion"),
@@ -277,7 +327,7 @@ def _grouped(conn: Connection, month: str, bounds: list[datetime]) -> Any:
         .subquery()
     )
     g = inner.c
-    keys = (g.charge_month, g.project, g.route, g.book, g.model, g.price_id, g.free, g.segment)
+    keys = (g.charge_month, g.project, g.route, g.book, g.model, g.price_id, g.free, g.segment, g.tags)
     return conn.execute(
         select(*keys, func.sum(g.uncached), func.sum(g.cached), func.sum(g.completion), func.sum(g.total),
                func.sum(g.cost))
@@ -296,6 +346,23 @@ def _unpriced(conn: Connection, month: str) -> int:
     ).scalar_one())
 
 
+def _tags(user_tags: str, book: str, free: bool, route: str, price_id: str | None) -> str:
+    """FOCUS ``Tags``: the call's own tags as given, then the ledger's keys under :data:`TAG_PREFIX`
+    (a user key under that prefix is reserved and left out)."""
+    tags: dict[str, Any] = {k: v for k, v in json.loads(user_tags).items() if not k.startswith(TAG_PREFIX)}
+    tags |= {f"{TAG_PREFIX}book": book, f"{TAG_PREFIX}free": "true" if free else "false",
+             f"{TAG_PREFIX}route": route}
+    if price_id is not None:
+        tags[f"{TAG_PREFIX}price_id"] = price_id
+    return json.dumps(tags, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _details(book: str, token_type: str) -> str:
+    """FOCUS ``SkuPriceDetails`` of ``<book>/<model>/<token type>``: what tells it from the other
+    SkuPriceIds of the model's SkuId; the same for every row of that SkuPriceId, always."""
+    return json.dumps({"PriceBook": book, "TokenType": token_type}, sort_keys=True, separators=(",", ":"))
+
+
 def billing_rows(conn: Connection, month: str, issued_at: datetime) -> list[dict[str, Any]]:
     """The FOCUS rows of ``month``'s export, from what ``billed_batches`` says it billed.
 
@@ -307,9 +374,9 @@ def billing_rows(conn: Connection, month: str, issued_at: datetime) -> list[dict
     list_book = PriceBook(list_points)
     bounds = sorted({p.effective_from for p in list_points if p.effective_from < month_end})
 
-    # (charge month, project, route, book, model, price id, free, list point id) -> sums
+    # (charge month, project, route, book, model, price id, free, list point id, tags) -> sums
     merged: dict[tuple[Any, ...], list[int]] = {}
-    for (charge_month, project, route, book, model, price_id, free, segment,
+    for (charge_month, project, route, book, model, price_id, free, segment, user_tags,
          uncached, cached, completion, total, cost) in _grouped(conn, month, bounds):
         free = bool(free)
         sums = [int(uncached or 0), int(cached or 0), int(completion or 0), int(total or 0), int(cost or 0)]
@@ -324,7 +391,7 @@ def billing_rows(conn: Connection, month: str, issued_at: datetime) -> list[dict
             if computed != sums[4]:
                 raise BillingError(f"events priced at {price_id} cost {Money(sums[4])} USD but their tokens "
                                    f"at its rates cost {Money(computed)} USD; refusing to bill")
-            if book == LIST_BOOK:
+            if book == LIST_BOOK or free:  # a free model is listed at its own free point
                 list_id = price_id
             else:
                 start = month_bounds(charge_month)[0]  # segment i starts at bounds[i - 1]
@@ -332,7 +399,7 @@ def billing_rows(conn: Connection, month: str, issued_at: datetime) -> list[dict
                     start = max(start, bounds[int(segment) - 1])
                 found = list_book.price_for(LIST_BOOK, model, start)
                 list_id = found.price_id if found is not None else price_id
-        key = (charge_month, project, route, book, model, price_id, free, list_id)
+        key = (charge_month, project, route, book, model, price_id, free, list_id, user_tags or "{}")
         have = merged.setdefault(key, [0, 0, 0, 0, 0])
         for i, n in enumerate(sums):
             have[i] += n
@@ -340,13 +407,10 @@ def billing_rows(conn: Connection, month: str, issued_at: datetime) -> list[dict
     billing_start, billing_end = month_start, month_end
     rows: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
     for key, sums in merged.items():
-        charge_month, project, route, book, model, price_id, free, list_id = key
+        charge_month, project, route, book, model, price_id, free, list_id, user_tags = key
         correction = charge_month != month
         charge_start, charge_end = month_bounds(charge_month)
         account_id, issuer = ISSUERS.get(route, (route, route.capitalize()))
-        tags = {"book": book, "free": "true" if free else "false", "route": route}
-        if price_id is not None:
-            tags["price_id"] = price_id
         common = {
             "BillingAccountId": account_id, "BillingAccountName": issuer, "BillingCurrency": CURRENCY,
             "BillingPeriodEnd": billing_end, "BillingPeriodStart": billing_start,
@@ -357,21 +421,27 @@ def billing_rows(conn: Connection, month: str, issued_at: datetime) -> list[dict
             "PricingUnit": PRICING_UNIT, "ProviderName": PROVIDER, "PublisherName": PROVIDER,
             "ServiceCategory": "AI and Machine Learning", "ServiceName": SERVICE_NAME,
             "ServiceSubcategory": "Generative AI", "SubAccountId": project, "SubAccountName": project,
-            "Tags": json.dumps(tags, sort_keys=True, separators=(",", ":"), ensure_ascii=False),
-            "x_Model": model, "x_Free": free, "x_Route": route,
+            "Tags": _tags(user_tags, book, free, route, price_id),
+            "x_Model": model, "x_Free": free, "x_Route": route, "x_FocusVersion": FOCUS_VERSION,
         }
         late = f" (late usage from {charge_month})" if correction else ""
         if price_id is None:  # imported with a cost of its own: one row, not split by token type
             if not sums[3] and not sums[4]:
                 continue
+            # The one charge of the whole imported cost: 1 Charge (-1 for a negative cost) at its size, so
+            # unit price x PricingQuantity = cost exactly and the unit price is never negative.
             cost = _usd(sums[4])
+            unit = abs(cost)
             row = {**common,
                    "BilledCost": cost, "ContractedCost": cost, "EffectiveCost": cost, "ListCost": cost,
-                   "ContractedUnitPrice": None, "ListUnitPrice": None, "SkuPriceId": None,
-                   "SkuId": f"{model}/{TOTAL}", "ConsumedQuantity": Decimal(sums[3]),
-                   "PricingQuantity": _quantity(sums[3]), "x_TokenType": TOTAL,
+                   "ContractedUnitPrice": unit, "ListUnitPrice": unit, "PricingUnit": IMPORTED_UNIT,
+                   "PricingQuantity": Decimal(-1 if cost < 0 else 1).quantize(Decimal("0.000001")),
+                   "SkuId": f"{model}/{TOTAL}", "SkuMeter": _METERS[TOTAL],
+                   "SkuPriceId": f"{IMPORTED}/{model}/{TOTAL}", "SkuPriceDetails": _details(IMPORTED, TOTAL),
+                   "ConsumedQuantity": _tokens(sums[3]), "x_TokenType": TOTAL,
                    "ChargeDescription": f"{model} tokens via {issuer}, imported cost{late}"}
-            order = (correction, charge_month, project, model, route, book, "", "", free, len(TOKEN_TYPES))
+            order = (correction, charge_month, project, model, route, book, "", "", free, len(TOKEN_TYPES),
+                     user_tags)
             rows.append((order, row))
             continue
         rates = _rates(by_id[price_id])
@@ -385,11 +455,13 @@ def billing_rows(conn: Connection, month: str, issued_at: datetime) -> list[dict
                    "ListCost": _usd(tokens * list_rates[token_type]),
                    "ContractedUnitPrice": _per_million(rates[token_type]),
                    "ListUnitPrice": _per_million(list_rates[token_type]),
-                   "SkuId": f"{model}/{token_type}", "SkuPriceId": f"{price_id}/{token_type}",
-                   "ConsumedQuantity": Decimal(tokens), "PricingQuantity": _quantity(tokens),
+                   "SkuId": f"{model}/{token_type}", "SkuMeter": _METERS[token_type],
+                   "SkuPriceId": f"{book}/{model}/{token_type}", "SkuPriceDetails": _details(book, token_type),
+                   "ConsumedQuantity": _tokens(tokens), "PricingQuantity": _quantity(tokens),
                    "x_TokenType": token_type,
                    "ChargeDescription": f"{model} {_TOKEN_WORDS[token_type]} via {issuer}{late}"}
-            order = (correction, charge_month, project, model, route, book, price_id, list_id or "", free, i)
+            order = (correction, charge_month, project, model, route, book, price_id, list_id or "", free, i,
+                     user_tags)
             rows.append((order, row))
     rows.sort(key=lambda kr: kr[0])
     return [{c: row[c] for c in COLUMNS} for _, row in rows]
@@ -487,7 +559,7 @@ def parquet_schema() -> Any:
         else:
             kind = pa.string()
         fields.append(pa.field(c, kind, nullable=True))
-    return pa.schema(fields)
+    return pa.schema(fields, metadata={"FocusVersion": FOCUS_VERSION})  # FOCUS's metadata key, too
 
 
 def write_parquet(rows: Sequence[dict[str, Any]], out: IO[bytes]) -> int:
@@ -571,3 +643,45 @@ def export_closed_month(engine: Engine, now: datetime, folder: Path, fmt: str = 
     month = last_month(now)
     folder.mkdir(parents=True, exist_ok=True)
     return export_billing(engine, month, folder / f"focus-{month}.{fmt}", fmt, now=now)
+
+
+def _next_month(month: str) -> str:
+    end = month_bounds(month)[1]
+    return f"{end.year:04d}-{end.month:02d}"
+
+
+def months_due(engine: Engine, now: datetime, folder: Path, fmt: str = "csv") -> list[str]:
+    """The months :func:`catch_up` issues, oldest first: every month from the first one with events
+    up to the last that has ended, that was never issued or whose file is not in ``folder``."""
+    e = EventRow.__table__.c
+    bx = BillingExportRow.__table__.c
+    with engine.connect() as conn:
+        first = conn.execute(select(func.min(e.occurred_at))).scalar_one_or_none()
+        issued = set(conn.execute(select(bx.month)).scalars())
+    if first is None:
+        return []
+    first = first.astimezone(UTC)
+    month, last = max(f"{first.year:04d}-{first.month:02d}", "2000-01"), last_month(now)  # as parse_month
+    due: list[str] = []
+    while month <= last:
+        if month not in issued or not (folder / f"focus-{month}.{fmt}").is_file():
+            due.append(month)
+        month = _next_month(month)
+    return due
+
+
+def catch_up(engine: Engine, now: datetime, folder: Path, fmt: str = "csv") -> list[BillingExport]:
+    """The scheduler's monthly job: issue every month :func:`months_due` names, oldest first, into
+    ``folder/focus-YYYY-MM.<fmt>``.
+
+    A run that never happened (the database down on the 1st) is made up by the next one, and a
+    month whose file is missing (a crash between the commit and the rename) is written again,
+    identically. The temporary files such a crash left behind are removed first."""
+    folder.mkdir(parents=True, exist_ok=True)
+    done: list[BillingExport] = []
+    for month in months_due(engine, now, folder, fmt):
+        name = f"focus-{month}.{fmt}"
+        for stale in folder.glob(f".{name}.*.part"):
+            stale.unlink(missing_ok=True)
+        done.append(export_billing(engine, month, folder / name, fmt, now=now))
+    return done

@@ -9,7 +9,8 @@ job                when                                            one-shot comm
 ``alerts``         right after each rollup                         ``cerebras-ledger alerts check``
 ``daily-reports``  every day at ``report_hour`` in ``report_tz``   ``cerebras-ledger report``
 ``billing``        the 1st of each month, ``billing_grace_hours``  ``cerebras-ledger export
-                   after midnight UTC, for the month just closed   billing``
+                   after midnight UTC: every ended month not yet   billing --due DIR``
+                   issued, or whose file is missing
 =================  ==============================================  =============================
 
 Every job sets ``coalesce=True`` (a backlog of missed runs runs once), ``max_instances=1`` and
@@ -231,7 +232,9 @@ def default_jobs(engine: Engine, schedule: Schedule) -> dict[str, Callable[[], N
     def billing() -> None:
         from . import focus
 
-        focus.export_closed_month(engine, datetime.now(UTC), Path(schedule.billing_dir))
+        for issued in focus.catch_up(engine, datetime.now(UTC), Path(schedule.billing_dir)):
+            log.info("billing: %s %s, %d row(s)", "rewrote" if issued.reissued else "issued", issued.month,
+                     len(issued.rows))
 
     return {"rollup": lambda: rollup_and_alerts(engine), "daily-reports": daily_reports, "billing": billing}
 

@@ -35,8 +35,8 @@ EXPECTED_COLUMNS = [
     "ChargePeriodEnd", "ChargePeriodStart", "ConsumedQuantity", "ConsumedUnit", "ContractedCost",
     "ContractedUnitPrice", "EffectiveCost", "InvoiceIssuerName", "ListCost", "ListUnitPrice",
     "PricingCategory", "PricingQuantity", "PricingUnit", "ProviderName", "PublisherName", "ServiceCategory",
-    "ServiceName", "ServiceSubcategory", "SkuId", "SkuPriceId", "SubAccountId", "SubAccountName", "Tags",
-    "x_Model", "x_TokenType", "x_Free", "x_Route",
+    "ServiceName", "ServiceSubcategory", "SkuId", "SkuMeter", "SkuPriceDetails", "SkuPriceId", "SubAccountId",
+    "SubAccountName", "Tags", "x_Model", "x_TokenType", "x_Free", "x_Route", "x_FocusVersion",
 ]
 MONEY = ("BilledCost", "ContractedCost", "EffectiveCost", "ListCost")
 
@@ -95,11 +95,14 @@ def cents(rows: list[dict[str, str]], column: str = "BilledCost", **where: str) 
 
 
 def raw_by_project(engine: sa.Engine, since: datetime, until: datetime) -> dict[str, tuple[int, int, int]]:
-    """(cost nanos, list cost nanos with the charge as fallback, tokens) per project, straight from events."""
+    """(cost nanos, list cost nanos with the charge as fallback and free usage at 0, tokens) per project,
+    straight from events."""
     e = EventRow.__table__.c
     with engine.connect() as conn:
         rows = conn.execute(
-            sa.select(e.project, sa.func.sum(e.cost_nanos), sa.func.sum(sa.func.coalesce(e.list_cost_nanos, e.cost_nanos)),
+            sa.select(e.project, sa.func.sum(e.cost_nanos),
+                      sa.func.sum(sa.case((e.free.is_(True), e.cost_nanos),
+                                          else_=sa.func.coalesce(e.list_cost_nanos, e.cost_nanos))),
                       sa.func.coalesce(sa.func.sum(e.total_tokens), 0))
             .where(e.occurred_at >= since, e.occurred_at < until, e.cost_nanos.is_not(None))
             .group_by(e.project)).all()
@@ -143,23 +146,26 @@ def test_columns_in_order_and_null_rules(engine: sa.Engine, tmp_path: Path) -> N
     assert not re.search(r'(^|,)""(,|$)', text, re.MULTILINE)
     for r in rows:
         assert r["ChargeClass"] == ""  # regular rows: NULL
-        nullable = {"ChargeClass"} | ({"SkuPriceId", "ListUnitPrice", "ContractedUnitPrice"}
-                                      if r["x_TokenType"] == "total" else set())
-        assert {c for c, v in r.items() if v == ""} == nullable, r
+        assert {c for c, v in r.items() if v == ""} == {"ChargeClass"}, r  # imported-cost rows included
         assert r["BillingCurrency"] == "USD" and r["ChargeCategory"] == "Usage"
         assert r["ChargeFrequency"] == "Usage-Based"
         assert (r["ServiceCategory"], r["ServiceSubcategory"]) == ("AI and Machine Learning", "Generative AI")
         assert r["ProviderName"] == r["PublisherName"] == "Cerebras"
-        assert (r["PricingUnit"], r["ConsumedUnit"]) == ("1000000 Tokens", "Tokens")
+        assert (r["PricingUnit"], r["ConsumedUnit"]) == \
+            ("Charges" if r["x_TokenType"] == "total" else "1000000 Tokens", "Tokens")
         assert r["SubAccountId"] == r["SubAccountName"] and r["SubAccountId"] in ("alpha", "beta", "gamma ünïcode")
         assert (r["BillingPeriodStart"], r["BillingPeriodEnd"]) == ("2026-09-01T00:00:00Z", "2026-10-01T00:00:00Z")
         assert (r["ChargePeriodStart"], r["ChargePeriodEnd"]) == ("2026-09-01T00:00:00Z", "2026-10-01T00:00:00Z")
         assert r["x_Free"] in ("true", "false")
         tags = json.loads(r["Tags"])
-        assert tags["route"] == r["x_Route"] and tags["free"] == r["x_Free"] and "book" in tags
+        assert tags["ledger/route"] == r["x_Route"] and tags["ledger/free"] == r["x_Free"] and "ledger/book" in tags
+        assert tags["feature"] == "chat"  # the call's own tag, as given
     total = [r for r in rows if r["x_TokenType"] == "total"]
     assert len(total) == 1 and total[0]["BilledCost"] == total[0]["ListCost"] == "0.000123456"
-    assert total[0]["ConsumedQuantity"] == "15"
+    assert total[0]["ConsumedQuantity"] == "15.000000"
+    assert (total[0]["PricingQuantity"], total[0]["PricingUnit"], total[0]["ContractedUnitPrice"],
+            total[0]["ListUnitPrice"], total[0]["SkuPriceId"]) == \
+        ("1.000000", "Charges", "0.000123456", "0.000123456", "imported/some-import/total")
     assert {r["x_TokenType"] for r in rows} == {"input", "cached_input", "output", "total"}
     # one row per (project, model, token type, price point, list price, route)
     keys = Counter((r["SubAccountId"], r["x_Model"], r["x_TokenType"], r["SkuPriceId"], r["ListUnitPrice"],
@@ -182,8 +188,9 @@ def test_row_arithmetic_is_exact(engine: sa.Engine, tmp_path: Path) -> None:
         assert Decimal(r["ContractedUnitPrice"]) * qty == Decimal(r["BilledCost"])
         assert Decimal(r["ListUnitPrice"]) * qty == Decimal(r["ListCost"])
         assert r["SkuId"] == f"{r['x_Model']}/{r['x_TokenType']}"
-        assert r["SkuPriceId"].endswith(f"/{r['x_TokenType']}")
-        assert r["SkuPriceId"].removesuffix(f"/{r['x_TokenType']}") == json.loads(r["Tags"])["price_id"]
+        tags = json.loads(r["Tags"])
+        assert r["SkuPriceId"] == f"{tags['ledger/book']}/{r['x_Model']}/{r['x_TokenType']}"
+        assert tags["ledger/price_id"].startswith(f"{tags['ledger/book']}/{r['x_Model']}@")  # the dated point
         if r["x_Free"] == "true":
             assert Decimal(r["BilledCost"]) == 0
     glm_cached = [r for r in rows if r["x_Model"] == "zai-glm-4.7" and r["x_TokenType"] == "cached_input"]
@@ -206,7 +213,7 @@ def test_totals_equal_raw_events_summary_and_rollup(engine: sa.Engine, tmp_path:
     for r in rows:
         got[r["SubAccountId"]][0] += nanos(r["BilledCost"])
         got[r["SubAccountId"]][1] += nanos(r["ListCost"])
-        got[r["SubAccountId"]][2] += int(r["ConsumedQuantity"])
+        got[r["SubAccountId"]][2] += Decimal(r["ConsumedQuantity"])
     assert {p: tuple(v) for p, v in got.items()} == raw
     assert result.billed == Money(sum(v[0] for v in raw.values()))
     with engine.connect() as conn:
@@ -226,7 +233,7 @@ def test_totals_equal_raw_events_summary_and_rollup(engine: sa.Engine, tmp_path:
 # -- prices and issuers ---------------------------------------------------------------------------
 
 
-def test_price_change_mid_month_gives_two_sku_price_ids(engine: sa.Engine, tmp_path: Path) -> None:
+def test_price_change_mid_month_keeps_the_sku_price_id_and_gives_two_rows(engine: sa.Engine, tmp_path: Path) -> None:
     add_point(engine, "lava", "gpt-oss-120b", "0.50", "1.00", at(SEP, 15, 0))
     add_point(engine, "cerebras", "gpt-oss-120b", "0.40", "0.80", at(SEP, 20, 0))  # the list price moves too
     write(engine, [event(at(SEP, 5), prompt=1_000_000, completion=2_000_000),
@@ -238,11 +245,14 @@ def test_price_change_mid_month_gives_two_sku_price_ids(engine: sa.Engine, tmp_p
     inputs = sorted(((r["SkuPriceId"], r["ContractedUnitPrice"], r["ListUnitPrice"], r["ConsumedQuantity"],
                       r["BilledCost"], r["ListCost"]) for r in rows if r["x_TokenType"] == "input"), key=str)
     assert inputs == [
-        ("lava/gpt-oss-120b@2024-01-01T00:00:00Z/input", "0.350", "0.350", "1000000", "0.350000000", "0.350000000"),
-        ("lava/gpt-oss-120b@2026-09-15T00:00:00Z/input", "0.500", "0.350", "3000000", "1.500000000", "1.050000000"),
-        ("lava/gpt-oss-120b@2026-09-15T00:00:00Z/input", "0.500", "0.400", "5000000", "2.500000000", "2.000000000"),
+        ("lava/gpt-oss-120b/input", "0.350", "0.350", "1000000.000000", "0.350000000", "0.350000000"),
+        ("lava/gpt-oss-120b/input", "0.500", "0.350", "3000000.000000", "1.500000000", "1.050000000"),
+        ("lava/gpt-oss-120b/input", "0.500", "0.400", "5000000.000000", "2.500000000", "2.000000000"),
     ]
-    assert len({r["SkuPriceId"] for r in rows if r["x_TokenType"] == "output"}) == 2
+    outputs = [r for r in rows if r["x_TokenType"] == "output"]
+    assert len({r["SkuPriceId"] for r in outputs}) == 1 and len({r["ContractedUnitPrice"] for r in outputs}) == 2
+    assert {json.loads(r["Tags"])["ledger/price_id"] for r in outputs} == \
+        {"lava/gpt-oss-120b@2024-01-01T00:00:00Z", "lava/gpt-oss-120b@2026-09-15T00:00:00Z"}
     assert cents(rows) == Decimal("0.350") + Decimal("1.500") + Decimal("2.500") + Decimal("1.50") \
         + Decimal("0.000001") * 2
 
@@ -264,14 +274,15 @@ def test_lava_and_direct_issuers_and_free_usage(engine: sa.Engine, tmp_path: Pat
     assert (direct["InvoiceIssuerName"], direct["BillingAccountName"]) == ("Cerebras", "Cerebras")
     assert lava["ChargeDescription"] == "gpt-oss-120b output tokens via Lava"
     assert direct["ChargeDescription"] == "gpt-oss-120b output tokens via Cerebras"
-    assert json.loads(lava["Tags"])["route"] == "lava" and json.loads(direct["Tags"])["book"] == "cerebras"
+    assert json.loads(lava["Tags"])["ledger/route"] == "lava"
+    assert json.loads(direct["Tags"])["ledger/book"] == "cerebras"
     free = by[("lava", "llama3.1-8b", "input")]
     assert (free["x_Free"], free["BilledCost"], free["ListUnitPrice"], free["ListCost"]) == \
-        ("true", "0.000000000", "0.100", "0.200000000")  # free usage at Cerebras's list price
+        ("true", "0.000000000", "0.000", "0.000000000")  # every free model: listed at its own free price
     no_list = by[("lava", "deepseek-r1-distill-llama-70b", "input")]
     assert (no_list["ListUnitPrice"], no_list["ListCost"]) == ("0.000", "0.000000000")  # its own (free) rate
     byok = by[("lava", "qwen-3-32b", "output")]
-    assert byok["InvoiceIssuerName"] == "Lava" and byok["SkuPriceId"].startswith("cerebras/qwen-3-32b@")
+    assert byok["InvoiceIssuerName"] == "Lava" and byok["SkuPriceId"] == "cerebras/qwen-3-32b/output"
     assert byok["x_Free"] == "false" and Decimal(byok["BilledCost"]) > 0
 
 
@@ -303,7 +314,7 @@ def test_late_usage_is_billed_once_as_corrections_in_the_next_export(engine: sa.
     assert {r["ChargePeriodStart"] for r in regular} == {"2026-09-01T00:00:00Z"}
     assert all("(late usage from 2026-08)" in r["ChargeDescription"] for r in corrections)
     assert sum(nanos(r["BilledCost"]) for r in corrections) == charge_of(engine, late.event_id)
-    assert sorted(int(r["ConsumedQuantity"]) for r in corrections) == [900, 3000, 4000]
+    assert sorted(Decimal(r["ConsumedQuantity"]) for r in corrections) == [900, 3000, 4000]
     assert rows.index(corrections[0]) > rows.index(regular[-1])  # regular rows first, then corrections
 
     # billed once: October's export has no trace of it, and re-exporting September is unchanged
@@ -341,7 +352,7 @@ def test_reprice_corrections_of_a_closed_month_follow_the_same_rule(engine: sa.E
     assert all(Decimal(r["BilledCost"]) < 0 and Decimal(r["ConsumedQuantity"]) < 0 for r in reversal)
     assert all(Decimal(r["BilledCost"]) > 0 for r in restatement)
     assert sum(nanos(r["BilledCost"]) for r in rows) == result.delta.nanos
-    assert sum(int(r["ConsumedQuantity"]) for r in rows) == 0  # tokens moved between prices, none added
+    assert sum(Decimal(r["ConsumedQuantity"]) for r in rows) == 0  # tokens moved between prices, none added
     assert export(engine, AUG, tmp_path / "aug-2.csv").reissued
     assert (tmp_path / "aug-2.csv").read_bytes() == aug_bytes
     # everything billed across both files equals every event's cost: each billed exactly once
@@ -446,7 +457,7 @@ def test_parquet_round_trip_is_exact(engine: sa.Engine, tmp_path: Path) -> None:
     for c in MONEY:
         assert schema.field(c).type == pa.decimal128(38, 9)
     assert schema.field("PricingQuantity").type == pa.decimal128(38, 6)
-    assert schema.field("ListUnitPrice").type == pa.decimal128(38, 3)
+    assert schema.field("ListUnitPrice").type == pa.decimal128(38, 9)
     assert schema.field("BillingPeriodStart").type == pa.timestamp("ms", tz="UTC")
     assert schema.field("x_Free").type == pa.bool_()
     back = table.to_pylist()
