@@ -738,7 +738,8 @@ class Webhook:
     def __post_init__(self) -> None:
         name = "LEDGER_ALERT_WEBHOOK_URL"
         url = self.url
-        if not isinstance(url, str) or not url.isascii() or any(c.isspace() or not c.isprintable() for c in url):
+        if not isinstance(url, str) or not url.isascii() or any(c.isspace() or not c.isprintable()
+                                                                 for c in url):
             raise ConfigError(f"{name} is not a valid URL (spaces or control characters)")
         try:
             parts = urlsplit(url)
@@ -840,7 +841,10 @@ def _claim(engine: Engine, now: datetime, lease: timedelta) -> Any:
     with write_transaction(engine) as conn:
         db_now = store_db_now(conn)
         query = (
-            select(AlertRow.__table__).where(_due(now, db_now)).order_by(a.next_attempt_at, a.alert_id).limit(1)
+            select(AlertRow.__table__)
+            .where(_due(now, db_now))
+            .order_by(a.next_attempt_at, a.alert_id)
+            .limit(1)
         )
         if conn.dialect.name == "postgresql":
             query = query.with_for_update(skip_locked=True)
@@ -920,7 +924,7 @@ async def _attempt(
         await asyncio.wait({task}, timeout=min(remaining, STOP_POLL) if stop is not None else remaining)
     try:
         status = task.result()
-    except httpx.HTTPError as exc:
+    except Exception as exc:  # noqa: BLE001 - httpx errors, and anything else: a failed attempt, retried
         return _short_error(f"{type(exc).__name__}: {exc}", webhook)
     if 200 <= status < 300:
         return None
@@ -1079,7 +1083,8 @@ def update_stops(engine: Engine, *, now: datetime | None = None,
 
 
 def run_checks(engine: Engine, now: datetime | None = None) -> tuple[list[Alert], DeliveryResult]:
-    """What the scheduler runs after each rollup: :func:`check` with the webhook from the environment."""
+    """:func:`check` with the webhook from the environment (``alerts check`` without options; the
+    scheduler runs the same in two jobs: the checks after each rollup, the delivery on its own)."""
     return check(engine, now=now, webhook=webhook_from_env())
 
 

@@ -194,7 +194,8 @@ def test_alerts_check_on_a_trickling_receiver_returns(db_url: str, tmp_path: Pat
                "LEDGER_SPOOL_DIR": str(tmp_path / "spool"), "LEDGER_ALERT_WEBHOOK_URL": rx.url,
                "LEDGER_ALERT_WEBHOOK_TIMEOUT": "2"}
         proc = subprocess.run([sys.executable, "-m", "ledger", "alerts", "check", "--now", NOW.isoformat(),
-                               "--spike-min", "1000000"], env=env, capture_output=True, text=True, timeout=120)
+                               "--spike-min", "1000000"],
+                              env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "0 delivered, 1 failed" in proc.stdout
     assert "T0SECRETPATH" not in proc.stdout + proc.stderr
