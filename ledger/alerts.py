@@ -868,12 +868,15 @@ def _short_error(text: str, webhook: Webhook) -> str:
 
 
 async def _post(
-    transport: httpx.AsyncBaseTransport, webhook: Webhook, body: bytes, headers: dict[str, str]
+    transport: httpx.AsyncBaseTransport, webhook: Webhook, body: bytes, headers: dict[str, str],
+    answered: list[int],
 ) -> int:
     """POST through the transport itself: ``httpx.AsyncClient`` logs every request's full URL at
     INFO, and the URL may be a credential. Credentials in the URL become a Basic auth header.
     No redirect is followed (a transport never follows one), no proxy variable is used, and at
-    most :data:`MAX_RESPONSE_BYTES` of the answer's body are read (h11 caps its headers)."""
+    most :data:`MAX_RESPONSE_BYTES` of the answer's body are read (h11 caps its headers). The
+    status goes into ``answered`` as soon as it is in: the answer counts even if its body then
+    never ends."""
     url = httpx.URL(webhook.url)
     if url.username or url.password:
         token = base64.b64encode(f"{url.username}:{url.password}".encode()).decode()
@@ -887,6 +890,7 @@ async def _post(
         extensions={"timeout": httpx.Timeout(webhook.timeout).as_dict()},
     )
     response = await transport.handle_async_request(request)
+    answered.append(response.status_code)
     try:
         got = 0
         async for chunk in response.aiter_raw():
@@ -909,7 +913,8 @@ async def _attempt(
     slowly the receiver answers); cut short when ``stop`` is set. None on a 2xx, else the error."""
     loop = asyncio.get_running_loop()
     end = loop.time() + webhook.timeout
-    task = asyncio.ensure_future(_post(transport, webhook, body, headers))
+    answered: list[int] = []
+    task = asyncio.ensure_future(_post(transport, webhook, body, headers, answered))
     error: str | None = None
     while not task.done():
         remaining = end - loop.time()
@@ -920,12 +925,19 @@ async def _attempt(
         if error is not None:
             task.cancel()
             await asyncio.wait({task}, timeout=1.0)  # let the connection close; never wait long
-            return error
+            if not answered:
+                return error
+            break  # the status is in; only the body was slow
         await asyncio.wait({task}, timeout=min(remaining, STOP_POLL) if stop is not None else remaining)
-    try:
-        status = task.result()
-    except Exception as exc:  # noqa: BLE001 - httpx errors, and anything else: a failed attempt, retried
-        return _short_error(f"{type(exc).__name__}: {exc}", webhook)
+    if answered:
+        status = answered[0]
+        if task.done() and not task.cancelled():
+            task.exception()  # a body cut short after the status changes nothing
+    else:
+        try:
+            status = task.result()
+        except Exception as exc:  # noqa: BLE001 - httpx errors, and anything else: a failed attempt, retried
+            return _short_error(f"{type(exc).__name__}: {exc}", webhook)
     if 200 <= status < 300:
         return None
     if 300 <= status < 400:

@@ -88,6 +88,10 @@ class Hostile:
                 write(bytes([byte]))
             while not self.stop.wait(1.0):
                 write(b"a")
+        elif self.mode == "trickle-body":
+            write(b"HTTP/1.1 202 Accepted\r\nContent-Length: 100000\r\nConnection: close\r\n\r\n")
+            while not self.stop.wait(1.0):
+                write(b"a")
         elif self.mode == "hold":
             self.release.wait(60)
             write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
@@ -181,6 +185,19 @@ def test_a_trickling_receiver_ends_the_attempt_at_its_deadline(engine: sa.Engine
     reliability(load="1 alert", fault="receiver trickles one byte a second, for ever",
                 inputs="2 s deadline", expected="attempt ends at the deadline, retried later",
                 recorded=row["last_error"], lost=0)
+
+
+def test_an_answer_whose_body_trickles_counts_once_its_status_is_in(engine: sa.Engine) -> None:
+    """The receiver said 202 and then dribbles its body: the alert was taken, so it is delivered
+    (not resent), and the attempt still ends at its deadline."""
+    (alert,) = make_alerts(engine)
+    with Hostile("trickle-body") as rx:
+        result = bounded(lambda: alerts.deliver(engine, alerts.Webhook(rx.url, timeout=2), now=NOW))
+        assert rx.ids() == [alert.alert_id]
+    assert (result.delivered, result.failed) == (1, 0)
+    row = alert_rows(engine)[0]
+    assert (row["attempts"], row["last_error"], row["claimed_until"]) == (1, None, None)
+    assert row["delivered_at"] is not None
 
 
 def test_alerts_check_on_a_trickling_receiver_returns(db_url: str, tmp_path: Path) -> None:
@@ -336,6 +353,34 @@ def test_a_deliverer_whose_clock_runs_ahead_does_not_resend_a_slow_delivery(
     assert all(r["delivered_at"] is not None and r["attempts"] == 1 for r in rows)
     reliability(load="2 deliverers, 3 alerts", fault="slow receiver; one host clock 10 min ahead",
                 expected=3, recorded=len(set(ids)), lost=3 - len(set(ids)))
+
+
+def test_two_alerts_check_processes_at_once_send_each_alert_once(
+    engine: sa.Engine, db_url: str, tmp_path: Path
+) -> None:
+    """Two real ``alerts check`` processes against one outbox and a receiver that takes its
+    time over every answer: each alert reaches it exactly once."""
+    created = make_alerts(engine, 4)
+    with Hostile("hold") as rx:
+        env = {**os.environ, "LEDGER_DATABASE_URL": db_url, "LEDGER_HOME": str(tmp_path / "home"),
+               "LEDGER_SPOOL_DIR": str(tmp_path / "spool"), "LEDGER_ALERT_WEBHOOK_URL": rx.url,
+               "LEDGER_ALERT_WEBHOOK_TIMEOUT": "60"}
+        args = [sys.executable, "-m", "ledger", "alerts", "check", "--now", NOW.isoformat(),
+                "--spike-min", "1000000"]
+        procs = [subprocess.Popen(args, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                 for _ in range(2)]
+        try:
+            assert rx.wait_for(2, 90)  # both processes have an alert in flight at the slow receiver
+            rx.release.set()
+            outs = [p.communicate(timeout=120) for p in procs]
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.communicate()
+    assert all(p.returncode == 0 for p in procs), outs
+    assert sorted(rx.ids()) == sorted(a.alert_id for a in created)
+    assert all(r["delivered_at"] is not None and r["attempts"] == 1 for r in alert_rows(engine))
 
 
 def test_the_lease_outlasts_the_attempts_deadline(engine: sa.Engine, db_url: str) -> None:
