@@ -738,9 +738,8 @@ class Webhook:
     def __post_init__(self) -> None:
         name = "LEDGER_ALERT_WEBHOOK_URL"
         url = self.url
-        if not isinstance(url, str) or not url.isascii() or any(c.isspace() or not c.isprintable()
-                                                                 for c in url):
-            raise ConfigError(f"{name} is not a valid URL (spaces or control characters)")
+        if not isinstance(url, str) or any(c.isspace() or not c.isprintable() for c in url):
+            raise ConfigError(f"{name} is not a valid URL (it has spaces or control characters)")
         try:
             parts = urlsplit(url)
             parts.port  # noqa: B018 - raises ValueError on a bad port

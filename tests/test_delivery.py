@@ -267,7 +267,8 @@ BAD_URLS = [
     "http://", "https:///only/a/path", "//example.com/hook", "example.com/hook", "http:example.com",
     "http://exa mple.com/hook", "http://example.com/ho\x00ok", "http://example.com/\nX-Injected: 1",
     "http://[::1/hook", "http://example.com:99999/", "http://example.com:-1/", "not a url",
-    "https://user:p@ss@/x", "ws://example.com/socket", "data:text/plain,hi",
+    "https://user:p@ss@/x", "ws://example.com/socket", "data:text/plain,hi", "http://example.com/\u2028x",
+    "http://exa\u200bmple.com/hook", "http://example.com\ud800/", "\x1b[31mhttp://example.com/",
 ]
 
 
@@ -292,7 +293,7 @@ def test_a_bad_webhook_timeout_is_refused(value: str) -> None:
 
 def test_good_webhook_urls_are_kept() -> None:
     for url in ("https://hooks.slack.com/services/T0/B0/x", "HTTP://Example.COM:8080/a?b=c",
-                "http://user:pw@127.0.0.1:9/x", "https://[::1]:8443/hook"):
+                "http://user:pw@127.0.0.1:9/x", "https://[::1]:8443/hook", "https://bücher.example/hook"):
         assert alerts.Webhook(url).url == url
 
 
