@@ -153,3 +153,45 @@ def test_sigterm_stops_the_scheduler_with_a_delivery_in_flight(
     assert (row["attempts"], row["delivered_at"], row["claimed_until"]) == (1, None, None)
     assert row["last_error"] == "interrupted (shutting down)"
     assert "T0SECRETPATH" not in err
+
+
+HUNG_JOB = """
+import sys, threading
+from ledger import store
+from ledger.scheduler import Schedule, run_scheduler
+
+engine = store.make_engine(sys.argv[1])
+store.ensure_schema(engine)
+
+def rollup():
+    print("job started", file=sys.stderr, flush=True)
+    threading.Event().wait()  # hangs for ever: a database that never answers, say
+
+run_scheduler(engine, Schedule(rollup_seconds=1, shutdown_grace_seconds=1).check(), jobs={"rollup": rollup})
+"""
+
+
+def test_sigterm_stops_the_scheduler_even_with_a_job_hung_for_ever(db_url: str, tmp_path: Path) -> None:
+    env = {**os.environ, "LEDGER_HOME": str(tmp_path / "home"), "LEDGER_SPOOL_DIR": str(tmp_path / "spool")}
+    proc = subprocess.Popen([sys.executable, "-c", HUNG_JOB, db_url], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # wait until the job is running
+            if "job started" in line:
+                break
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)  # generous: only there so a hang fails the test
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 1, err  # it stopped, and says it left a job behind
+    assert "job(s) rollup still running after 1 s; exiting without them" in err and "Traceback" not in err
+
+
+def test_a_bad_shutdown_grace_is_refused() -> None:
+    with pytest.raises(scheduler.ConfigError, match="shutdown_grace_seconds"):
+        scheduler.load_schedule(None, env={"LEDGER_SCHEDULE_SHUTDOWN_GRACE_SECONDS": "-1"})
+    zero = scheduler.load_schedule(None, env={"LEDGER_SCHEDULE_SHUTDOWN_GRACE_SECONDS": "0"})
+    assert zero.shutdown_grace_seconds == 0
