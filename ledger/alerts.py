@@ -61,19 +61,26 @@ therefore never make a duplicate: the database decides which insert wins.
 
 **Delivery.** Every new alert is logged (logger ``ledger.alerts``, WARNING) by the process that
 created it. The ``alerts`` table is also the outbox for the webhook
-(``LEDGER_ALERT_WEBHOOK_URL``, optional ``LEDGER_ALERT_WEBHOOK_SECRET``), see :func:`deliver`:
-an alert due for delivery is claimed in a write transaction (``claimed_until`` = now + lease;
-``FOR UPDATE SKIP LOCKED`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), so two processes
-never send the same alert at once; it is POSTed; then ``delivered_at`` is set. A failure (non-2xx,
-network error) increments ``attempts``, stores a short ``last_error`` (status or error class,
-never the URL or secret) and sets ``next_attempt_at`` with exponential back-off (30 s × 2^(n-1),
-at most one hour); a later run retries, forever, so an alert is never lost. With no URL
-configured nothing is sent and alerts stay in the outbox (a URL configured later gets them).
+(``LEDGER_ALERT_WEBHOOK_URL``, optional ``LEDGER_ALERT_WEBHOOK_SECRET`` and
+``LEDGER_ALERT_WEBHOOK_TIMEOUT``), see :func:`deliver`: an alert due for delivery is claimed in a
+write transaction (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite) with
+a lease, ``claimed_until`` = the *database's* time + the attempt's deadline + 60 s, compared on
+the database's clock too (:func:`ledger.store.db_now`), so hosts with skewed clocks agree and no
+other process sends it while the attempt may still run; it is POSTed; then ``delivered_at`` is
+set. Each attempt has one **total deadline** (default 10 s, from connect to the last byte read),
+however slowly the receiver answers; at most 64 KiB of the answer is read; no redirect is
+followed (a 3xx is a failure: ``HTTP 307 (redirect not followed)``); the URL must be http(s)
+with a host, refused at configuration otherwise. A failure (non-2xx, network error, deadline)
+increments ``attempts``, stores a short ``last_error`` (status or error class, never the URL or
+secret) and sets ``next_attempt_at`` with exponential back-off (30 s × 2^(n-1), at most one
+hour); a later run retries, forever, so an alert is never lost. With no URL configured nothing
+is sent and alerts stay in the outbox (a URL configured later gets them).
 
 Remaining at-least-once window: a process that crashes after the receiver accepted the POST
-but before its ``delivered_at`` commit (or whose POST outlives the lease, which is kept far
-longer than the HTTP timeout) sends that alert again on a later run. Every POST carries the
-header ``X-Ledger-Alert-Id``, stable across retries, so receivers can drop the repeat. With a
+but before its ``delivered_at`` commit, or an attempt cut off at its deadline (or by SIGTERM)
+after the receiver took it, sends that alert again on a later run. Every POST carries the
+headers ``Idempotency-Key`` and ``X-Ledger-Alert-Id``, both the alert id, stable across
+retries, so receivers can drop the repeat. With a
 secret, ``X-Ledger-Signature: sha256=<hex HMAC-SHA256 of the raw body>`` lets them verify it.
 The secret is never logged or stored; the URL (whose path may itself be a credential, as with
 Slack) is only ever shown as scheme://host.
@@ -81,12 +88,14 @@ Slack) is only ever shown as scheme://host.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import json
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
@@ -105,6 +114,7 @@ from .money import Money, MoneyError, usd
 from .rollup import rollup
 from .schema import AlertRow, BudgetRow, BudgetStopRow, UsageRollupRow
 from .stops import Stop, read_stops
+from .store import db_now as store_db_now
 from .store import read_snapshot, write_transaction
 
 __all__ = [
@@ -140,8 +150,11 @@ MAX_THRESHOLD = 1000
 QUARTER = timedelta(minutes=15)
 BACKOFF_BASE = timedelta(seconds=30)
 BACKOFF_MAX = timedelta(hours=1)
-LEASE = timedelta(minutes=5)  # far longer than the webhook timeout
-WEBHOOK_TIMEOUT = 10.0
+WEBHOOK_TIMEOUT = 10.0  # seconds: the total deadline of one delivery attempt
+MAX_WEBHOOK_TIMEOUT = 300.0
+LEASE_MARGIN = timedelta(seconds=60)  # a claim outlasts its attempt's deadline by this much
+MAX_RESPONSE_BYTES = 64 * 1024  # of a receiver's answer body, the most ever read
+STOP_POLL = 0.1  # seconds between looks at the stop flag while an attempt is in flight
 RULES = ("month_actual", "day_actual", "month_forecast", "free_only", "spike")
 
 
@@ -713,20 +726,34 @@ def _fire(engine: Engine, fresh: Sequence[_Candidate], when: datetime) -> list[A
 
 @dataclass(frozen=True, slots=True)
 class Webhook:
-    """Where alerts are POSTed. ``secret`` signs the body; it never appears in a repr or a log."""
+    """Where alerts are POSTed. ``secret`` signs the body; it never appears in a repr or a log.
+    ``timeout`` is the total deadline of one attempt, in seconds (connect, send, answer: all of
+    it). An invalid URL is refused here, at configuration, with a one-line error that never
+    repeats the URL (its path may be a credential)."""
 
     url: str
     secret: str | None = field(default=None, repr=False)
     timeout: float = WEBHOOK_TIMEOUT
 
     def __post_init__(self) -> None:
+        name = "LEDGER_ALERT_WEBHOOK_URL"
+        url = self.url
+        if not isinstance(url, str) or any(c.isspace() or not c.isprintable() for c in url):
+            raise ConfigError(f"{name} is not a valid URL (it has spaces or control characters)")
         try:
-            parts = urlsplit(self.url)
+            parts = urlsplit(url)
             parts.port  # noqa: B018 - raises ValueError on a bad port
-        except ValueError:
-            raise ConfigError("LEDGER_ALERT_WEBHOOK_URL is not a valid URL") from None
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError("LEDGER_ALERT_WEBHOOK_URL must be an http:// or https:// URL")
+            parsed = httpx.URL(url)
+        except (ValueError, httpx.InvalidURL):
+            raise ConfigError(f"{name} is not a valid URL") from None
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname or not parsed.host:
+            raise ConfigError(f"{name} must be an http:// or https:// URL with a host")
+        timeout = self.timeout
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not (
+            0 < timeout <= MAX_WEBHOOK_TIMEOUT
+        ):
+            raise ConfigError(f"LEDGER_ALERT_WEBHOOK_TIMEOUT must be more than 0 and at most "
+                              f"{MAX_WEBHOOK_TIMEOUT:g} seconds")
 
     @property
     def label(self) -> str:
@@ -735,14 +762,31 @@ class Webhook:
         port = f":{parts.port}" if parts.port else ""
         return f"{parts.scheme}://{parts.hostname}{port}"
 
+    @property
+    def lease(self) -> timedelta:
+        """How long a claimed alert is held: the attempt's whole deadline and a margin for the
+        database round trips around it, so nobody else sends it while this attempt may still run."""
+        return timedelta(seconds=self.timeout) + LEASE_MARGIN
+
 
 def webhook_from_env(env: Mapping[str, str] | None = None) -> Webhook | None:
-    """The webhook from ``LEDGER_ALERT_WEBHOOK_URL`` / ``LEDGER_ALERT_WEBHOOK_SECRET``, or None."""
+    """The webhook from ``LEDGER_ALERT_WEBHOOK_URL`` / ``LEDGER_ALERT_WEBHOOK_SECRET`` /
+    ``LEDGER_ALERT_WEBHOOK_TIMEOUT`` (seconds, default 10), or None."""
     e = os.environ if env is None else env
     url = (e.get("LEDGER_ALERT_WEBHOOK_URL") or "").strip()
     if not url:
         return None
-    return Webhook(url, e.get("LEDGER_ALERT_WEBHOOK_SECRET") or None)
+    raw = (e.get("LEDGER_ALERT_WEBHOOK_TIMEOUT") or "").strip()
+    timeout = WEBHOOK_TIMEOUT
+    if raw:
+        try:
+            timeout = float(Decimal(raw))
+        except (InvalidOperation, ValueError, OverflowError):
+            timeout = -1.0
+        if not (0 < timeout <= MAX_WEBHOOK_TIMEOUT):  # nan, inf and out of range all land here
+            raise ConfigError(f"LEDGER_ALERT_WEBHOOK_TIMEOUT must be a number of seconds, more than 0 and "
+                              f"at most {MAX_WEBHOOK_TIMEOUT:g}")
+    return Webhook(url, e.get("LEDGER_ALERT_WEBHOOK_SECRET") or None, timeout)
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -778,27 +822,38 @@ def payload(row: Any) -> bytes:
     return json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def _due(now: datetime) -> Any:
+def _due(now: datetime, db_now: datetime) -> Any:
+    """Undelivered, due by the caller's clock (``now``: back-off), and not under a live lease by
+    the database's clock (``db_now``: claims)."""
     a = AlertRow.__table__.c
     return and_(
         a.delivered_at.is_(None),
         a.next_attempt_at <= now,
-        or_(a.claimed_until.is_(None), a.claimed_until <= now),
+        or_(a.claimed_until.is_(None), a.claimed_until <= db_now),
     )
 
 
 def _claim(engine: Engine, now: datetime, lease: timedelta) -> Any:
-    """Claim one due alert (a lease in ``claimed_until``) in a write transaction, or None."""
+    """Claim one due alert in a write transaction: ``claimed_until`` = the database's time +
+    ``lease``. Returns the row, or None."""
     a = AlertRow.__table__.c
     with write_transaction(engine) as conn:
-        query = select(AlertRow.__table__).where(_due(now)).order_by(a.next_attempt_at, a.alert_id).limit(1)
+        db_now = store_db_now(conn)
+        query = (
+            select(AlertRow.__table__)
+            .where(_due(now, db_now))
+            .order_by(a.next_attempt_at, a.alert_id)
+            .limit(1)
+        )
         if conn.dialect.name == "postgresql":
             query = query.with_for_update(skip_locked=True)
         row = conn.execute(query).first()
         if row is None:
             return None
         claimed = conn.execute(
-            update(AlertRow).where(a.alert_id == row.alert_id, _due(now)).values(claimed_until=now + lease)
+            update(AlertRow)
+            .where(a.alert_id == row.alert_id, _due(now, db_now))
+            .values(claimed_until=db_now + lease)
         )
         return row if claimed.rowcount == 1 else None
 
@@ -811,9 +866,16 @@ def _short_error(text: str, webhook: Webhook) -> str:
     return " ".join(text.split())[:200]
 
 
-def _post(transport: httpx.BaseTransport, webhook: Webhook, body: bytes, headers: dict[str, str]) -> int:
-    """POST through the transport itself: ``httpx.Client`` logs every request's full URL at INFO,
-    and the URL may be a credential. Credentials in the URL become a Basic auth header."""
+async def _post(
+    transport: httpx.AsyncBaseTransport, webhook: Webhook, body: bytes, headers: dict[str, str],
+    answered: list[int],
+) -> int:
+    """POST through the transport itself: ``httpx.AsyncClient`` logs every request's full URL at
+    INFO, and the URL may be a credential. Credentials in the URL become a Basic auth header.
+    No redirect is followed (a transport never follows one), no proxy variable is used, and at
+    most :data:`MAX_RESPONSE_BYTES` of the answer's body are read (h11 caps its headers). The
+    status goes into ``answered`` as soon as it is in: the answer counts even if its body then
+    never ends."""
     url = httpx.URL(webhook.url)
     if url.username or url.password:
         token = base64.b64encode(f"{url.username}:{url.password}".encode()).decode()
@@ -826,12 +888,60 @@ def _post(transport: httpx.BaseTransport, webhook: Webhook, body: bytes, headers
         headers=headers,
         extensions={"timeout": httpx.Timeout(webhook.timeout).as_dict()},
     )
-    response = transport.handle_request(request)
+    response = await transport.handle_async_request(request)
+    answered.append(response.status_code)
     try:
-        response.read()
+        got = 0
+        async for chunk in response.aiter_raw():
+            got += len(chunk)
+            if got >= MAX_RESPONSE_BYTES:
+                break
     finally:
-        response.close()
+        await response.aclose()
     return response.status_code
+
+
+async def _attempt(
+    transport: httpx.AsyncBaseTransport,
+    webhook: Webhook,
+    body: bytes,
+    headers: dict[str, str],
+    stop: threading.Event | None,
+) -> str | None:
+    """One attempt under one total deadline (``webhook.timeout``, on the monotonic clock, however
+    slowly the receiver answers); cut short when ``stop`` is set. None on a 2xx, else the error."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + webhook.timeout
+    answered: list[int] = []
+    task = asyncio.ensure_future(_post(transport, webhook, body, headers, answered))
+    error: str | None = None
+    while not task.done():
+        remaining = end - loop.time()
+        if stop is not None and stop.is_set():
+            error = "interrupted (shutting down)"
+        elif remaining <= 0:
+            error = f"deadline exceeded ({webhook.timeout:g} s)"
+        if error is not None:
+            task.cancel()
+            await asyncio.wait({task}, timeout=1.0)  # let the connection close; never wait long
+            if not answered:
+                return error
+            break  # the status is in; only the body was slow
+        await asyncio.wait({task}, timeout=min(remaining, STOP_POLL) if stop is not None else remaining)
+    if answered:
+        status = answered[0]
+        if task.done() and not task.cancelled():
+            task.exception()  # a body cut short after the status changes nothing
+    else:
+        try:
+            status = task.result()
+        except Exception as exc:  # noqa: BLE001 - httpx errors, and anything else: a failed attempt, retried
+            return _short_error(f"{type(exc).__name__}: {exc}", webhook)
+    if 200 <= status < 300:
+        return None
+    if 300 <= status < 400:
+        return f"HTTP {status} (redirect not followed)"
+    return f"HTTP {status}"
 
 
 def deliver(
@@ -840,44 +950,49 @@ def deliver(
     *,
     now: datetime | None = None,
     clock: Callable[[], datetime] | None = None,
-    lease: timedelta = LEASE,
+    lease: timedelta | None = None,
     limit: int = 100,
-    transport: httpx.BaseTransport | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    stop: threading.Event | None = None,
 ) -> DeliveryResult:
     """POST due undelivered alerts to ``webhook``; nothing is sent when it is None.
 
-    One alert at a time: claim (lease), POST, then mark delivered or schedule a retry. ``now``
-    fixes the clock (tests); otherwise the real time is read at each step. Redirects are not
-    followed and proxy environment variables are not used."""
+    One alert at a time: claim (a lease on the database's clock, at least :attr:`Webhook.lease`
+    long: ``lease`` may lengthen it, never shorten it), POST under the attempt's total deadline,
+    then mark delivered or schedule a retry. ``now`` / ``clock`` fix the clock that decides
+    which alerts are due and when a retry is (tests); otherwise the real time is read at each
+    step. ``stop`` (set by the scheduler on SIGTERM) cuts the attempt in flight short (it is
+    retried later, like a failure) and ends the run. Runs its own event loop: call it from
+    synchronous code."""
     if webhook is None:
         return DeliveryResult()
     tick: Callable[[], datetime] = clock or (
         (lambda: _now(now)) if now is not None else (lambda: datetime.now(UTC))
     )
+    held = max(lease or webhook.lease, webhook.lease)
     a = AlertRow.__table__.c
     delivered = failed = 0
     errors: list[str] = []
+    loop = asyncio.new_event_loop()
     own = transport is None
-    http = transport or httpx.HTTPTransport()
+    http = transport or httpx.AsyncHTTPTransport()
     try:
         for _ in range(limit):
-            row = _claim(engine, tick(), lease)
+            if stop is not None and stop.is_set():
+                break
+            row = _claim(engine, tick(), held)
             if row is None:
                 break
             body = payload(row)
             headers = {
                 "Content-Type": "application/json",
                 "X-Ledger-Alert-Id": row.alert_id,
+                "Idempotency-Key": row.alert_id,
                 "User-Agent": "cerebras-ledger-alerts",
             }
             if webhook.secret:
                 headers["X-Ledger-Signature"] = sign(webhook.secret, body)
-            error: str | None
-            try:
-                status = _post(http, webhook, body, headers)
-                error = None if 200 <= status < 300 else f"HTTP {status}"
-            except httpx.HTTPError as exc:
-                error = _short_error(f"{type(exc).__name__}: {exc}", webhook)
+            error = loop.run_until_complete(_attempt(http, webhook, body, headers, stop))
             attempts = int(row.attempts) + 1
             done = tick()
             with write_transaction(engine) as conn:
@@ -915,8 +1030,13 @@ def deliver(
                     _iso(done + _backoff(attempts)),
                 )
     finally:
-        if own:
-            http.close()
+        try:
+            if own:
+                loop.run_until_complete(asyncio.wait_for(http.aclose(), 5.0))
+        except Exception:  # noqa: BLE001 - closing idle connections must not hide the result
+            log.debug("webhook transport did not close cleanly", exc_info=True)
+        finally:
+            loop.close()  # never joins a resolver thread that is still stuck
     return DeliveryResult(delivered, failed, tuple(errors))
 
 
@@ -974,7 +1094,8 @@ def update_stops(engine: Engine, *, now: datetime | None = None,
 
 
 def run_checks(engine: Engine, now: datetime | None = None) -> tuple[list[Alert], DeliveryResult]:
-    """What the scheduler runs after each rollup: :func:`check` with the webhook from the environment."""
+    """:func:`check` with the webhook from the environment (``alerts check`` without options; the
+    scheduler runs the same in two jobs: the checks after each rollup, the delivery on its own)."""
     return check(engine, now=now, webhook=webhook_from_env())
 
 

@@ -5,8 +5,10 @@ Jobs (each is also a one-shot command, so cron users need no daemon):
 =================  ==============================================  =============================
 job                when                                            one-shot command
 =================  ==============================================  =============================
-``rollup``         every ``rollup_seconds`` (default 300)          ``cerebras-ledger rollup``
-``alerts``         right after each rollup                         ``cerebras-ledger alerts check``
+``rollup``         every ``rollup_seconds`` (default 300), then    ``cerebras-ledger rollup``,
+                   the alert rules and hard-budget stops           ``alerts check --no-deliver``
+``deliver``        right after each rollup, and every              ``cerebras-ledger alerts check``
+                   ``rollup_seconds``: the webhook outbox
 ``daily-reports``  every day at ``report_hour`` in ``report_tz``   ``cerebras-ledger report``
 ``billing``        the 1st of each month, ``billing_grace_hours``  ``cerebras-ledger export
                    after midnight UTC: every ended month not yet   billing --due DIR``
@@ -14,14 +16,27 @@ job                when                                            one-shot comm
 =================  ==============================================  =============================
 
 Every job sets ``coalesce=True`` (a backlog of missed runs runs once), ``max_instances=1`` and
-an explicit ``misfire_grace_time``. SIGTERM and SIGINT shut the scheduler down cleanly: no new
-job starts, running ones finish.
+an explicit ``misfire_grace_time``.
+
+**Jobs stay independent.** The executor is a thread pool with a worker for every job, so a
+slow job holds only its own worker, and ``max_instances=1`` skips only its own next runs. The
+webhook outbox is its own job: a receiver that hangs delays deliveries (each attempt is bounded
+by its deadline, see :mod:`ledger.alerts`), never the rollups, the alert rules or the hard-budget
+stops behind them.
+
+**Stopping.** SIGTERM and SIGINT stop the scheduler at once (``shutdown(wait=False)``: no new
+run starts) and set a stop flag that cuts a webhook attempt in flight short (that alert is
+retried later) and ends the delivery run; other running jobs get ``shutdown_grace_seconds``
+(default 5) to finish. A job still running after that is abandoned: the process logs it and
+exits with status 1 (rollups and alert inserts are transactions, so the next run redoes them).
 
 Two scheduler processes may run against one ledger (say, two pods). Each job run first takes a
 *lease* row named after the job in the ``leases`` table, in a write transaction; a process that
-cannot get it skips that run. The jobs are also safe on their own (rollups and alert inserts are
-exactly-once, the billing export is one transaction), so the lease saves duplicate work rather
-than guarding correctness.
+cannot get it skips that run. Lease times are the database's clock (:func:`ledger.store.db_now`),
+never a host's, so two hosts with skewed clocks agree on who holds a lease. The jobs are also
+safe on their own (rollups and alert inserts are exactly-once, each alert's delivery has a lease
+of its own, the billing export is one transaction), so the job lease saves duplicate work
+rather than guarding correctness.
 
 Configuration: a TOML file (``--config``, table ``[scheduler]``) or the environment
 (``LEDGER_SCHEDULE_<NAME>`` in upper case, e.g. ``LEDGER_SCHEDULE_ROLLUP_SECONDS=60``); the
@@ -37,7 +52,8 @@ import socket
 import threading
 import tomllib
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -49,7 +65,7 @@ from sqlalchemy import Engine, select, update
 
 from .config import ConfigError
 from .schema import LeaseRow
-from .store import write_transaction
+from .store import db_now, write_transaction
 
 __all__ = ["Lease", "Schedule", "build_scheduler", "load_schedule", "run_scheduler"]
 
@@ -67,6 +83,7 @@ class Schedule:
         billing_grace_hours: hours after the month ends before its billing export, for late events.
         misfire_grace_seconds: how late a run may start and still run.
         lease_seconds: how long a job's lease lasts (longer than any run).
+        shutdown_grace_seconds: how long running jobs get to finish after SIGTERM.
         reports_dir: where daily reports go (default ``$LEDGER_REPORTS_DIR`` or ``./reports``).
         billing_dir: where billing exports go (default ``<reports_dir>/billing``).
     """
@@ -77,6 +94,7 @@ class Schedule:
     billing_grace_hours: int = 6
     misfire_grace_seconds: int = 300
     lease_seconds: int = 600
+    shutdown_grace_seconds: int = 5
     reports_dir: str = ""
     billing_dir: str = ""
 
@@ -89,6 +107,8 @@ class Schedule:
             raise ConfigError("billing_grace_hours must be between 0 and 648")
         if self.misfire_grace_seconds < 1 or self.lease_seconds < 1:
             raise ConfigError("misfire_grace_seconds and lease_seconds must be positive")
+        if not 0 <= self.shutdown_grace_seconds <= 600:
+            raise ConfigError("shutdown_grace_seconds must be between 0 and 600")
         try:
             ZoneInfo(self.report_tz)
         except (ZoneInfoNotFoundError, ValueError):
@@ -140,14 +160,15 @@ class Lease:
         self.seconds = seconds
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
-    def acquire(self, now: datetime | None = None) -> bool:
-        """Take or renew the lease; ``False`` if another live holder has it."""
+    def acquire(self) -> bool:
+        """Take or renew the lease; ``False`` if another live holder has it. Taken, renewed and
+        compared on the database's clock."""
         from .rollup import _insert
 
-        now = now or datetime.now(UTC)
-        until = now + timedelta(seconds=self.seconds)
         t = LeaseRow.__table__
         with write_transaction(self.engine) as conn:
+            now = db_now(conn)
+            until = now + timedelta(seconds=self.seconds)
             conn.execute(_insert(conn, t).values(name=self.name, holder="", expires_at=now).on_conflict_do_nothing())
             query = select(t.c.holder, t.c.expires_at).where(t.c.name == self.name)
             if conn.dialect.name == "postgresql":
@@ -162,68 +183,129 @@ class Lease:
         t = LeaseRow.__table__
         with write_transaction(self.engine) as conn:
             conn.execute(update(LeaseRow).where(t.c.name == self.name, t.c.holder == self.holder)
-                         .values(holder="", expires_at=datetime.now(UTC)))
+                         .values(holder="", expires_at=db_now(conn)))
 
 
-def _leased(engine: Engine, name: str, seconds: int, holder: str, job: Callable[[], None]) -> Callable[[], None]:
-    def run() -> None:
-        lease = Lease(engine, name, seconds, holder)
+class _Running:
+    """The names of the jobs running right now, so a stop can wait for them (a bounded time)."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.changed = threading.Condition()
+
+    @contextmanager
+    def job(self, name: str) -> Iterator[None]:
+        with self.changed:
+            self.names.append(name)
         try:
-            if not lease.acquire():
-                log.info("job %s: another scheduler holds the lease; skipped", name)
-                return
-        except Exception as exc:  # database down: skip this run, the next one retries
-            log.error("job %s: cannot take its lease (%s); skipped", name, type(exc).__name__)
-            return
-        try:
-            job()
-        except Exception:
-            log.exception("job %s failed; it runs again at its next time", name)
+            yield
         finally:
-            try:
-                lease.release()
-            except Exception:
-                log.warning("job %s: could not release its lease; it expires by itself", name)
+            with self.changed:
+                self.names.remove(name)
+                self.changed.notify_all()
+
+    def wait_idle(self, seconds: float) -> list[str]:
+        """Wait up to ``seconds`` for every running job to end; the names still running."""
+        with self.changed:
+            self.changed.wait_for(lambda: not self.names, seconds)
+            return sorted(self.names)
+
+
+def _leased(engine: Engine, name: str, seconds: int, holder: str, job: Callable[[], None],
+            running: _Running) -> Callable[[], None]:
+    def run() -> None:
+        with running.job(name):
+            _run_leased(engine, name, seconds, holder, job)
     return run
 
 
-def rollup_and_alerts(engine: Engine) -> None:
-    from . import rollup
+def _run_leased(engine: Engine, name: str, seconds: int, holder: str, job: Callable[[], None]) -> None:
+    lease = Lease(engine, name, seconds, holder)
+    try:
+        if not lease.acquire():
+            log.info("job %s: another scheduler holds the lease; skipped", name)
+            return
+    except Exception as exc:  # database down: skip this run, the next one retries
+        log.error("job %s: cannot take its lease (%s); skipped", name, type(exc).__name__)
+        return
+    try:
+        job()
+    except Exception:
+        log.exception("job %s failed; it runs again at its next time", name)
+    finally:
+        try:
+            lease.release()
+        except Exception:
+            log.warning("job %s: could not release its lease; it expires by itself", name)
+
+
+def rollup_and_checks(engine: Engine) -> None:
+    """The ``rollup`` job: roll up, then fire due alerts and keep the hard-budget stops (the
+    webhook outbox is the ``deliver`` job's)."""
+    from . import alerts, rollup
 
     result = rollup.rollup(engine)
     log.info("rollup: %d event(s) from %d batch(es)", result.events, result.batches)
-    try:
-        from . import alerts
-    except ImportError:  # pragma: no cover - alerts ship with the package
-        return
-    alerts.run_checks(engine)
+    alerts.check(engine, deliver_now=False)
 
 
 def build_scheduler(engine: Engine, schedule: Schedule, jobs: Mapping[str, Callable[[], None]] | None = None,
-                    holder: str | None = None) -> Any:
-    """A ``BlockingScheduler`` with the ledger's jobs (or ``jobs`` given by name, for tests)."""
+                    holder: str | None = None, stop: threading.Event | None = None) -> Any:
+    """A ``BlockingScheduler`` with the ledger's jobs (or ``jobs`` given by name, for tests).
+    ``stop``, once set, cuts a webhook delivery in flight short (:func:`run_scheduler` sets it
+    on SIGTERM). The webhook settings are read and checked here: a bad URL fails at start."""
+    from apscheduler.executors.pool import ThreadPoolExecutor
     from apscheduler.schedulers.blocking import BlockingScheduler
     from apscheduler.triggers.cron import CronTrigger
     from apscheduler.triggers.interval import IntervalTrigger
 
     holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    stop = stop or threading.Event()
+    table = dict(jobs) if jobs is not None else default_jobs(engine, schedule, stop)
     defaults = {"coalesce": True, "max_instances": 1, "misfire_grace_time": schedule.misfire_grace_seconds}
-    scheduler = BlockingScheduler(timezone=UTC, job_defaults=defaults)
-    table = dict(jobs) if jobs is not None else default_jobs(engine, schedule)
+    scheduler = BlockingScheduler(timezone=UTC, job_defaults=defaults,
+                                  executors={"default": ThreadPoolExecutor(max_workers=len(table) + 1)})
+    running = _Running()
+    scheduler.ledger_running = running
     triggers = {
         "rollup": IntervalTrigger(seconds=schedule.rollup_seconds, timezone=UTC),
+        "deliver": IntervalTrigger(seconds=schedule.rollup_seconds, timezone=UTC),
         "daily-reports": CronTrigger(hour=schedule.report_hour, minute=0, timezone=ZoneInfo(schedule.report_tz)),
         "billing": CronTrigger(day=1 + schedule.billing_grace_hours // 24, hour=schedule.billing_grace_hours % 24,
                                minute=0, timezone=UTC),
     }
+    if "rollup" in table and "deliver" in table:
+        table["rollup"] = _then_wake(table["rollup"], scheduler, "deliver")
     for name, job in table.items():
-        scheduler.add_job(_leased(engine, name, schedule.lease_seconds, holder, job), triggers[name], id=name,
-                          name=name, next_run_time=datetime.now(UTC) if name == "rollup" else None,
-                          **defaults)
+        first = datetime.now(UTC) if name in ("rollup", "deliver") else None
+        scheduler.add_job(_leased(engine, name, schedule.lease_seconds, holder, job, running), triggers[name],
+                          id=name, name=name, next_run_time=first, **defaults)
     return scheduler
 
 
-def default_jobs(engine: Engine, schedule: Schedule) -> dict[str, Callable[[], None]]:
+def _then_wake(job: Callable[[], None], scheduler: Any, other: str) -> Callable[[], None]:
+    """``job``, then ask for a run of ``other`` now (new alerts go out right after the rollup
+    that fired them; a delivery still running just skips that run)."""
+    def run() -> None:
+        try:
+            job()
+        finally:
+            try:
+                scheduler.modify_job(other, next_run_time=datetime.now(UTC))
+            except Exception:  # noqa: BLE001 - shutting down, or the job is gone: its own trigger runs it
+                log.debug("could not wake job %s", other, exc_info=True)
+    return run
+
+
+def default_jobs(engine: Engine, schedule: Schedule,
+                 stop: threading.Event | None = None) -> dict[str, Callable[[], None]]:
+    from . import alerts
+
+    webhook = alerts.webhook_from_env()  # ConfigError here: a bad URL stops the start, in one line
+
+    def deliver() -> None:
+        alerts.deliver(engine, webhook, stop=stop)
+
     def daily_reports() -> None:
         from . import reports
 
@@ -236,22 +318,33 @@ def default_jobs(engine: Engine, schedule: Schedule) -> dict[str, Callable[[], N
             log.info("billing: %s %s, %d row(s)", "rewrote" if issued.reissued else "issued", issued.month,
                      len(issued.rows))
 
-    return {"rollup": lambda: rollup_and_alerts(engine), "daily-reports": daily_reports, "billing": billing}
+    return {"rollup": lambda: rollup_and_checks(engine), "deliver": deliver, "daily-reports": daily_reports,
+            "billing": billing}
 
 
 def run_scheduler(engine: Engine, schedule: Schedule, jobs: Mapping[str, Callable[[], None]] | None = None) -> None:
-    """Run until SIGTERM or SIGINT; then let running jobs finish and return."""
-    scheduler = build_scheduler(engine, schedule, jobs)
+    """Run until SIGTERM or SIGINT; then stop at once (see the module docstring) and return."""
     stopping = threading.Event()
+    scheduler = build_scheduler(engine, schedule, jobs, stop=stopping)
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         if not stopping.is_set():
             stopping.set()
             log.warning("scheduler: %s received, shutting down", signal.Signals(signum).name)
-            scheduler.shutdown(wait=True)  # no new runs; waits for running jobs to finish
+            try:
+                scheduler.shutdown(wait=False)  # no new runs; running ones are waited for below
+            except Exception:  # noqa: BLE001 - not running yet: start() below returns at once
+                log.debug("scheduler not running yet", exc_info=True)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     log.warning("scheduler: started with jobs %s", ", ".join(j.id for j in scheduler.get_jobs()))
-    scheduler.start()
+    if not stopping.is_set():
+        scheduler.start()
+    left = scheduler.ledger_running.wait_idle(schedule.shutdown_grace_seconds)
+    if left:
+        log.error("scheduler: job(s) %s still running after %d s; exiting without them (the next run "
+                  "redoes their work)", ", ".join(left), schedule.shutdown_grace_seconds)
+        logging.shutdown()
+        os._exit(1)  # the pool's worker threads would otherwise hold the process at exit
     log.warning("scheduler: stopped")

@@ -40,6 +40,7 @@ from .schema import SCHEMA_REVISION, EventRow, IngestBatchRow, PriceRow, UTCDate
 
 __all__ = [
     "SchemaError",
+    "db_now",
     "ensure_schema",
     "event_row",
     "insert_events",
@@ -138,6 +139,18 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
         conn = conn.execution_options(ledger_write=True)
         with conn.begin():
             yield conn
+
+
+def db_now(conn: Connection) -> datetime:
+    """The database server's clock, aware UTC: what leases are taken and compared on, so hosts
+    with skewed clocks agree (``clock_timestamp()`` on PostgreSQL, the real time even inside a
+    long transaction; ``strftime('%Y-%m-%d %H:%M:%f', 'now')`` on SQLite, whose clock is the
+    clock of the machine holding the file)."""
+    if conn.dialect.name == "postgresql":
+        value: datetime = conn.execute(text("SELECT clock_timestamp()")).scalar_one()
+        return value.astimezone(UTC)
+    raw = conn.execute(text("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')")).scalar_one()
+    return datetime.fromisoformat(str(raw)).replace(tzinfo=UTC)
 
 
 @contextmanager

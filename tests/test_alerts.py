@@ -25,6 +25,7 @@ from ledger.cli import main
 from ledger.events import CallEvent, new_event_id
 from ledger.money import Money, usd
 from ledger.pricing import Charge
+from ledger.schema import AlertRow
 from ledger.wire import Usage
 
 SECRET = "s3cr3t-Hmac-Key-4242"
@@ -498,7 +499,7 @@ def test_unreachable_webhook_is_retried_with_backoff(
 
 def test_a_claimed_alert_waits_for_its_lease(engine: sa.Engine) -> None:
     """A process that claimed an alert and died before sending: nobody sends it until the lease
-    expires; then it is delivered once."""
+    expires (on the database's clock, whatever the caller's clock says); then it is delivered once."""
     now = datetime(2026, 11, 5, 12, tzinfo=UTC)
     alert = _one_alert(engine, now)
     assert (
@@ -507,7 +508,10 @@ def test_a_claimed_alert_waits_for_its_lease(engine: sa.Engine) -> None:
     with Receiver() as rx:
         hook = alerts.Webhook(rx.url)
         assert alerts.deliver(engine, hook, now=now + timedelta(minutes=4)) == alerts.DeliveryResult()
+        assert alerts.deliver(engine, hook, now=now + timedelta(days=9)) == alerts.DeliveryResult()
         assert rx.requests == []
+        with store.write_transaction(engine) as conn:  # five minutes pass on the database's clock
+            conn.execute(sa.update(AlertRow).values(claimed_until=store.db_now(conn)))
         assert alerts.deliver(engine, hook, now=now + timedelta(minutes=5)).delivered == 1
     assert len(rx.requests) == 1 and "x-ledger-signature" not in rx.requests[0]["headers"]
     assert rx.requests[0]["headers"]["x-ledger-alert-id"] == alert.alert_id

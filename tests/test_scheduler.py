@@ -18,6 +18,7 @@ from ledger import rollup, store
 from ledger.cli import main
 from ledger.config import ConfigError
 from ledger.scheduler import Lease, Schedule, build_scheduler, load_schedule
+from ledger.schema import LeaseRow
 
 from .test_rollup import _event, _raw_by_key, _rolled_by_key, _write
 
@@ -63,7 +64,7 @@ def test_bad_schedule_on_the_command_line(tmp_path: Path, capsys: pytest.Capture
 def test_jobs_have_explicit_coalesce_misfire_and_max_instances(engine: sa.Engine) -> None:
     sched = build_scheduler(engine, Schedule(rollup_seconds=60, misfire_grace_seconds=42).check())
     jobs = {j.id: j for j in sched.get_jobs()}
-    assert set(jobs) == {"rollup", "daily-reports", "billing"}
+    assert set(jobs) == {"rollup", "deliver", "daily-reports", "billing"}
     for job in jobs.values():
         assert job.coalesce is True and job.max_instances == 1 and job.misfire_grace_time == 42
     when = datetime(2026, 11, 15, tzinfo=UTC)
@@ -73,15 +74,16 @@ def test_jobs_have_explicit_coalesce_misfire_and_max_instances(engine: sa.Engine
 
 
 def test_a_lease_has_one_holder_until_it_expires(engine: sa.Engine) -> None:
-    now = datetime(2026, 11, 27, 12, tzinfo=UTC)
     a, b = Lease(engine, "job", 60, "a"), Lease(engine, "job", 60, "b")
-    assert a.acquire(now) and not b.acquire(now)
-    assert a.acquire(now + timedelta(seconds=30))  # the holder renews
-    assert not b.acquire(now + timedelta(seconds=80))  # renewed at +30 s: still a's
-    assert b.acquire(now + timedelta(seconds=91))  # expired: b takes it
-    assert not a.acquire(now + timedelta(seconds=92))
+    assert a.acquire() and not b.acquire()
+    assert a.acquire()  # the holder renews
+    assert not b.acquire()
+    with store.write_transaction(engine) as conn:  # a minute passes on the database's clock
+        conn.execute(sa.update(LeaseRow).values(expires_at=store.db_now(conn)))
+    assert b.acquire()  # expired: b takes it
+    assert not a.acquire()
     b.release()
-    assert a.acquire(datetime.now(UTC))
+    assert a.acquire()
 
 
 def _scheduler_proc(db_url: str, tmp_path: Path, name: str) -> subprocess.Popen[str]:
