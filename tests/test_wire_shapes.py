@@ -149,7 +149,7 @@ def _run(coro: Any) -> Any:
 
 @each_caller
 def test_recorded_exchanges_through_every_caller(kind: str, flavour: Flavour | None, ledger_env: dict[str, str],
-                                                 replay: Replay) -> None:
+                                                 replay: Replay, reliability: Any) -> None:
     """All 26 recorded exchanges, as JSON and (the 200s) as streams, each event priced from the
     recorded usage, whatever content-encoding the caller's httpx asked for."""
     ids = recorded_ids()
@@ -184,6 +184,9 @@ def test_recorded_exchanges_through_every_caller(kind: str, flavour: Flavour | N
     rows = fetch_events(ledger_env["LEDGER_DATABASE_URL"])
     ok = [r for r in rows if r["status"] == "ok"]
     errors = [r for r in rows if r["status"] == "error"]
+    reliability(load=f"26 recorded exchanges as JSON + 25 as streams, {kind}",
+                fault="odd chunk boundaries, the content-encoding the caller asked for",
+                inputs="shared/wire/recorded (pydantic-ai)", expected=51, recorded=len(rows), lost=51 - len(rows))
     assert len(done) == 26 and len(ok) == 2 * 25 and len(errors) == 1
     want = sorted(_usage(bodies[rid]) for rid in ids if "usage" in bodies[rid] for _ in range(2))
     assert sorted(_row_usage(r) for r in ok) == want
@@ -323,7 +326,8 @@ def test_a_later_chunk_never_erases_usage(kind: str, caller: str, ledger_env: di
 
 
 @pytest.mark.parametrize("shape", ["stream, big first event", "stream, big middle event", "json body"])
-def test_a_huge_event_is_read_in_linear_time(shape: str, ledger_env: dict[str, str], replay: Replay) -> None:
+def test_a_huge_event_is_read_in_linear_time(shape: str, ledger_env: dict[str, str], replay: Replay,
+                                             reliability: Any) -> None:
     """A 24 MB content event (and a 24 MB JSON body): usage still read, chunks of odd sizes.
     (Its cost against bare httpx is measured in benchmarks/, not here.)"""
     body = json.loads(Answer.recorded("pa-01").body)
@@ -358,7 +362,10 @@ def test_a_huge_event_is_read_in_linear_time(shape: str, ledger_env: dict[str, s
 
     _run(go())
     _flush()
-    (row,) = fetch_events(ledger_env["LEDGER_DATABASE_URL"])
+    rows = fetch_events(ledger_env["LEDGER_DATABASE_URL"])
+    reliability(load="one call", fault=f"a 24 MB {shape.split(',')[0]} event/body at odd chunk sizes",
+                inputs=shape, expected=1, recorded=sum(r["usage_known"] for r in rows), lost=1 - len(rows))
+    (row,) = rows
     assert row["status"] == "ok" and _row_usage(row) == _usage(body)
     assert row["upstream_id"] == body["id"] and row["served_model"] == body["model"]
 
@@ -449,7 +456,7 @@ ABANDON = textwrap.dedent('''
 
 @pytest.mark.parametrize("how", ["close", "exit"])
 def test_an_abandoned_stream_is_recorded_before_exit(how: str, ledger_env: dict[str, str], replay: Replay,
-                                                     tmp_path: Path) -> None:
+                                                     tmp_path: Path, reliability: Any) -> None:
     body = json.loads(Answer.recorded("pa-01").body)
     long = {**body, "choices": [{**body["choices"][0], "message": {"role": "assistant", "content": "word " * 400}}]}
     replay.queue(Answer(200, SSE, stream_of(long, pieces=40), chunks=[600], stall_after=2,
@@ -464,6 +471,10 @@ def test_an_abandoned_stream_is_recorded_before_exit(how: str, ledger_env: dict[
     if not rows:  # the writer may not have reached the database before exit; the spool holds it
         ledger.journal.recover(ledger_env["LEDGER_DATABASE_URL"], ledger_env["LEDGER_SPOOL_DIR"])
         rows = fetch_events(ledger_env["LEDGER_DATABASE_URL"])
+    reliability(load="one SDK stream, then the process exits", inputs=how,
+                fault="caller breaks out of the stream, never closes it" + (", closes the client" if how == "close"
+                                                                           else ", leaves the client open"),
+                expected=1, recorded=len(rows), lost=1 - len(rows))
     (row,) = rows
     assert row["status"] == "incomplete" and row["upstream_id"] == body["id"]
     assert "abandoned" in row["note"]
