@@ -335,7 +335,7 @@ def _plain_tags(tags: Sequence[Sequence[str]]) -> bool:
 
 
 def event_row(event: CallEvent, charge: Charge, recorded_at: datetime, *, kind: str = "usage",
-              corrects: str | None = None) -> dict[str, Any]:
+              corrects: str | None = None, seq: int = 0) -> dict[str, Any]:
     if event.occurred_at.utcoffset() is None or recorded_at.utcoffset() is None:
         raise ValueError("naive datetime given to the ledger; use timezone-aware UTC")
     u = event.usage
@@ -374,6 +374,7 @@ def event_row(event: CallEvent, charge: Charge, recorded_at: datetime, *, kind: 
         "price_id": charge.price_id,
         "cost_nanos": None if charge.cost is None else charge.cost.nanos,
         "list_cost_nanos": None if charge.list_cost is None else charge.list_cost.nanos,
+        "correction_seq": seq,
         "free": charge.free,
         "priced": charge.priced,
         "tags": _tags_json(tags),
@@ -472,7 +473,7 @@ _SPOOL_COLUMNS = (
     "usage_known", "prompt_tokens", "cached_tokens", "completion_tokens", "reasoning_tokens", "total_tokens",
     "latency_us", "ttft_us", "queue_us", "prompt_us", "completion_us", "total_us", "upstream_id",
     "lava_request_id", "price_id", "cost_nanos", "free", "priced", "tags", "source", "note",
-    "list_cost_nanos", "batch_id")
+    "list_cost_nanos", "correction_seq", "batch_id")
 if EVENT_COLUMNS != _SPOOL_COLUMNS:  # insert_spooled builds rows in this order
     raise ImportError("events table columns changed; update store.insert_spooled")
 _NO_TIMES = (None, None, None, None)
@@ -526,7 +527,7 @@ def insert_spooled(conn: Connection, records: Sequence[list[Any]], book: PriceBo
             u[0], u[1], u[2], u[3], u[4], latency, ttft, t[0], t[1], t[2], t[3], _clip(upstream_id, 200),
             None if lava_id is None else _clip(lava_id, 200), price_id, cost,
             int(free) if sqlite else free, int(priced) if sqlite else priced,
-            tags_json, _clip(src, 16), None if note is None else _clip(note, 200), list_cost, batch_id))
+            tags_json, _clip(src, 16), None if note is None else _clip(note, 200), list_cost, 0, batch_id))
     _insert_params(conn, params, tag_rows)
     return batch_id
 
