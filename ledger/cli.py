@@ -554,7 +554,8 @@ def verify_cmd(ctx: click.Context, fmt: str) -> None:
     """Check the ledger's integrity; exits 1 and lists the problems if there are any.
 
     Checks that rollups equal events, unpriced events are flagged, the spool has drained, the
-    price book has no ambiguous points and every correction points at a real event.
+    price book has no ambiguous points, every correction points at a real event, and every
+    corrected event adds up to its latest restatement's price (no doubled correction set).
 
     \b
     Example:

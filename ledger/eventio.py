@@ -19,9 +19,18 @@ an import that reads every column as text, or use the report CSV.
 Import reads the same columns. Every row is checked before anything is written, and all rows
 go in one transaction: a bad row fails the whole file with its line number, and nothing is
 half-imported. It is idempotent by ``event_id`` (a UUID). A row with a ``cost_usd`` keeps it
-(usage billed elsewhere, back-filled as is); a row without one is priced from the price book in
-force at its ``occurred_at``. Imported rows use the route's own book (``lava`` for ``lava``):
-a file cannot say whether a Lava call used your own provider key.
+(usage billed elsewhere, back-filled as is; re-pricing leaves it alone unless asked); a row
+without one is priced from the price book in force at its ``occurred_at``. Imported rows use the
+route's own book (``lava`` for ``lava``): a file cannot say whether a Lava call used your own
+provider key.
+
+**Import keeps exactly what it is given, or refuses the file** (``line N: why``): JSON numbers
+are read as ``Decimal`` (:func:`load_json`; never float, no NaN or Infinity, no key twice);
+integers and amounts are ASCII digits; a ``free=true`` row costs 0; ``occurred_at`` has a zone
+and lies in [:data:`EARLIEST`, :data:`LATEST`), so every report, rollup and billing month can
+cover it; nesting too deep for the parser, and a CSV field over the csv module's limit, are
+line-numbered errors; a UTF-8 BOM is skipped; ``model`` may be empty (a request that named
+none), so every exported event imports.
 """
 
 from __future__ import annotations

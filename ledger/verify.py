@@ -147,17 +147,18 @@ def _corrected_costs(conn: Connection) -> list[Finding]:
     wrong = or_(r.event_id.is_(None), p.price_id.is_(None), e.usage_known.is_not(True), net != expected,
                 *(getattr(sums.c, t) != 0 for t in _TOKENS))
     query = (
-        select(e.event_id)
+        select(e.event_id, func.count().over().label("n"))
         .select_from(EventRow.__table__.join(sums, sums.c.eid == e.event_id)
                      .outerjoin(ra, and_(r.corrects_event_id == e.event_id, r.correction_seq == sums.c.rseq))
                      .outerjoin(pa, p.price_id == r.price_id))
-        .where(e.kind == "usage", wrong).order_by(e.event_id)
+        .where(e.kind == "usage", wrong).order_by(e.event_id).limit(SHOWN)
     )
-    ids = list(conn.execute(query).scalars())
-    if not ids:
+    found = conn.execute(query).all()
+    if not found:
         return []
-    named = ", ".join(ids[:SHOWN]) + (", ..." if len(ids) > SHOWN else "")
-    return [Finding("corrections", f"{len(ids)} event(s) whose charge and corrections add up to a cost no "
+    n = int(found[0].n)
+    named = ", ".join(r.event_id for r in found) + (", ..." if n > SHOWN else "")
+    return [Finding("corrections", f"{n} event(s) whose charge and corrections add up to a cost no "
                                    f"price point gives (a doubled or missing correction set): {named}")]
 
 

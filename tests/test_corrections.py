@@ -128,7 +128,7 @@ def _race(url: str, **kw: Any) -> list[Any]:
     return [r["result"] for r in runs]
 
 
-def test_two_reprice_runs_at_once_correct_each_event_once(db_url: str, engine: sa.Engine) -> None:
+def test_two_reprice_runs_at_once_correct_each_event_once(db_url: str, engine: sa.Engine, reliability: Any) -> None:
     events = [_event(i) for i in range(200)]
     _write(engine, events)
     before = _net(engine)
@@ -137,6 +137,11 @@ def test_two_reprice_runs_at_once_correct_each_event_once(db_url: str, engine: s
     want = {e.event_id: e.usage.prompt_tokens * NEW_IN + e.usage.completion_tokens * NEW_OUT  # type: ignore[union-attr]
             for e in events}
     net = _net(engine)
+    once = sum(1 for k, v in net.items() if v == (want[k], 2))
+    reliability(load="two `prices reprice` runs at once, each on its own engine",
+                fault="both held in their transactions until the other re-priced or waits on a lock",
+                inputs="200 events, one back-dated price", expected=len(events), recorded=once,
+                lost=len(events) - once)
     assert {k: v[0] for k, v in net.items()} == want  # each event at the new price, exactly once
     assert all(v[1] == 2 for v in net.values())  # one reversal and one restatement each
     assert sorted(r.corrections for r in results) == [0, len(events)]
@@ -244,3 +249,63 @@ def test_reprice_leaves_an_imported_cost_alone_unless_asked(
     assert _net(engine)[imported] == (1000 * NEW_IN + 500 * NEW_OUT, 2)
     with engine.connect() as conn:
         assert [f for f in verify(conn) if f.check == "corrections"] == []
+
+
+def test_migration_numbers_existing_corrections_and_verify_finds_an_old_doubled_set(db_url: str) -> None:
+    """A ledger at 0004 with one honest correction set and one doubled by the old race: 0005
+    numbers them in the order they were written, and verify names the doubled event."""
+    from ledger.pricing import BUILTIN_PRICES, Charge
+
+    eng = store.make_engine(db_url)
+    try:
+        store.upgrade(eng, "0004")
+        point = pricedb.new_point("cerebras", "gpt-oss-120b", "0.50", "1.00", effective_from=SINCE)
+        honest, doubled = _event(1), _event(2)
+        with store.write_transaction(eng) as conn:
+            store.insert_prices(conn, BUILTIN_PRICES)  # (seeded at the head only)
+            old_book = store.load_price_book(conn)  # the originals were charged before the new point
+            store.insert_prices(conn, [point])
+            events = sa.Table("events", sa.MetaData(), autoload_with=conn)
+            now = datetime.now(UTC)
+            rows = []
+            for e, sets in ((honest, 1), (doubled, 2)):
+                c0 = charge(e, old_book)
+                rows.append(store.event_row(e, c0, now))
+                cost = e.usage.prompt_tokens * NEW_IN + e.usage.completion_tokens * NEW_OUT  # type: ignore[union-attr]
+                u = e.usage
+                assert u is not None and c0.cost is not None
+                for _ in range(sets):  # each set reverses the original, as two racing runs did
+                    neg = Usage(-u.prompt_tokens, 0, -u.completion_tokens, 0, -u.total_tokens)
+                    rows.append(store.event_row(
+                        pricedb._event_of(_Row(e), neg, "reversal"),
+                        Charge(c0.price_id, -c0.cost, False, True), now, kind="correction", corrects=e.event_id))
+                    rows.append(store.event_row(
+                        pricedb._event_of(_Row(e), u, "restatement"),
+                        Charge(point.price_id, pricedb.Money(cost), False, True), now, kind="correction",
+                        corrects=e.event_id))
+            keep = {c.name for c in events.columns}
+            conn.execute(sa.insert(events), [{k: v for k, v in r.items() if k in keep} for r in rows])
+        store.upgrade(eng)
+        with eng.connect() as conn:
+            seqs = dict(conn.execute(sa.text(
+                "SELECT event_id, correction_seq FROM events")).all())
+            findings = [f for f in verify(conn) if f.check == "corrections"]
+        by_event: dict[str, list[int]] = {}
+        for r in rows:
+            if r["corrects_event_id"]:
+                by_event.setdefault(r["corrects_event_id"], []).append(seqs[r["event_id"]])
+        assert by_event == {honest.event_id: [1, 2], doubled.event_id: [1, 2, 3, 4]}
+        assert len(findings) == 1 and doubled.event_id in findings[0].problem
+        assert honest.event_id not in findings[0].problem
+    finally:
+        eng.dispose()
+
+
+class _Row:
+    """An event as reprice reads it from the database (the fields _event_of takes)."""
+
+    def __init__(self, e: CallEvent) -> None:
+        self.occurred_at, self.project, self.route, self.book = e.occurred_at, e.project, e.route, e.book
+        self.requested_model, self.served_model, self.status = e.requested_model, e.served_model, e.status
+        self.http_status, self.error_type, self.error_code, self.stream = e.http_status, None, None, e.stream
+        self.upstream_id, self.lava_request_id, self.tags = None, None, "{}"
