@@ -278,6 +278,24 @@ def load_json(text: str) -> Any:
         raise ValueError("JSON nested too deeply") from None
 
 
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.ASCII | re.IGNORECASE)
+
+
+def _event_id(value: Any) -> str:
+    """A UUID as 8-4-4-4-12 ASCII hex digits (any case; kept lower-case, as exported)."""
+    if not isinstance(value, str) or not _UUID.fullmatch(value.strip(_PAD)):
+        raise ValueError(f"event_id must be a UUID (8-4-4-4-12 hex digits), got {str(value)[:40]!r}")
+    return str(uuid.UUID(value.strip(_PAD)))
+
+
+def _tag_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"  # as JSON wrote it
+    if isinstance(v, (dict, list)) or v is None:
+        raise ValueError("tag values must be text, numbers or booleans")
+    return str(v)  # text, or a number as written (Decimal / int)
+
+
 def _tags(value: Any) -> dict[str, str]:
     if isinstance(value, str):
         try:
@@ -288,10 +306,7 @@ def _tags(value: Any) -> dict[str, str]:
         value = {}
     if not isinstance(value, dict):
         raise ValueError("tags must be a JSON object")
-    for v in value.values():
-        if isinstance(v, (dict, list)) or v is None:
-            raise ValueError("tag values must be text, numbers or booleans")
-    return {str(k): str(v) for k, v in value.items()}
+    return {str(k): _tag_value(v) for k, v in value.items()}
 
 
 def check_row(raw: dict[str, Any], line: int) -> ImportRow:
@@ -300,7 +315,7 @@ def check_row(raw: dict[str, Any], line: int) -> ImportRow:
         missing = [c for c in COLUMNS if c not in raw]
         if missing:
             raise ValueError(f"missing column(s): {', '.join(missing)}")
-        event_id = str(uuid.UUID(str(raw["event_id"]).strip()))
+        event_id = _event_id(raw["event_id"])
         when = _occurred_at(raw["occurred_at"])
         project = check_project(raw["project"])
         route = raw["route"]

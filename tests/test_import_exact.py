@@ -150,6 +150,20 @@ def test_integers_and_amounts_are_ascii_digits(db_url: str, tmp_path: Path, caps
     refused(capsys, db_url, _csv(tmp_path / "a.csv", _row(), row), 3, column)
 
 
+@pytest.mark.parametrize("value", ["{\u0660\u0661a23f1c-085b-7039-a499-c5fe8adce5a1}", "\u0660" * 8 + "-085b-7039-a499-c5fe8adce5a1",
+                                   "01a23f1c085b7039a499c5fe8adce5a1", "urn:uuid:01a23f1c-085b-7039-a499-c5fe8adce5a1"])
+def test_event_ids_are_ascii_uuids(db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                   value: str) -> None:
+    refused(capsys, db_url, _csv(tmp_path / "a.csv", _row(), _row(event_id=value)), 3, "event_id")
+
+
+def test_json_tag_values_keep_their_json_spelling(db_url: str, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    line = json.dumps(_row(tags={"on": True, "n": 7, "s": "x"}))
+    assert json.loads(imported(capsys, db_url, _jsonl(tmp_path / "a.jsonl", line))[0]["tags"]) == {
+        "on": "true", "n": "7", "s": "x"}
+
+
 @pytest.mark.parametrize("value", ["10.0", "1e1", "true"])
 def test_json_token_counts_are_whole_json_integers(db_url: str, tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str], value: str) -> None:
