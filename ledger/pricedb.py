@@ -267,7 +267,9 @@ def reprice(conn: Connection, since: datetime, until: datetime, project: str | N
             batch = store.insert_events(conn, rows, "reprice")
             stored = conn.execute(select(func.count()).select_from(EventRow.__table__)
                                   .where(e.batch_id == batch)).scalar_one()
-        except IntegrityError:
+        except Exception as exc:  # the PostgreSQL path writes through the driver: its own error types
+            if not isinstance(exc, (IntegrityError, conn.dialect.loaded_dbapi.IntegrityError)):
+                raise
             stored = -1
         if stored != len(rows):
             raise RepriceConflict("another re-pricing stored corrections for the same events meanwhile; "

@@ -88,7 +88,7 @@ def _blocked(url: str, probe: sa.Engine, other: dict[str, Any]) -> bool:
     return wait == "Lock"
 
 
-def _race(url: str, **kw: Any) -> list[Any]:
+def _race(url: str, *, allow: type[BaseException] | None = None, **kw: Any) -> list[Any]:
     """Two reprice runs at once, each on its own engine. Each holds its transaction open after
     re-pricing until the other has re-priced too, or is waiting on a database lock."""
     runs: list[dict[str, Any]] = [{"began": threading.Event(), "done": threading.Event()} for _ in range(2)]
@@ -123,9 +123,9 @@ def _race(url: str, **kw: Any) -> list[Any]:
         t.join(120)
     probe.dispose()
     for r in runs:
-        if "error" in r:
+        if "error" in r and not (allow and isinstance(r["error"], allow)):
             raise r["error"]
-    return [r["result"] for r in runs]
+    return [r.get("result", r.get("error")) for r in runs]
 
 
 def test_two_reprice_runs_at_once_correct_each_event_once(db_url: str, engine: sa.Engine, reliability: Any) -> None:
@@ -151,6 +151,27 @@ def test_two_reprice_runs_at_once_correct_each_event_once(db_url: str, engine: s
     # and a third run finds nothing left to do
     with store.write_transaction(engine) as conn:
         assert pricedb.reprice(conn, SINCE, UNTIL).corrections == 0
+
+
+def test_without_the_lock_the_unique_key_still_stops_a_second_set(
+        db_url: str, engine: sa.Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lock switched off (as a writer that skips it would be): on PostgreSQL the second run's
+    insert waits on the first one's unique key, then fails whole with RepriceConflict (its
+    transaction rolls back); on SQLite BEGIN IMMEDIATE still serializes the runs."""
+    events = [_event(i) for i in range(50)]
+    _write(engine, events)
+    _new_price(engine)
+    monkeypatch.setattr(pricedb, "_lock", lambda conn: None)
+    outcomes = _race(db_url, allow=pricedb.RepriceConflict)
+    net = _net(engine)
+    assert all(v[1] == 2 for v in net.values()) and len(net) == len(events)
+    conflicts = [o for o in outcomes if isinstance(o, pricedb.RepriceConflict)]
+    written = [o.corrections for o in outcomes if isinstance(o, pricedb.RepriceResult)]
+    if engine.dialect.name == "postgresql":
+        assert len(conflicts) == 1 and written == [len(events)]
+        assert "run it again" in str(conflicts[0])
+    else:
+        assert sorted(written) == [0, len(events)]
 
 
 def test_the_schema_refuses_a_second_correction_set_of_one_generation(engine: sa.Engine) -> None:
