@@ -346,7 +346,7 @@ def check_row(raw: dict[str, Any], line: int) -> ImportRow:
         event = CallEvent(
             event_id=event_id, occurred_at=when.astimezone(UTC), project=project, route=route,
             book=route, requested_model=model, served_model=model, status=status,
-            http_status=_int(raw["http_status"], "http_status", 100, 599),
+            http_status=_int(raw["http_status"], "http_status", 0, 999),  # any 3-digit status a response had
             error_type=None, error_code=None, stream=_bool(raw["stream"], "stream"), usage=usage,
             latency_us=None, ttft_us=None, time_info=None,
             upstream_id=_text(raw["upstream_id"], "upstream_id"), lava_request_id=None,

@@ -335,7 +335,7 @@ def events(draw: st.DrawFn) -> CallEvent:
     return CallEvent(
         event_id=new_event_id(), occurred_at=draw(WHEN), project=draw(PROJECTS), route=route, book=route,
         requested_model=model, served_model=model if draw(st.booleans()) else None, status=status,
-        http_status=draw(st.one_of(st.none(), st.integers(100, 599))), error_type=None, error_code=None,
+        http_status=draw(st.one_of(st.none(), st.integers(0, 999))), error_type=None, error_code=None,
         stream=draw(st.booleans()), usage=usage, latency_us=None, ttft_us=None, time_info=None,
         upstream_id=draw(st.one_of(st.none(), TEXT)), lava_request_id=None,
         tags=tuple(sorted(draw(st.dictionaries(TEXT, TEXT, max_size=3)).items())),
