@@ -319,7 +319,7 @@ class Synth:
                              f"chatcmpl-{eid}" if served else None, None,
                              pt.price_id if pt is not None else None, cost,
                              (t if pt.free else f) if pt is not None else f, t if priced else f,
-                             tag_json, "wrapper", None, list_cost, batch_id))
+                             tag_json, "wrapper", None, list_cost, 0, batch_id))
                 if tags:
                     tag_rows.append((eid, "env", env))
                     tag_rows.append((eid, "user", user))

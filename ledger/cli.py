@@ -410,9 +410,15 @@ def prices_check(ctx: click.Context, fmt: str) -> None:
 @click.option("--until", required=True, metavar="DATE", help="End (exclusive).")
 @click.option("--project", default=None)
 @click.option("--dry-run", is_flag=True)
+@click.option("--include-imported", is_flag=True,
+              help="Also re-price events whose cost was imported (cost_usd), which are otherwise kept.")
 @click.pass_context
-def prices_reprice(ctx: click.Context, since: str, until: str, project: str | None, dry_run: bool) -> None:
+def prices_reprice(ctx: click.Context, since: str, until: str, project: str | None, dry_run: bool,
+                   include_imported: bool) -> None:
     """Re-price a past period with today's price book, writing correction rows (never updates).
+
+    Events imported with a cost_usd keep it unless --include-imported. Two runs at once are
+    safe: the second waits, then finds the first one's corrections.
 
     \b
     Example:
@@ -425,7 +431,7 @@ def prices_reprice(ctx: click.Context, since: str, until: str, project: str | No
     if end <= start:
         raise UserError("--until must be after --since")
     with _engine(ctx) as engine, store.write_transaction(engine) as conn:
-        result = reprice(conn, start, end, project, dry_run=dry_run)
+        result = reprice(conn, start, end, project, dry_run=dry_run, include_imported=include_imported)
     verb = "would write" if dry_run else "wrote"
     click.echo(f"examined {result.examined} event(s); {verb} {result.corrections} correction(s) "
                f"totalling {result.delta} USD")
@@ -548,7 +554,8 @@ def verify_cmd(ctx: click.Context, fmt: str) -> None:
     """Check the ledger's integrity; exits 1 and lists the problems if there are any.
 
     Checks that rollups equal events, unpriced events are flagged, the spool has drained, the
-    price book has no ambiguous points and every correction points at a real event.
+    price book has no ambiguous points, every correction points at a real event, and every
+    corrected event adds up to its latest restatement's price (no doubled correction set).
 
     \b
     Example:

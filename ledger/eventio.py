@@ -19,24 +19,34 @@ an import that reads every column as text, or use the report CSV.
 Import reads the same columns. Every row is checked before anything is written, and all rows
 go in one transaction: a bad row fails the whole file with its line number, and nothing is
 half-imported. It is idempotent by ``event_id`` (a UUID). A row with a ``cost_usd`` keeps it
-(usage billed elsewhere, back-filled as is); a row without one is priced from the price book in
-force at its ``occurred_at``. Imported rows use the route's own book (``lava`` for ``lava``):
-a file cannot say whether a Lava call used your own provider key.
+(usage billed elsewhere, back-filled as is; re-pricing leaves it alone unless asked); a row
+without one is priced from the price book in force at its ``occurred_at``. Imported rows use the
+route's own book (``lava`` for ``lava``): a file cannot say whether a Lava call used your own
+provider key.
+
+**Import keeps exactly what it is given, or refuses the file** (``line N: why``): JSON numbers
+are read as ``Decimal`` (:func:`load_json`; never float, no NaN or Infinity, no key twice);
+integers and amounts are ASCII digits; a ``free=true`` row costs 0; ``occurred_at`` has a zone
+and lies in [:data:`EARLIEST`, :data:`LATEST`), so every report, rollup and billing month can
+cover it; nesting too deep for the parser, and a CSV field over the csv module's limit, are
+line-numbered errors; a UTF-8 BOM is skipped; ``model`` may be empty (a request that named
+none), so every exported event imports.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import re
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
 
-from sqlalchemy import Connection, Engine, and_, func, select
+from sqlalchemy import Connection, Engine, and_, case, func, select
 
 from .config import ConfigError, check_project
 from .events import ROUTES, STATUSES, CallEvent
@@ -68,14 +78,19 @@ def export_rows(conn: Connection, since: datetime, until: datetime, project: str
     e = EventRow.__table__.c
     corr = EventRow.__table__.alias("corr")
     deltas = (
-        select(corr.c.corrects_event_id.label("eid"), func.sum(corr.c.cost_nanos).label("delta"))
+        select(corr.c.corrects_event_id.label("eid"), func.sum(corr.c.cost_nanos).label("delta"),
+               func.max(case((corr.c.note == "restatement", corr.c.correction_seq))).label("rseq"))
         .where(corr.c.kind == "correction")
         .group_by(corr.c.corrects_event_id)
         .subquery()
     )
+    standing = EventRow.__table__.alias("standing")  # the latest restatement: how the event stands
     query = (
-        select(EventRow.__table__, deltas.c.delta)
+        select(EventRow.__table__, deltas.c.delta, standing.c.free.label("s_free"),
+               standing.c.priced.label("s_priced"))
         .outerjoin(deltas, deltas.c.eid == e.event_id)
+        .outerjoin(standing, and_(standing.c.corrects_event_id == e.event_id,
+                                  standing.c.correction_seq == deltas.c.rseq))
         .where(and_(e.kind == "usage", e.occurred_at >= since, e.occurred_at < until))
         .order_by(e.occurred_at, e.event_id)
     )
@@ -84,6 +99,7 @@ def export_rows(conn: Connection, since: datetime, until: datetime, project: str
     for r in conn.execution_options(yield_per=2000).execute(query):
         # A correction may price an event that had no price: it then has a cost after all.
         cost = None if r.cost_nanos is None and r.delta is None else Money(int(r.cost_nanos or 0) + int(r.delta or 0))
+        restated = r.s_free is not None
         yield {
             "event_id": r.event_id,
             "occurred_at": iso_z(r.occurred_at),
@@ -95,8 +111,8 @@ def export_rows(conn: Connection, since: datetime, until: datetime, project: str
             "stream": bool(r.stream),
             **{k: getattr(r, k) for k in TOKEN_COLUMNS},
             "cost_usd": None if cost is None else str(cost),
-            "free": bool(r.free),
-            "priced": bool(r.priced) or r.delta is not None,
+            "free": bool(r.s_free if restated else r.free),
+            "priced": bool(r.s_priced) if restated else (bool(r.priced) or r.delta is not None),
             "upstream_id": r.upstream_id,
             "tags": json.loads(r.tags or "{}"),
         }
@@ -117,9 +133,14 @@ def write_rows(rows: Iterable[dict[str, Any]], out: IO[str], fmt: str) -> int:
     n = 0
     if fmt == "csv":
         writer = csv.writer(out, lineterminator="\n")
+        # The csv module quotes a cell holding a line terminator's characters only: with "\n"
+        # as the terminator, a lone "\r" (a model name, a tag) would go out bare and end the
+        # record when read back. Such a row is written with every cell quoted.
+        quoted = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL)
         writer.writerow(COLUMNS)
         for row in rows:
-            writer.writerow([_csv_cell(row[c]) for c in COLUMNS])
+            cells = [_csv_cell(row[c]) for c in COLUMNS]
+            (quoted if any("\r" in c for c in cells) else writer).writerow(cells)
             n += 1
     elif fmt == "jsonl":
         for row in rows:
@@ -159,15 +180,20 @@ def _blank(value: Any) -> bool:
     return value is None or (isinstance(value, str) and value.strip() == "")
 
 
+_DIGITS = re.compile(r"[0-9]{1,30}", re.ASCII)
+_PAD = " \t"  # what may surround a cell's value (a spreadsheet's padding), nothing more
+
+
 def _int(value: Any, name: str, lo: int = 0, hi: int = MAX_TOKENS) -> int | None:
+    """A whole number: a JSON integer, or ASCII digits (no sign, ``_``, or other scripts' digits)."""
     if _blank(value):
         return None
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be a whole number")
-    try:
-        n = int(value) if isinstance(value, int) else int(str(value).strip())
-    except ValueError:
-        raise ValueError(f"{name} must be a whole number, got {value!r}") from None
+    if isinstance(value, int) and not isinstance(value, bool):
+        n = value
+    elif isinstance(value, str) and _DIGITS.fullmatch(value.strip(_PAD)):
+        n = int(value.strip(_PAD))
+    else:
+        raise ValueError(f"{name} must be a whole number in ASCII digits, got {str(value)[:40]!r}")
     if not lo <= n <= hi:
         raise ValueError(f"{name} {n} is out of range")
     return n
@@ -185,17 +211,112 @@ def _text(value: Any, name: str, limit: int = 200, required: bool = False) -> st
     return value
 
 
+# Money in a cell: ASCII digits, an optional sign, point and exponent (what Decimal reads, less
+# "_", other scripts' digits, NaN and Infinity).
+_AMOUNT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]{1,4})?", re.ASCII)
+
+# The instants an import accepts: months billing can export (from 2000) inside the years
+# reports cover (to 9998), less a month at the end, so that every local day, ISO week and month
+# of such an instant, in any time zone, is a period ``report`` can cover (and rollups, billing
+# and summaries never leave what a datetime holds).
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST = datetime(9998, 12, 1, tzinfo=UTC)  # exclusive
+
+
+def _cost(value: Any) -> Money | None:
+    if _blank(value):
+        return None
+    if isinstance(value, str):
+        if not _AMOUNT.fullmatch(value.strip(_PAD)):
+            raise ValueError(f"cost_usd must be a decimal amount in ASCII digits, got {value[:40]!r}")
+        return usd(value.strip(_PAD))
+    if isinstance(value, Decimal) or (isinstance(value, int) and not isinstance(value, bool)):
+        return usd(value)  # a JSON number, read as a decimal (see _json_line)
+    raise ValueError(f"cost_usd must be a decimal amount, got {type(value).__name__}")
+
+
+def _occurred_at(value: Any) -> datetime:
+    if not isinstance(value, str):
+        raise ValueError("occurred_at must be an ISO 8601 timestamp with a time zone")
+    stamp = value.strip(_PAD)
+    try:
+        when = datetime.fromisoformat(stamp)
+        if when.tzinfo is None:
+            raise ValueError("occurred_at needs a time zone (use Z for UTC)")
+        when = when.astimezone(UTC)
+    except OverflowError:
+        when = EARLIEST - timedelta(days=1)  # beyond year 1 or 9999 once in UTC: out of range below
+    except ValueError as exc:
+        if "time zone" in str(exc):
+            raise
+        raise ValueError(f"occurred_at {stamp[:40]!r} is not an ISO 8601 timestamp") from None
+    if not EARLIEST <= when < LATEST:
+        raise ValueError(f"occurred_at {stamp[:40]!r} is outside {iso_z(EARLIEST)} .. {iso_z(LATEST)}")
+    return when
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"key {k[:40]!r} appears twice in one object")
+        out[k] = v
+    return out
+
+
+def load_json(text: str) -> Any:
+    """JSON as the ledger reads it: numbers with a fraction or exponent as ``Decimal`` (never
+    float), no NaN or Infinity, no key twice in an object. Raises ``ValueError`` (too deep a
+    nesting too, which Python's parser reports as ``RecursionError``)."""
+    try:
+        return json.loads(text, parse_float=Decimal, parse_constant=_no_constant, object_pairs_hook=_unique_keys)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.ASCII | re.IGNORECASE)
+
+
+def _event_id(value: Any) -> str:
+    """A UUID as 8-4-4-4-12 ASCII hex digits (any case; kept lower-case, as exported)."""
+    if not isinstance(value, str) or not _UUID.fullmatch(value.strip(_PAD)):
+        raise ValueError(f"event_id must be a UUID (8-4-4-4-12 hex digits), got {str(value)[:40]!r}")
+    return str(uuid.UUID(value.strip(_PAD)))
+
+
+def _tag_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"  # as JSON wrote it
+    if isinstance(v, (dict, list)) or v is None:
+        raise ValueError("tag values must be text, numbers or booleans")
+    return str(v)  # text, or a number as written (Decimal / int)
+
+
+def _tags(value: Any) -> dict[str, str]:
+    if isinstance(value, str):
+        try:
+            value = load_json(value) if value.strip() else {}
+        except ValueError as exc:
+            raise ValueError(f"tags: {str(exc)[:100]}") from None
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise ValueError("tags must be a JSON object")
+    return {str(k): _tag_value(v) for k, v in value.items()}
+
+
 def check_row(raw: dict[str, Any], line: int) -> ImportRow:
     """Turn one raw row (CSV strings or JSON values) into a checked :class:`ImportRow`."""
     try:
         missing = [c for c in COLUMNS if c not in raw]
         if missing:
             raise ValueError(f"missing column(s): {', '.join(missing)}")
-        event_id = str(uuid.UUID(str(raw["event_id"]).strip()))
-        stamp = str(raw["occurred_at"]).strip()
-        when = datetime.fromisoformat(stamp.replace("Z", "+00:00") if stamp.endswith("Z") else stamp)
-        if when.tzinfo is None:
-            raise ValueError("occurred_at needs a time zone (use Z for UTC)")
+        event_id = _event_id(raw["event_id"])
+        when = _occurred_at(raw["occurred_at"])
         project = check_project(raw["project"])
         route = raw["route"]
         if route not in ROUTES:
@@ -203,7 +324,7 @@ def check_row(raw: dict[str, Any], line: int) -> ImportRow:
         status = raw["status"]
         if status not in STATUSES:
             raise ValueError(f"status must be one of {', '.join(STATUSES)}")
-        model = _text(raw["model"], "model", required=True)
+        model = _text(raw["model"], "model")  # none for a request that named no model
         counts = {c: _int(raw[c], c) for c in TOKEN_COLUMNS}
         usage: Usage | None = None
         if any(v is not None for v in counts.values()):
@@ -215,38 +336,43 @@ def check_row(raw: dict[str, Any], line: int) -> ImportRow:
             if u.cached_tokens > u.prompt_tokens or u.reasoning_tokens > u.completion_tokens:
                 raise ValueError("cached/reasoning tokens exceed prompt/completion tokens")
             usage = u
-        cost_raw = raw["cost_usd"]
-        cost = None if _blank(cost_raw) else usd(cost_raw if isinstance(cost_raw, str) else Decimal(str(cost_raw)))
+        cost = _cost(raw["cost_usd"])
         free, priced = _bool(raw["free"], "free"), _bool(raw["priced"], "priced")
         if cost is not None and not priced:
             raise ValueError("a row with cost_usd must have priced=true")
-        tags_raw = raw["tags"]
-        tags = json.loads(tags_raw) if isinstance(tags_raw, str) and tags_raw.strip() else (tags_raw or {})
-        if not isinstance(tags, dict):
-            raise ValueError("tags must be a JSON object")
+        if free and cost is not None and cost.nanos != 0:
+            raise ValueError(f"a row with free=true must cost 0, not cost_usd {cost}")
+        tags = _tags(raw["tags"])
         event = CallEvent(
             event_id=event_id, occurred_at=when.astimezone(UTC), project=project, route=route,
             book=route, requested_model=model, served_model=model, status=status,
-            http_status=_int(raw["http_status"], "http_status", 100, 599),
+            http_status=_int(raw["http_status"], "http_status", 0, 999),  # any 3-digit status a response had
             error_type=None, error_code=None, stream=_bool(raw["stream"], "stream"), usage=usage,
             latency_us=None, ttft_us=None, time_info=None,
             upstream_id=_text(raw["upstream_id"], "upstream_id"), lava_request_id=None,
-            tags=tuple(sorted((str(k), str(v)) for k, v in tags.items())), source="import",
+            tags=tuple(sorted(tags.items())), source="import",
         )
         return ImportRow(line, event, cost, free, priced)
     except (ValueError, TypeError, MoneyError, ConfigError) as exc:
-        raise ImportError_(f"line {line}: {exc}") from None
+        raise ImportError_(f"line {line}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
 
 
 def _raw_rows(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any]]]:
     try:
-        handle = path.open(encoding="utf-8", newline="")
+        handle = path.open(encoding="utf-8-sig", newline="")  # a BOM (as Excel writes) is skipped
     except OSError as exc:
         raise ImportError_(f"cannot read {path}: {exc.strerror}") from None
+    read = [0]  # physical lines taken from the file: where a CSV parse error is
+
+    def counted(lines: Iterable[str]) -> Iterator[str]:
+        for text in lines:
+            read[0] += 1
+            yield text
+
     with handle:
         try:
             if fmt == "csv":
-                reader = csv.DictReader(handle)
+                reader = csv.DictReader(counted(handle))
                 if reader.fieldnames is None or list(reader.fieldnames) != list(COLUMNS):
                     raise ImportError_(f"line 1: the header must be exactly: {','.join(COLUMNS)}")
                 for row in reader:
@@ -260,9 +386,11 @@ def _raw_rows(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any]]]:
                     if not text.strip():
                         continue
                     try:
-                        row = json.loads(text)
-                    except ValueError:
-                        raise ImportError_(f"line {n}: not valid JSON") from None
+                        row = load_json(text)
+                    except ValueError as exc:
+                        why = str(exc) if "nested" in str(exc) or "appears twice" in str(exc) or \
+                            "not a number" in str(exc) else "not valid JSON"
+                        raise ImportError_(f"line {n}: {why}") from None
                     if not isinstance(row, dict):
                         raise ImportError_(f"line {n}: not a JSON object")
                     yield n, row
@@ -271,7 +399,7 @@ def _raw_rows(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any]]]:
                 line = next((n for n, b in enumerate(raw, start=1) if not _utf8(b)), 1)
             raise ImportError_(f"line {line}: not UTF-8 text") from None
         except csv.Error as exc:
-            raise ImportError_(f"malformed CSV: {exc}") from None
+            raise ImportError_(f"line {max(read[0], 1)}: malformed CSV: {exc}") from None
 
 
 def _utf8(data: bytes) -> bool:
@@ -288,7 +416,7 @@ def detect_format(path: Path) -> str:
     if path.suffix.lower() == ".csv":
         return "csv"
     with path.open("rb") as fh:
-        head = fh.read(64).lstrip()
+        head = fh.read(64).removeprefix(b"\xef\xbb\xbf").lstrip()
     return "jsonl" if head.startswith(b"{") else "csv"
 
 

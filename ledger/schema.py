@@ -12,6 +12,9 @@ this on SQLite and PostgreSQL, and a test runs ``alembic check`` against it.
   import, a re-pricing); every event names its batch. Rollups consume whole batches, so "what
   arrived since the last run" is a small index lookup, and exactly-once is a flag flipped in the
   same transaction as the rollup upsert.
+* A correction's ``correction_seq`` is its place among the corrections of its event (a
+  re-pricing's reversal ``2g-1`` and restatement ``2g`` for its generation ``g``; usage rows 0),
+  unique per event: a second correction set of one generation cannot be stored.
 * ``usage_rollup`` and ``tag_rollup`` hold sums per quarter hour (UTC). Every time zone in use
   today is offset from UTC by a whole number of quarter hours, so daily and monthly totals are
   exact in any IANA zone, :30 and :45 offsets and DST changes included.
@@ -37,6 +40,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -132,6 +136,11 @@ class EventRow(Base):
         CheckConstraint("kind IN ('usage', 'correction')", name="kind_known"),
         Index("ix_events_occurred_at", "occurred_at"),
         Index("ix_events_project_occurred_at", "project", "occurred_at"),
+        # Only correction rows are indexed (usage rows have no corrects_event_id), so the
+        # writer's hot path pays nothing for it.
+        Index("uq_events_correction_seq", "corrects_event_id", "correction_seq", unique=True,
+              sqlite_where=text("corrects_event_id IS NOT NULL"),
+              postgresql_where=text("corrects_event_id IS NOT NULL")),
     )
 
     event_id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -183,6 +192,8 @@ class EventRow(Base):
     image_tokens: Mapped[int | None] = mapped_column(BigInteger)
     rl_remaining_tokens_minute: Mapped[int | None] = mapped_column(BigInteger)
     rl_remaining_requests_day: Mapped[int | None] = mapped_column(BigInteger)
+    # A correction's place among its event's corrections (unique per event, see above); 0 on usage rows.
+    correction_seq: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     batch_id: Mapped[str | None] = mapped_column(ForeignKey("ingest_batches.batch_id"), index=True)
 
 

@@ -348,7 +348,7 @@ def _plain_tags(tags: Sequence[Sequence[str]]) -> bool:
 
 
 def event_row(event: CallEvent, charge: Charge, recorded_at: datetime, *, kind: str = "usage",
-              corrects: str | None = None) -> dict[str, Any]:
+              corrects: str | None = None, seq: int = 0) -> dict[str, Any]:
     if event.occurred_at.utcoffset() is None or recorded_at.utcoffset() is None:
         raise ValueError("naive datetime given to the ledger; use timezone-aware UTC")
     u = event.usage
@@ -363,12 +363,13 @@ def event_row(event: CallEvent, charge: Charge, recorded_at: datetime, *, kind: 
         "project": _clip(event.project, 200),
         "route": event.route,
         "book": event.book,
-        "requested_model": _clip(event.requested_model, 200),
-        "served_model": _clip(event.served_model, 200),
+        # An empty optional text is no text: CSV cannot tell "" from none, so the ledger never keeps "".
+        "requested_model": _clip(event.requested_model or None, 200),
+        "served_model": _clip(event.served_model or None, 200),
         "status": event.status,
         "http_status": event.http_status,
-        "error_type": _clip(event.error_type, 100),
-        "error_code": _clip(event.error_code, 100),
+        "error_type": _clip(event.error_type or None, 100),
+        "error_code": _clip(event.error_code or None, 100),
         "stream": event.stream,
         "usage_known": u is not None,
         "prompt_tokens": u and u.prompt_tokens,
@@ -382,11 +383,12 @@ def event_row(event: CallEvent, charge: Charge, recorded_at: datetime, *, kind: 
         "prompt_us": t and t.prompt_us,
         "completion_us": t and t.completion_us,
         "total_us": t and t.total_us,
-        "upstream_id": _clip(event.upstream_id, 200),
-        "lava_request_id": _clip(event.lava_request_id, 200),
+        "upstream_id": _clip(event.upstream_id or None, 200),
+        "lava_request_id": _clip(event.lava_request_id or None, 200),
         "price_id": charge.price_id,
         "cost_nanos": None if charge.cost is None else charge.cost.nanos,
         "list_cost_nanos": None if charge.list_cost is None else charge.list_cost.nanos,
+        "correction_seq": seq,
         "free": charge.free,
         "priced": charge.priced,
         "tags": _tags_json(tags),
@@ -495,7 +497,7 @@ _SPOOL_COLUMNS = (
     "lava_request_id", "price_id", "cost_nanos", "free", "priced", "tags", "source", "note",
     "list_cost_nanos", "endpoint", "service_tier", "finish_reason", "accepted_prediction_tokens",
     "rejected_prediction_tokens", "image_tokens", "rl_remaining_tokens_minute", "rl_remaining_requests_day",
-    "batch_id")
+    "correction_seq", "batch_id")
 if EVENT_COLUMNS != _SPOOL_COLUMNS:  # insert_spooled builds rows in this order
     raise ImportError("events table columns changed; update store.insert_spooled")
 _NO_TIMES = (None, None, None, None)
@@ -549,17 +551,17 @@ def insert_spooled(conn: Connection, records: Sequence[list[Any]], book: PriceBo
             tag_rows.extend((event_id, _clip(k, 100), _clip(v, 200)) for k, v in pairs.items())
         params.append((
             event_id, "usage", None, _sqlite_time(at) if sqlite else at, recorded, _clip(project, 200), route,
-            book_name, _clip(requested, 200), _clip(served, 200), status, http_status,
-            None if error_type is None else _clip(error_type, 100),  # (usually None: no call)
-            None if error_code is None else _clip(error_code, 100),
+            book_name, _clip(requested or None, 200), _clip(served or None, 200), status, http_status,
+            None if not error_type else _clip(error_type, 100),  # (usually None: no call); "" is none
+            None if not error_code else _clip(error_code, 100),
             int(stream) if sqlite else stream, int(known) if sqlite else known,
-            u[0], u[1], u[2], u[3], u[4], latency, ttft, t[0], t[1], t[2], t[3], _clip(upstream_id, 200),
-            None if lava_id is None else _clip(lava_id, 200), price_id, cost,
+            u[0], u[1], u[2], u[3], u[4], latency, ttft, t[0], t[1], t[2], t[3], _clip(upstream_id or None, 200),
+            None if not lava_id else _clip(lava_id, 200), price_id, cost,
             int(free) if sqlite else free, int(priced) if sqlite else priced,
             tags_json, _clip(src, 16), None if note is None else _clip(note, 200), list_cost, endpoint,
             None if tier is None else _clip(tier, 32), None if finish is None else _clip(finish, 32),
             u[5], u[6], u[7], None if rl_tokens is None else _bigint(rl_tokens),
-            None if rl_requests is None else _bigint(rl_requests), batch_id))
+            None if rl_requests is None else _bigint(rl_requests), 0, batch_id))
     _insert_params(conn, params, tag_rows)
     return batch_id
 

@@ -9,7 +9,10 @@ Checks, each a SQL aggregate (nothing is loaded whole):
   event is always flagged.
 * ``spool``: the spool folder holds no segment of a dead process and no set-aside record.
 * ``prices``: no two points of one book price one model (through its aliases) from one instant.
-* ``corrections``: every correction points at an event that exists and is a usage event.
+* ``corrections``: every correction points at an event that exists and is a usage event; and
+  every corrected event adds up (charge plus corrections) to what its latest restatement's
+  price point gives for its tokens, with its tokens netting to its own: a doubled correction
+  set, or one lost half-way, is reported with the event ids.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, case, func, literal_column, select, union_all
+from sqlalchemy import Connection, and_, case, func, literal_column, or_, select, union_all
 
 from .pricing import model_names
 from .schema import EventRow, IngestBatchRow, PriceRow, UsageRollupRow
@@ -117,7 +120,49 @@ def _corrections(conn: Connection) -> list[Finding]:
             EventRow.__table__.outerjoin(target, target.c.event_id == e.corrects_event_id))
         .where(e.kind == "correction", (target.c.event_id.is_(None)) | (target.c.kind != "usage"))
     ).scalar_one()
-    return [Finding("corrections", f"{bad} correction(s) point at no usage event")] if bad else []
+    out = [Finding("corrections", f"{bad} correction(s) point at no usage event")] if bad else []
+    return out + _corrected_costs(conn)
+
+
+SHOWN = 5  # event ids named in a finding
+
+
+def _corrected_costs(conn: Connection) -> list[Finding]:
+    """Every corrected event must stand at its latest restatement: its tokens net to the event's
+    own, and its cost (the charge plus every correction) is what the restatement's price point
+    gives for those tokens. A doubled or lost correction set breaks this."""
+    ra, pa = EventRow.__table__.alias("r"), PriceRow.__table__.alias("p")
+    e, c, p, r = EventRow.__table__.c, EventRow.__table__.alias("c").c, pa.c, ra.c
+    sums = (
+        select(c.corrects_event_id.label("eid"), func.sum(c.cost_nanos).label("cost"),
+               func.max(case((c.note == "restatement", c.correction_seq))).label("rseq"),
+               *(func.coalesce(func.sum(getattr(c, t)), 0).label(t) for t in _TOKENS))
+        .where(c.kind == "correction").group_by(c.corrects_event_id).subquery()
+    )
+    rate_cached = func.coalesce(p.cached_nanos, p.input_nanos)
+    expected = case((p.free.is_(True), 0),
+                    else_=p.input_nanos * (e.prompt_tokens - e.cached_tokens) + rate_cached * e.cached_tokens
+                    + p.output_nanos * e.completion_tokens)
+    net = func.coalesce(e.cost_nanos, 0) + func.coalesce(sums.c.cost, 0)
+    wrong = or_(r.event_id.is_(None), p.price_id.is_(None), e.usage_known.is_not(True), net != expected,
+                *(getattr(sums.c, t) != 0 for t in _TOKENS))
+    query = (
+        select(e.event_id, func.count().over().label("n"))
+        .select_from(EventRow.__table__.join(sums, sums.c.eid == e.event_id)
+                     .outerjoin(ra, and_(r.corrects_event_id == e.event_id, r.correction_seq == sums.c.rseq))
+                     .outerjoin(pa, p.price_id == r.price_id))
+        .where(e.kind == "usage", wrong).order_by(e.event_id).limit(SHOWN)
+    )
+    found = conn.execute(query).all()
+    if not found:
+        return []
+    n = int(found[0].n)
+    named = ", ".join(r.event_id for r in found) + (", ..." if n > SHOWN else "")
+    return [Finding("corrections", f"{n} event(s) whose charge and corrections add up to a cost no "
+                                   f"price point gives (a doubled or missing correction set): {named}")]
+
+
+_TOKENS = ("prompt_tokens", "cached_tokens", "completion_tokens", "reasoning_tokens", "total_tokens")
 
 
 def verify(conn: Connection, spool: Path | None = None) -> list[Finding]:

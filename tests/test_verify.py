@@ -90,6 +90,6 @@ def test_corrections_pointing_nowhere_are_found(engine: sa.Engine, db_url: str) 
             "requested_model, served_model, status, http_status, error_type, error_code, stream, usage_known, "
             "prompt_tokens, cached_tokens, completion_tokens, reasoning_tokens, total_tokens, latency_us, ttft_us, "
             "queue_us, prompt_us, completion_us, total_us, upstream_id, lava_request_id, price_id, cost_nanos, "
-            "free, priced, tags, source, note, list_cost_nanos, batch_id FROM events LIMIT 1"))
+            "free, priced, tags, source, note, list_cost_nanos, batch_id, 1 FROM events LIMIT 1"))
     raw.dispose()
     assert "corrections" in _checks(engine)
