@@ -330,3 +330,4 @@ class _Row:
         self.requested_model, self.served_model, self.status = e.requested_model, e.served_model, e.status
         self.http_status, self.error_type, self.error_code, self.stream = e.http_status, None, None, e.stream
         self.upstream_id, self.lava_request_id, self.tags = None, None, "{}"
+        self.endpoint = e.endpoint

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import itertools
 import json
 import re
@@ -94,7 +96,22 @@ def test_decode_of_encode_is_identity(event: CallEvent) -> None:
 def test_decode_of_encode_on_a_realistic_event() -> None:
     event = _sample_event()
     assert decode(encode(event)) == event
-    assert json.loads(encode(event))[0] == 1  # the spool version leads the record
+    assert json.loads(encode(event))[0] == 2  # the spool version leads the record
+
+
+def test_a_version_1_record_from_an_older_ledger_still_decodes() -> None:
+    """A spool segment left by the previous release (22 fields, five usage counts) is read with
+    what it did not say left at its defaults: nothing in a dead process's spool is lost."""
+    event = _sample_event()
+    v2 = json.loads(encode(event))
+    v1 = [1, *v2[1:22]]
+    if v1[13] is not None:
+        v1[13] = v1[13][:5]
+    back = decode(json.dumps(v1).encode() + b"\n")
+    assert back.endpoint == "chat.completions" and back.service_tier is None and back.finish_reason is None
+    assert back.usage == (None if event.usage is None else replace(
+        event.usage, accepted_prediction_tokens=0, rejected_prediction_tokens=0, image_tokens=0))
+    assert back.event_id == event.event_id and back.tags == event.tags
 
 
 @settings(max_examples=200, deadline=None)
@@ -247,6 +264,11 @@ WRONG_TYPES = {
     "usage as an object": (13, {"a": 1, "b": 2, "c": 3, "d": 4, "e": 5}),
     "a tag that is not a pair": (19, ["ab"]),
     "note not text": (21, 7),
+    "an endpoint no one knows": (22, "responses"),
+    "service_tier not text": (23, 1),
+    "finish_reason not text": (24, ["stop"]),
+    "rate-limit headroom as text": (25, "12"),
+    "usage of five counts in a version 2 record": (13, [22, 0, 3, 0, 25]),
 }
 
 
@@ -265,7 +287,7 @@ def test_a_record_of_the_right_shape_with_wrong_types_is_refused() -> None:
 
 
 def test_records_from_other_versions_or_shapes_are_refused() -> None:
-    for row in ([2, *_GOOD[1:]], _GOOD[:-1], [*_GOOD, None], {"v": 1}):
+    for row in ([3, *_GOOD[1:]], [1, *_GOOD[1:]], _GOOD[:-1], [*_GOOD, None], {"v": 1}):
         with pytest.raises(EventDecodeError):
             decode(json.dumps(row).encode())
     naive = list(_GOOD)

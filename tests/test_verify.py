@@ -84,12 +84,12 @@ def test_corrections_pointing_nowhere_are_found(engine: sa.Engine, db_url: str) 
         pytest.skip("PostgreSQL's foreign key already refuses a correction of a missing event")
     raw = sa.create_engine(db_url)  # a connection without the ledger's foreign_keys=ON
     with raw.begin() as conn:
+        from ledger.store import EVENT_COLUMNS
+
+        fixed = {"event_id": "'ffffffff-0000-7000-8000-000000000000'", "kind": "'correction'",
+                 "corrects_event_id": "'00000000-dead-7000-8000-000000000000'", "correction_seq": "1"}
         conn.execute(sa.text(
-            "INSERT INTO events SELECT 'ffffffff-0000-7000-8000-000000000000', 'correction', "
-            "'00000000-dead-7000-8000-000000000000', occurred_at, recorded_at, project, route, book, "
-            "requested_model, served_model, status, http_status, error_type, error_code, stream, usage_known, "
-            "prompt_tokens, cached_tokens, completion_tokens, reasoning_tokens, total_tokens, latency_us, ttft_us, "
-            "queue_us, prompt_us, completion_us, total_us, upstream_id, lava_request_id, price_id, cost_nanos, "
-            "free, priced, tags, source, note, list_cost_nanos, batch_id, 1 FROM events LIMIT 1"))
+            f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) "
+            f"SELECT {', '.join(fixed.get(c, c) for c in EVENT_COLUMNS)} FROM events LIMIT 1"))
     raw.dispose()
     assert "corrections" in _checks(engine)
