@@ -114,7 +114,7 @@ import re
 import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Context, Decimal
 from pathlib import Path
 from typing import IO, Any
@@ -650,9 +650,11 @@ def _next_month(month: str) -> str:
     return f"{end.year:04d}-{end.month:02d}"
 
 
-def months_due(engine: Engine, now: datetime, folder: Path, fmt: str = "csv") -> list[str]:
+def months_due(engine: Engine, now: datetime, folder: Path, fmt: str = "csv",
+               grace: timedelta = timedelta(0)) -> list[str]:
     """The months :func:`catch_up` issues, oldest first: every month from the first one with events
-    up to the last that has ended, that was never issued or whose file is not in ``folder``."""
+    up to the last that ended at least ``grace`` ago (time for late events to arrive), that was
+    never issued or whose file is not in ``folder``."""
     e = EventRow.__table__.c
     bx = BillingExportRow.__table__.c
     with engine.connect() as conn:
@@ -661,7 +663,7 @@ def months_due(engine: Engine, now: datetime, folder: Path, fmt: str = "csv") ->
     if first is None:
         return []
     first = first.astimezone(UTC)
-    month, last = max(f"{first.year:04d}-{first.month:02d}", "2000-01"), last_month(now)  # as parse_month
+    month, last = max(f"{first.year:04d}-{first.month:02d}", "2000-01"), last_month(now - grace)  # as parse_month
     due: list[str] = []
     while month <= last:
         if month not in issued or not (folder / f"focus-{month}.{fmt}").is_file():
@@ -670,7 +672,8 @@ def months_due(engine: Engine, now: datetime, folder: Path, fmt: str = "csv") ->
     return due
 
 
-def catch_up(engine: Engine, now: datetime, folder: Path, fmt: str = "csv") -> list[BillingExport]:
+def catch_up(engine: Engine, now: datetime, folder: Path, fmt: str = "csv",
+             grace: timedelta = timedelta(0)) -> list[BillingExport]:
     """The scheduler's monthly job: issue every month :func:`months_due` names, oldest first, into
     ``folder/focus-YYYY-MM.<fmt>``.
 
@@ -679,7 +682,7 @@ def catch_up(engine: Engine, now: datetime, folder: Path, fmt: str = "csv") -> l
     identically. The temporary files such a crash left behind are removed first."""
     folder.mkdir(parents=True, exist_ok=True)
     done: list[BillingExport] = []
-    for month in months_due(engine, now, folder, fmt):
+    for month in months_due(engine, now, folder, fmt, grace):
         name = f"focus-{month}.{fmt}"
         for stale in folder.glob(f".{name}.*.part"):
             stale.unlink(missing_ok=True)

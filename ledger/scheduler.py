@@ -10,9 +10,12 @@ job                when                                            one-shot comm
 ``deliver``        right after each rollup, and every              ``cerebras-ledger alerts check``
                    ``rollup_seconds``: the webhook outbox
 ``daily-reports``  every day at ``report_hour`` in ``report_tz``   ``cerebras-ledger report``
-``billing``        the 1st of each month, ``billing_grace_hours``  ``cerebras-ledger export
-                   after midnight UTC: every ended month not yet   billing --due DIR``
-                   issued, or whose file is missing
+``billing``        every hour, on the hour: every month that ended ``cerebras-ledger export
+                   ``billing_grace_hours`` (6) ago or more and     billing --due DIR``
+                   was not yet issued, or whose file is missing
+                   (so a run missed on the 1st is made up within
+                   the hour the database is back; a run with
+                   nothing due reads two index lookups)
 =================  ==============================================  =============================
 
 Every job sets ``coalesce=True`` (a backlog of missed runs runs once), ``max_instances=1`` and
@@ -271,8 +274,7 @@ def build_scheduler(engine: Engine, schedule: Schedule, jobs: Mapping[str, Calla
         "rollup": IntervalTrigger(seconds=schedule.rollup_seconds, timezone=UTC),
         "deliver": IntervalTrigger(seconds=schedule.rollup_seconds, timezone=UTC),
         "daily-reports": CronTrigger(hour=schedule.report_hour, minute=0, timezone=ZoneInfo(schedule.report_tz)),
-        "billing": CronTrigger(day=1 + schedule.billing_grace_hours // 24, hour=schedule.billing_grace_hours % 24,
-                               minute=0, timezone=UTC),
+        "billing": CronTrigger(minute=0, timezone=UTC),  # hourly: catches up within the hour
     }
     if "rollup" in table and "deliver" in table:
         table["rollup"] = _then_wake(table["rollup"], scheduler, "deliver")
@@ -314,7 +316,8 @@ def default_jobs(engine: Engine, schedule: Schedule,
     def billing() -> None:
         from . import focus
 
-        for issued in focus.catch_up(engine, datetime.now(UTC), Path(schedule.billing_dir)):
+        grace = timedelta(hours=schedule.billing_grace_hours)
+        for issued in focus.catch_up(engine, datetime.now(UTC), Path(schedule.billing_dir), grace=grace):
             log.info("billing: %s %s, %d row(s)", "rewrote" if issued.reissued else "issued", issued.month,
                      len(issued.rows))
 
