@@ -57,10 +57,12 @@ PROJECT_HEADER = "x-ledger-project"
 TAGS_HEADER = "x-ledger-tags"
 REFUSED_HEADER = "x-ledger-refused"  # on the 402 the ledger answers for a spent hard budget
 REFUSAL_CODE = "hard_budget_spent"
-# A JSON body or stream event bigger than this is read through a :class:`~ledger.wire.Skeleton`
-# (its long strings emptied) rather than parsed whole: the tap stays linear, and cheap, on a body
-# of any size.
-BIG_BODY = 256 * 1024
+# A stream event or a JSON body bigger than this is read through a :class:`~ledger.wire.Skeleton`
+# (its long strings emptied) rather than held and parsed whole: the tap stays linear, cheap and
+# small on a body of any size. (Below it, a parse in C beats the skeleton's Python loop on bodies
+# of many small strings, such as a long list of tool calls.)
+BIG_EVENT = 1024 * 1024
+BIG_BODY = 16 * 1024 * 1024
 # The endpoints the ledger records, by the end of their path: a new billed endpoint is one line.
 # (Checked in order, so /chat/completions is not taken for the legacy /completions.)
 ENDPOINTS: tuple[tuple[str, str], ...] = (
@@ -384,12 +386,14 @@ class _BodyTap:
     Only LF-delimited streams are skimmed so (what Cerebras and Lava send); at a CR the rest goes
     through the decoder whole.
 
-    An event (or a JSON body) that grows past :data:`BIG_BODY` goes through a
+    An event that grows past :data:`BIG_EVENT` (or a JSON body past :data:`BIG_BODY`) goes through a
     :class:`~ledger.wire.Skeleton` instead, chunk by chunk: its long strings are dropped as
     they pass and the rest (ids, model, usage, finish reasons) is read as usual, so a body of
-    any size costs about one ``memchr`` pass and no more memory than :data:`BIG_BODY`."""
+    any size costs about one ``memchr`` pass and bounded memory."""
 
     scan_bytes = 64 * 1024
+    big_event = BIG_EVENT  # (tests make these small, to read small bodies the big way)
+    big_body = BIG_BODY
 
     def __init__(self, attempt: Attempt, encoding: str, http: ModuleType) -> None:
         self.attempt = attempt
@@ -421,13 +425,13 @@ class _BodyTap:
             elif self.sse is None:
                 self.buf.append(data)
                 self.size += len(data)
-                if self.size > BIG_BODY:  # from here on, only the skeleton of the body is kept
+                if self.size > self.big_body:  # from here on, only the skeleton of the body is kept
                     self.big = Skeleton()
                     held, self.buf, self.size = b"".join(self.buf), [], 0
                     self.big.feed(held)
             else:
                 self._events(data)
-                if self.sse.held() > BIG_BODY:
+                if self.sse.held() > self.big_event:
                     self.big = Skeleton()
                     self._big(self.sse.take_held())
                     return
@@ -473,7 +477,7 @@ class _BodyTap:
                 return
             cut = data.rfind(b"\n\n") + 2
             if cut < 2:  # no event boundary yet
-                if len(data) > BIG_BODY:  # a big event: read the rest of it through its skeleton
+                if len(data) > self.big_event:  # a big event: read the rest of it through its skeleton
                     self.skim, self.pending = False, b""
                     self.big = Skeleton()
                     self._big(data)

@@ -52,7 +52,8 @@ class _Collect:
         self.events.append(event)
 
 
-def _record(chunks: list[bytes], skim: bool, whole: bool, scan_bytes: int | None = None) -> CallEvent:
+def _record(chunks: list[bytes], skim: bool, whole: bool, scan_bytes: int | None = None,
+            big_event: int | None = None) -> CallEvent:
     sink = _Collect()
     attempt = Attempt(sink, _Target("cerebras", "cerebras", "chat.completions"), "p", (), "gpt-oss-120b", "transport")  # type: ignore[arg-type]
     attempt.http_status = 200
@@ -61,6 +62,8 @@ def _record(chunks: list[bytes], skim: bool, whole: bool, scan_bytes: int | None
     tap.can_skim = skim
     if scan_bytes is not None:
         tap.scan_bytes = scan_bytes
+    if big_event is not None:  # read events longer than this through the skeleton
+        tap.big_event = big_event
     for chunk in chunks:
         tap.feed(chunk)
     if whole:
@@ -94,6 +97,21 @@ def test_skimming_records_what_full_decoding_does(name: str, data: st.DataObject
     skimmed = _record(chunks, skim=True, whole=whole, scan_bytes=scan_bytes)  # held chunks scanned mid-stream too
     decoded = _record([body], skim=False, whole=whole)
     assert _comparable(skimmed) == _comparable(decoded)
+
+
+@pytest.mark.parametrize("name", sorted(BODIES))
+@settings(max_examples=40, deadline=None)
+@given(data=st.data(), whole=st.booleans(), big_event=st.sampled_from([1, 40, 300]),
+       skim=st.booleans())
+def test_reading_big_events_through_the_skeleton_records_what_full_decoding_does(
+        name: str, data: st.DataObject, whole: bool, big_event: int, skim: bool) -> None:
+    """The Skeleton path (taken for events over 1 MiB) made to run on every event of every
+    variant, at any chunk boundaries: the same event as decoding the body whole."""
+    body = BODIES[name]
+    cuts = data.draw(st.lists(st.integers(0, len(body)), max_size=12))
+    big = _record(_cut(body, cuts), skim=skim, whole=whole, big_event=big_event)
+    decoded = _record([body], skim=False, whole=whole)
+    assert _comparable(big) == _comparable(decoded)
 
 
 def test_the_capture_is_priced_from_its_last_event_when_skimmed() -> None:
