@@ -61,6 +61,10 @@ log = logging.getLogger("ledger.journal")
 SEGMENT_SUFFIX = ".seg"
 ROTATE_BYTES = 8 * 1024 * 1024
 READ_BYTES = 1024 * 1024
+# The longest line the call path spools. Events are cut to the ledger's limits before they are
+# encoded (events.bounded), which keeps every line far below this; a line still longer is set
+# aside in rejected.jsonl instead of spooled, so every spooled line fits one read.
+MAX_LINE = READ_BYTES
 BATCH_EVENTS = 2000
 # A busy writer waits this long between rounds, so it commits hundreds of events at a time
 # instead of a few: the database sees each event within a quarter second, and the writer's
@@ -195,6 +199,46 @@ class _Reject:
         finally:
             os.close(fd)
 
+    def keep_span(self, src: int, start: int, stop: int, why: str) -> None:
+        """Set aside the bytes ``start:stop`` of the file ``src``, copied in pieces (a record
+        too long to read whole is never read whole)."""
+        log.error("ledger: set aside a spool record of %d bytes in %s: %s", stop - start, self.path, why)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            at, last = start, b""
+            while at < stop:
+                piece = os.pread(src, min(READ_BYTES, stop - at), at)
+                if not piece:
+                    break
+                _write_all(fd, piece)
+                at, last = at + len(piece), piece
+            if not last.endswith(b"\n"):
+                _write_all(fd, b"\n")
+        finally:
+            os.close(fd)
+
+
+def _set_aside_long(fd: int, start: int, end: int, reject: _Reject, *, final: bool) -> int | None:
+    """A record at ``start`` longer than :data:`READ_BYTES` (no newline in the first read):
+    set it aside whole and return the offset after it. If no newline comes before ``end``, the
+    record is torn when ``final`` (a dead or closed segment: set aside up to ``end``), else still
+    being written (``None``: the next round looks again)."""
+    at = start + READ_BYTES
+    while at < end:
+        piece = os.pread(fd, min(READ_BYTES, end - at), at)
+        if not piece:
+            break
+        nl = piece.find(b"\n")
+        if nl >= 0:
+            stop = at + nl + 1
+            reject.keep_span(fd, start, stop, f"record longer than {READ_BYTES} bytes")
+            return stop
+        at += len(piece)
+    if not final:
+        return None
+    reject.keep_span(fd, start, end, f"torn record longer than {READ_BYTES} bytes")
+    return end
+
 
 def _split_lines(data: bytes) -> tuple[list[bytes], int]:
     """Complete lines in ``data`` and how many bytes they span."""
@@ -268,8 +312,10 @@ def drain_segment(path: Path, sink: _Sink, reject: _Reject) -> bool:
                     if len(data) < READ_BYTES:  # the owner died mid-line: a torn record
                         reject.keep(data, "torn last record in a dead process's spool")
                         offset += len(data)
-                        continue
-                    raise OSError(f"spool record longer than {READ_BYTES} bytes in {path}")
+                    else:
+                        offset = _set_aside_long(fd, offset, os.fstat(fd).st_size, reject, final=True) or offset
+                    _write_checkpoint(ckpt_fd, offset)
+                    continue
                 _write_lines(sink, reject, lines)
                 offset += used
                 _write_checkpoint(ckpt_fd, offset)
@@ -368,6 +414,9 @@ class Journal:
     def append(self, event: CallEvent) -> None:
         """Make ``event`` durable locally and hand it to the writer. Never raises."""
         line = encode(event)
+        if len(line) > MAX_LINE:
+            self._too_long(line)
+            return
         with self._lock:
             if self._closed:
                 self._append_after_close(line)
@@ -384,6 +433,14 @@ class Journal:
                 self._spool_failed(line, exc)
         if self._wake_per_append or self._overflow:
             self._wake.set()
+
+    def _too_long(self, line: bytes) -> None:
+        try:
+            self._reject.keep(line, f"event {event_id_of(line)} encodes to {len(line)} bytes, too long for "
+                                    f"the spool (at most {MAX_LINE})")
+        except OSError as exc:
+            log.critical("ledger: event %s too long for the spool and not kept (%s); LOST",
+                         event_id_of(line), exc.strerror or exc)
 
     def _spool_failed(self, line: bytes, exc: OSError) -> None:
         # Undo a partial line so the next one does not fuse with it, then keep the event in
@@ -552,13 +609,14 @@ class Journal:
         """Write one batch of the live segment, from the checkpoint towards ``end``."""
         data = os.pread(self._rfd, min(READ_BYTES, end - self._committed), self._committed)
         lines, used = _split_lines(data)
-        if not used:
-            raise OSError("spool record longer than the read window")
-        lines = lines[:BATCH_EVENTS]
-        used = sum(len(x) + 1 for x in lines)
-        _write_lines(self._sink, self._reject, lines, trusted=True)  # our own, just written
-        self._back()
-        self._committed += used
+        if used:
+            lines = lines[:BATCH_EVENTS]
+            used = sum(len(x) + 1 for x in lines)
+            _write_lines(self._sink, self._reject, lines, trusted=True)  # our own, just written
+            self._back()
+            self._committed += used
+        else:  # a record longer than a read (not one the call path spools): set aside, go on
+            self._committed = _set_aside_long(self._rfd, self._committed, end, self._reject, final=True) or end
         try:
             _write_checkpoint(self._ckpt_fd, self._committed)
             self._ckpt_problem = False

@@ -53,7 +53,15 @@ class _Segment:
             data = os.pread(self.fd, min(journal.READ_BYTES, end - self.offset), self.offset)
             lines, used = journal._split_lines(data)
             if not used:
-                return  # a line being written: the next round takes it
+                if len(data) < journal.READ_BYTES:
+                    return  # a line being written: the next round takes it
+                # longer than a read (never a line the call path spools): set aside, go on
+                after = journal._set_aside_long(self.fd, self.offset, end, reject, final=False)
+                if after is None:
+                    return  # its end is not written yet
+                self.offset = after
+                journal._write_checkpoint(self.ckpt_fd, self.offset)
+                continue
             lines = lines[:journal.BATCH_EVENTS]
             used = sum(len(x) + 1 for x in lines)
             journal._write_lines(sink, reject, lines, trusted=True)  # the parent's own lines

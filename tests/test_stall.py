@@ -1,0 +1,195 @@
+"""Nothing one event carries can stall the writer, on SQLite and PostgreSQL.
+
+Real calls through :class:`ledger.CerebrasClient` to loopback upstreams (the stand-in, and a
+hostile one that answers with a 1 MB ``model`` and id), a real writer thread, a real writer
+process (``LEDGER_WRITER=process``) and a real ``cerebras-ledger summary`` recovering a dead
+process's segment. Each time, the oversize event is clipped (or set aside in
+``rejected.jsonl``) and every later event still lands.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import ledger
+from ledger import events, journal
+from ledger.events import encode
+from ledger.testing import StandIn
+
+from .conftest import fetch_events
+from .test_durability import _dead_segment, _event
+
+MSG = [{"role": "user", "content": "hi"}]
+BIG_TAGS = {f"tag{i:04d}": f"{i:04d}" + "v" * 995 for i in range(1200)}  # 1,200 tags of 999 characters
+MEGA = 1_000_000
+
+
+@pytest.fixture(params=["thread", "process"])
+def writer(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("LEDGER_WRITER", request.param)
+    return str(request.param)
+
+
+def _rejected(spool: Path) -> list[bytes]:
+    path = spool / "rejected.jsonl"
+    return path.read_bytes().splitlines() if path.exists() else []
+
+
+class _HostileHandler(BaseHTTPRequestHandler):
+    """An upstream that answers every chat completion with megabytes of model name and ids."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        if self.headers.get("x-hostile") == "error":
+            status, body = 400, {"message": "no", "type": "t" * MEGA, "code": "c" * MEGA, "param": "p" * MEGA}
+        else:
+            status, body = 200, {
+                "id": "chatcmpl-" + "i" * MEGA, "model": "m" * MEGA, "object": "chat.completion",
+                "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "x"}}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+            }
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.send_header("x-lava-request-id", "r" * 4000)
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture
+def hostile() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _HostileHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_event_with_1200_long_tags_never_stalls_the_writer(ledger_env: dict[str, str], upstream: StandIn,
+                                                              writer: str, reliability: Any) -> None:
+    url, spool = ledger_env["LEDGER_DATABASE_URL"], Path(ledger_env["LEDGER_SPOOL_DIR"])
+    client = ledger.CerebrasClient("stall", api_key="k", base_url=upstream.base_url)
+    big = client.chat.completions.create(model="gpt-oss-120b", messages=MSG, tags=BIG_TAGS)["id"]
+    later = [client.chat.completions.create(model="gpt-oss-120b", messages=MSG, tags={"n": str(i)})["id"]
+             for i in range(20)]
+    assert client.flush(20), f"the writer ({writer}) stalled behind one event"
+    rows = {r["upstream_id"]: r for r in fetch_events(url)}
+    assert set(rows) == {big, *later}
+    tags = json.loads(rows[big]["tags"])
+    assert 0 < len(tags) <= events.MAX_TAGS
+    assert all(len(k) <= events.MAX_TAG_KEY and len(v) <= events.MAX_TAG_VALUE for k, v in tags.items())
+    assert rows[big]["cost_nanos"] > 0 and "tags clipped" in (rows[big]["note"] or "")
+    client.close()
+    assert _rejected(spool) == []
+    reliability(load=f"1 call with 1,200 tags of 999 characters, then 20 calls, writer {writer}",
+                fault="one event bigger than the spool's read window", expected=21, recorded=len(rows),
+                lost=21 - len(rows))
+
+
+def test_a_hostile_upstream_with_a_1mb_model_never_stalls_the_writer(ledger_env: dict[str, str], hostile: str,
+                                                                     upstream: StandIn, writer: str) -> None:
+    url = ledger_env["LEDGER_DATABASE_URL"]
+    bad = ledger.CerebrasClient("stall", api_key="k", base_url=hostile)
+    bad.chat.completions.create(model="gpt-oss-120b", messages=MSG)
+    with pytest.raises(ledger.errors.APIStatusError):
+        bad.chat.completions.create(model="gpt-oss-120b", messages=MSG, extra_headers={"x-hostile": "error"})
+    good = ledger.CerebrasClient("stall", api_key="k", base_url=upstream.base_url)
+    later = [good.chat.completions.create(model="gpt-oss-120b", messages=MSG)["id"] for _ in range(10)]
+    # a 1 MB requested model too (the caller's own body)
+    with pytest.raises(ledger.errors.APIStatusError):
+        good.chat.completions.create(model="q" * MEGA, messages=MSG, extra_headers={"x-standin-scenario": "not_found"})
+    assert good.flush(20) and bad.flush(20), f"the writer ({writer}) stalled behind one event"
+    rows = fetch_events(url)
+    assert len(rows) == 13
+    assert {r["upstream_id"] for r in rows} >= set(later)
+    for r in rows:
+        for col, limit in (("requested_model", 200), ("served_model", 200), ("upstream_id", 200),
+                           ("lava_request_id", 200), ("error_type", 100), ("error_code", 100)):
+            assert r[col] is None or len(r[col]) <= limit, col
+    assert any(r["served_model"] == "m" * 200 for r in rows)
+    good.close()
+    bad.close()
+
+
+def test_a_record_too_long_for_the_spool_is_set_aside_and_the_writer_goes_on(db_url: str, tmp_path: Path,
+                                                                            writer: str,
+                                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """A record longer than the read window already in the live segment (another version wrote
+    it, or a bug): set aside whole, loudly, and the writer (thread or process) goes on."""
+    caplog.set_level(logging.ERROR, logger="ledger.journal")
+    spool = tmp_path / "spool"
+    j = journal.journal_for(db_url, spool)
+    huge = b'[1,"' + b"x" * (journal.READ_BYTES * 2) + b'"]\n'
+    with j._lock:
+        journal._write_all(j._fd, huge)
+        j._written += len(huge)
+    later = [_event("after") for _ in range(50)]
+    for e in later:
+        j.append(e)
+    assert j.flush(20), f"the writer ({writer}) stalled behind an oversize record"
+    assert {r["event_id"] for r in fetch_events(db_url)} == {e.event_id for e in later}
+    assert _rejected(spool) == [huge.rstrip(b"\n")]
+    if writer == "thread":
+        assert any("set aside" in r.getMessage() for r in caplog.records)
+    assert j.close(10)
+
+
+def test_an_oversize_line_is_never_spooled(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           caplog: pytest.LogCaptureFixture) -> None:
+    """Should a clipped event still encode longer than the read window, it goes straight to
+    ``rejected.jsonl`` with a loud line and never into the segment."""
+    caplog.set_level(logging.ERROR, logger="ledger.journal")
+    monkeypatch.setattr(journal, "MAX_LINE", 300)
+    spool = tmp_path / "spool"
+    j = journal.journal_for(db_url, spool)
+    big, small = _event("p" * 150), _event("ok")
+    assert len(encode(big)) > 300 >= len(encode(small))
+    j.append(big)
+    j.append(small)
+    assert j.flush(20)
+    assert [r["event_id"] for r in fetch_events(db_url)] == [small.event_id]
+    assert [json.loads(x)[1] for x in _rejected(spool)] == [big.event_id]
+    assert any("too long" in r.getMessage() for r in caplog.records)
+    assert j.close(10)
+
+
+def test_summary_recovers_a_dead_segment_with_an_oversize_record(db_url: str, tmp_path: Path,
+                                                                 reliability: Any) -> None:
+    """``cerebras-ledger summary`` (a real subprocess) recovers a dead process's segment that
+    holds a record longer than the read window, an unreadable one and good ones around them."""
+    spool = tmp_path / "spool"
+    before, after = _event("dead"), _event("dead")
+    huge = b'[1,"' + b"x" * (journal.READ_BYTES + 10) + b'"]\n'
+    seg = _dead_segment(spool, encode(before) + huge + b"\x00\xff not json\n" + encode(after))
+    env = dict(os.environ, LEDGER_DATABASE_URL=db_url, LEDGER_SPOOL_DIR=str(spool),
+               LEDGER_HOME=str(tmp_path / "home"))
+    env.pop("LEDGER_WRITER", None)
+    proc = subprocess.run([sys.executable, "-m", "ledger", "summary"], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    rows = fetch_events(db_url)
+    assert sorted(r["event_id"] for r in rows) == sorted([before.event_id, after.event_id])
+    assert not seg.exists()
+    assert _rejected(spool) == [huge.rstrip(b"\n"), b"\x00\xff not json"]
+    assert "set aside" in proc.stderr
+    reliability(load="a dead segment: good, 1 MiB+ record, unreadable, good", fault="recovery by `summary`",
+                expected=2, recorded=len(rows), lost=2 - len(rows))
