@@ -31,8 +31,10 @@ import base64
 import binascii
 import hashlib
 import json
+import logging
 import os
 import re
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -42,11 +44,15 @@ __all__ = [
     "database_url",
     "is_lava_byok",
     "ledger_home",
+    "owned_by_us",
     "private_dir",
     "redact_url",
     "spreadsheet_cell",
     "spool_dir",
+    "spool_folder",
 ]
+
+log = logging.getLogger("ledger.config")
 
 MAX_PROJECT_LEN = 200
 FORMULA_START = frozenset("=+-@")  # a spreadsheet cell starting with one is a formula
@@ -97,6 +103,36 @@ def private_dir(path: Path) -> None:
         p = p.parent
     for d in reversed(missing):
         d.mkdir(mode=0o700, exist_ok=True)
+
+
+def owned_by_us(st: os.stat_result) -> bool:
+    """Whether a file is this user's alone to write: owned by our effective uid, and neither
+    group- nor world-writable."""
+    return st.st_uid == os.geteuid() and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
+def spool_folder(path: Path, *, create: bool = True) -> Path:
+    """``path``, made if missing (``create``), as a spool folder that is this user's alone.
+
+    A folder owned by another user is refused (:class:`ConfigError`, one line): whoever owns it
+    could plant segments the ledger would ingest or a stop file it would obey. A folder of ours
+    that others may read or write is made 0700, with a warning."""
+    if create:
+        private_dir(path)
+    try:
+        st = os.stat(path)  # through a symlink: the folder actually used
+    except OSError as exc:
+        raise ConfigError(f"spool folder {path} cannot be used: {exc.strerror or exc}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"spool folder {path} is not a folder")
+    if st.st_uid != os.geteuid():
+        raise ConfigError(f"spool folder {path} belongs to uid {st.st_uid}, not to this user "
+                          f"(uid {os.geteuid()}); refusing to use it: set LEDGER_SPOOL_DIR to a folder of your own")
+    if st.st_mode & 0o077:
+        os.chmod(path, 0o700)
+        log.warning("ledger: spool folder %s was open to others (mode %04o); made it owner-only (0700)",
+                    path, stat.S_IMODE(st.st_mode))
+    return path
 
 
 def spool_dir(url: str, explicit: str | os.PathLike[str] | None = None,

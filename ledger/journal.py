@@ -32,9 +32,11 @@ drained by a child process (:mod:`ledger.writer`) instead of the thread.
 from __future__ import annotations
 
 import atexit
+import errno
 import fcntl
 import logging
 import os
+import stat
 import sys
 import threading
 import time
@@ -43,7 +45,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import ConfigError, private_dir, redact_url, spool_dir
+from .config import ConfigError, owned_by_us, redact_url, spool_dir, spool_folder
 from .events import F_ID, CallEvent, EventDecodeError, decode_fields, encode
 from . import stops
 
@@ -193,7 +195,7 @@ class _Reject:
 
     def keep(self, line: bytes, why: str) -> None:
         log.error("ledger: set aside a spool record in %s: %s", self.path, why)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
             _write_all(fd, line if line.endswith(b"\n") else line + b"\n")
         finally:
@@ -203,7 +205,7 @@ class _Reject:
         """Set aside the bytes ``start:stop`` of the file ``src``, copied in pieces (a record
         too long to read whole is never read whole)."""
         log.error("ledger: set aside a spool record of %d bytes in %s: %s", stop - start, self.path, why)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
             at, last = start, b""
             while at < stop:
@@ -286,11 +288,46 @@ def _write_checkpoint(fd: int, offset: int) -> None:
     os.pwrite(fd, f"{offset:020d}\n".encode(), 0)
 
 
-def drain_segment(path: Path, sink: _Sink, reject: _Reject) -> bool:
-    """Write what a dead process left in ``path`` and delete it. ``False`` if its owner lives."""
+_foreign_said: set[str] = set()
+
+
+def _foreign(path: Path, why: str) -> None:
+    """Say once per process that a file in the spool folder is not ours alone, and is ignored."""
+    if str(path) not in _foreign_said:
+        _foreign_said.add(str(path))
+        log.error("ledger: %s in the spool folder %s is %s; not ingested, left in place", path.name,
+                  path.parent, why)
+
+
+def _open_own(path: Path, flags: int) -> int | None:
+    """``path`` opened without following a symlink, if it is a regular file this user alone may
+    write; ``None`` (said once) if it is not, and ``FileNotFoundError`` if it is gone."""
     try:
-        fd = os.open(path, os.O_RDWR)
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
+        raise
+    except OSError as exc:
+        _foreign(path, "a symlink" if exc.errno == errno.ELOOP else f"unreadable ({exc.strerror or exc})")
+        return None
+    st = os.fstat(fd)
+    if stat.S_ISREG(st.st_mode) and owned_by_us(st):
+        return fd
+    os.close(fd)
+    _foreign(path, "not a regular file" if not stat.S_ISREG(st.st_mode) else
+             f"owned by uid {st.st_uid}" if st.st_uid != os.geteuid() else
+             f"writable by others (mode {stat.S_IMODE(st.st_mode):04o})")
+    return None
+
+
+def drain_segment(path: Path, sink: _Sink, reject: _Reject) -> bool:
+    """Write what a dead process left in ``path`` and delete it. ``False`` if its owner lives.
+    A segment that is not this user's alone (another owner, writable by others, a symlink) is
+    never ingested: it is logged and left in place."""
+    try:
+        fd = _open_own(path, os.O_RDWR)
+    except FileNotFoundError:
+        return True
+    if fd is None:
         return True
     try:
         try:
@@ -300,8 +337,18 @@ def drain_segment(path: Path, sink: _Sink, reject: _Reject) -> bool:
         if os.fstat(fd).st_nlink == 0:  # another process drained and removed it meanwhile
             return True
         ckpt = path.with_suffix(".ckpt")
-        offset = _read_checkpoint(ckpt)
-        ckpt_fd = os.open(ckpt, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            own_ckpt = _open_own(ckpt, os.O_RDONLY)
+        except FileNotFoundError:
+            own_ckpt = None
+        if own_ckpt is not None:
+            offset = _read_checkpoint_fd(own_ckpt)
+            os.close(own_ckpt)
+        else:  # none, or not ours: start over (a replay inserts nothing twice)
+            offset = 0
+            if ckpt.is_symlink() or ckpt.exists():
+                ckpt.unlink(missing_ok=True)
+        ckpt_fd = os.open(ckpt, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
             while True:
                 data = os.pread(fd, READ_BYTES, offset)
@@ -345,8 +392,10 @@ def orphaned_segments(folder: Path) -> list[Path]:
     out = []
     for path in sorted(folder.glob("*" + SEGMENT_SUFFIX)):
         try:
-            fd = os.open(path, os.O_RDONLY)
+            fd = _open_own(path, os.O_RDONLY)
         except FileNotFoundError:
+            continue
+        if fd is None:
             continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -360,8 +409,10 @@ def orphaned_segments(folder: Path) -> list[Path]:
 
 def _remove_if_unlocked(path: Path) -> None:
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = _open_own(path, os.O_RDONLY)
     except FileNotFoundError:
+        return
+    if fd is None:
         return
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -404,7 +455,7 @@ class Journal:
         self._ckpt_problem = False  # the last checkpoint write failed
         self._closed = False
         self._writer_done = False  # the writer thread has returned (set under _lock)
-        private_dir(folder)
+        spool_folder(folder)  # ours alone, or refused
         self._open_segment()
         self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
         self._thread.start()
@@ -491,7 +542,7 @@ class Journal:
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         os.rename(fresh, self.segment)
         self._rfd = os.open(self.segment, os.O_RDONLY)
-        self._ckpt_fd = os.open(self.segment.with_suffix(".ckpt"), os.O_RDWR | os.O_CREAT, 0o600)
+        self._ckpt_fd = os.open(self.segment.with_suffix(".ckpt"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         self._written = self._committed = 0
 
     def _close_segment(self, remove: bool) -> None:
@@ -824,6 +875,7 @@ def recover(url: str, folder: str | os.PathLike[str] | None = None) -> int:
     path = spool_dir(url, folder)
     if not path.is_dir():
         return 0
+    spool_folder(path, create=False)  # ours alone, or refused
     sink = _Sink(url)
     try:
         return drain_spool(path, sink, _Reject(path))

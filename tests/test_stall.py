@@ -193,3 +193,122 @@ def test_summary_recovers_a_dead_segment_with_an_oversize_record(db_url: str, tm
     assert "set aside" in proc.stderr
     reliability(load="a dead segment: good, 1 MiB+ record, unreadable, good", fault="recovery by `summary`",
                 expected=2, recorded=len(rows), lost=2 - len(rows))
+
+
+def test_the_worst_bounded_event_fits_one_spool_read() -> None:
+    """Every field at its limit, in the characters JSON spends most bytes on (a control
+    character is six), with far too many tags: still one line that fits one read."""
+    worst = "\x01"
+    base = _event()
+    fields = {name: worst * (limit * 10) for name, limit in events.TEXT_LIMITS}
+    tags = tuple(sorted((f"{i:05d}" + worst * 5000, worst * 50_000) for i in range(5000)))
+    line = encode(events.CallEvent(**{**{f: getattr(base, f) for f in base.__dataclass_fields__}, **fields,
+                                      "event_id": worst * 10_000, "tags": tags}))
+    assert line.count(b"\n") == 1 and len(line) <= journal.MAX_LINE
+    assert len(json.loads(line)[events.F_TAGS]) == events.MAX_TAGS
+
+
+# -- the spool folder is the owner's alone ------------------------------------------------------
+
+OTHER_UID = 65534  # nobody
+
+
+def _cli(args: list[str], db_url: str, spool: Path, home: Path) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, LEDGER_DATABASE_URL=db_url, LEDGER_SPOOL_DIR=str(spool), LEDGER_HOME=str(home))
+    env.pop("LEDGER_WRITER", None)
+    return subprocess.run([sys.executable, "-m", "ledger", *args], env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_a_spool_folder_others_may_write_is_made_ours_alone(db_url: str, tmp_path: Path,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    spool.chmod(0o777)
+    j = journal.journal_for(db_url, spool)
+    assert _mode(spool) == 0o700
+    assert any("0777" in r.getMessage() and str(spool) in r.getMessage() for r in caplog.records)
+    e = _event()
+    j.append(e)
+    assert j.flush(20) and [r["event_id"] for r in fetch_events(db_url)] == [e.event_id]
+    assert j.close(10)
+    spool.chmod(0o775)  # the CLI's recovery repairs it too
+    proc = _cli(["summary"], db_url, spool, tmp_path / "home")
+    assert proc.returncode == 0, proc.stderr
+    assert _mode(spool) == 0o700 and "0775" in proc.stderr
+
+
+def test_a_spool_folder_of_another_user_is_refused(db_url: str, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    foreign = _event("foreign")
+    seg = _dead_segment(spool, encode(foreign))
+    os.chown(spool, OTHER_UID, OTHER_UID)
+    with pytest.raises(ledger.ConfigError) as info:
+        journal.journal_for(db_url, spool)
+    assert str(OTHER_UID) in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(ledger.ConfigError):
+        ledger.CerebrasClient("p", api_key="k", base_url="http://127.0.0.1:9", database_url=db_url,
+                              spool_dir=str(spool))
+    proc = _cli(["summary"], db_url, spool, tmp_path / "home")
+    assert proc.returncode == 1 and proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
+    assert str(OTHER_UID) in proc.stderr
+    assert seg.exists() and fetch_events(db_url) == []  # never ingested
+
+
+@pytest.mark.parametrize("foreign", ["other-uid", "group-writable", "world-writable", "symlink"])
+def test_a_segment_not_ours_alone_is_never_ingested(db_url: str, tmp_path: Path, foreign: str) -> None:
+    spool = tmp_path / "spool"
+    ours, theirs = _event("ours"), _event("theirs")
+    _dead_segment(spool, encode(ours))
+    bad = _dead_segment(spool, encode(theirs))
+    if foreign == "other-uid":
+        os.chown(bad, OTHER_UID, OTHER_UID)
+    elif foreign == "group-writable":
+        bad.chmod(0o620)
+    elif foreign == "world-writable":
+        bad.chmod(0o606)
+    else:
+        target = tmp_path / "elsewhere.seg"
+        bad.rename(target)
+        bad.symlink_to(target)
+    proc = _cli(["summary"], db_url, spool, tmp_path / "home")
+    assert proc.returncode == 0, proc.stderr
+    assert [r["event_id"] for r in fetch_events(db_url)] == [ours.event_id]
+    assert bad.is_symlink() or bad.exists()
+    assert "not ingested" in proc.stderr and bad.name in proc.stderr
+
+
+@pytest.mark.parametrize("foreign", ["other-uid", "world-writable", "symlink"])
+def test_a_stop_file_not_ours_alone_is_never_obeyed(ledger_env: dict[str, str], upstream: StandIn,
+                                                    foreign: str, caplog: pytest.LogCaptureFixture) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from ledger import stops
+    from ledger.money import usd
+
+    caplog.set_level(logging.WARNING, logger="ledger.stops")
+    spool = Path(ledger_env["LEDGER_SPOOL_DIR"])
+    spool.mkdir(mode=0o700)
+    until = datetime.now(UTC) + timedelta(days=2)
+    assert stops.publish(spool, [stops.Stop("stopped", "2026-11", until, usd("1"), usd("2"))], {})
+    path = spool / stops.STOP_FILE
+    own = stops.StopList(path, check_s=0)
+    assert own.refused("stopped", "cerebras", "gpt-oss-120b") is not None  # ours: obeyed
+    if foreign == "other-uid":
+        os.chown(path, OTHER_UID, OTHER_UID)
+    elif foreign == "world-writable":
+        path.chmod(0o666)
+    else:
+        target = spool / "planted.json"
+        path.rename(target)
+        path.symlink_to(target)
+    assert stops.StopList(path, check_s=0).refused("stopped", "cerebras", "gpt-oss-120b") is None
+    client = ledger.CerebrasClient("stopped", api_key="k", base_url=upstream.base_url)
+    assert client.chat.completions.create(model="gpt-oss-120b", messages=MSG)["id"]  # not refused
+    assert any("stop list" in r.getMessage() for r in caplog.records)
+    client.close()
