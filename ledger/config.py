@@ -40,13 +40,17 @@ from pathlib import Path
 
 __all__ = [
     "ConfigError",
+    "RedactingFormatter",
     "check_project",
     "database_url",
     "is_lava_byok",
     "ledger_home",
+    "log_to_stderr",
     "owned_by_us",
     "private_dir",
+    "redact",
     "redact_url",
+    "remember_secrets",
     "spreadsheet_cell",
     "spool_dir",
     "spool_folder",
@@ -84,14 +88,88 @@ def database_url(explicit: str | None = None, env: Mapping[str, str] | None = No
     return f"sqlite:///{ledger_home(env) / 'ledger.db'}"
 
 
-def redact_url(url: str) -> str:
-    """The URL with any password replaced by ``***``, for logs and messages."""
+# A query or connection-string key whose value is a credential (password, passwd, pwd,
+# sslpassword, passfile, token, access_token, secret, key, api_key, sslkey, auth...):
+# matched loosely on purpose; hiding a harmless value costs nothing.
+_SECRET_NAME = re.compile(r"pass|pwd|token|secret|key|auth|cred", re.IGNORECASE)
+# In free text (an error message), a narrower test: ``use KEY=VALUE`` is no credential.
+_TEXT_SECRET_NAME = re.compile(r"pass|pwd|token|secret|api_?key|._key$|cred", re.IGNORECASE)
+_QUERY_PAIR = re.compile(r"(?<=[?&;])([^&;=?#]*)=([^&;#]*)")
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>]+")
+_TEXT_PAIR = re.compile(r"""\b([A-Za-z_][A-Za-z0-9_]*)(\s*=\s*)('(?:[^'\\]|\\.)*'|"[^"]*"|[^\s,;&)'"]+)""")
+_DICT_PAIR = re.compile(r"""(['"])([A-Za-z_][A-Za-z0-9_]*)\1(\s*:\s*)('(?:[^'\\]|\\.)*'|"[^"]*")""")
+_known_secrets: set[str] = set()
+
+
+def _secret_name(name: str) -> bool:
+    from urllib.parse import unquote
+
+    return bool(_SECRET_NAME.search(unquote(name)))
+
+
+def _split_userinfo(rest: str) -> tuple[str, str, str] | None:
+    """``(user, password, after)`` of the part after ``scheme://``, if it has a password. The
+    userinfo ends at the *last* ``@``, so a password with a raw ``@``, ``/`` or ``?`` in it is
+    hidden whole (an ``@`` further on, in the query, hides more than needed, never less)."""
+    at = rest.rfind("@")
+    if at < 0:
+        return None
+    creds = rest[:at]
+    user, colon, password = creds.partition(":")
+    return (user, password, rest[at + 1:]) if colon else None
+
+
+def url_secrets(url: str) -> list[str]:
+    """The credentials in ``url``: its password and every secret-looking query value, as
+    written and percent-decoded."""
+    from urllib.parse import unquote
+
+    found: list[str] = []
     scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    creds, _, host = rest.rpartition("@")
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in creds else url
+    if sep and (parts := _split_userinfo(rest)) is not None:
+        found.append(parts[1])
+    found += [m.group(2) for m in _QUERY_PAIR.finditer(url) if _secret_name(m.group(1))]
+    found += [unquote(v) for v in found]
+    return [v for v in dict.fromkeys(found) if v]
+
+
+def remember_secrets(url: str) -> None:
+    """Keep ``url``'s credentials in mind, so :func:`redact` hides them in any text (an
+    exception's message that quotes them, a driver's echo of the connection string)."""
+    _known_secrets.update(url_secrets(url))
+
+
+def redact_url(url: str) -> str:
+    """The URL with every credential replaced by ``***``, for logs and messages: the password
+    of the userinfo, and the value of every query key that names a secret (``password``,
+    ``sslpassword``, ``pwd``, ``token``, ``secret``, ``api_key``, ..., in any case, also
+    percent-encoded)."""
+    scheme, sep, rest = url.partition("://")
+    if sep and (parts := _split_userinfo(rest)) is not None:
+        user, _, after = parts
+        url = f"{scheme}://{user}:***@{after}"
+    return _QUERY_PAIR.sub(lambda m: f"{m.group(1)}=***" if _secret_name(m.group(1)) else m.group(0), url)
+
+
+def redact(text: str, url: str | None = None) -> str:
+    """``text`` (a log line, an error message, a driver's exception) with every credential
+    hidden: URLs in it go through :func:`redact_url`, ``password=...``-like pairs (and
+    ``'password': '...'``) lose their values, and the secrets of ``url`` and of every URL
+    given to :func:`remember_secrets` are replaced wherever they appear."""
+    text = _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
+    text = _TEXT_PAIR.sub(lambda m: f"{m.group(1)}{m.group(2)}***" if _TEXT_SECRET_NAME.search(m.group(1))
+                          else m.group(0), text)
+    text = _DICT_PAIR.sub(lambda m: f"{m.group(1)}{m.group(2)}{m.group(1)}{m.group(3)}'***'"
+                          if _TEXT_SECRET_NAME.search(m.group(2)) else m.group(0), text)
+    secrets = set(_known_secrets)
+    if url:
+        secrets.update(url_secrets(url))
+    for secret in sorted(secrets, key=len, reverse=True):
+        if len(secret) >= 4:
+            text = text.replace(secret, "***")
+        else:  # a very short one only as a whole word, or every "a" in the text would go
+            text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])", "***", text)
+    return text
 
 
 def private_dir(path: Path) -> None:
@@ -141,7 +219,12 @@ def spool_dir(url: str, explicit: str | os.PathLike[str] | None = None,
     chosen = explicit or _env(env).get("LEDGER_SPOOL_DIR")
     if chosen:
         return Path(chosen).expanduser()
-    key = hashlib.sha256(redact_url(url).encode()).hexdigest()[:16]
+    # The key hides the userinfo password only, as it always has: a spool made by an earlier
+    # version keeps its folder, so its events are still recovered.
+    scheme, sep, rest = url.partition("://")
+    parts = _split_userinfo(rest) if sep else None
+    keyed = url if parts is None else f"{scheme}://{parts[0]}:***@{parts[2]}"
+    key = hashlib.sha256(keyed.encode()).hexdigest()[:16]
     return ledger_home(env) / "spool" / key
 
 
@@ -188,3 +271,18 @@ def is_lava_byok(forward_token: str) -> bool:
     except (binascii.Error, ValueError, UnicodeDecodeError):
         return False
     return isinstance(decoded, dict) and bool(decoded.get("provider_key"))
+
+
+class RedactingFormatter(logging.Formatter):
+    """A log formatter whose every line (traceback included) goes through :func:`redact`: the
+    ledger's own processes (the CLI, the scheduler, the writer process) log through it."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+def log_to_stderr(level: int) -> None:
+    """``logging.basicConfig`` with a :class:`RedactingFormatter` (messages only)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(RedactingFormatter("%(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])

@@ -45,7 +45,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import ConfigError, owned_by_us, redact_url, spool_dir, spool_folder
+from .config import ConfigError, owned_by_us, redact, redact_url, remember_secrets, spool_dir, spool_folder
 from .events import F_ID, CallEvent, EventDecodeError, decode_fields, encode
 from . import stops
 
@@ -83,6 +83,7 @@ def check_url(url: str) -> str:
     scheme = url.split(":", 1)[0].split("+", 1)[0].lower()
     if scheme not in ("sqlite", "postgresql", "postgres") or "://" not in url:
         raise ConfigError(f"unsupported database URL {redact_url(url)!r}: use sqlite:/// or postgresql://")
+    remember_secrets(url)  # hidden in every message the ledger logs
     return url
 
 
@@ -157,7 +158,7 @@ class _Sink:
             self._stops_problem = False
         except Exception as exc:  # noqa: BLE001 - the writer must never die
             if not self._stops_problem:
-                why = str(exc).splitlines()[0][:200] if str(exc) else ""
+                why = redact(str(exc).splitlines()[0][:200], self.url) if str(exc) else ""
                 log.warning("ledger: cannot refresh the hard-budget stop list in %s (%s: %s); the last one "
                             "stays in force", folder, type(exc).__name__, why)
                 self._stops_problem = True
@@ -626,6 +627,7 @@ class Journal:
         what = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
         if isinstance(exc, (SchemaError, ConfigError)):
             what = str(exc)
+        what = redact(what, self.url)
         if what != self._problem:
             log.error("ledger: cannot write to %s (%s); events wait in %s",
                       redact_url(self.url), what, self.folder)

@@ -46,7 +46,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import Engine, select, update
 
-from .config import ConfigError
+from .config import ConfigError, redact
 from .schema import LeaseRow
 from .store import write_transaction
 
@@ -176,8 +176,11 @@ def _leased(engine: Engine, name: str, seconds: int, holder: str, job: Callable[
             return
         try:
             job()
-        except Exception:
-            log.exception("job %s failed; it runs again at its next time", name)
+        except Exception as exc:
+            why = str(exc).splitlines()[0][:300] if str(exc) else ""
+            log.error("job %s failed (%s: %s); it runs again at its next time", name, type(exc).__name__,
+                      redact(why))
+            log.debug("job %s failed", name, exc_info=True)
         finally:
             try:
                 lease.release()

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import journal
-from .config import redact_url
+from .config import log_to_stderr, redact, redact_url, remember_secrets
 
 log = logging.getLogger("ledger.writer")
 
@@ -86,6 +86,7 @@ def _commands(fd: int, timeout: float) -> list[bytes] | None:
 
 
 def run(url: str, folder: Path, segment: Path) -> int:
+    remember_secrets(url)
     sink = journal._Sink(url)
     reject = journal._Reject(folder)
     seg = _Segment(segment)
@@ -108,7 +109,7 @@ def run(url: str, folder: Path, segment: Path) -> int:
                 backoff = 0.1
                 wait = journal.LINGER_S
             except Exception as exc:  # the writer must never die on a database problem
-                what = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+                what = redact(f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}", url)
                 if what != problem:
                     log.error("ledger writer: cannot write to %s (%s); events wait in %s",
                               redact_url(url), what, folder)
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: LEDGER_WRITER_URL=... python -m ledger.writer FOLDER SEGMENT (the ledger starts it)",
               file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    log_to_stderr(logging.WARNING)
     # Ctrl-C in a terminal reaches the whole process group: the parent decides when to stop
     # (it closes our input); dying mid-batch here would only hand the work back to it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

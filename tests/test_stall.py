@@ -312,3 +312,79 @@ def test_a_stop_file_not_ours_alone_is_never_obeyed(ledger_env: dict[str, str], 
     assert client.chat.completions.create(model="gpt-oss-120b", messages=MSG)["id"]  # not refused
     assert any("stop list" in r.getMessage() for r in caplog.records)
     client.close()
+
+
+# -- credentials never print ---------------------------------------------------------------------
+
+SECRET_URLS = [
+    ("postgresql+psycopg://postgres:S3cr3t-userinfo@127.0.0.1:5432/test", ["S3cr3t-userinfo"]),
+    ("postgresql+psycopg://postgres@127.0.0.1:5432/test?password=S3cr3t-query", ["S3cr3t-query"]),
+    ("postgresql://u:S3cr3t-a@h/db?sslmode=require&sslpassword=S3cr3t-b&PassWord=S3cr3t-c",
+     ["S3cr3t-a", "S3cr3t-b", "S3cr3t-c"]),
+    ("postgresql://u:p%40ss%3FS3cr3t@h/db", ["p%40ss%3FS3cr3t", "S3cr3t"]),
+    ("postgresql://u:p@ss?S3cr3t/x@h/db", ["p@ss?S3cr3t/x", "S3cr3t"]),
+    ("postgresql://h/db?pass%77ord=S3cr3t-enc&token=S3cr3t-tok&api_key=S3cr3t-k&secret=S3cr3t-s",
+     ["S3cr3t-enc", "S3cr3t-tok", "S3cr3t-k", "S3cr3t-s"]),
+    ("postgresql://h/db?pwd=S3cr3t-pwd;passwd=S3cr3t-pw2&key=S3cr3t-key&access_token=S3cr3t-at",
+     ["S3cr3t-pwd", "S3cr3t-pw2", "S3cr3t-key", "S3cr3t-at"]),
+    ("sqlite:///tmp/x.db?password=S3cr3t-lite", ["S3cr3t-lite"]),
+]
+
+
+@pytest.mark.parametrize(("url", "secrets"), SECRET_URLS)
+def test_redact_url_hides_every_credential(url: str, secrets: list[str]) -> None:
+    from ledger.config import redact, redact_url
+
+    shown = redact_url(url)
+    assert not [s for s in secrets if s in shown], shown
+    assert "***" in shown
+    assert shown.split("://")[0] == url.split("://")[0]
+    # the same secrets, quoted anywhere in an error's text (a DSN echoed by a driver), go too
+    text = f"connection failed: {url} (password={secrets[0]}, 'password': '{secrets[0]}')"
+    assert not [s for s in secrets if s in redact(text, url)], redact(text, url)
+
+
+def test_redact_url_keeps_what_helps() -> None:
+    from ledger.config import redact_url
+
+    assert redact_url("postgresql://u:pw@db.example:5432/ledger?sslmode=require&password=x") == \
+        "postgresql://u:***@db.example:5432/ledger?sslmode=require&password=***"
+    assert redact_url("sqlite:////var/lib/ledger.db") == "sqlite:////var/lib/ledger.db"
+
+
+def test_cli_errors_never_print_a_database_password(tmp_path: Path) -> None:
+    bad = ("postgresql+psycopg://postgres:S3cr3t-a@127.0.0.1:5432/no_such_db_here"
+           "?password=S3cr3t-b&sslpassword=S3cr3t-c")
+    for args in (["summary"], ["db", "upgrade"], ["events", "export"], ["alerts", "check"]):
+        proc = _cli(args, bad, tmp_path / "spool", tmp_path / "home")
+        out = proc.stdout + proc.stderr
+        assert proc.returncode != 0 and "S3cr3t" not in out, out
+        assert "Traceback" not in out
+    bad_option = "postgresql+psycopg://postgres@127.0.0.1:5432/test?password=S3cr3t-d&sslmode=bogus"
+    proc = _cli(["summary"], bad_option, tmp_path / "spool", tmp_path / "home")
+    assert proc.returncode != 0 and "S3cr3t" not in proc.stdout + proc.stderr, proc.stderr
+
+
+def test_cli_output_never_prints_a_database_password(db_url: str, tmp_path: Path) -> None:
+    if not db_url.startswith("postgresql"):
+        pytest.skip("SQLite URLs carry no password")
+    url = db_url.replace("postgres@", "postgres:S3cr3t-a@") + "&password=S3cr3t-b"  # trust auth: ignored
+    for args in (["db", "upgrade"], ["-v", "summary"], ["demo", "--calls", "2"]):
+        proc = _cli(args, url, tmp_path / "spool", tmp_path / "home")
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 0, out
+        assert "S3cr3t" not in out, out
+
+
+def test_writer_logs_never_print_a_database_password(tmp_path: Path, writer: str, capfd: pytest.CaptureFixture[str],
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    url = "postgresql+psycopg://u:S3cr3t-a@127.0.0.1:1/db?password=S3cr3t-b&connect_timeout=2"
+    j = journal.journal_for(url, tmp_path / "spool")
+    j.append(_event())
+    assert not j.flush(3)  # nothing listens on port 1
+    j.close(2)
+    out = capfd.readouterr()
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "cannot write" in logged + out.err
+    assert "S3cr3t" not in logged + out.err + out.out
