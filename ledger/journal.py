@@ -25,6 +25,18 @@ Why this survives what it must:
 Files in the spool folder are created owner-only (0600, folder 0700). A segment that has been
 fully written to the database and grown past 8 MiB is rotated, so the spool stays bounded.
 
+Nothing in the spool can stall or fool the writer:
+
+* Events are cut to the ledger's limits before they are encoded (:func:`ledger.events.bounded`),
+  so every line fits one read; a line still longer than :data:`MAX_LINE` is set aside in
+  ``rejected.jsonl`` instead of spooled, and a record too long to read already in a segment
+  (another version, a bug) is set aside whole. The writer thread, the writer process and
+  recovery all go on past it.
+* The folder must be this user's (:func:`ledger.config.spool_folder`: another owner's is
+  refused, one open to others made 0700), and a segment or checkpoint that is not a regular file
+  of ours alone (another owner, writable by others, a symlink) is never ingested: logged once
+  and left in place.
+
 :class:`ProcessJournal` (``LEDGER_WRITER=process``) is the same journal with the live segment
 drained by a child process (:mod:`ledger.writer`) instead of the thread.
 """
@@ -194,9 +206,26 @@ class _Reject:
     def __init__(self, folder: Path) -> None:
         self.path = folder / "rejected.jsonl"
 
+    def _open(self) -> int:
+        """``rejected.jsonl`` for appending; if that name is not a regular file of ours alone (a
+        symlink, a FIFO, another owner's), a fresh file beside it, so setting a record aside
+        never blocks the writer."""
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
+            st = os.fstat(fd)
+            if stat.S_ISREG(st.st_mode) and owned_by_us(st):
+                return fd
+            os.close(fd)
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.ENXIO):
+                raise
+        alt = self.path.with_name(f"rejected-{os.getpid()}-{time.time_ns():x}.jsonl")
+        log.error("ledger: %s is not a file of ours alone; setting records aside in %s instead", self.path, alt)
+        return os.open(alt, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+
     def keep(self, line: bytes, why: str) -> None:
         log.error("ledger: set aside a spool record in %s: %s", self.path, why)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        fd = self._open()
         try:
             _write_all(fd, line if line.endswith(b"\n") else line + b"\n")
         finally:
@@ -206,7 +235,7 @@ class _Reject:
         """Set aside the bytes ``start:stop`` of the file ``src``, copied in pieces (a record
         too long to read whole is never read whole)."""
         log.error("ledger: set aside a spool record of %d bytes in %s: %s", stop - start, self.path, why)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        fd = self._open()
         try:
             at, last = start, b""
             while at < stop:

@@ -388,3 +388,32 @@ def test_writer_logs_never_print_a_database_password(tmp_path: Path, writer: str
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "cannot write" in logged + out.err
     assert "S3cr3t" not in logged + out.err + out.out
+
+
+@pytest.mark.parametrize("planted", ["symlink", "fifo", "other-uid"])
+def test_a_planted_rejected_file_never_blocks_the_writer(db_url: str, tmp_path: Path, planted: str) -> None:
+    spool = tmp_path / "spool"
+    spool.mkdir(mode=0o700)
+    path = spool / "rejected.jsonl"
+    if planted == "symlink":
+        (tmp_path / "victim").write_text("keep me\n")
+        path.symlink_to(tmp_path / "victim")
+    elif planted == "fifo":
+        os.mkfifo(path)
+    else:
+        path.write_text("")
+        os.chown(path, OTHER_UID, OTHER_UID)
+    j = journal.journal_for(db_url, spool)
+    bad = b"\x00 not a record\n"
+    with j._lock:
+        journal._write_all(j._fd, bad)
+        j._written += len(bad)
+    good = _event()
+    j.append(good)
+    assert j.flush(20), "the writer stalled setting a record aside"
+    assert [r["event_id"] for r in fetch_events(db_url)] == [good.event_id]
+    (alt,) = spool.glob("rejected-*.jsonl")
+    assert alt.read_bytes() == bad and alt.stat().st_uid == os.geteuid()
+    if planted == "symlink":
+        assert (tmp_path / "victim").read_text() == "keep me\n"
+    assert j.close(10)
