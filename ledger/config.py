@@ -23,6 +23,10 @@ first-character rule keeps every accepted name inert in a spreadsheet (OWASP CSV
 cell beginning with one of those is read as a formula), so project names appear byte-exact in
 every CSV the ledger writes; ``-`` would also read as an option on the command line. Names are
 compared exactly, code point by code point (no case folding, no Unicode normalization).
+
+Credentials: :func:`redact_url` and :func:`redact` are the one way a database URL, or text
+that may quote one (a driver's exception), reaches a log or an error line. The spool folder is
+the owner's alone (:func:`spool_folder`).
 """
 
 from __future__ import annotations
