@@ -190,13 +190,19 @@ _texts = operator.attrgetter(*(name for name, _ in TEXT_LIMITS))
 
 def _clipped_tags(tags: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...] | None:
     """``tags`` cut to the limits, or ``None`` when they fit as they are."""
+    if type(tags) is not tuple:
+        return None  # not what normalize_tags makes: the writer sets the record aside
     if len(tags) <= MAX_TAGS:
-        for k, v in tags:
-            if len(k) > MAX_TAG_KEY or len(v) > MAX_TAG_VALUE:
+        for pair in tags:
+            if type(pair) is tuple and any(type(x) is str and len(x) > limit for x, limit in zip(pair, _TAG_LIMITS)):
                 break
         else:
             return None
-    return tuple((k[:MAX_TAG_KEY], v[:MAX_TAG_VALUE]) for k, v in tags[:MAX_TAGS])
+    return tuple(tuple(x[:limit] if type(x) is str else x for x, limit in zip(pair, _TAG_LIMITS))
+                 if type(pair) is tuple else pair for pair in tags[:MAX_TAGS])  # type: ignore[misc]
+
+
+_TAG_LIMITS = (MAX_TAG_KEY, MAX_TAG_VALUE)
 
 
 def bounded(event: CallEvent) -> CallEvent:
@@ -208,9 +214,9 @@ def bounded(event: CallEvent) -> CallEvent:
     returned when nothing needs cutting (the usual case, checked cheaply)."""
     changes: dict[str, Any] = {}
     for (name, limit), value in zip(TEXT_LIMITS, _texts(event)):
-        if value is not None and len(value) > limit:
+        if type(value) is str and len(value) > limit:
             changes[name] = value[:limit]
-    if len(event.event_id) > ID_LIMIT:
+    if type(event.event_id) is str and len(event.event_id) > ID_LIMIT:
         changes["event_id"] = event.event_id[:ID_LIMIT]
     tags = _clipped_tags(event.tags)
     if tags is not None:
@@ -257,7 +263,7 @@ def encode(event: CallEvent) -> bytes:
         None if t is None else [t.queue_us, t.prompt_us, t.completion_us, t.total_us],
         event.upstream_id,
         event.lava_request_id,
-        [list(p) for p in event.tags],
+        [list(p) if type(p) is tuple else p for p in event.tags],
         event.source,
         event.note,
     ]

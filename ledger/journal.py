@@ -143,8 +143,10 @@ class _Sink:
             book = self.price_book(conn)
             try:
                 store.insert_spooled(conn, records, book, now)
-            except (ValueError, TypeError, ArithmeticError) as exc:  # priced out of range, bad field
-                raise BadEvent(str(exc)) from exc
+            except (ValueError, TypeError, ArithmeticError, AttributeError, LookupError) as exc:
+                # priced out of range, a field of the wrong type or shape (made into a row in
+                # Python, before the database sees it): this record, every time it is tried
+                raise BadEvent(f"{type(exc).__name__}: {str(exc)[:200]}") from exc
 
     def price_book(self, conn: Connection) -> PriceBook:
         """The price book, re-read from ``conn`` when older than :data:`PRICE_REFRESH_S`."""
@@ -494,7 +496,12 @@ class Journal:
 
     def append(self, event: CallEvent) -> None:
         """Make ``event`` durable locally and hand it to the writer. Never raises."""
-        line = encode(event)
+        try:
+            line = encode(event)
+        except Exception as exc:  # noqa: BLE001 - a field of a type JSON cannot hold: never break the call
+            log.critical("ledger: event %s cannot be encoded (%s: %s); LOST", getattr(event, "event_id", "?"),
+                         type(exc).__name__, str(exc)[:200])
+            return
         if len(line) > MAX_LINE:
             self._too_long(line)
             return

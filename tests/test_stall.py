@@ -417,3 +417,32 @@ def test_a_planted_rejected_file_never_blocks_the_writer(db_url: str, tmp_path: 
     if planted == "symlink":
         assert (tmp_path / "victim").read_text() == "keep me\n"
     assert j.close(10)
+
+
+def test_events_of_wrong_types_or_absurd_values_never_stall_the_writer(db_url: str, tmp_path: Path,
+                                                                       writer: str) -> None:
+    """Events built by hand (``Journal.append`` is public) with fields of the wrong type or
+    values no column holds: ``append`` never raises, each one is written or set aside, and the
+    writer (thread or process) goes on."""
+    import dataclasses
+    from datetime import UTC, datetime
+
+    from ledger.wire import TimeInfo, Usage
+
+    spool = tmp_path / "spool"
+    j = journal.journal_for(db_url, spool)
+    odd: dict[str, Any] = dict(
+        latency_us=10**30, ttft_us=-10**25, http_status=2**70, usage=Usage(10**20, 0, 0, 0, 10**20),
+        time_info=TimeInfo(10**30, None, None, None), project=123, requested_model=["x"], tags=(("a", 5), 7),
+        note=7, occurred_at=datetime(1, 1, 1, tzinfo=UTC), book="no-such-book", stream=2, source="\x00" * 40,
+        error_type="\udc80" * 150, served_model={"m": 1},
+    )
+    for name, value in odd.items():
+        j.append(dataclasses.replace(_event("odd"), **{name: value}))
+    good = _event("good")
+    j.append(good)
+    assert j.flush(20), f"the writer ({writer}) stalled behind an odd event"
+    rows = fetch_events(db_url)
+    assert good.event_id in {r["event_id"] for r in rows}
+    assert len(rows) + len(_rejected(spool)) == len(odd) + 1  # each written or set aside, none lost
+    assert j.close(10)
