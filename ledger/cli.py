@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import csv
 import json
+import io
+import os
 import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -21,7 +23,7 @@ from typing import Any, TypeVar
 
 import click
 
-from .config import ConfigError, database_url, redact_url
+from .config import ConfigError, database_url, log_to_stderr, redact, redact_url, remember_secrets
 from .stops import read_stops
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -91,8 +93,8 @@ def _engine(ctx: click.Context, *, recover: bool = True) -> Iterator[Any]:
             if recover:
                 journal.recover(url)
         except SQLAlchemyError as exc:
-            raise UserError(f"database {redact_url(url)} unreachable or unusable: "
-                            f"{str(exc.orig if hasattr(exc, 'orig') else exc).splitlines()[0][:200]}") from None
+            why = str(exc.orig if hasattr(exc, 'orig') else exc).splitlines()[0][:200]
+            raise UserError(f"database {redact_url(url)} unreachable or unusable: {redact(why, url)}") from None
         yield engine
     finally:
         engine.dispose()
@@ -112,8 +114,9 @@ def cli(ctx: click.Context, db_url: str | None, verbose: bool) -> None:
       cerebras-ledger demo
       cerebras-ledger events export --since 2026-11-01 --until 2026-12-01 --format csv
     """
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
+    log_to_stderr(logging.INFO if verbose else logging.WARNING)
     ctx.obj = {"url": database_url(db_url)}
+    remember_secrets(ctx.obj["url"])  # hidden in every message, whatever quotes them
 
 
 # -- demo and chat -----------------------------------------------------------------------------
@@ -476,14 +479,13 @@ def events_export(ctx: click.Context, since: str, until: str, project: str | Non
         if out is None:
             write_rows(rows, sys.stdout, fmt)
             return
-        tmp = out.with_name(out.name + ".part")
-        try:
-            with tmp.open("w", encoding="utf-8", newline="") as fh:
-                n = write_rows(rows, fh, fmt)
-            tmp.replace(out)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        from .outfile import OutFile
+
+        with OutFile(out) as target:  # whole or not at all; never over a device or a symlink
+            text = io.TextIOWrapper(target.file, encoding="utf-8", newline="")
+            n = write_rows(rows, text, fmt)
+            text.flush()
+            text.detach()
     click.echo(f"wrote {n} event(s) to {out}", err=True)
 
 
@@ -654,6 +656,10 @@ def report_cmd(ctx: click.Context, project: str | None, period: str, tz_name: st
             check_project(project)
         except ConfigError as exc:
             raise UserError(f"--project: {exc}") from None
+    if out is not None and not out.is_dir() and not str(out).endswith(("/", os.sep)):
+        from .outfile import check_target
+
+        check_target(out)  # before any work: never over a device or a symlink
     with _engine(ctx) as engine, ExitStack() as stack:
         tick: Callable[[int], None] | None = None
         if spec.days > 7:  # a long period: show progress, now that every input is known to be good
@@ -1000,6 +1006,11 @@ def scheduler_cmd(ctx: click.Context, config_file: Path | None, list_only: bool,
     _rows_out(rows, fmt, ["job", "trigger", "next_run"])
 
 
+def _error(line: str) -> None:
+    """Print one ``error:`` line, every credential hidden (a driver's message may quote the URL)."""
+    click.echo(f"error: {redact(line)}", err=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: run the CLI and turn every failure into one line and an exit code."""
     from .money import MoneyError
@@ -1012,25 +1023,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.UsageError as exc:
-        click.echo(f"error: {exc.format_message()}", err=True)
+        _error(f"{exc.format_message()}")
         return 2
     except click.Abort:
         click.echo("error: aborted", err=True)
         return 130
     except click.ClickException as exc:
-        click.echo(f"error: {exc.format_message()}", err=True)
+        _error(f"{exc.format_message()}")
         return 1
     except (ConfigError, MoneyError, ValueError, OSError) as exc:
-        click.echo(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", err=True)
+        _error(f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
         return 1
     except Exception as exc:  # a database or library failure: still one line
         from sqlalchemy.exc import SQLAlchemyError
 
         if isinstance(exc, SQLAlchemyError):
             orig = getattr(exc, "orig", None) or exc
-            click.echo(f"error: database problem: {str(orig).splitlines()[0][:300]}", err=True)
+            _error(f"database problem: {str(orig).splitlines()[0][:300]}")
             return 1
-        click.echo(f"error: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}", err=True)
+        _error(f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}")
         return 1
     return 0
 

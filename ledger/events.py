@@ -14,13 +14,14 @@ Imports only :mod:`ledger.wire`.
 from __future__ import annotations
 
 import json
+import logging
 import operator
 import os
 import random
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -31,6 +32,10 @@ __all__ = [
     "STATUSES",
     "CallEvent",
     "EventDecodeError",
+    "MAX_TAGS",
+    "MAX_TAG_KEY",
+    "MAX_TAG_VALUE",
+    "bounded",
     "decode",
     "decode_fields",
     "encode",
@@ -44,6 +49,20 @@ STATUSES: tuple[str, ...] = ("ok", "error", "incomplete")
 ROUTES: tuple[str, ...] = ("cerebras", "lava")
 _SPOOL_VERSION = 2  # version 1 records (22 fields, 5 usage counts) are still read
 ENDPOINTS: tuple[str, ...] = ("chat.completions", "completions")
+
+log = logging.getLogger("ledger.events")
+
+# What enters the spool is bounded, whatever the caller or the upstream sends (see bounded()):
+# the longest the database keeps of each text field, and of tags.
+MAX_TAGS = 100
+MAX_TAG_KEY = 200
+MAX_TAG_VALUE = 1000
+TEXT_LIMITS: tuple[tuple[str, int], ...] = (
+    ("project", 200), ("book", 32), ("requested_model", 200), ("served_model", 200), ("error_type", 100),
+    ("error_code", 100), ("upstream_id", 200), ("lava_request_id", 200), ("source", 16), ("note", 200),
+    ("endpoint", 32), ("service_tier", 32), ("finish_reason", 32),
+)
+ID_LIMIT = 64  # event ids are the ledger's own (36 characters); a longer one is cut, never a megabyte
 
 
 def json_encoder(*, sort_keys: bool = False, compact: bool = False) -> Callable[[Any], str]:
@@ -177,8 +196,62 @@ class EventDecodeError(ValueError):
     """A spool record that is not a valid event (torn, corrupt or from a newer version)."""
 
 
+_clip_said = False
+_texts = operator.attrgetter(*(name for name, _ in TEXT_LIMITS))
+
+
+def _clipped_tags(tags: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...] | None:
+    """``tags`` cut to the limits, or ``None`` when they fit as they are."""
+    if type(tags) is not tuple:
+        return None  # not what normalize_tags makes: the writer sets the record aside
+    if len(tags) <= MAX_TAGS:
+        for pair in tags:
+            if type(pair) is tuple and any(type(x) is str and len(x) > limit for x, limit in zip(pair, _TAG_LIMITS)):
+                break
+        else:
+            return None
+    return tuple(tuple(x[:limit] if type(x) is str else x for x, limit in zip(pair, _TAG_LIMITS))
+                 if type(pair) is tuple else pair for pair in tags[:MAX_TAGS])  # type: ignore[misc]
+
+
+_TAG_LIMITS = (MAX_TAG_KEY, MAX_TAG_VALUE)
+
+
+def bounded(event: CallEvent) -> CallEvent:
+    """``event`` with every text field, the id and the tags cut to what the ledger keeps, so a
+    1 MB model name from a hostile upstream or thousands of tags from a caller never make a
+    spool record the writer cannot read. Text is cut to :data:`TEXT_LIMITS` characters, the
+    tags to the first :data:`MAX_TAGS` (sorted) with keys of :data:`MAX_TAG_KEY` and values of
+    :data:`MAX_TAG_VALUE` characters (the note says how many tags were dropped, if any). The event itself is
+    returned when nothing needs cutting (the usual case, checked cheaply)."""
+    changes: dict[str, Any] = {}
+    for (name, limit), value in zip(TEXT_LIMITS, _texts(event)):
+        if type(value) is str and len(value) > limit:
+            changes[name] = value[:limit]
+    if type(event.event_id) is str and len(event.event_id) > ID_LIMIT:
+        changes["event_id"] = event.event_id[:ID_LIMIT]
+    tags = _clipped_tags(event.tags)
+    if tags is not None:
+        changes["tags"] = tags
+        dropped = len(event.tags) - len(tags)
+        if dropped:
+            remark = f"tags clipped: {dropped} of {len(event.tags)} dropped"
+            note = changes.get("note", event.note)
+            changes["note"] = (f"{remark}; {note}" if note else remark)[:200]
+    if not changes:
+        return event
+    global _clip_said
+    if not _clip_said:  # once a process: a caller that always over-tags must not flood the log
+        _clip_said = True
+        log.warning("ledger: an event of project %r was cut to the ledger's limits (%s); later ones are cut "
+                    "silently", event.project[:200], ", ".join(sorted(changes)))
+    return replace(event, **changes)
+
+
 def encode(event: CallEvent) -> bytes:
-    """The event as one line of JSON (with its newline), for the spool."""
+    """The event as one line of JSON (with its newline), for the spool, cut to the ledger's
+    limits first (:func:`bounded`)."""
+    event = bounded(event)
     u = event.usage
     t = event.time_info
     row = [
@@ -203,7 +276,7 @@ def encode(event: CallEvent) -> bytes:
         None if t is None else [t.queue_us, t.prompt_us, t.completion_us, t.total_us],
         event.upstream_id,
         event.lava_request_id,
-        [list(p) for p in event.tags],
+        [list(p) if type(p) is tuple else p for p in event.tags],
         event.source,
         event.note,
         event.endpoint,

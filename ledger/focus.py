@@ -109,9 +109,7 @@ import csv
 import importlib
 import io
 import json
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -127,6 +125,7 @@ from sqlalchemy.types import String
 
 from .config import spreadsheet_cell
 from .money import Money
+from .outfile import OutFile, check_target
 from .pricing import LIST_BOOK, PriceBook, PricePoint
 from .schema import BilledBatchRow, BillingExportRow, EventRow, PriceRow
 from .store import write_transaction
@@ -570,32 +569,22 @@ def write_parquet(rows: Sequence[dict[str, Any]], out: IO[bytes]) -> int:
     return len(rows)
 
 
-def _write_temp(rows: Sequence[dict[str, Any]], out: Path, fmt: str) -> Path:
-    """The file written whole under a temporary name beside ``out`` (and synced); the caller renames it."""
-    fd, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".part")
-    tmp = Path(name)
+def _write_temp(rows: Sequence[dict[str, Any]], out: Path, fmt: str) -> OutFile:
+    """The file written whole under a temporary name beside ``out``; the caller commits it
+    (renames it into place) or discards it."""
+    target = OutFile(out)
     try:
-        with os.fdopen(fd, "wb") as raw:
-            if fmt == "csv":
-                text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
-                write_csv(rows, text)
-                text.flush()
-                text.detach()
-            else:
-                write_parquet(rows, raw)
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # like any file the user asked for
+        if fmt == "csv":
+            text = io.TextIOWrapper(target.file, encoding="utf-8", newline="")
+            write_csv(rows, text)
+            text.flush()
+            text.detach()
+        else:
+            write_parquet(rows, target.file)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        target.discard()
         raise
-    return tmp
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    return target
 
 
 def export_billing(engine: Engine, month: str, out: Path | None = None, fmt: str = "csv", *,
@@ -614,18 +603,20 @@ def export_billing(engine: Engine, month: str, out: Path | None = None, fmt: str
                            f"{end.strftime('%Y-%m-%d')} on")
     if out is not None and out.is_dir():
         raise BillingError(f"{out} is a folder, not a file")
-    tmp: Path | None = None
+    if out is not None:
+        check_target(out)  # before the month is issued: never over a device or a symlink
+    tmp: OutFile | None = None
     try:
         with write_transaction(engine) as conn:
             result = _issue(conn, month, now)
             if out is not None:
                 tmp = _write_temp(result.rows, out, fmt)
-        if tmp is not None and out is not None:
-            os.replace(tmp, out)
+        if tmp is not None:
+            tmp.commit()
             tmp = None
     finally:
         if tmp is not None:
-            tmp.unlink(missing_ok=True)
+            tmp.discard()
     return result
 
 

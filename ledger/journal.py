@@ -25,6 +25,18 @@ Why this survives what it must:
 Files in the spool folder are created owner-only (0600, folder 0700). A segment that has been
 fully written to the database and grown past 8 MiB is rotated, so the spool stays bounded.
 
+Nothing in the spool can stall or fool the writer:
+
+* Events are cut to the ledger's limits before they are encoded (:func:`ledger.events.bounded`),
+  so every line fits one read; a line still longer than :data:`MAX_LINE` is set aside in
+  ``rejected.jsonl`` instead of spooled, and a record too long to read already in a segment
+  (another version, a bug) is set aside whole. The writer thread, the writer process and
+  recovery all go on past it.
+* The folder must be this user's (:func:`ledger.config.spool_folder`: another owner's is
+  refused, one open to others made 0700), and a segment or checkpoint that is not a regular file
+  of ours alone (another owner, writable by others, a symlink) is never ingested: logged once
+  and left in place.
+
 :class:`ProcessJournal` (``LEDGER_WRITER=process``) is the same journal with the live segment
 drained by a child process (:mod:`ledger.writer`) instead of the thread.
 """
@@ -32,9 +44,11 @@ drained by a child process (:mod:`ledger.writer`) instead of the thread.
 from __future__ import annotations
 
 import atexit
+import errno
 import fcntl
 import logging
 import os
+import stat
 import sys
 import threading
 import time
@@ -43,7 +57,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .config import ConfigError, private_dir, redact_url, spool_dir
+from .config import ConfigError, owned_by_us, redact, redact_url, remember_secrets, spool_dir, spool_folder
 from .events import F_ID, CallEvent, EventDecodeError, decode_fields, encode
 from . import stops
 
@@ -61,6 +75,10 @@ log = logging.getLogger("ledger.journal")
 SEGMENT_SUFFIX = ".seg"
 ROTATE_BYTES = 8 * 1024 * 1024
 READ_BYTES = 1024 * 1024
+# The longest line the call path spools. Events are cut to the ledger's limits before they are
+# encoded (events.bounded), which keeps every line far below this; a line still longer is set
+# aside in rejected.jsonl instead of spooled, so every spooled line fits one read.
+MAX_LINE = READ_BYTES
 BATCH_EVENTS = 2000
 # A busy writer waits this long between rounds, so it commits hundreds of events at a time
 # instead of a few: the database sees each event within a quarter second, and the writer's
@@ -77,6 +95,7 @@ def check_url(url: str) -> str:
     scheme = url.split(":", 1)[0].split("+", 1)[0].lower()
     if scheme not in ("sqlite", "postgresql", "postgres") or "://" not in url:
         raise ConfigError(f"unsupported database URL {redact_url(url)!r}: use sqlite:/// or postgresql://")
+    remember_secrets(url)  # hidden in every message the ledger logs
     return url
 
 
@@ -124,8 +143,10 @@ class _Sink:
             book = self.price_book(conn)
             try:
                 store.insert_spooled(conn, records, book, now)
-            except (ValueError, TypeError, ArithmeticError) as exc:  # priced out of range, bad field
-                raise BadEvent(str(exc)) from exc
+            except (ValueError, TypeError, ArithmeticError, AttributeError, LookupError) as exc:
+                # priced out of range, a field of the wrong type or shape (made into a row in
+                # Python, before the database sees it): this record, every time it is tried
+                raise BadEvent(f"{type(exc).__name__}: {str(exc)[:200]}") from exc
 
     def price_book(self, conn: Connection) -> PriceBook:
         """The price book, re-read from ``conn`` when older than :data:`PRICE_REFRESH_S`."""
@@ -151,7 +172,7 @@ class _Sink:
             self._stops_problem = False
         except Exception as exc:  # noqa: BLE001 - the writer must never die
             if not self._stops_problem:
-                why = str(exc).splitlines()[0][:200] if str(exc) else ""
+                why = redact(str(exc).splitlines()[0][:200], self.url) if str(exc) else ""
                 log.warning("ledger: cannot refresh the hard-budget stop list in %s (%s: %s); the last one "
                             "stays in force", folder, type(exc).__name__, why)
                 self._stops_problem = True
@@ -187,13 +208,70 @@ class _Reject:
     def __init__(self, folder: Path) -> None:
         self.path = folder / "rejected.jsonl"
 
+    def _open(self) -> int:
+        """``rejected.jsonl`` for appending; if that name is not a regular file of ours alone (a
+        symlink, a FIFO, another owner's), a fresh file beside it, so setting a record aside
+        never blocks the writer."""
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
+            st = os.fstat(fd)
+            if stat.S_ISREG(st.st_mode) and owned_by_us(st):
+                return fd
+            os.close(fd)
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.ENXIO):
+                raise
+        alt = self.path.with_name(f"rejected-{os.getpid()}-{time.time_ns():x}.jsonl")
+        log.error("ledger: %s is not a file of ours alone; setting records aside in %s instead", self.path, alt)
+        return os.open(alt, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+
     def keep(self, line: bytes, why: str) -> None:
         log.error("ledger: set aside a spool record in %s: %s", self.path, why)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        fd = self._open()
         try:
             _write_all(fd, line if line.endswith(b"\n") else line + b"\n")
         finally:
             os.close(fd)
+
+    def keep_span(self, src: int, start: int, stop: int, why: str) -> None:
+        """Set aside the bytes ``start:stop`` of the file ``src``, copied in pieces (a record
+        too long to read whole is never read whole)."""
+        log.error("ledger: set aside a spool record of %d bytes in %s: %s", stop - start, self.path, why)
+        fd = self._open()
+        try:
+            at, last = start, b""
+            while at < stop:
+                piece = os.pread(src, min(READ_BYTES, stop - at), at)
+                if not piece:
+                    break
+                _write_all(fd, piece)
+                at, last = at + len(piece), piece
+            if not last.endswith(b"\n"):
+                _write_all(fd, b"\n")
+        finally:
+            os.close(fd)
+
+
+def _set_aside_long(fd: int, start: int, end: int, reject: _Reject, *, final: bool) -> int | None:
+    """A record at ``start`` longer than :data:`READ_BYTES` (no newline in the first read):
+    set it aside whole and return the offset after it. If no newline comes before ``end``, the
+    record is torn when ``final`` (a dead or closed segment: set aside up to ``end``), else still
+    being written (``None``: the next round looks again)."""
+    at = start + READ_BYTES
+    while at < end:
+        piece = os.pread(fd, min(READ_BYTES, end - at), at)
+        if not piece:
+            break
+        nl = piece.find(b"\n")
+        if nl >= 0:
+            stop = at + nl + 1
+            reject.keep_span(fd, start, stop, f"record longer than {READ_BYTES} bytes")
+            return stop
+        at += len(piece)
+    if not final:
+        return None
+    reject.keep_span(fd, start, end, f"torn record longer than {READ_BYTES} bytes")
+    return end
 
 
 def _split_lines(data: bytes) -> tuple[list[bytes], int]:
@@ -242,11 +320,46 @@ def _write_checkpoint(fd: int, offset: int) -> None:
     os.pwrite(fd, f"{offset:020d}\n".encode(), 0)
 
 
-def drain_segment(path: Path, sink: _Sink, reject: _Reject) -> bool:
-    """Write what a dead process left in ``path`` and delete it. ``False`` if its owner lives."""
+_foreign_said: set[str] = set()
+
+
+def _foreign(path: Path, why: str) -> None:
+    """Say once per process that a file in the spool folder is not ours alone, and is ignored."""
+    if str(path) not in _foreign_said:
+        _foreign_said.add(str(path))
+        log.error("ledger: %s in the spool folder %s is %s; not ingested, left in place", path.name,
+                  path.parent, why)
+
+
+def _open_own(path: Path, flags: int) -> int | None:
+    """``path`` opened without following a symlink, if it is a regular file this user alone may
+    write; ``None`` (said once) if it is not, and ``FileNotFoundError`` if it is gone."""
     try:
-        fd = os.open(path, os.O_RDWR)
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
+        raise
+    except OSError as exc:
+        _foreign(path, "a symlink" if exc.errno == errno.ELOOP else f"unreadable ({exc.strerror or exc})")
+        return None
+    st = os.fstat(fd)
+    if stat.S_ISREG(st.st_mode) and owned_by_us(st):
+        return fd
+    os.close(fd)
+    _foreign(path, "not a regular file" if not stat.S_ISREG(st.st_mode) else
+             f"owned by uid {st.st_uid}" if st.st_uid != os.geteuid() else
+             f"writable by others (mode {stat.S_IMODE(st.st_mode):04o})")
+    return None
+
+
+def drain_segment(path: Path, sink: _Sink, reject: _Reject) -> bool:
+    """Write what a dead process left in ``path`` and delete it. ``False`` if its owner lives.
+    A segment that is not this user's alone (another owner, writable by others, a symlink) is
+    never ingested: it is logged and left in place."""
+    try:
+        fd = _open_own(path, os.O_RDWR)
+    except FileNotFoundError:
+        return True
+    if fd is None:
         return True
     try:
         try:
@@ -256,8 +369,18 @@ def drain_segment(path: Path, sink: _Sink, reject: _Reject) -> bool:
         if os.fstat(fd).st_nlink == 0:  # another process drained and removed it meanwhile
             return True
         ckpt = path.with_suffix(".ckpt")
-        offset = _read_checkpoint(ckpt)
-        ckpt_fd = os.open(ckpt, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            own_ckpt = _open_own(ckpt, os.O_RDONLY)
+        except FileNotFoundError:
+            own_ckpt = None
+        if own_ckpt is not None:
+            offset = _read_checkpoint_fd(own_ckpt)
+            os.close(own_ckpt)
+        else:  # none, or not ours: start over (a replay inserts nothing twice)
+            offset = 0
+            if ckpt.is_symlink() or ckpt.exists():
+                ckpt.unlink(missing_ok=True)
+        ckpt_fd = os.open(ckpt, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
             while True:
                 data = os.pread(fd, READ_BYTES, offset)
@@ -268,8 +391,10 @@ def drain_segment(path: Path, sink: _Sink, reject: _Reject) -> bool:
                     if len(data) < READ_BYTES:  # the owner died mid-line: a torn record
                         reject.keep(data, "torn last record in a dead process's spool")
                         offset += len(data)
-                        continue
-                    raise OSError(f"spool record longer than {READ_BYTES} bytes in {path}")
+                    else:
+                        offset = _set_aside_long(fd, offset, os.fstat(fd).st_size, reject, final=True) or offset
+                    _write_checkpoint(ckpt_fd, offset)
+                    continue
                 _write_lines(sink, reject, lines)
                 offset += used
                 _write_checkpoint(ckpt_fd, offset)
@@ -299,8 +424,10 @@ def orphaned_segments(folder: Path) -> list[Path]:
     out = []
     for path in sorted(folder.glob("*" + SEGMENT_SUFFIX)):
         try:
-            fd = os.open(path, os.O_RDONLY)
+            fd = _open_own(path, os.O_RDONLY)
         except FileNotFoundError:
+            continue
+        if fd is None:
             continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -314,8 +441,10 @@ def orphaned_segments(folder: Path) -> list[Path]:
 
 def _remove_if_unlocked(path: Path) -> None:
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = _open_own(path, os.O_RDONLY)
     except FileNotFoundError:
+        return
+    if fd is None:
         return
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -367,7 +496,7 @@ class Journal:
         # Attempts begun and not yet recorded (streams still being read): ended as incomplete
         # when the ledger closes (and so at interpreter exit), not left to garbage collection.
         self.open_attempts: set[OpenAttempt] = set()
-        private_dir(folder)
+        spool_folder(folder)  # ours alone, or refused
         self._open_segment()
         self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
         self._thread.start()
@@ -376,7 +505,15 @@ class Journal:
 
     def append(self, event: CallEvent) -> None:
         """Make ``event`` durable locally and hand it to the writer. Never raises."""
-        line = encode(event)
+        try:
+            line = encode(event)
+        except Exception as exc:  # noqa: BLE001 - a field of a type JSON cannot hold: never break the call
+            log.critical("ledger: event %s cannot be encoded (%s: %s); LOST", getattr(event, "event_id", "?"),
+                         type(exc).__name__, str(exc)[:200])
+            return
+        if len(line) > MAX_LINE:
+            self._too_long(line)
+            return
         with self._lock:
             if self._closed:
                 self._append_after_close(line)
@@ -393,6 +530,14 @@ class Journal:
                 self._spool_failed(line, exc)
         if self._wake_per_append or self._overflow:
             self._wake.set()
+
+    def _too_long(self, line: bytes) -> None:
+        try:
+            self._reject.keep(line, f"event {event_id_of(line)} encodes to {len(line)} bytes, too long for "
+                                    f"the spool (at most {MAX_LINE})")
+        except OSError as exc:
+            log.critical("ledger: event %s too long for the spool and not kept (%s); LOST",
+                         event_id_of(line), exc.strerror or exc)
 
     def _spool_failed(self, line: bytes, exc: OSError) -> None:
         # Undo a partial line so the next one does not fuse with it, then keep the event in
@@ -443,7 +588,7 @@ class Journal:
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         os.rename(fresh, self.segment)
         self._rfd = os.open(self.segment, os.O_RDONLY)
-        self._ckpt_fd = os.open(self.segment.with_suffix(".ckpt"), os.O_RDWR | os.O_CREAT, 0o600)
+        self._ckpt_fd = os.open(self.segment.with_suffix(".ckpt"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         self._written = self._committed = 0
 
     def _close_segment(self, remove: bool) -> None:
@@ -527,6 +672,7 @@ class Journal:
         what = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
         if isinstance(exc, (SchemaError, ConfigError)):
             what = str(exc)
+        what = redact(what, self.url)
         if what != self._problem:
             log.error("ledger: cannot write to %s (%s); events wait in %s",
                       redact_url(self.url), what, self.folder)
@@ -561,13 +707,14 @@ class Journal:
         """Write one batch of the live segment, from the checkpoint towards ``end``."""
         data = os.pread(self._rfd, min(READ_BYTES, end - self._committed), self._committed)
         lines, used = _split_lines(data)
-        if not used:
-            raise OSError("spool record longer than the read window")
-        lines = lines[:BATCH_EVENTS]
-        used = sum(len(x) + 1 for x in lines)
-        _write_lines(self._sink, self._reject, lines, trusted=True)  # our own, just written
-        self._back()
-        self._committed += used
+        if used:
+            lines = lines[:BATCH_EVENTS]
+            used = sum(len(x) + 1 for x in lines)
+            _write_lines(self._sink, self._reject, lines, trusted=True)  # our own, just written
+            self._back()
+            self._committed += used
+        else:  # a record longer than a read (not one the call path spools): set aside, go on
+            self._committed = _set_aside_long(self._rfd, self._committed, end, self._reject, final=True) or end
         try:
             _write_checkpoint(self._ckpt_fd, self._committed)
             self._ckpt_problem = False
@@ -780,6 +927,7 @@ def recover(url: str, folder: str | os.PathLike[str] | None = None) -> int:
     path = spool_dir(url, folder)
     if not path.is_dir():
         return 0
+    spool_folder(path, create=False)  # ours alone, or refused
     sink = _Sink(url)
     try:
         return drain_spool(path, sink, _Reject(path))

@@ -53,7 +53,6 @@ import io
 import json
 import os
 import re
-import tempfile
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -1038,19 +1037,12 @@ def default_path(base: Path, project: str | None, period: Period, tz: str, fmt: 
 
 
 def write_file(path: Path, data: str) -> None:
-    """Write ``data`` (UTF-8) to ``path`` atomically: a temporary file beside it, then a rename."""
+    """Write ``data`` (UTF-8) to ``path`` atomically and owner-only (:class:`~ledger.outfile.OutFile`:
+    a temporary file beside it, then a rename; never over a device, a symlink or a folder)."""
+    from .outfile import write_bytes
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".report-", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data.encode("utf-8", "replace"))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes(path, data.encode("utf-8", "replace"))
 
 
 def write_report(report: Report, fmt: str, out: Path | None = None, base: Path | None = None) -> Path:

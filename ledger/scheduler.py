@@ -66,7 +66,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import Engine, select, update
 
-from .config import ConfigError
+from .config import ConfigError, redact
 from .schema import LeaseRow
 from .store import db_now, write_transaction
 
@@ -233,8 +233,11 @@ def _run_leased(engine: Engine, name: str, seconds: int, holder: str, job: Calla
         return
     try:
         job()
-    except Exception:
-        log.exception("job %s failed; it runs again at its next time", name)
+    except Exception as exc:
+        why = str(exc).splitlines()[0][:300] if str(exc) else ""
+        log.error("job %s failed (%s: %s); it runs again at its next time", name, type(exc).__name__,
+                  redact(why))
+        log.debug("job %s failed", name, exc_info=True)
     finally:
         try:
             lease.release()

@@ -39,6 +39,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .config import owned_by_us
 from .money import Money, MoneyError, usd
 
 if TYPE_CHECKING:
@@ -157,7 +159,7 @@ class StopList:
         if seen == self._seen:
             return
         try:
-            self._stops, self._free = decode(self.path.read_bytes())
+            self._stops, self._free = decode(_read_own(self.path))
             self._complained = False
         except FileNotFoundError:  # replaced between the stat and the read: the next look finds it
             self._next = 0.0
@@ -172,6 +174,21 @@ class StopList:
             log.warning("ledger: cannot read the hard-budget stop list %s (%s); hard budgets are not "
                         "enforced until it is rewritten", self.path, why)
             self._complained = True
+
+
+def _read_own(path: Path) -> bytes:
+    """The stop file's bytes, if it is a regular file this user alone may write (never through
+    a symlink); :class:`ValueError` if not: a stop file planted by someone else is not obeyed."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or not owned_by_us(st):
+            raise ValueError(f"not a regular file of this user's alone (uid {st.st_uid}, mode "
+                             f"{stat.S_IMODE(st.st_mode):04o}); not obeyed")
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            return fh.read()
+    finally:
+        os.close(fd)
 
 
 def publish(folder: Path, stops: Sequence[Stop], free: Mapping[str, Iterable[str]]) -> bool:

@@ -32,7 +32,7 @@ from typing import Any
 from sqlalchemy import Boolean, Connection, Engine, create_engine, event, inspect, select, text
 from sqlalchemy.engine import make_url
 
-from .config import ConfigError, private_dir, redact_url
+from .config import ConfigError, private_dir, redact_url, remember_secrets
 from .events import CallEvent, json_encoder, new_event_id
 from .money import Money
 from .pricing import BUILTIN_PRICES, Charge, PriceBook, PricePoint, charge_nanos
@@ -105,6 +105,7 @@ def _wal_once(path: Path) -> None:
 
 
 def make_engine(url: str) -> Engine:
+    remember_secrets(url)  # hidden in every message the ledger logs (config.redact)
     url = normalize_url(url)
     path = sqlite_path(url)
     if path is not None:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import journal
-from .config import redact_url
+from .config import log_to_stderr, redact, redact_url, remember_secrets
 
 log = logging.getLogger("ledger.writer")
 
@@ -53,7 +53,15 @@ class _Segment:
             data = os.pread(self.fd, min(journal.READ_BYTES, end - self.offset), self.offset)
             lines, used = journal._split_lines(data)
             if not used:
-                return  # a line being written: the next round takes it
+                if len(data) < journal.READ_BYTES:
+                    return  # a line being written: the next round takes it
+                # longer than a read (never a line the call path spools): set aside, go on
+                after = journal._set_aside_long(self.fd, self.offset, end, reject, final=False)
+                if after is None:
+                    return  # its end is not written yet
+                self.offset = after
+                journal._write_checkpoint(self.ckpt_fd, self.offset)
+                continue
             lines = lines[:journal.BATCH_EVENTS]
             used = sum(len(x) + 1 for x in lines)
             journal._write_lines(sink, reject, lines, trusted=True)  # the parent's own lines
@@ -78,6 +86,7 @@ def _commands(fd: int, timeout: float) -> list[bytes] | None:
 
 
 def run(url: str, folder: Path, segment: Path) -> int:
+    remember_secrets(url)
     sink = journal._Sink(url)
     reject = journal._Reject(folder)
     seg = _Segment(segment)
@@ -100,7 +109,7 @@ def run(url: str, folder: Path, segment: Path) -> int:
                 backoff = 0.1
                 wait = journal.LINGER_S
             except Exception as exc:  # the writer must never die on a database problem
-                what = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+                what = redact(f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}", url)
                 if what != problem:
                     log.error("ledger writer: cannot write to %s (%s); events wait in %s",
                               redact_url(url), what, folder)
@@ -134,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: LEDGER_WRITER_URL=... python -m ledger.writer FOLDER SEGMENT (the ledger starts it)",
               file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    log_to_stderr(logging.WARNING)
     # Ctrl-C in a terminal reaches the whole process group: the parent decides when to stop
     # (it closes our input); dying mid-batch here would only hand the work back to it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
