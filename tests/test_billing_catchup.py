@@ -90,12 +90,12 @@ CHILD = textwrap.dedent("""
     import os, signal, sys
     from datetime import datetime, UTC
     from pathlib import Path
-    from ledger import focus, store
+    from ledger import focus, outfile, store
 
     def die(src, dst):  # the process dies for real between the commit and the rename
         os.kill(os.getpid(), signal.SIGKILL)
 
-    focus.os.replace = die
+    outfile.os.replace = die  # (the one place files are renamed into place)
     engine = store.make_engine(sys.argv[1])
     focus.catch_up(engine, datetime.fromisoformat(sys.argv[2]), Path(sys.argv[3]))
 """)

@@ -157,11 +157,11 @@ def test_an_oversize_line_is_never_spooled(db_url: str, tmp_path: Path, monkeypa
     """Should a clipped event still encode longer than the read window, it goes straight to
     ``rejected.jsonl`` with a loud line and never into the segment."""
     caplog.set_level(logging.ERROR, logger="ledger.journal")
-    monkeypatch.setattr(journal, "MAX_LINE", 300)
+    monkeypatch.setattr(journal, "MAX_LINE", 400)
     spool = tmp_path / "spool"
     j = journal.journal_for(db_url, spool)
-    big, small = _event("p" * 150), _event("ok")
-    assert len(encode(big)) > 300 >= len(encode(small))
+    big, small = _event("p" * 190), _event("ok")
+    assert len(encode(big)) > 400 >= len(encode(small))
     j.append(big)
     j.append(small)
     assert j.flush(20)
