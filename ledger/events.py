@@ -129,7 +129,7 @@ def normalize_tags(tags: Mapping[str, Any] | None) -> tuple[tuple[str, str], ...
 
 @dataclass(frozen=True, slots=True)
 class CallEvent:
-    """One attempt at a chat completion, as the caller's process saw it.
+    """One attempt at a completion (chat, or legacy text), as the caller's process saw it.
 
     Attributes:
         event_id: time-ordered UUIDv7; the ledger's idempotency key.

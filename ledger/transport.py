@@ -3,8 +3,9 @@
 :class:`RecordingTransport` (and :class:`AsyncRecordingTransport`) wrap any httpx (or httpx2)
 transport, following httpx's own contract: ``handle_request(request) -> response``, with the
 response body wrapped by a stream whose ``__iter__`` passes chunks through untouched and whose
-``close()`` does the bookkeeping. Every ``/v1/chat/completions`` attempt (direct, or through
-Lava's ``/v1/forward?u=…``) yields exactly one event, handed to the journal when the attempt ends:
+``close()`` does the bookkeeping. Every attempt at a billed endpoint (:data:`ENDPOINTS`:
+``/v1/chat/completions`` and the legacy ``/v1/completions``; direct, or through Lava's
+``/v1/forward?u=…``) yields exactly one event, handed to the journal when the attempt ends:
 
 * ``ok``: the body (JSON, or the event stream) arrived whole; usage read from the wire.
 * ``error``: an HTTP error status, an error event inside a stream, or a transport failure

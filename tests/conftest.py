@@ -72,6 +72,17 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture
+def engine(db_url: str) -> Iterator[sa.Engine]:
+    """An engine on a fresh ledger (``db_url``), migrated to the head."""
+    from ledger import store
+
+    eng = store.make_engine(db_url)
+    store.ensure_schema(eng)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
 def ledger_env(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
     """Point the process at a fresh ledger: its database, spool and home under ``tmp_path``."""
     env = {

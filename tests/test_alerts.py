@@ -10,7 +10,7 @@ import logging
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -34,14 +34,6 @@ NANO = 1
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[sa.Engine]:
-    eng = store.make_engine(db_url)
-    store.ensure_schema(eng)
-    yield eng
-    eng.dispose()
 
 
 def spend(

@@ -24,14 +24,6 @@ from .test_focus import AUG, OCT, SEP, at, event, write
 NOV = "2026-11"
 
 
-@pytest.fixture
-def engine(db_url: str) -> Any:
-    eng = store.make_engine(db_url)
-    store.ensure_schema(eng)
-    yield eng
-    eng.dispose()
-
-
 def issued(engine: sa.Engine) -> list[str]:
     with engine.connect() as conn:
         return [m for (m,) in conn.execute(sa.text("SELECT month FROM billing_exports ORDER BY month"))]

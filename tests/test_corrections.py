@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -31,14 +30,6 @@ from ledger.wire import Usage
 T0 = datetime(2026, 10, 5, 12, tzinfo=UTC)
 SINCE, UNTIL = datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC)
 NEW_IN, NEW_OUT = 500, 1000  # nano-dollars per token: 0.50 / 1.00 USD per million
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[sa.Engine]:
-    eng = store.make_engine(db_url)
-    store.ensure_schema(eng)
-    yield eng
-    eng.dispose()
 
 
 def _event(i: int, tags: tuple[tuple[str, str], ...] = (("feature", "chat"),)) -> CallEvent:

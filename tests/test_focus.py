@@ -72,14 +72,6 @@ def add_point(engine: sa.Engine, book: str, model: str, inp: str, out: str, when
         store.insert_prices(conn, [pricedb.new_point(book, model, inp, out, cached_per_m=cached, effective_from=when)])
 
 
-@pytest.fixture
-def engine(db_url: str) -> Any:
-    eng = store.make_engine(db_url)
-    store.ensure_schema(eng)
-    yield eng
-    eng.dispose()
-
-
 def export(engine: sa.Engine, month: str, path: Path, fmt: str = "csv", **kw: Any) -> focus.BillingExport:
     return focus.export_billing(engine, month, path, fmt, **kw)
 

@@ -47,14 +47,6 @@ DATED = re.compile(r"\d{4}-\d{2}-\d{2}|@")
 PASCAL = re.compile(r"[A-Z][A-Za-z0-9]*")
 
 
-@pytest.fixture
-def engine(db_url: str) -> Any:
-    eng = store.make_engine(db_url)
-    store.ensure_schema(eng)
-    yield eng
-    eng.dispose()
-
-
 # -- the validator, in its own venv ---------------------------------------------------------------
 
 

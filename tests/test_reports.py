@@ -14,7 +14,6 @@ import random
 import shutil
 import subprocess
 from collections import defaultdict
-from collections.abc import Iterator
 from datetime import UTC, date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from html.parser import HTMLParser
@@ -112,14 +111,6 @@ def _spread(
         )
         for _ in range(n)
     ]
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[sa.Engine]:
-    eng = store.make_engine(db_url)
-    store.ensure_schema(eng)
-    yield eng
-    eng.dispose()
 
 
 # -- the independent expectation ---------------------------------------------------------------

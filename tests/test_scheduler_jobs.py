@@ -13,7 +13,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,14 +26,6 @@ from ledger.schema import LeaseRow
 
 from .test_alerts import alert_rows, spend
 from .test_delivery import Hostile
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[sa.Engine]:
-    eng = store.make_engine(db_url)
-    store.ensure_schema(eng)
-    yield eng
-    eng.dispose()
 
 
 def wait_until(check: Any, limit: float = 90) -> bool:

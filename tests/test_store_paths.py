@@ -10,11 +10,9 @@ both paths on SQLite and PostgreSQL, and every column of every row, and every ta
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
-import pytest
 import sqlalchemy as sa
 
 from ledger import journal, store
@@ -48,14 +46,6 @@ def _events(n: int, seed: int) -> list[CallEvent]:
             tags=normalize_tags({rnd.choice(ODD): rnd.choice(ODD) for _ in range(rnd.randint(0, 4))}),
             source=rnd.choice(["wrapper", "transport", "x" * 30]), note=opt()))
     return out
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[sa.Engine]:
-    eng = store.make_engine(db_url)
-    store.ensure_schema(eng)
-    yield eng
-    eng.dispose()
 
 
 def _rows(engine: sa.Engine, ids: list[str]) -> tuple[list[dict[str, Any]], list[tuple[Any, ...]]]:

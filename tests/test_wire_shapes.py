@@ -22,10 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import cerebras.cloud.sdk as cerebras_sdk
 import httpx
-import httpx2
-import openai
 import pytest
 
 import ledger
