@@ -751,21 +751,34 @@ class _RequestFacts:
 
 
 def _request_facts(request: Any) -> _RequestFacts:
+    """The request's :class:`_RequestFacts`, found the way :func:`_requested_model` finds the
+    model: a key met once (the usual case) is read where it stands; one met more than once (a
+    tool schema with a property named ``stream``, say) sends a small body to the parser."""
     try:
         content = request.content
     except Exception:
         return _RequestFacts(None, False, None)
     model = _requested_model(content)
-    stream = False
-    tier: str | None = None
-    at = content.find(b'"stream"')
-    if at >= 0:
-        found = _STREAM_KEY.match(content, at)
-        stream = found is not None and found.group(1) == b"true"
-    at = content.find(b'"service_tier"')
-    if at >= 0 and (found := _TIER_KEY.match(content, at)) is not None:
+    stream_at, tier_at = content.find(b'"stream"'), content.find(b'"service_tier"')
+    if stream_at < 0 and tier_at < 0:
+        return _RequestFacts(model, False, None)
+    again = ((stream_at >= 0 and content.find(b'"stream"', stream_at + 8) >= 0)
+             or (tier_at >= 0 and content.find(b'"service_tier"', tier_at + 14) >= 0))
+    if again and len(content) <= PARSE_LIMIT:
+        try:
+            body = json.loads(content)
+        except ValueError:
+            body = None
+        if isinstance(body, dict):
+            tier = body.get("service_tier")
+            ok = isinstance(tier, str) and _TIER_VALUE.fullmatch(tier) is not None
+            return _RequestFacts(model, body.get("stream") is True, tier if ok else None)
+    stream = tier = None
+    if stream_at >= 0 and (found := _STREAM_KEY.match(content, stream_at)) is not None:
+        stream = found.group(1) == b"true"
+    if tier_at >= 0 and (found := _TIER_KEY.match(content, tier_at)) is not None:
         tier = found.group(1).decode("ascii")
-    return _RequestFacts(model, stream, tier)
+    return _RequestFacts(model, bool(stream), tier)
 
 
 def _requested_model(content: bytes) -> str | None:
@@ -800,6 +813,7 @@ _MODEL_KEY = re.compile(rb'"model"\s*:\s*("(?:[^"\\]|\\.)*")')
 _PLAIN_STRING = re.compile(rb'"[ -!#-\[\]-~]*"')  # printable ASCII, no escapes: its JSON value is itself
 _STREAM_KEY = re.compile(rb'"stream"\s*:\s*(true|false)')
 _TIER_KEY = re.compile(rb'"service_tier"\s*:\s*"([A-Za-z0-9_.-]{1,32})"')
+_TIER_VALUE = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 
 
 class RecordingTransport(httpx.BaseTransport):

@@ -475,3 +475,20 @@ def test_an_abandoned_stream_is_recorded_before_exit(how: str, ledger_env: dict[
     (row,) = rows
     assert row["status"] == "incomplete" and row["upstream_id"] == body["id"]
     assert "abandoned" in row["note"]
+
+
+@pytest.mark.parametrize(("body", "stream", "tier"), [
+    ({"model": "m", "stream": True, "service_tier": "priority"}, True, "priority"),
+    ({"model": "m", "messages": [{"role": "user", "content": '"stream": true, "service_tier": "flex"'}]},
+     False, None),  # inside a prompt, quotes are escaped: never read as the request's keys
+    ({"model": "m", "tools": [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"stream": {"type": "boolean"}}}}}], "stream": True}, True, None),
+    ({"model": "m", "stream": False, "service_tier": "x" * 40}, False, None),  # no such tier: not kept
+    ({"model": "m", "stream": "yes"}, False, None),
+])
+def test_the_request_facts_are_its_top_level_keys(body: dict[str, Any], stream: bool, tier: str | None) -> None:
+    from ledger.transport import _request_facts
+
+    facts = _request_facts(httpx.Request("POST", "http://127.0.0.1/v1/chat/completions",
+                                         content=json.dumps(body).encode()))
+    assert (facts.model, facts.stream, facts.service_tier) == ("m", stream, tier)
