@@ -69,7 +69,7 @@ class _Settings:
             raise ConfigError("no credentials: pass api_key=... or set CEREBRAS_API_KEY "
                               "(or LAVA_FORWARD_TOKEN to go through Lava)")
         secret = self.forward_token or self.api_key or ""
-        # one URL per endpoint the client offers (see ledger.transport.ENDPOINTS)
+        # one URL per endpoint the client offers (see ledger.events.ENDPOINT_PATHS)
         self.urls = {path: httpx.URL(self._url(path)) for path in ("chat/completions", "completions")}
         self.url = str(self.urls["chat/completions"])
         self.parsed_url = self.urls["chat/completions"]

@@ -48,7 +48,14 @@ Route = Literal["cerebras", "lava"]
 STATUSES: tuple[str, ...] = ("ok", "error", "incomplete")
 ROUTES: tuple[str, ...] = ("cerebras", "lava")
 _SPOOL_VERSION = 2  # version 1 records (22 fields, 5 usage counts) are still read
-ENDPOINTS: tuple[str, ...] = ("chat.completions", "completions")
+# The billed endpoints, by name, with the end of their request path: the one table (the transport
+# records what matches it, the spool accepts what is in it). A new endpoint is one line here.
+# Checked in order, so /chat/completions is never taken for the legacy /completions.
+ENDPOINT_PATHS: tuple[tuple[str, str], ...] = (
+    ("chat.completions", "/chat/completions"),
+    ("completions", "/completions"),
+)
+ENDPOINTS: tuple[str, ...] = tuple(name for name, _ in ENDPOINT_PATHS)
 
 log = logging.getLogger("ledger.events")
 

@@ -3,7 +3,7 @@
 :class:`RecordingTransport` (and :class:`AsyncRecordingTransport`) wrap any httpx (or httpx2)
 transport, following httpx's own contract: ``handle_request(request) -> response``, with the
 response body wrapped by a stream whose ``__iter__`` passes chunks through untouched and whose
-``close()`` does the bookkeeping. Every attempt at a billed endpoint (:data:`ENDPOINTS`:
+``close()`` does the bookkeeping. Every attempt at a billed endpoint (``events.ENDPOINT_PATHS``:
 ``/v1/chat/completions`` and the legacy ``/v1/completions``; direct, or through Lava's
 ``/v1/forward?u=…``) yields exactly one event, handed to the journal when the attempt ends:
 
@@ -45,7 +45,7 @@ import httpx
 
 from .config import ConfigError, check_project, is_lava_byok
 from .config import database_url as resolve_url
-from .events import CallEvent, Route, Status, new_event_id, normalize_tags
+from .events import ENDPOINT_PATHS, CallEvent, Route, Status, new_event_id, normalize_tags
 from .journal import Journal, journal_for
 from .stops import Stop
 from .wire import Skeleton, SSEDecoder, TimeInfo, Usage, error_from, time_info_from, usage_from
@@ -64,12 +64,6 @@ REFUSAL_CODE = "hard_budget_spent"
 # of many small strings, such as a long list of tool calls.)
 BIG_EVENT = 1024 * 1024
 BIG_BODY = 16 * 1024 * 1024
-# The endpoints the ledger records, by the end of their path: a new billed endpoint is one line.
-# (Checked in order, so /chat/completions is not taken for the legacy /completions.)
-ENDPOINTS: tuple[tuple[str, str], ...] = (
-    ("/chat/completions", "chat.completions"),
-    ("/completions", "completions"),
-)
 # The project of a call that names none, or whose x-ledger-project was refused: its cost is
 # kept (and shows in reports under this name) rather than lost.
 UNATTRIBUTED = "(unattributed)"  # we keep at most this much of a JSON body to read usage from
@@ -89,14 +83,14 @@ class _Target:
 
 
 def _endpoint(path: str) -> str | None:
-    for suffix, name in ENDPOINTS:
+    for name, suffix in ENDPOINT_PATHS:
         if path.endswith(suffix):
             return name
     return None
 
 
 def _target(request: Any) -> _Target | None:
-    """Whether ``request`` is a billed completion (:data:`ENDPOINTS`), and by which route.
+    """Whether ``request`` is a billed completion (:data:`ledger.events.ENDPOINT_PATHS`), and by which route.
 
     Lava's forward proxy is ``…/v1/forward?u=<target>``; SDKs pointed at it with a ``base_url``
     of ``…/v1/forward?u=<base>`` send ``…/v1/forward/chat/completions?u=<base>``, so the target
