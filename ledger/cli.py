@@ -195,10 +195,9 @@ def chat(ctx: click.Context, model: str, message: str | None, stream: bool, proj
     params: dict[str, Any] = {} if max_tokens is None else {"max_tokens": max_tokens}
     with CerebrasClient(project, database_url=ctx.obj["url"], tags=tag_map) as client:
         try:
-            reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": text}],
-                                                   stream=stream, **params)
+            messages = [{"role": "user", "content": text}]
             if stream:
-                for chunk in reply:
+                for chunk in client.chat.completions.create(model=model, messages=messages, stream=True, **params):
                     if fmt == "json":
                         click.echo(json.dumps(chunk))
                         continue
@@ -206,7 +205,9 @@ def chat(ctx: click.Context, model: str, message: str | None, stream: bool, proj
                         click.echo((choice.get("delta") or {}).get("content") or "", nl=False)
                 if fmt == "text":
                     click.echo()
-            elif fmt == "json":
+                return
+            reply = client.chat.completions.create(model=model, messages=messages, **params)
+            if fmt == "json":
                 click.echo(json.dumps(reply))
             else:
                 for choice in reply.get("choices") or []:

@@ -28,7 +28,7 @@ import os
 import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator, Mapping
-from typing import Any
+from typing import Any, Literal, cast, overload
 from urllib.parse import quote
 
 import httpx
@@ -43,7 +43,7 @@ from .errors import (
     status_class,
     status_error,
 )
-from .transport import AsyncRecordingTransport, RecordingTransport
+from .transport import ATTEMPT, CALL_OPTIONS, AsyncRecordingTransport, CallOptions, RecordingTransport
 from .wire import SSEDecoder
 
 __all__ = ["AsyncCerebrasClient", "AsyncStream", "CerebrasClient", "Stream"]
@@ -101,8 +101,9 @@ class _Settings:
             headers["accept"] = "text/event-stream"
         if extra_headers:
             headers.update(extra_headers)
-        ext = {"ledger": {"project": check_project(project) if project else None, "tags": tags, "model": model},
-               "timeout": timeout}
+        options: CallOptions = {"project": check_project(project) if project else None, "tags": tags,
+                                "model": model}
+        ext = {CALL_OPTIONS: options, "timeout": timeout}
         return httpx.Request("POST", self.urls[path], content=json.dumps(body).encode(), headers=headers,
                              extensions=ext)
 
@@ -153,7 +154,7 @@ def _json_or_none(response: httpx.Response) -> Any:
 
 def _ok_body(response: httpx.Response) -> dict[str, Any]:
     # The recording transport already decoded this body to read its usage: reuse that.
-    attempt = response.extensions.get("ledger.attempt")
+    attempt = response.extensions.get(ATTEMPT)
     body = getattr(attempt, "body", None)
     if body is None:
         body = _json_or_none(response)
@@ -277,10 +278,28 @@ class _Completions:
     def __init__(self, client: CerebrasClient) -> None:
         self._client = client
 
+    @overload
+    def create(self, *, model: str, messages: Any, stream: Literal[False] = False,
+               extra_headers: Mapping[str, str] | None = None, timeout: Any = None,
+               tags: Mapping[str, Any] | None = None, project: str | None = None,
+               **params: Any) -> dict[str, Any]: ...
+
+    @overload
+    def create(self, *, model: str, messages: Any, stream: Literal[True],
+               extra_headers: Mapping[str, str] | None = None, timeout: Any = None,
+               tags: Mapping[str, Any] | None = None, project: str | None = None,
+               **params: Any) -> Stream: ...
+
+    @overload
+    def create(self, *, model: str, messages: Any, stream: bool,
+               extra_headers: Mapping[str, str] | None = None, timeout: Any = None,
+               tags: Mapping[str, Any] | None = None, project: str | None = None,
+               **params: Any) -> dict[str, Any] | Stream: ...
+
     def create(self, *, model: str, messages: Any, stream: bool = False,
                extra_headers: Mapping[str, str] | None = None, timeout: Any = None,
                tags: Mapping[str, Any] | None = None, project: str | None = None,
-               **params: Any) -> Any:
+               **params: Any) -> dict[str, Any] | Stream:
         """Send a chat completion; a dict, or a :class:`Stream` of chunk dicts when ``stream=True``."""
         c = self._client
         request = c._settings.build(model, messages, stream, extra_headers,
@@ -294,10 +313,28 @@ class _TextCompletions:
     def __init__(self, client: CerebrasClient) -> None:
         self._client = client
 
+    @overload
+    def create(self, *, model: str, prompt: Any, stream: Literal[False] = False,
+               extra_headers: Mapping[str, str] | None = None, timeout: Any = None,
+               tags: Mapping[str, Any] | None = None, project: str | None = None,
+               **params: Any) -> dict[str, Any]: ...
+
+    @overload
+    def create(self, *, model: str, prompt: Any, stream: Literal[True],
+               extra_headers: Mapping[str, str] | None = None, timeout: Any = None,
+               tags: Mapping[str, Any] | None = None, project: str | None = None,
+               **params: Any) -> Stream: ...
+
+    @overload
+    def create(self, *, model: str, prompt: Any, stream: bool,
+               extra_headers: Mapping[str, str] | None = None, timeout: Any = None,
+               tags: Mapping[str, Any] | None = None, project: str | None = None,
+               **params: Any) -> dict[str, Any] | Stream: ...
+
     def create(self, *, model: str, prompt: Any, stream: bool = False,
                extra_headers: Mapping[str, str] | None = None, timeout: Any = None,
                tags: Mapping[str, Any] | None = None, project: str | None = None,
-               **params: Any) -> Any:
+               **params: Any) -> dict[str, Any] | Stream:
         """Send a text completion; a dict, or a :class:`Stream` of chunk dicts when ``stream=True``."""
         c = self._client
         request = c._settings.build(model, prompt, stream, extra_headers,
@@ -306,7 +343,7 @@ class _TextCompletions:
         return _send_sync(c, request, stream)
 
 
-def _send_sync(c: CerebrasClient, request: httpx.Request, stream: bool) -> Any:
+def _send_sync(c: CerebrasClient, request: httpx.Request, stream: bool) -> dict[str, Any] | Stream:
     """Send ``request`` with the SDK's retries; the body, or a :class:`Stream`."""
     for attempt in range(c.max_retries + 1):
         last = attempt == c.max_retries
@@ -400,7 +437,8 @@ class CerebrasClient:
         if self._closed:
             raise RuntimeError("Cannot send a request, as the client has been closed.")
         try:
-            response: httpx.Response = self.transport.handle_request(request)
+            # the client's own transport wraps an httpx.HTTPTransport: its responses are httpx's
+            response = cast(httpx.Response, self.transport.handle_request(request))
         except httpx.RequestError as exc:
             _attach(exc, request)
             raise
@@ -424,10 +462,28 @@ class _AsyncCompletions:
     def __init__(self, client: AsyncCerebrasClient) -> None:
         self._client = client
 
+    @overload
+    async def create(self, *, model: str, messages: Any, stream: Literal[False] = False,
+              extra_headers: Mapping[str, str] | None = None, timeout: Any = None,
+              tags: Mapping[str, Any] | None = None, project: str | None = None,
+              **params: Any) -> dict[str, Any]: ...
+
+    @overload
+    async def create(self, *, model: str, messages: Any, stream: Literal[True],
+              extra_headers: Mapping[str, str] | None = None, timeout: Any = None,
+              tags: Mapping[str, Any] | None = None, project: str | None = None,
+              **params: Any) -> AsyncStream: ...
+
+    @overload
+    async def create(self, *, model: str, messages: Any, stream: bool,
+              extra_headers: Mapping[str, str] | None = None, timeout: Any = None,
+              tags: Mapping[str, Any] | None = None, project: str | None = None,
+              **params: Any) -> dict[str, Any] | AsyncStream: ...
+
     async def create(self, *, model: str, messages: Any, stream: bool = False,
-                     extra_headers: Mapping[str, str] | None = None, timeout: Any = None,
-                     tags: Mapping[str, Any] | None = None, project: str | None = None,
-                     **params: Any) -> Any:
+              extra_headers: Mapping[str, str] | None = None, timeout: Any = None,
+              tags: Mapping[str, Any] | None = None, project: str | None = None,
+              **params: Any) -> dict[str, Any] | AsyncStream:
         """Send a chat completion; a dict, or an :class:`AsyncStream` when ``stream=True``."""
         c = self._client
         request = c._settings.build(model, messages, stream, extra_headers,
@@ -441,10 +497,28 @@ class _AsyncTextCompletions:
     def __init__(self, client: AsyncCerebrasClient) -> None:
         self._client = client
 
+    @overload
+    async def create(self, *, model: str, prompt: Any, stream: Literal[False] = False,
+              extra_headers: Mapping[str, str] | None = None, timeout: Any = None,
+              tags: Mapping[str, Any] | None = None, project: str | None = None,
+              **params: Any) -> dict[str, Any]: ...
+
+    @overload
+    async def create(self, *, model: str, prompt: Any, stream: Literal[True],
+              extra_headers: Mapping[str, str] | None = None, timeout: Any = None,
+              tags: Mapping[str, Any] | None = None, project: str | None = None,
+              **params: Any) -> AsyncStream: ...
+
+    @overload
+    async def create(self, *, model: str, prompt: Any, stream: bool,
+              extra_headers: Mapping[str, str] | None = None, timeout: Any = None,
+              tags: Mapping[str, Any] | None = None, project: str | None = None,
+              **params: Any) -> dict[str, Any] | AsyncStream: ...
+
     async def create(self, *, model: str, prompt: Any, stream: bool = False,
-                     extra_headers: Mapping[str, str] | None = None, timeout: Any = None,
-                     tags: Mapping[str, Any] | None = None, project: str | None = None,
-                     **params: Any) -> Any:
+              extra_headers: Mapping[str, str] | None = None, timeout: Any = None,
+              tags: Mapping[str, Any] | None = None, project: str | None = None,
+              **params: Any) -> dict[str, Any] | AsyncStream:
         """Send a text completion; a dict, or an :class:`AsyncStream` when ``stream=True``."""
         c = self._client
         request = c._settings.build(model, prompt, stream, extra_headers,
@@ -453,7 +527,7 @@ class _AsyncTextCompletions:
         return await _send_async(c, request, stream)
 
 
-async def _send_async(c: AsyncCerebrasClient, request: httpx.Request, stream: bool) -> Any:
+async def _send_async(c: AsyncCerebrasClient, request: httpx.Request, stream: bool) -> dict[str, Any] | AsyncStream:
     """The async twin of :func:`_send_sync`."""
     import asyncio  # here, not at the top: asyncio costs 60 ms to import, and sync callers never need it
 
@@ -523,7 +597,7 @@ class AsyncCerebrasClient:
         if self._closed:
             raise RuntimeError("Cannot send a request, as the client has been closed.")
         try:
-            response: httpx.Response = await self.transport.handle_async_request(request)
+            response = cast(httpx.Response, await self.transport.handle_async_request(request))
         except httpx.RequestError as exc:
             _attach(exc, request)
             raise

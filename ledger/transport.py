@@ -38,7 +38,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import ModuleType
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypedDict, TypeVar
 from urllib.parse import parse_qs, unquote
 
 import httpx
@@ -50,9 +50,60 @@ from .journal import Journal, journal_for
 from .stops import Stop
 from .wire import Skeleton, SSEDecoder, TimeInfo, Usage, error_from, time_info_from, usage_from
 
-__all__ = ["AsyncRecordingTransport", "RecordingTransport", "instrument"]
+__all__ = ["ATTEMPT", "CALL_OPTIONS", "AsyncRecordingTransport", "CallOptions", "HTTPRequest", "HTTPResponse",
+           "RecordingTransport", "instrument"]
 
 log = logging.getLogger("ledger")
+
+class CallOptions(TypedDict, total=False):
+    """What the wrapper client hands its transport with a request, in
+    ``request.extensions[CALL_OPTIONS]``: the call's project and tags (they beat the transport's
+    defaults) and the model it asked for (so the body need not be scanned for it)."""
+
+    project: str | None
+    tags: Mapping[str, Any] | None
+    model: str | None
+
+
+CALL_OPTIONS = "ledger"  # the request extension holding a :class:`CallOptions`
+ATTEMPT = "ledger.attempt"  # the response extension holding its :class:`Attempt` (the decoded body, for the wrapper)
+
+
+class HTTPRequest(Protocol):
+    """What the transport reads of a request: ``httpx.Request`` and ``httpx2.Request`` alike."""
+
+    headers: Any  # httpx.Headers (or httpx2's): raw pairs, pop()
+    extensions: dict[str, Any]
+
+    @property
+    def url(self) -> Any: ...  # httpx.URL (or httpx2's): path, query
+
+    @property
+    def content(self) -> bytes: ...
+
+
+class HTTPResponse(Protocol):
+    """What the transport reads and wraps of a response: httpx's and httpx2's alike."""
+
+    status_code: int
+    headers: Any
+    stream: Any  # its SyncByteStream / AsyncByteStream, replaced by the recording wrapper
+    extensions: dict[str, Any]
+
+
+class SyncTransport(Protocol):
+    """The inner transport: httpx's (or httpx2's) ``HTTPTransport``, or any that quacks alike."""
+
+    def handle_request(self, request: Any) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+class AsyncTransport(Protocol):
+    async def handle_async_request(self, request: Any) -> Any: ...
+
+    async def aclose(self) -> None: ...
+
 
 PROJECT_HEADER = "x-ledger-project"
 TAGS_HEADER = "x-ledger-tags"
@@ -635,7 +686,7 @@ class _Recorder:
         self.journal = journal or journal_for(resolve_url(database_url), spool_dir)
         self.source = source
 
-    def begin(self, request: Any) -> Attempt | None:
+    def begin(self, request: HTTPRequest) -> Attempt | None:
         try:
             headers = request.headers
             # Ours, so removed first and always: they never leave the process, chat or not.
@@ -650,11 +701,11 @@ class _Recorder:
             tags = self.tags
             model: str | None = None
             notes: list[str] = []
-            ext = request.extensions.get("ledger")
+            ext: CallOptions | None = request.extensions.get(CALL_OPTIONS)
             if ext:
                 project = ext.get("project") or project
-                if ext.get("tags"):
-                    tags = normalize_tags({**dict(tags), **ext["tags"]})
+                if call_tags := ext.get("tags"):
+                    tags = normalize_tags({**dict(tags), **call_tags})
                 model = ext.get("model")
             if raw_project is not None:
                 try:
@@ -688,7 +739,7 @@ class _Recorder:
             log.exception("ledger: could not check the hard budget of project %r; the call goes ahead", project)
         return attempt
 
-    def refuse(self, attempt: Attempt, request: Any) -> Any:
+    def refuse(self, attempt: Attempt, request: HTTPRequest) -> HTTPResponse | None:
         """Answer a call whose project's hard budget is spent, without sending it: a 402 with a
         Cerebras-shaped error body, recorded as an ``error`` event that costs nothing. ``None``
         if the answer cannot be made (logged): the call then goes ahead, as if not stopped."""
@@ -700,7 +751,7 @@ class _Recorder:
             body = json.dumps({"message": message, "type": "budget_exceeded_error", "param": "model",
                                "code": REFUSAL_CODE}).encode()
             http = sys.modules[type(request).__module__.split(".", 1)[0]]  # httpx's or httpx2's
-            response = http.Response(402, headers=[(b"content-type", b"application/json"),
+            response: HTTPResponse = http.Response(402, headers=[(b"content-type", b"application/json"),
                                                    (REFUSED_HEADER.encode(), b"hard-budget")],
                                      content=body, request=request)
         except Exception:
@@ -722,12 +773,12 @@ class _Recorder:
             if isinstance(attempt, Attempt) and attempt.owner is self:
                 attempt.abandon("response abandoned: its client was closed before the body was read")
 
-    def wrap(self, attempt: Attempt, response: Any, *, is_async: bool) -> Any:
+    def wrap(self, attempt: Attempt, response: HTTPResponse, *, is_async: bool) -> HTTPResponse:
         try:
             http = sys.modules[type(response).__module__.split(".", 1)[0]]  # httpx, or httpx2
             tap = _BodyTap(attempt, attempt.on_response(response), http)
             response.stream = _stream_class(type(response).__module__, is_async)(response.stream, tap)
-            response.extensions["ledger.attempt"] = attempt
+            response.extensions[ATTEMPT] = attempt
         except Exception:
             log.exception("ledger: could not watch a response; recorded without its body")
             attempt.finish("ok" if response.status_code < 400 else "error", "response not readable by ledger")
@@ -823,7 +874,7 @@ class RecordingTransport(httpx.BaseTransport):
     def __init__(self, inner: Any = None, *, project: str | None = None, tags: Mapping[str, Any] | None = None,
                  database_url: str | None = None, spool_dir: str | None = None,
                  journal: Journal | None = None, source: str = "transport", flush_timeout: float = 5.0) -> None:
-        self.inner = inner if inner is not None else httpx.HTTPTransport()
+        self.inner: SyncTransport = inner if inner is not None else httpx.HTTPTransport()
         self.recorder = _Recorder(project, tags, database_url, spool_dir, journal, source)
         self.flush_timeout = flush_timeout
 
@@ -831,10 +882,13 @@ class RecordingTransport(httpx.BaseTransport):
     def journal(self) -> Journal:
         return self.recorder.journal
 
-    def handle_request(self, request: Any) -> Any:
+    # The request is httpx's or httpx2's (a Protocol covers both); the response is whatever the
+    # inner transport made, httpx's or httpx2's, so it is typed by what both offer, not as httpx's.
+    def handle_request(self, request: HTTPRequest) -> HTTPResponse:  # type: ignore[override]
         attempt = self.recorder.begin(request)
-        if attempt is None:
-            return self.inner.handle_request(request)
+        if attempt is None:  # not a billed endpoint: passed through untouched
+            passed: HTTPResponse = self.inner.handle_request(request)
+            return passed
         if attempt.refusal is not None and (refused := self.recorder.refuse(attempt, request)) is not None:
             return refused
         try:
@@ -858,7 +912,7 @@ class AsyncRecordingTransport(httpx.AsyncBaseTransport):
     def __init__(self, inner: Any = None, *, project: str | None = None, tags: Mapping[str, Any] | None = None,
                  database_url: str | None = None, spool_dir: str | None = None,
                  journal: Journal | None = None, source: str = "transport", flush_timeout: float = 5.0) -> None:
-        self.inner = inner if inner is not None else httpx.AsyncHTTPTransport()
+        self.inner: AsyncTransport = inner if inner is not None else httpx.AsyncHTTPTransport()
         self.recorder = _Recorder(project, tags, database_url, spool_dir, journal, source)
         self.flush_timeout = flush_timeout
 
@@ -866,10 +920,11 @@ class AsyncRecordingTransport(httpx.AsyncBaseTransport):
     def journal(self) -> Journal:
         return self.recorder.journal
 
-    async def handle_async_request(self, request: Any) -> Any:
+    async def handle_async_request(self, request: HTTPRequest) -> HTTPResponse:  # type: ignore[override]
         attempt = self.recorder.begin(request)
-        if attempt is None:
-            return await self.inner.handle_async_request(request)
+        if attempt is None:  # not a billed endpoint: passed through untouched
+            passed: HTTPResponse = await self.inner.handle_async_request(request)
+            return passed
         if attempt.refusal is not None and (refused := self.recorder.refuse(attempt, request)) is not None:
             return refused
         try:
