@@ -70,12 +70,15 @@ def _when(value: When, name: str, tz: tzinfo = UTC) -> datetime:
         except ValueError:
             raise ValueError(f"{name}: {value!r} is not a date (YYYY-MM-DD) or ISO 8601 timestamp") from None
         value = parsed
-    if isinstance(value, datetime):
-        if value.tzinfo is None or value.utcoffset() is None:
-            raise ValueError(f"{name}: {value.isoformat()!r} is naive; give a time zone (e.g. tzinfo=UTC)")
-        return value.astimezone(UTC)
-    if isinstance(value, date):
-        return datetime.combine(value, time(0), tzinfo=tz).astimezone(UTC)
+    try:
+        if isinstance(value, datetime):
+            if value.tzinfo is None or value.utcoffset() is None:
+                raise ValueError(f"{name}: {value.isoformat()!r} is naive; give a time zone (e.g. tzinfo=UTC)")
+            return value.astimezone(UTC)
+        if isinstance(value, date):
+            return datetime.combine(value, time(0), tzinfo=tz).astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{name}: {value.isoformat()!r} is out of range in UTC") from None
     raise ValueError(f"{name}: expected a datetime, a date or an ISO string, got {type(value).__name__}")
 
 
@@ -432,7 +435,9 @@ class Ledger:
         from sqlalchemy import case, func, select
 
         from .schema import TagRollupRow, UsageRollupRow
+        from .store import _clip, read_snapshot
 
+        tag = _clip(tag, 100) or ""  # as the store keeps tag keys (see EventTagRow)
         t, r = TagRollupRow.__table__.c, UsageRollupRow.__table__.c
         key_cols = [k for k in keys if k.tag is None]
         tcols = [t.bucket if k.name == "day" else t[k.name] for k in key_cols]
@@ -448,8 +453,6 @@ class Ledger:
             .where(r.bucket >= start, r.bucket < end)
             .group_by(*rcols)
         )
-        from .store import read_snapshot
-
         with read_snapshot(self.engine) as conn:  # both reads see the same rollups
             tagged_rows = conn.execute(tagged_q).all()
             all_rows = conn.execute(all_q).all()
@@ -499,7 +502,10 @@ def _add(into: dict[tuple[Any, ...], list[int]], key: tuple[Any, ...], figures: 
 def _accumulate(keys: list[_Key], rows: Sequence[Any], zone: tzinfo, n: int) -> dict[tuple[Any, ...], list[int]]:
     out: dict[tuple[Any, ...], list[int]] = {}
     for row in rows:
-        _add(out, _key_values(keys, row[: len(keys)], zone), [int(x or 0) for x in row[len(keys): len(keys) + n]])
+        measures = row[len(keys): len(keys) + n]
+        if all(x is None for x in measures):  # no keys and no rows: SQL's one row of NULL sums
+            continue
+        _add(out, _key_values(keys, row[: len(keys)], zone), [int(x or 0) for x in measures])
     return out
 
 
