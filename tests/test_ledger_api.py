@@ -226,6 +226,10 @@ def test_rollup_verify_summary_report_and_frame_agree_to_the_nano_dollar(db_url:
         assert led.verify() == []  # frame rolled the corrections up
         summaries = led.summary(NOV, DEC)
         report = led.report(None, "2026-11")
+        by_user = led.frame(NOV, DEC, by=["tag:user", "day"], tz="America/New_York")
+    _check_money(by_user)  # a re-priced event's corrections count under its own tags
+    assert _frame_sums(by_user.groupby("tag:user", as_index=False, dropna=False)[
+        ["calls", "total_tokens", "cost_nanos"]].sum(), ["tag:user"]) == _expected(rows, lambda r: r["tags"]["user"])
     _check_money(by_pm)
     assert list(by_pm.columns[:2]) == ["project", "model"]
     assert _frame_sums(by_pm, ["project", "model"]) == {
