@@ -2,10 +2,13 @@
 
 The call path (:class:`CerebrasClient`, :class:`AsyncCerebrasClient`, :func:`instrument`)
 imports only httpx and the standard library; SQLAlchemy loads on the background writer
-thread, and pandas and Alembic only in the commands that need them.
+thread, and pandas and Alembic only in the commands that need them. :class:`Ledger` is the
+library's way to everything the CLI does (roll up, report, bill, export, budgets, prices,
+verify) and to a pandas DataFrame of usage (:meth:`Ledger.frame`).
 """
 
 from ._version import __version__
+from .api import Ledger
 from .client import AsyncCerebrasClient, AsyncStream, CerebrasClient, Stream
 from .config import ConfigError
 from .errors import (
@@ -43,6 +46,7 @@ __all__ = [
     "ConfigError",
     "ConflictError",
     "InternalServerError",
+    "Ledger",
     "Money",
     "NotFoundError",
     "PermissionDeniedError",

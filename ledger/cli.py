@@ -79,25 +79,24 @@ def format_option(choices: Sequence[str] = FORMATS, default: str = "table") -> C
 
 
 @contextmanager
-def _engine(ctx: click.Context, *, recover: bool = True) -> Iterator[Any]:
-    """An engine on the chosen ledger, schema ready, dead processes' spools written first."""
-    from sqlalchemy.exc import SQLAlchemyError
+def _ledger(ctx: click.Context) -> Iterator[Any]:
+    """The chosen :class:`ledger.Ledger`, opened now: schema ready, dead processes' spools
+    written first (an unusable database is one ``error:`` line)."""
+    from .api import Ledger
 
-    from . import journal, store
-
-    url = ctx.obj["url"]
-    engine = store.make_engine(url)
+    led = Ledger(ctx.obj["url"])
     try:
-        try:
-            store.ensure_schema(engine)
-            if recover:
-                journal.recover(url)
-        except SQLAlchemyError as exc:
-            why = str(exc.orig if hasattr(exc, 'orig') else exc).splitlines()[0][:200]
-            raise UserError(f"database {redact_url(url)} unreachable or unusable: {redact(why, url)}") from None
-        yield engine
+        led.engine  # noqa: B018 - opens it
+        yield led
     finally:
-        engine.dispose()
+        led.close()
+
+
+@contextmanager
+def _engine(ctx: click.Context) -> Iterator[Any]:
+    """The opened ledger's engine (see :func:`_ledger`)."""
+    with _ledger(ctx) as led:
+        yield led.engine
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -311,16 +310,14 @@ def prices_list(ctx: click.Context, book: str | None, fmt: str) -> None:
     Example:
       cerebras-ledger prices list --book cerebras --format json
     """
-    from . import store
-
-    with _engine(ctx) as engine, engine.connect() as conn:
-        points = store.load_price_book(conn).points()
+    with _ledger(ctx) as led:
+        points = led.prices.list(book)
     rows = [{
         "price_id": p.price_id, "book": p.book, "model": p.model,
         "effective_from": _iso_z(p.effective_from),
         "input_per_m": str(p.input.per_million()), "cached_per_m": str(p.cached.per_million()) if p.cached else None,
         "output_per_m": str(p.output.per_million()), "free": p.free, "source": p.source,
-    } for p in points if book is None or p.book == book]
+    } for p in points]
     _rows_out(rows, fmt, ["book", "model", "effective_from", "input_per_m", "cached_per_m", "output_per_m", "free",
                           "source", "price_id"])
 
@@ -342,15 +339,12 @@ def prices_add(ctx: click.Context, book: str, model: str, input_: str, output: s
     Example:
       cerebras-ledger prices add --book cerebras --model zai-glm-4.7 --input 2.25 --output 2.75 --from 2026-12-01
     """
-    from . import store
     from .pricedb import new_point
 
     when = _parse_when(from_, "--from") if from_ else None
-    point = new_point(book, model, input_, output, cached_per_m=cached, free=free, effective_from=when)
-    with _engine(ctx) as engine, store.write_transaction(engine) as conn:
-        added = store.insert_prices(conn, [point])
-    if not added:
-        raise UserError(f"a price for {book}/{model} at {point.effective_from.isoformat()} already exists")
+    new_point(book, model, input_, output, cached_per_m=cached, free=free, effective_from=when)  # before opening
+    with _ledger(ctx) as led:
+        point = led.prices.add(book, model, input_, output, cached=cached, free=free, effective_from=when)
     click.echo(f"added {point.price_id}")
 
 
@@ -396,10 +390,8 @@ def prices_check(ctx: click.Context, fmt: str) -> None:
     Example:
       cerebras-ledger prices check --format json
     """
-    from .pricedb import unpriced
-
-    with _engine(ctx) as engine, engine.connect() as conn:
-        found = unpriced(conn)
+    with _ledger(ctx) as led:
+        found = led.prices.check()
     rows = [{"book": u.book, "model": u.model, "events": u.events, "tokens": u.tokens} for u in found]
     if fmt == "table" and not rows:
         click.echo("every event with known usage is priced")
@@ -428,14 +420,11 @@ def prices_reprice(ctx: click.Context, since: str, until: str, project: str | No
     Example:
       cerebras-ledger prices reprice --since 2026-11-01 --until 2026-12-01
     """
-    from . import store
-    from .pricedb import reprice
-
     start, end = _parse_when(since, "--since"), _parse_when(until, "--until")
     if end <= start:
         raise UserError("--until must be after --since")
-    with _engine(ctx) as engine, store.write_transaction(engine) as conn:
-        result = reprice(conn, start, end, project, dry_run=dry_run, include_imported=include_imported)
+    with _ledger(ctx) as led:
+        result = led.prices.reprice(start, end, project, dry_run=dry_run, include_imported=include_imported)
     verb = "would write" if dry_run else "wrote"
     click.echo(f"examined {result.examined} event(s); {verb} {result.corrections} correction(s) "
                f"totalling {result.delta} USD")
@@ -470,13 +459,13 @@ def events_export(ctx: click.Context, since: str, until: str, project: str | Non
     Example:
       cerebras-ledger events export --since 2026-11-01 --until 2026-12-01 --project search --format csv
     """
-    from .eventio import export_rows, write_rows
+    from .eventio import write_rows
 
     start, end = _parse_when(since, "--since"), _parse_when(until, "--until")
     if end <= start:
         raise UserError("--until must be after --since")
-    with _engine(ctx) as engine, engine.connect() as conn:
-        rows = export_rows(conn, start, end, project)
+    with _ledger(ctx) as led:
+        rows = led.events(start, end, project)
         if out is None:
             write_rows(rows, sys.stdout, fmt)
             return
@@ -536,16 +525,14 @@ def summary(ctx: click.Context, since: str | None, until: str | None, fmt: str) 
     Example:
       cerebras-ledger summary --since 2026-11-01 --format json
     """
-    from .summary import project_summaries
-
     start = _parse_when(since, "--since") if since else None
     end = _parse_when(until, "--until") if until else None
-    with _engine(ctx) as engine, engine.connect() as conn:
+    with _ledger(ctx) as led:
         rows = [{
             "project": s.project, "calls": s.calls, "errors": s.errors, "incomplete": s.incomplete,
             "tokens": s.tokens, "paid_usd": str(s.paid_cost), "free_calls": s.free_calls,
             "free_tokens": s.free_tokens, "unpriced": s.unpriced,
-        } for s in project_summaries(conn, start, end)]
+        } for s in led.summary(start, end)]
     _rows_out(rows, fmt, ["project", "calls", "errors", "incomplete", "tokens", "paid_usd", "free_calls",
                           "free_tokens", "unpriced"])
 
@@ -564,11 +551,8 @@ def verify_cmd(ctx: click.Context, fmt: str) -> None:
     Example:
       cerebras-ledger verify --format json
     """
-    from .config import spool_dir
-    from .verify import verify
-
-    with _engine(ctx) as engine, engine.connect() as conn:
-        found = verify(conn, spool_dir(ctx.obj["url"]))
+    with _ledger(ctx) as led:
+        found = led.verify()
     if fmt == "table" and not found:
         click.echo("ledger is consistent")
         return
@@ -596,16 +580,16 @@ def rollup_cmd(ctx: click.Context, rebuild: bool, fmt: str) -> None:
     """
     from . import rollup
 
-    with _engine(ctx) as engine:
-        _, waiting = rollup.pending(engine)
+    with _ledger(ctx) as led:
+        _, waiting = rollup.pending(led.engine)
         if rebuild:
-            with engine.connect() as conn:
+            with led.engine.connect() as conn:
                 from sqlalchemy import func, select
 
                 from .schema import EventRow
                 waiting = int(conn.execute(select(func.count()).select_from(EventRow)).scalar_one())
         with click.progressbar(length=waiting, label="rolling up", file=sys.stderr) as bar:
-            result = (rollup.rebuild if rebuild else rollup.rollup)(engine, bar.update)
+            result = led.rollup(rebuild=rebuild, progress=bar.update)
     row = {"batches": result.batches, "events": result.events, "rebuilt": rebuild}
     if fmt == "table":
         click.echo(f"rolled up {result.events} event(s) from {result.batches} batch(es)")
@@ -661,13 +645,13 @@ def report_cmd(ctx: click.Context, project: str | None, period: str, tz_name: st
         from .outfile import check_target
 
         check_target(out)  # before any work: never over a device or a symlink
-    with _engine(ctx) as engine, ExitStack() as stack:
+    with _ledger(ctx) as led, ExitStack() as stack:
         tick: Callable[[int], None] | None = None
         if spec.days > 7:  # a long period: show progress, now that every input is known to be good
             tick = stack.enter_context(click.progressbar(
                 length=reports.BUILD_STEPS + 1, label=f"report {spec.label}", file=sys.stderr)).update
         try:
-            built = reports.build_report(engine, spec, zone, project, progress=tick)
+            built = led.report(project, period, tz_name, progress=tick)
         except reports.ReportError as exc:
             raise UserError(str(exc)) from None
         path = reports.write_report(built, fmt, out=out)
@@ -725,7 +709,7 @@ def export_billing_cmd(ctx: click.Context, month: str | None, due_dir: Path | No
       cerebras-ledger export billing --month 2026-11 --format parquet --out focus-2026-11.parquet
       cerebras-ledger export billing --due reports/billing
     """
-    from .focus import catch_up, export_billing, write_csv
+    from .focus import write_csv
 
     if (month is None) == (due_dir is None):
         raise click.UsageError("give --month YYYY-MM, or --due DIR (every month not yet issued)")
@@ -734,8 +718,8 @@ def export_billing_cmd(ctx: click.Context, month: str | None, due_dir: Path | No
             raise click.UsageError("--due writes into its folder; --out goes with --month")
         if due_dir.exists() and not due_dir.is_dir():
             raise click.UsageError(f"--due: {due_dir} is not a folder")
-        with _engine(ctx) as engine:
-            done = catch_up(engine, datetime.now(UTC), due_dir, fmt)
+        with _ledger(ctx) as led:
+            done = led.export_billing_due(due_dir, fmt)
         for result in done:
             _billing_said(result, due_dir / f"focus-{result.month}.{fmt}")
         if not done:
@@ -744,8 +728,8 @@ def export_billing_cmd(ctx: click.Context, month: str | None, due_dir: Path | No
     assert month is not None
     if fmt == "parquet" and out is None:
         raise click.UsageError("--format parquet needs --out FILE")
-    with _engine(ctx) as engine:
-        result = export_billing(engine, month, out, fmt)
+    with _ledger(ctx) as led:
+        result = led.export_billing(month, out, fmt)
     if out is None:
         write_csv(result.rows, sys.stdout)
     _billing_said(result, out)
@@ -832,9 +816,9 @@ def budget_set(ctx: click.Context, project: str, monthly: Any, daily: Any, thres
         check_project(project)
     except ConfigError as exc:
         raise click.BadParameter(str(exc), param_hint="PROJECT") from None
-    with _engine(ctx) as engine:
-        b = _alerts().set_budget(engine, project, monthly=monthly, daily=daily, thresholds=thresholds, timezone=tz,
-                                 free_only=free_only, hard=hard)
+    with _ledger(ctx) as led:
+        b = led.budgets.set(project, monthly=monthly, daily=daily, thresholds=thresholds, timezone=tz,
+                            free_only=free_only, hard=hard)
     click.echo(f"budget for {b.project!r}: monthly {b.monthly or '-'} USD, daily {b.daily or '-'} USD, "
                f"thresholds {','.join(map(str, b.thresholds))}%, {b.timezone}"
                f"{', free-only' if b.free_only else ''}{', hard' if b.hard else ''}")
@@ -851,9 +835,9 @@ def budget_list(ctx: click.Context, fmt: str) -> None:
     Example:
       cerebras-ledger budget list --format json
     """
-    with _engine(ctx) as engine, engine.connect() as conn:
+    with _ledger(ctx) as led, led.engine.connect() as conn:
         stops = {s.project: s for s in read_stops(conn, datetime.now(UTC))}
-        rows = [_budget_row(b, stops.get(b.project)) for b in _alerts().list_budgets(conn)]
+        rows = [_budget_row(b, stops.get(b.project)) for b in led.budgets.list()]
     _rows_out(rows, fmt, BUDGET_COLUMNS)
 
 
@@ -867,8 +851,8 @@ def budget_remove(ctx: click.Context, project: str) -> None:
     Example:
       cerebras-ledger budget remove search
     """
-    with _engine(ctx) as engine:
-        if not _alerts().remove_budget(engine, project):
+    with _ledger(ctx) as led:
+        if not led.budgets.remove(project):
             raise UserError(f"no budget for project {project!r}")
     click.echo(f"removed the budget of {project!r}")
 

@@ -1,0 +1,531 @@
+"""The library-first API: :class:`Ledger` owns one ledger's engine, schema and recovery.
+
+``Ledger(url)`` is what the CLI, the scheduler and a user's notebook open to work with a ledger
+without shelling out (sqlite-utils' ``Database`` is the model)::
+
+    with Ledger("postgresql://ledger@db/ledger") as led:
+        led.rollup()
+        df = led.frame("2026-11-01", "2026-12-01", by=["project", "day"], tz="Europe/Berlin")
+        led.budgets.set("search", monthly="500")
+
+This module owns the lifecycle (URL resolution, engine, migrations, spool recovery, disposal)
+and the analyst's DataFrame (:meth:`Ledger.frame`); every other method is a thin call into the
+module that owns the work (:mod:`ledger.rollup`, :mod:`ledger.reports`, :mod:`ledger.focus`,
+:mod:`ledger.eventio`, :mod:`ledger.summary`, :mod:`ledger.verify`, :mod:`ledger.alerts`,
+:mod:`ledger.pricedb`). Each CLI command is a thin wrapper over the same calls.
+
+Only the standard library is imported here at module level: SQLAlchemy, Alembic, pandas and
+the report code load inside the methods that need them, so ``import ledger`` stays light.
+"""
+
+from __future__ import annotations
+
+import builtins
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, tzinfo
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from .config import ConfigError, database_url, redact, redact_url, spool_dir as _spool_dir
+from .money import Money
+
+if TYPE_CHECKING:
+    import os
+
+    from sqlalchemy import Engine
+
+    from .alerts import Budget
+    from .focus import BillingExport
+    from .pricedb import RepriceResult, Unpriced
+    from .pricing import PricePoint
+    from .reports import Report
+    from .rollup import RollupResult
+    from .summary import ProjectSummary
+    from .verify import Finding
+
+__all__ = ["FRAME_KEYS", "Budgets", "Ledger", "Prices"]
+
+When = datetime | date | str
+
+# The keys Ledger.frame groups by, besides ``tag:<key>``.
+FRAME_KEYS = ("project", "model", "route", "book", "status", "free", "priced", "day")
+_USAGE_MEASURES = ("calls", "input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens", "total_tokens",
+                   "cost_nanos")
+_TAG_MEASURES = ("calls", "total_tokens", "cost_nanos")
+_QUARTER = 900  # seconds: the rollups' grain
+_INT64_MAX = 2**63 - 1
+
+
+def _when(value: When, name: str, tz: tzinfo = UTC) -> datetime:
+    """An aware datetime; a date (or ``YYYY-MM-DD``) is local midnight in ``tz``; ISO text needs a zone."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            parsed: datetime | date = (date.fromisoformat(text) if len(text) == 10
+                                       else datetime.fromisoformat(text.replace("Z", "+00:00")))
+        except ValueError:
+            raise ValueError(f"{name}: {value!r} is not a date (YYYY-MM-DD) or ISO 8601 timestamp") from None
+        value = parsed
+    try:
+        if isinstance(value, datetime):
+            if value.tzinfo is None or value.utcoffset() is None:
+                raise ValueError(f"{name}: {value.isoformat()!r} is naive; give a time zone (e.g. tzinfo=UTC)")
+            return value.astimezone(UTC)
+        if isinstance(value, date):
+            return datetime.combine(value, time(0), tzinfo=tz).astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{name}: {value.isoformat()!r} is out of range in UTC") from None
+    raise ValueError(f"{name}: expected a datetime, a date or an ISO string, got {type(value).__name__}")
+
+
+def _span(since: When, until: When, tz: tzinfo = UTC) -> tuple[datetime, datetime]:
+    start, end = _when(since, "since", tz), _when(until, "until", tz)
+    if end <= start:
+        raise ValueError("until must be after since")
+    return start, end
+
+
+def _zone(name: str | tzinfo) -> tzinfo:
+    """An IANA zone by name (or a tzinfo), as a one-line :class:`ConfigError` if unknown."""
+    if isinstance(name, tzinfo):
+        return name
+    try:
+        if not isinstance(name, str) or not name or name != name.strip() or "\x00" in name:
+            raise ValueError(name)
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise ConfigError(f"unknown time zone {name!r} (use an IANA name such as Europe/Berlin or UTC)") from None
+
+
+@dataclass(frozen=True, slots=True)
+class _Key:
+    """One parsed ``by`` key: a column of usage_rollup, ``day``, or a tag key."""
+
+    name: str  # the frame's column name
+    tag: str | None = None
+
+
+def _parse_by(by: Sequence[str] | str) -> list[_Key]:
+    items = [by] if isinstance(by, str) else list(by)
+    keys: list[_Key] = []
+    for item in items:
+        if not isinstance(item, str):
+            raise ValueError(f"by: {item!r} is not a key name")
+        if item.startswith("tag:"):
+            tag = item[4:]
+            if not tag:
+                raise ValueError("by: 'tag:' needs a tag key, e.g. 'tag:user'")
+            keys.append(_Key(item, tag))
+        elif item in FRAME_KEYS:
+            keys.append(_Key(item))
+        else:
+            raise ValueError(f"by: unknown key {item!r}; use any of {', '.join(FRAME_KEYS)} or tag:<key>")
+    names = [k.name for k in keys]
+    if len(set(names)) != len(names):
+        raise ValueError(f"by: a key repeats in {names}")
+    tags = [k for k in keys if k.tag is not None]
+    if len(tags) > 1:
+        raise ValueError("by: at most one tag:<key> (tag sums are kept per tag, not per combination)")
+    if tags and any(k.name not in ("project", "day") for k in keys if k.tag is None):
+        raise ValueError("by: tag:<key> combines only with project and day (the tag rollup's grain)")
+    return keys
+
+
+def _local_day(bucket: datetime, tz: tzinfo) -> date:
+    local = bucket.astimezone(tz)
+    offset = local.utcoffset()
+    if offset is None or offset.total_seconds() % _QUARTER:
+        raise ValueError(f"time zone {tz} is not a whole number of quarter hours from UTC at {bucket}")
+    return local.date()
+
+
+class Budgets:
+    """Paid-spend budgets per project (``cerebras-ledger budget set/list/remove``)."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+
+    def set(self, project: str, *, monthly: str | Money | None = None, daily: str | Money | None = None,
+            thresholds: str | Iterable[int] = "50,80,100", timezone: str = "UTC", free_only: bool = False,
+            hard: bool = False) -> Budget:
+        """Create or replace ``project``'s budget; amounts are decimal USD strings (exact).
+        Bad input raises :class:`ConfigError` with one line."""
+        from . import alerts
+
+        return alerts.set_budget(self._ledger.engine, project, monthly=monthly, daily=daily, thresholds=thresholds,
+                                 timezone=timezone, free_only=free_only, hard=hard)
+
+    def list(self) -> list[Budget]:
+        """Every budget, by project."""
+        from . import alerts
+
+        with self._ledger.engine.connect() as conn:
+            return alerts.list_budgets(conn)
+
+    def remove(self, project: str) -> bool:
+        """Remove ``project``'s budget (its past alerts stay); whether there was one."""
+        from . import alerts
+
+        return alerts.remove_budget(self._ledger.engine, project)
+
+
+class Prices:
+    """Dated price points (``cerebras-ledger prices list/add/check/reprice``)."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+
+    def list(self, book: str | None = None) -> list[PricePoint]:
+        """Every price point, optionally of one book (``cerebras`` or ``lava``)."""
+        from . import store
+
+        with self._ledger.engine.connect() as conn:
+            points = store.load_price_book(conn).points()
+        return [p for p in points if book is None or p.book == book]
+
+    def add(self, book: str, model: str, input: str, output: str, *,  # noqa: A002 - the CLI's --input
+            cached: str | None = None, free: bool = False, effective_from: When | None = None) -> PricePoint:
+        """Add a dated point; rates are decimal USD per million tokens. Events already priced keep
+        their price. Raises :class:`ConfigError` (one line) for bad input or an existing point."""
+        from . import store
+        from .pricedb import new_point
+
+        when = None if effective_from is None else _when(effective_from, "effective_from")
+        point = new_point(book, model, input, output, cached_per_m=cached, free=free, effective_from=when)
+        with store.write_transaction(self._ledger.engine) as conn:
+            added = store.insert_prices(conn, [point])
+        if not added:
+            raise ConfigError(f"a price for {book}/{model} at {point.effective_from.isoformat()} already exists")
+        return point
+
+    def check(self) -> builtins.list[Unpriced]:
+        """(book, model) pairs with usage but no price, busiest first (empty: all priced)."""
+        from .pricedb import unpriced
+
+        with self._ledger.engine.connect() as conn:
+            return unpriced(conn)
+
+    def reprice(self, since: When, until: When, project: str | None = None, *, dry_run: bool = False,
+                include_imported: bool = False) -> RepriceResult:
+        """Re-price [since, until) with today's book, writing correction rows (never updates)."""
+        from . import store
+        from .pricedb import reprice
+
+        start, end = _span(since, until)
+        with store.write_transaction(self._ledger.engine) as conn:
+            return reprice(conn, start, end, project, dry_run=dry_run, include_imported=include_imported)
+
+
+class Ledger:
+    """One ledger database: its engine, schema, migrations and spool recovery, and every
+    operation the CLI offers on it.
+
+    ``url`` is resolved as the CLI does (:func:`ledger.config.database_url`): the argument, else
+    ``LEDGER_DATABASE_URL``, else the embedded SQLite file. ``spool_dir`` is the spool whose dead
+    segments are recovered and checked (default: ``LEDGER_SPOOL_DIR``, else the URL's own).
+
+    Opening is lazy: constructing a ``Ledger`` touches nothing. The first use (any method, or
+    :attr:`engine`) makes the engine, migrates the schema to this code's head (Alembic) and
+    writes what dead processes left in the spool (:func:`ledger.journal.recover`), once. A
+    database that cannot be reached or used then raises :class:`ConfigError` with one line
+    (credentials hidden). Use it as a context manager, or call :meth:`close`.
+
+    Times are aware datetimes, dates or the CLI's strings (``2026-11-01``: midnight UTC, or in
+    ``tz`` where a method takes one; ISO 8601 with a zone). A naive datetime is refused.
+    """
+
+    def __init__(self, url: str | None = None, *, spool_dir: str | os.PathLike[str] | None = None) -> None:
+        self.url = database_url(url)
+        self.spool_dir: Path = _spool_dir(self.url, spool_dir)
+        self._spool_arg = spool_dir
+        self._engine: Engine | None = None
+        self._lock = threading.Lock()
+        self.budgets = Budgets(self)
+        self.prices = Prices(self)
+
+    def __repr__(self) -> str:
+        return f"Ledger({redact_url(self.url)!r})"
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    @property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine, opened (schema migrated, spool recovered) on first use."""
+        with self._lock:
+            if self._engine is None:
+                self._engine = self._open()
+            return self._engine
+
+    def _open(self, recover: bool = True) -> Engine:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from . import journal, store
+
+        engine = store.make_engine(self.url)
+        try:
+            store.ensure_schema(engine)
+            if recover:
+                journal.recover(self.url, self._spool_arg)
+        except SQLAlchemyError as exc:
+            engine.dispose()
+            why = str(exc.orig if hasattr(exc, "orig") else exc).splitlines()[0][:200]
+            raise ConfigError(f"database {redact_url(self.url)} unreachable or unusable: "
+                              f"{redact(why, self.url)}") from None
+        except BaseException:
+            engine.dispose()
+            raise
+        return engine
+
+    def close(self) -> None:
+        """Dispose of the engine (its pooled connections). The ledger reopens if used again."""
+        with self._lock:
+            engine, self._engine = self._engine, None
+        if engine is not None:
+            engine.dispose()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    # -- operations ------------------------------------------------------------------------------
+
+    def rollup(self, *, rebuild: bool = False, progress: Callable[[int], None] | None = None) -> RollupResult:
+        """Add newly arrived events to the quarter-hour rollups, exactly once (``rebuild``: empty
+        them and roll every event up again). ``progress`` gets the events of each chunk."""
+        from . import rollup
+
+        return (rollup.rebuild if rebuild else rollup.rollup)(self.engine, progress)
+
+    def report(self, project: str | None, period: str, tz: str = "UTC", *,
+               progress: Callable[[int], None] | None = None) -> Report:
+        """The spend report the CLI renders (:class:`ledger.reports.Report`) for ``project``
+        (``None``: all) over ``period`` (``2026-11-27``, ``2026-W48`` or ``2026-11``) in the IANA
+        zone ``tz``; rolls up first. Write it with ``ledger.reports.write_report``/``render``."""
+        from . import reports
+        from .config import check_project
+
+        spec = reports.parse_period(period)
+        zone = reports.parse_zone(tz)
+        if project is not None:
+            check_project(project)
+        return reports.build_report(self.engine, spec, zone, project, progress=progress)
+
+    def export_billing(self, month: str, out: str | os.PathLike[str] | None = None,
+                       fmt: str = "csv") -> BillingExport:
+        """Issue ``month`` (``YYYY-MM``, UTC, ended) as FOCUS 1.2 rows, written whole to ``out``
+        (``csv`` or ``parquet``) when given. Running it again reproduces the same file."""
+        from .focus import export_billing
+
+        return export_billing(self.engine, month, None if out is None else Path(out), fmt)
+
+    def export_billing_due(self, folder: str | os.PathLike[str], fmt: str = "csv") -> list[BillingExport]:
+        """Issue every ended month not yet issued (or whose file is missing) into
+        ``folder/focus-YYYY-MM.<fmt>``, oldest first (``export billing --due``)."""
+        from .focus import catch_up
+
+        return catch_up(self.engine, datetime.now(UTC), Path(folder), fmt)
+
+    def events(self, since: When, until: When, project: str | None = None) -> Iterator[dict[str, Any]]:
+        """Usage events with ``since <= occurred_at < until``, oldest first, as the export gives
+        them (``cost_usd`` an exact decimal string at the event's current cost). Streams; the
+        arguments are checked at the call, not at the first row."""
+        start, end = _span(since, until)
+        engine = self.engine
+
+        def rows() -> Iterator[dict[str, Any]]:
+            from .eventio import export_rows
+
+            with engine.connect() as conn:
+                yield from export_rows(conn, start, end, project)
+
+        return rows()
+
+    def summary(self, since: When | None = None, until: When | None = None) -> list[ProjectSummary]:
+        """Per-project totals straight from the events (``paid_cost`` exact :class:`~ledger.Money`)."""
+        from .summary import project_summaries
+
+        start = None if since is None else _when(since, "since")
+        end = None if until is None else _when(until, "until")
+        with self.engine.connect() as conn:
+            return project_summaries(conn, start, end)
+
+    def verify(self) -> list[Finding]:
+        """Every integrity problem found (empty: consistent); see :mod:`ledger.verify`."""
+        from .verify import verify
+
+        with self.engine.connect() as conn:
+            return verify(conn, self.spool_dir)
+
+    # -- the analyst's frame ---------------------------------------------------------------------
+
+    def frame(self, since: When, until: When, by: Sequence[str] | str = ("project", "model"),
+              tz: str | tzinfo = "UTC", *, refresh: bool = True) -> Any:
+        """A pandas DataFrame of usage in [since, until), one row per combination of ``by``.
+
+        ``by`` takes any of ``project``, ``model``, ``route``, ``book``, ``status``, ``free``,
+        ``priced``, ``day`` (the local calendar day in the IANA zone ``tz``, a ``datetime.date``)
+        and one ``tag:<key>`` (a tag's value; combines only with ``project`` and ``day``). Rows
+        are sorted by the keys.
+
+        Columns: the keys, then ``calls`` (attempts, whatever their status), token counts
+        (``input_tokens``, ``cached_tokens``, ``output_tokens``, ``reasoning_tokens``,
+        ``total_tokens``; a tag frame has ``total_tokens`` only) and money.
+
+        Money is exact, never float: ``cost_nanos`` is an ``int64`` column of integer
+        nano-dollars (1e-9 USD) and ``cost_usd`` holds :class:`decimal.Decimal` objects (dtype
+        ``object``) equal to ``cost_nanos / 10**9`` exactly, nine decimal places
+        (:meth:`ledger.Money.to_decimal`). Sum money with
+        ``df["cost_usd"].sum()`` (a Decimal) or ``df["cost_nanos"].sum()``; never convert either
+        to float. Counts are ``int64`` too. Corrections (re-pricings) are included: costs are
+        as the events stand now.
+
+        It reads the quarter-hour rollups (UTC buckets), rolled up first unless ``refresh`` is
+        false, so its totals equal :meth:`summary`'s and the report's to the nano-dollar. For
+        that, ``since`` and ``until`` must fall on a quarter hour (any date's midnight does, in
+        every zone in use: a date or ``YYYY-MM-DD`` means local midnight in ``tz``); ``day`` is
+        exact because no quarter hour straddles a local midnight. A tag frame has a row with
+        the tag value ``None`` for the events without that tag, so it adds up too.
+
+        Bad input (an unknown ``by`` key, an unknown zone, a naive datetime, bounds off the
+        quarter hour) raises :class:`ValueError` (:class:`ConfigError` for the zone) with one line.
+        """
+        keys = _parse_by(by)
+        zone = _zone(tz)
+        start, end = _span(since, until, zone)
+        for name, when in (("since", start), ("until", end)):
+            if when.timestamp() % _QUARTER:
+                raise ValueError(f"{name}: {when.isoformat()} is not on a quarter hour (the rollups' grain)")
+        if refresh:
+            self.rollup()
+        tag = next((k.tag for k in keys if k.tag is not None), None)
+        sums = self._tag_sums(keys, tag, start, end, zone) if tag else self._usage_sums(keys, start, end, zone)
+        measures = _TAG_MEASURES if tag else _USAGE_MEASURES
+        return _to_frame([k.name for k in keys], measures, sums)
+
+    def _usage_sums(self, keys: list[_Key], start: datetime, end: datetime,
+                    zone: tzinfo) -> dict[tuple[Any, ...], list[int]]:
+        from sqlalchemy import case, func, select
+
+        from .schema import UsageRollupRow
+
+        r = UsageRollupRow.__table__.c
+        cols = [r.bucket if k.name == "day" else r[k.name] for k in keys]
+        query = (
+            select(*cols, func.sum(case((r.kind == "usage", r.events), else_=0)), func.sum(r.prompt_tokens),
+                   func.sum(r.cached_tokens), func.sum(r.completion_tokens), func.sum(r.reasoning_tokens),
+                   func.sum(r.total_tokens), func.sum(r.cost_nanos))
+            .where(r.bucket >= start, r.bucket < end)
+            .group_by(*cols)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return _accumulate(keys, rows, zone, len(_USAGE_MEASURES))
+
+    def _tag_sums(self, keys: list[_Key], tag: str, start: datetime, end: datetime,
+                  zone: tzinfo) -> dict[tuple[Any, ...], list[int]]:
+        """Sums per tag value, plus the value ``None``: usage minus the tagged part, per project
+        and bucket (both rollups sum the same rows, so the difference is exact)."""
+        from sqlalchemy import case, func, select
+
+        from .schema import TagRollupRow, UsageRollupRow
+        from .store import _clip, read_snapshot
+
+        tag = _clip(tag, 100) or ""  # as the store keeps tag keys (see EventTagRow)
+        t, r = TagRollupRow.__table__.c, UsageRollupRow.__table__.c
+        key_cols = [k for k in keys if k.tag is None]
+        tcols = [t.bucket if k.name == "day" else t[k.name] for k in key_cols]
+        rcols = [r.bucket if k.name == "day" else r[k.name] for k in key_cols]
+        tagged_q = (
+            select(*tcols, t.value, func.sum(t.events), func.sum(t.total_tokens), func.sum(t.cost_nanos))
+            .where(t.key == tag, t.bucket >= start, t.bucket < end)
+            .group_by(*tcols, t.value)
+        )
+        all_q = (
+            select(*rcols, func.sum(case((r.kind == "usage", r.events), else_=0)), func.sum(r.total_tokens),
+                   func.sum(r.cost_nanos))
+            .where(r.bucket >= start, r.bucket < end)
+            .group_by(*rcols)
+        )
+        with read_snapshot(self.engine) as conn:  # both reads see the same rollups
+            tagged_rows = conn.execute(tagged_q).all()
+            all_rows = conn.execute(all_q).all()
+        n = len(_TAG_MEASURES)
+        # Place the tag value where tag:<key> stands among the keys.
+        pos = [i for i, k in enumerate(keys) if k.tag is not None][0]
+        plain = _accumulate(key_cols, all_rows, zone, n)
+        tagged_by_plain: dict[tuple[Any, ...], list[int]] = {}
+        out: dict[tuple[Any, ...], list[int]] = {}
+        for row in tagged_rows:
+            *kv, value = row[: len(key_cols) + 1]
+            measures = row[len(key_cols) + 1:]
+            plain_key = _key_values(key_cols, kv, zone)
+            figures = [int(x or 0) for x in measures]
+            _add(tagged_by_plain, plain_key, figures)
+            full = plain_key[:pos] + (str(value),) + plain_key[pos:]
+            _add(out, full, figures)
+        for plain_key, figures in plain.items():
+            tagged = tagged_by_plain.get(plain_key, [0] * n)
+            rest = [a - b for a, b in zip(figures, tagged, strict=True)]
+            if any(rest):
+                _add(out, plain_key[:pos] + (None,) + plain_key[pos:], rest)
+        return out
+
+
+def _key_values(keys: list[_Key], values: Sequence[Any], zone: tzinfo) -> tuple[Any, ...]:
+    out: list[Any] = []
+    for k, v in zip(keys, values, strict=True):
+        if k.name == "day":
+            out.append(_local_day(v, zone))
+        elif k.name in ("free", "priced"):
+            out.append(bool(v))
+        else:
+            out.append(str(v))
+    return tuple(out)
+
+
+def _add(into: dict[tuple[Any, ...], list[int]], key: tuple[Any, ...], figures: list[int]) -> None:
+    have = into.get(key)
+    if have is None:
+        into[key] = list(figures)
+    else:
+        for i, f in enumerate(figures):
+            have[i] += f
+
+
+def _accumulate(keys: list[_Key], rows: Sequence[Any], zone: tzinfo, n: int) -> dict[tuple[Any, ...], list[int]]:
+    out: dict[tuple[Any, ...], list[int]] = {}
+    for row in rows:
+        measures = row[len(keys): len(keys) + n]
+        if all(x is None for x in measures):  # no keys and no rows: SQL's one row of NULL sums
+            continue
+        _add(out, _key_values(keys, row[: len(keys)], zone), [int(x or 0) for x in measures])
+    return out
+
+
+def _to_frame(names: list[str], measures: Sequence[str], sums: dict[tuple[Any, ...], list[int]]) -> Any:
+    import pandas as pd  # type: ignore[import-untyped, unused-ignore]
+
+    def order(item: tuple[tuple[Any, ...], list[int]]) -> tuple[Any, ...]:
+        return tuple((v is None, "" if v is None else v) for v in item[0])
+
+    items = sorted(sums.items(), key=order)
+    for key, figures in items:
+        if any(abs(f) > _INT64_MAX for f in figures):
+            raise ValueError(f"a figure of {key} does not fit an int64 column")
+    data: dict[str, Any] = {}
+    for i, name in enumerate(names):
+        values = [k[i] for k, _ in items]
+        dtype = bool if name in ("free", "priced") else object
+        data[name] = pd.Series(values, dtype=dtype)
+    for j, m in enumerate(measures):
+        data[m] = pd.Series([f[j] for _, f in items], dtype="int64")
+    cost = measures.index("cost_nanos")
+    data["cost_usd"] = pd.Series([Money(f[cost]).to_decimal() for _, f in items], dtype=object)
+    return pd.DataFrame(data)
