@@ -435,9 +435,9 @@ class Ledger:
         from sqlalchemy import case, func, select
 
         from .schema import TagRollupRow, UsageRollupRow
-        from .store import _clip, read_snapshot
+        from .store import clip, read_snapshot
 
-        tag = _clip(tag, 100) or ""  # as the store keeps tag keys (see EventTagRow)
+        tag = clip(tag, 100) or ""  # as the store keeps tag keys (see EventTagRow)
         t, r = TagRollupRow.__table__.c, UsageRollupRow.__table__.c
         key_cols = [k for k in keys if k.tag is None]
         tcols = [t.bucket if k.name == "day" else t[k.name] for k in key_cols]

@@ -40,6 +40,7 @@ from .schema import SCHEMA_REVISION, EventRow, IngestBatchRow, PriceRow, UTCDate
 
 __all__ = [
     "SchemaError",
+    "clip",
     "db_now",
     "ensure_schema",
     "event_row",
@@ -329,7 +330,7 @@ def load_price_book(conn: Connection) -> PriceBook:
     )
 
 
-def _clip(value: str | None, limit: int) -> str | None:
+def clip(value: str | None, limit: int) -> str | None:
     """Text as the database can hold it: no NUL (PostgreSQL refuses it), no lone surrogate (not
     UTF-8), at most ``limit`` characters."""
     if value is None:
@@ -338,6 +339,9 @@ def _clip(value: str | None, limit: int) -> str | None:
         return value  # the common case, checked cheaply (isascii is O(1))
     text = value.replace("\x00", "\ufffd")[:limit]
     return text if text.isascii() else text.encode("utf-8", "replace").decode("utf-8")
+
+
+_clip = clip  # (the module's own hot paths call it by the short name)
 
 
 def _plain_tags(tags: Sequence[Sequence[str]]) -> bool:
