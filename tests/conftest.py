@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +60,32 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     problem = pg_problem()
     if problem:
         pytest.skip(problem)
+    with fresh_pg_schema() as url:
+        yield url
+
+
+def write_events(target: sa.Engine | str, events: Sequence[Any], source: str = "spool") -> None:
+    """Price ``events`` (``CallEvent``s) by the book in the database and insert them as one ingest
+    batch, as the writer would; ``target`` is an engine, or a URL (its schema made first)."""
+    from ledger import store
+    from ledger.pricing import charge
+
+    engine = store.make_engine(target) if isinstance(target, str) else target
+    try:
+        if isinstance(target, str):
+            store.ensure_schema(engine)
+        with store.write_transaction(engine) as conn:
+            book = store.load_price_book(conn)
+            now = datetime.now(UTC)
+            store.insert_events(conn, [store.event_row(e, charge(e, book), now) for e in events], source)
+    finally:
+        if isinstance(target, str):
+            engine.dispose()
+
+
+@contextmanager
+def fresh_pg_schema() -> Iterator[str]:
+    """A URL of a PostgreSQL schema of its own, dropped afterwards (PostgreSQL must be reachable)."""
     schema = f"t_{uuid.uuid4().hex[:12]}"
     admin = sa.create_engine(PG_URL)
     with admin.begin() as conn:

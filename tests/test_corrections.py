@@ -27,6 +27,8 @@ from ledger.schema import EventRow
 from ledger.verify import verify
 from ledger.wire import Usage
 
+from .conftest import write_events
+
 T0 = datetime(2026, 10, 5, 12, tzinfo=UTC)
 SINCE, UNTIL = datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC)
 NEW_IN, NEW_OUT = 500, 1000  # nano-dollars per token: 0.50 / 1.00 USD per million
@@ -44,10 +46,7 @@ def _event(i: int, tags: tuple[tuple[str, str], ...] = (("feature", "chat"),)) -
 
 
 def _write(engine: sa.Engine, events: list[CallEvent]) -> None:
-    with store.write_transaction(engine) as conn:
-        book = store.load_price_book(conn)
-        now = datetime.now(UTC)
-        store.insert_events(conn, [store.event_row(e, charge(e, book), now) for e in events], "test")
+    write_events(engine, events, "test")
 
 
 def _new_price(engine: sa.Engine) -> None:

@@ -26,10 +26,9 @@ from hypothesis import strategies as st
 from ledger import store
 from ledger.cli import main
 from ledger.events import CallEvent, new_event_id
-from ledger.pricing import charge
 from ledger.wire import MAX_TOKENS, Usage
 
-from .conftest import PG_URL, fetch_events, pg_problem, pg_schema_url
+from .conftest import fetch_events, fresh_pg_schema, pg_problem, write_events
 
 HEADER = ("event_id,occurred_at,project,route,model,status,http_status,stream,prompt_tokens,cached_tokens,"
           "completion_tokens,reasoning_tokens,total_tokens,cost_usd,free,priced,upstream_id,tags")
@@ -227,15 +226,7 @@ def test_detected_format_with_a_bom(db_url: str, tmp_path: Path, capsys: pytest.
 
 
 def _record(url: str, events: list[CallEvent]) -> None:
-    engine = store.make_engine(url)
-    try:
-        store.ensure_schema(engine)
-        with store.write_transaction(engine) as conn:
-            book = store.load_price_book(conn)
-            now = datetime.now(UTC)
-            store.insert_events(conn, [store.event_row(e, charge(e, book), now) for e in events], "test")
-    finally:
-        engine.dispose()
+    write_events(url, events, "test")
 
 
 def _modelless(when: datetime) -> CallEvent:
@@ -255,16 +246,8 @@ def second_url(db_url: str, tmp_path: Path) -> Iterator[str]:
         yield f"sqlite:///{tmp_path / 'second.db'}"
         return
     assert pg_problem() is None
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(PG_URL)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield pg_schema_url(schema)
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        admin.dispose()
+    with fresh_pg_schema() as url:
+        yield url
 
 
 WINDOW = ("--since", "1999-01-01", "--until", "9999-01-01")

@@ -21,16 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 
 import ledger
 from ledger import ConfigError, Ledger, Money, journal, store
 from ledger.events import CallEvent, new_event_id
-from ledger.pricing import charge
 from ledger.schema import SCHEMA_REVISION
 from ledger.wire import Usage
 
-from .conftest import fetch_events
+from .conftest import fetch_events, write_events
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("gpt-oss-120b", "llama3.1-8b", "qwen-3-235b-instruct", "mystery-model")
@@ -65,15 +63,7 @@ def _random(rng: random.Random, start: datetime, end: datetime) -> CallEvent:
 
 
 def _write(url: str, events: list[CallEvent]) -> None:
-    engine = store.make_engine(url)
-    try:
-        store.ensure_schema(engine)
-        with store.write_transaction(engine) as conn:
-            book = store.load_price_book(conn)
-            now = datetime.now(UTC)
-            store.insert_events(conn, [store.event_row(e, charge(e, book), now) for e in events])
-    finally:
-        engine.dispose()
+    write_events(url, events)
 
 
 def _month_ago(months: int) -> datetime:

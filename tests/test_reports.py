@@ -29,9 +29,10 @@ from ledger.cli import main
 from ledger.config import spreadsheet_cell
 from ledger.events import CallEvent, new_event_id
 from ledger.money import Money
-from ledger.pricing import charge
 from ledger.schema import EventRow, EventTagRow
 from ledger.wire import Usage
+
+from .conftest import write_events
 
 MODELS = ("gpt-oss-120b", "llama3.1-8b", "qwen-3-235b-instruct", "mystery-model")
 FIG = reports.FIGURES
@@ -89,10 +90,7 @@ def _random_event(
 
 
 def _write(engine: sa.Engine, events: list[CallEvent]) -> None:
-    with store.write_transaction(engine) as conn:
-        book = store.load_price_book(conn)
-        now = datetime.now(UTC)
-        store.insert_events(conn, [store.event_row(e, charge(e, book), now) for e in events])
+    write_events(engine, events)
 
 
 def _spread(

@@ -19,6 +19,8 @@ from ledger.events import CallEvent, new_event_id
 from ledger.pricing import PriceBook, charge
 from ledger.wire import Usage
 
+from .conftest import write_events
+
 MODELS = ("gpt-oss-120b", "llama3.1-8b", "qwen-3-235b-instruct", "mystery-model")
 
 
@@ -37,10 +39,7 @@ def _event(when: datetime, rng: random.Random, project: str | None = None) -> Ca
 
 
 def _write(engine: sa.Engine, events: list[CallEvent]) -> None:
-    with store.write_transaction(engine) as conn:
-        book = store.load_price_book(conn)
-        now = datetime.now(UTC)
-        store.insert_events(conn, [store.event_row(e, charge(e, book), now) for e in events])
+    write_events(engine, events)
 
 
 @pytest.fixture
