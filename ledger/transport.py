@@ -34,7 +34,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import ModuleType
@@ -183,6 +183,21 @@ def _loads(body: bytes) -> Any:
     return json.loads(text)
 
 
+@functools.lru_cache(maxsize=64)
+def _decoder_factory(http: ModuleType, encoding: str) -> Callable[[], Any] | None:
+    """How to make the decoder ``http`` (httpx, or httpx2) itself picks for this
+    ``content-encoding``: its class (asked once per package and value, so a call does not build
+    a probe response each time), a fresh probe for a chain of several, ``None`` for none."""
+
+    def probe() -> Any:
+        return http.Response(200, headers=[("content-encoding", encoding)])._get_content_decoder()
+
+    kind = type(probe())
+    if kind.__name__ == "IdentityDecoder":
+        return None
+    return probe if kind.__name__ == "MultiDecoder" else kind
+
+
 class _Decoder:
     """Content-Encoding undone for our own copy of the body, exactly as the caller's httpx (or
     httpx2) undoes it for the caller: by the decoder that package itself picks for those headers
@@ -193,12 +208,9 @@ class _Decoder:
 
     def __init__(self, http: ModuleType, encoding: str) -> None:
         self._d: Any = None
-        if not encoding or encoding.strip().lower() == "identity":
-            return
-        probe = http.Response(200, headers=[("content-encoding", encoding)])
-        decoder = probe._get_content_decoder()
-        if type(decoder).__name__ != "IdentityDecoder":
-            self._d = decoder
+        if encoding and encoding.strip().lower() != "identity":
+            make = _decoder_factory(http, encoding)
+            self._d = None if make is None else make()
 
     def __call__(self, chunk: bytes) -> bytes:
         if self._d is None:
