@@ -224,6 +224,28 @@ def _clipped_tags(tags: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], .
 _TAG_LIMITS = (MAX_TAG_KEY, MAX_TAG_VALUE)
 
 
+_LIMITS = tuple(limit for _, limit in TEXT_LIMITS)
+
+
+def _fits(event: CallEvent) -> bool:
+    """The usual case, checked cheaply (this runs on every call): every text field, the id and
+    the tags within their limits. Anything odd (a field of another type) is left to the full
+    check in :func:`bounded`."""
+    try:
+        for value, limit in zip(_texts(event), _LIMITS):
+            if value is not None and len(value) > limit:
+                return False
+        tags = event.tags
+        if len(event.event_id) > ID_LIMIT or type(tags) is not tuple or len(tags) > MAX_TAGS:
+            return False
+        for key, value in tags:
+            if len(key) > MAX_TAG_KEY or len(value) > MAX_TAG_VALUE:
+                return False
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def bounded(event: CallEvent) -> CallEvent:
     """``event`` with every text field, the id and the tags cut to what the ledger keeps, so a
     1 MB model name from a hostile upstream or thousands of tags from a caller never make a
@@ -231,6 +253,8 @@ def bounded(event: CallEvent) -> CallEvent:
     tags to the first :data:`MAX_TAGS` (sorted) with keys of :data:`MAX_TAG_KEY` and values of
     :data:`MAX_TAG_VALUE` characters (the note says how many tags were dropped, if any). The event itself is
     returned when nothing needs cutting (the usual case, checked cheaply)."""
+    if _fits(event):
+        return event
     changes: dict[str, Any] = {}
     for (name, limit), value in zip(TEXT_LIMITS, _texts(event)):
         if type(value) is str and len(value) > limit:
