@@ -511,12 +511,28 @@ def test_two_schedulers_and_adhoc_rollup_and_report_keep_rollups_exact(db_url: s
         for p in callers:
             p.send_signal(signal.SIGTERM)
         outputs = [p.communicate(timeout=300)[0] for p in callers]
+        ran = [r for loop in loops for r in loop.finish()]
+        # The last word goes to the schedulers: under load the ad-hoc rollups may take every batch
+        # first, so a final burst of calls arrives with no ad-hoc command running, and a scheduler
+        # rollup must take it.
+        tail = spawn_worker(upstream.base_url, "threads", 2, env, tmp_path / "c2.log", "--calls", "20",
+                            "--projects", "8", "--seed", "40")
+        callers.append(tail)
+        outputs.append(tail.communicate(timeout=300)[0])
+        engine = engine_for(db_url)
+        try:
+            deadline = time.monotonic() + 120
+            while pending_batches(engine) and time.monotonic() < deadline:
+                time.sleep(0.2)
+        finally:
+            engine.dispose()
     finally:
         for p in callers:
             if p.poll() is None:
                 p.kill()
                 p.wait()
-        ran = [r for loop in loops for r in loop.finish()]
+        for loop in loops:
+            loop.finish()
         for p in schedulers:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
