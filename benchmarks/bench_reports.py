@@ -14,7 +14,7 @@ A SQLite ledger (the embedded default; PostgreSQL is not measured here) is fille
 Time is the median of a few runs without tracing; peak memory is ``tracemalloc``'s peak during
 one more run (Python heap, numpy/pandas buffers included; the re-export for FOCUS, which builds
 the same rows as the first issue). Memory at the big size against the small one must stay flat.
-If ``ledger.reports`` / ``ledger.focus`` are missing, a clearly marked placeholder row is shown.
+If ``ledger.reports.build`` / ``ledger.exports.focus`` are missing, a clearly marked placeholder row is shown.
 """
 
 from __future__ import annotations
@@ -65,7 +65,10 @@ def _times(fn: Any, reps: int) -> list[float]:
 def _one_size(n: int, reps: int) -> dict[str, Any]:
     from sqlalchemy import text
 
-    from ledger import focus, reports, rollup, store
+    from ledger.exports import focus
+    from ledger.reports import build as reports
+    from ledger.store import rollup
+    from ledger import store
 
     tmp = scratch("rep")
     url = f"sqlite:///{tmp}/ledger.db"
@@ -144,7 +147,7 @@ def _one_size(n: int, reps: int) -> dict[str, Any]:
 
 def main(quick: bool) -> dict[str, Any]:
     fig = "5 reports"
-    present = {m: importlib.util.find_spec(m) is not None for m in ("ledger.reports", "ledger.focus")}
+    present = {m: importlib.util.find_spec(m) is not None for m in ("ledger.reports.build", "ledger.exports.focus")}
     if not all(present.values()):
         return {"rows": [row(fig, PENDING, value=None, unit="", verdict="pending", modules=present)],
                 "notes": {"modules": present}}

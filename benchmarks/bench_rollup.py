@@ -52,7 +52,7 @@ def _nowhere(sel: Any) -> Any:
 def _copy_tables(engine: Any) -> tuple[Any, Any]:
     from sqlalchemy import Column, MetaData, Table
 
-    from ledger.schema import TagRollupRow, UsageRollupRow
+    from ledger.store.schema import TagRollupRow, UsageRollupRow
 
     md = MetaData()
     out = []
@@ -143,8 +143,9 @@ def _timed(fn: Any) -> float:
 def _bench(backend: str, n: int, big: int, reps: int, noops: int, schema: str | None) -> dict[str, Any]:
     from sqlalchemy import delete, insert, text, update
 
-    from ledger import rollup, store
-    from ledger.schema import ROLLUP_KEY, ROLLUP_MEASURES, IngestBatchRow, TagRollupRow, UsageRollupRow
+    from ledger.store import rollup
+    from ledger import store
+    from ledger.store.schema import ROLLUP_KEY, ROLLUP_MEASURES, IngestBatchRow, TagRollupRow, UsageRollupRow
 
     tmp = scratch("rollup")
     lg = _Ledger(backend, tmp, schema)

@@ -7,11 +7,11 @@ library's way to everything the CLI does (roll up, report, bill, export, budgets
 verify) and to a pandas DataFrame of usage (:meth:`Ledger.frame`).
 """
 
-from ._version import __version__
-from .api import Ledger
-from .client import AsyncCerebrasClient, AsyncStream, CerebrasClient, Stream
-from .config import ConfigError
-from .errors import (
+from ledger._version import __version__
+from ledger.api import Ledger
+from ledger.call.client import AsyncCerebrasClient, AsyncStream, CerebrasClient, Stream
+from ledger.config import ConfigError
+from ledger.call.errors import (
     APIConnectionError,
     APIError,
     APIResponseValidationError,
@@ -27,8 +27,8 @@ from .errors import (
     RateLimitError,
     UnprocessableEntityError,
 )
-from .money import Money, usd
-from .transport import AsyncRecordingTransport, RecordingTransport, instrument
+from ledger.money import Money, usd
+from ledger.call.transport import AsyncRecordingTransport, RecordingTransport, instrument
 
 __all__ = [
     "APIConnectionError",

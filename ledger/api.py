@@ -10,9 +10,9 @@ without shelling out (sqlite-utils' ``Database`` is the model)::
 
 This module owns the lifecycle (URL resolution, engine, migrations, spool recovery, disposal)
 and the analyst's DataFrame (:meth:`Ledger.frame`); every other method is a thin call into the
-module that owns the work (:mod:`ledger.rollup`, :mod:`ledger.reports`, :mod:`ledger.focus`,
-:mod:`ledger.eventio`, :mod:`ledger.summary`, :mod:`ledger.verify`, :mod:`ledger.alerts`,
-:mod:`ledger.pricedb`). Each CLI command is a thin wrapper over the same calls.
+module that owns the work (:mod:`ledger.store.rollup`, :mod:`ledger.reports.build`, :mod:`ledger.exports.focus`,
+:mod:`ledger.exports.eventfiles`, :mod:`ledger.reports.summary`, :mod:`ledger.store.verify`, :mod:`ledger.budgets.alerts`,
+:mod:`ledger.store.prices`). Each CLI command is a thin wrapper over the same calls.
 
 Only the standard library is imported here at module level: SQLAlchemy, Alembic, pandas and
 the report code load inside the methods that need them, so ``import ledger`` stays light.
@@ -30,22 +30,22 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from .config import ConfigError, database_url, redact, redact_url, spool_dir as _spool_dir
-from .money import Money
+from ledger.config import ConfigError, database_url, redact, redact_url, spool_dir as _spool_dir
+from ledger.money import Money
 
 if TYPE_CHECKING:
     import os
 
     from sqlalchemy import Engine
 
-    from .alerts import Budget
-    from .focus import BillingExport
-    from .pricedb import RepriceResult, Unpriced
-    from .pricing import PricePoint
-    from .reports import Report
-    from .rollup import RollupResult
-    from .summary import ProjectSummary
-    from .verify import Finding
+    from ledger.budgets.alerts import Budget
+    from ledger.exports.focus import BillingExport
+    from ledger.store.prices import RepriceResult, Unpriced
+    from ledger.pricing import PricePoint
+    from ledger.reports.build import Report
+    from ledger.store.rollup import RollupResult
+    from ledger.reports.summary import ProjectSummary
+    from ledger.store.verify import Finding
 
 __all__ = ["FRAME_KEYS", "Budgets", "Ledger", "Prices"]
 
@@ -154,21 +154,21 @@ class Budgets:
             hard: bool = False) -> Budget:
         """Create or replace ``project``'s budget; amounts are decimal USD strings (exact).
         Bad input raises :class:`ConfigError` with one line."""
-        from . import alerts
+        from ledger.budgets import alerts
 
         return alerts.set_budget(self._ledger.engine, project, monthly=monthly, daily=daily, thresholds=thresholds,
                                  timezone=timezone, free_only=free_only, hard=hard)
 
     def list(self) -> list[Budget]:
         """Every budget, by project."""
-        from . import alerts
+        from ledger.budgets import alerts
 
         with self._ledger.engine.connect() as conn:
             return alerts.list_budgets(conn)
 
     def remove(self, project: str) -> bool:
         """Remove ``project``'s budget (its past alerts stay); whether there was one."""
-        from . import alerts
+        from ledger.budgets import alerts
 
         return alerts.remove_budget(self._ledger.engine, project)
 
@@ -181,7 +181,7 @@ class Prices:
 
     def list(self, book: str | None = None) -> list[PricePoint]:
         """Every price point, optionally of one book (``cerebras`` or ``lava``)."""
-        from . import store
+        from ledger import store
 
         with self._ledger.engine.connect() as conn:
             points = store.load_price_book(conn).points()
@@ -191,8 +191,8 @@ class Prices:
             cached: str | None = None, free: bool = False, effective_from: When | None = None) -> PricePoint:
         """Add a dated point; rates are decimal USD per million tokens. Events already priced keep
         their price. Raises :class:`ConfigError` (one line) for bad input or an existing point."""
-        from . import store
-        from .pricedb import new_point
+        from ledger import store
+        from ledger.store.prices import new_point
 
         when = None if effective_from is None else _when(effective_from, "effective_from")
         point = new_point(book, model, input, output, cached_per_m=cached, free=free, effective_from=when)
@@ -204,7 +204,7 @@ class Prices:
 
     def check(self) -> builtins.list[Unpriced]:
         """(book, model) pairs with usage but no price, busiest first (empty: all priced)."""
-        from .pricedb import unpriced
+        from ledger.store.prices import unpriced
 
         with self._ledger.engine.connect() as conn:
             return unpriced(conn)
@@ -212,8 +212,8 @@ class Prices:
     def reprice(self, since: When, until: When, project: str | None = None, *, dry_run: bool = False,
                 include_imported: bool = False) -> RepriceResult:
         """Re-price [since, until) with today's book, writing correction rows (never updates)."""
-        from . import store
-        from .pricedb import reprice
+        from ledger import store
+        from ledger.store.prices import reprice
 
         start, end = _span(since, until)
         with store.write_transaction(self._ledger.engine) as conn:
@@ -263,7 +263,8 @@ class Ledger:
     def _open(self, recover: bool = True) -> Engine:
         from sqlalchemy.exc import SQLAlchemyError
 
-        from . import journal, store
+        from ledger import journal
+        from ledger import store
 
         engine = store.make_engine(self.url)
         try:
@@ -299,17 +300,17 @@ class Ledger:
     def rollup(self, *, rebuild: bool = False, progress: Callable[[int], None] | None = None) -> RollupResult:
         """Add newly arrived events to the quarter-hour rollups, exactly once (``rebuild``: empty
         them and roll every event up again). ``progress`` gets the events of each chunk."""
-        from . import rollup
+        from ledger.store import rollup
 
         return (rollup.rebuild if rebuild else rollup.rollup)(self.engine, progress)
 
     def report(self, project: str | None, period: str, tz: str = "UTC", *,
                progress: Callable[[int], None] | None = None) -> Report:
-        """The spend report the CLI renders (:class:`ledger.reports.Report`) for ``project``
+        """The spend report the CLI renders (:class:`ledger.reports.build.Report`) for ``project``
         (``None``: all) over ``period`` (``2026-11-27``, ``2026-W48`` or ``2026-11``) in the IANA
-        zone ``tz``; rolls up first. Write it with ``ledger.reports.write_report``/``render``."""
-        from . import reports
-        from .config import check_project
+        zone ``tz``; rolls up first. Write it with ``ledger.reports.build.write_report``/``render``."""
+        from ledger.reports import build as reports
+        from ledger.config import check_project
 
         spec = reports.parse_period(period)
         zone = reports.parse_zone(tz)
@@ -321,14 +322,14 @@ class Ledger:
                        fmt: str = "csv") -> BillingExport:
         """Issue ``month`` (``YYYY-MM``, UTC, ended) as FOCUS 1.2 rows, written whole to ``out``
         (``csv`` or ``parquet``) when given. Running it again reproduces the same file."""
-        from .focus import export_billing
+        from ledger.exports.focus import export_billing
 
         return export_billing(self.engine, month, None if out is None else Path(out), fmt)
 
     def export_billing_due(self, folder: str | os.PathLike[str], fmt: str = "csv") -> list[BillingExport]:
         """Issue every ended month not yet issued (or whose file is missing) into
         ``folder/focus-YYYY-MM.<fmt>``, oldest first (``export billing --due``)."""
-        from .focus import catch_up
+        from ledger.exports.focus import catch_up
 
         return catch_up(self.engine, datetime.now(UTC), Path(folder), fmt)
 
@@ -340,7 +341,7 @@ class Ledger:
         engine = self.engine
 
         def rows() -> Iterator[dict[str, Any]]:
-            from .eventio import export_rows
+            from ledger.exports.eventfiles import export_rows
 
             with engine.connect() as conn:
                 yield from export_rows(conn, start, end, project)
@@ -349,7 +350,7 @@ class Ledger:
 
     def summary(self, since: When | None = None, until: When | None = None) -> list[ProjectSummary]:
         """Per-project totals straight from the events (``paid_cost`` exact :class:`~ledger.Money`)."""
-        from .summary import project_summaries
+        from ledger.reports.summary import project_summaries
 
         start = None if since is None else _when(since, "since")
         end = None if until is None else _when(until, "until")
@@ -357,8 +358,8 @@ class Ledger:
             return project_summaries(conn, start, end)
 
     def verify(self) -> list[Finding]:
-        """Every integrity problem found (empty: consistent); see :mod:`ledger.verify`."""
-        from .verify import verify
+        """Every integrity problem found (empty: consistent); see :mod:`ledger.store.verify`."""
+        from ledger.store.verify import verify
 
         with self.engine.connect() as conn:
             return verify(conn, self.spool_dir)
@@ -413,7 +414,7 @@ class Ledger:
                     zone: tzinfo) -> dict[tuple[Any, ...], list[int]]:
         from sqlalchemy import case, func, select
 
-        from .schema import UsageRollupRow
+        from ledger.store.schema import UsageRollupRow
 
         r = UsageRollupRow.__table__.c
         cols = [r.bucket if k.name == "day" else r[k.name] for k in keys]
@@ -434,8 +435,8 @@ class Ledger:
         and bucket (both rollups sum the same rows, so the difference is exact)."""
         from sqlalchemy import case, func, select
 
-        from .schema import TagRollupRow, UsageRollupRow
-        from .store import clip, read_snapshot
+        from ledger.store.schema import TagRollupRow, UsageRollupRow
+        from ledger.store import clip, read_snapshot
 
         tag = clip(tag, 100) or ""  # as the store keeps tag keys (see EventTagRow)
         t, r = TagRollupRow.__table__.c, UsageRollupRow.__table__.c

@@ -8,7 +8,7 @@ ids, outcome, token counts and timings, and *never* a key, a token, a prompt or 
 the same millisecond still sort in creation order). :func:`encode` / :func:`decode` are the
 event's one serialization, used by the spool; ``decode(encode(e)) == e``.
 
-Imports only :mod:`ledger.wire`.
+Imports only :mod:`ledger.call.wire`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from .wire import TimeInfo, Usage
+from ledger.call.wire import TimeInfo, Usage
 
 __all__ = [
     "ROUTES",

@@ -31,9 +31,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from .events import CallEvent
-from .money import ZERO, Money, usd
-from .wire import Usage
+from ledger.events import CallEvent
+from ledger.money import ZERO, Money, usd
+from ledger.call.wire import Usage
 
 __all__ = [
     "ALIASES",

@@ -20,13 +20,14 @@ from typing import Any, Self
 import pytest
 import sqlalchemy as sa
 
-from ledger import alerts, store
-from ledger.cli import main
+from ledger.budgets import alerts
+from ledger import store
+from ledger.cli.main import main
 from ledger.events import CallEvent, new_event_id
 from ledger.money import Money, usd
 from ledger.pricing import Charge
-from ledger.schema import AlertRow
-from ledger.wire import Usage
+from ledger.store.schema import AlertRow
+from ledger.call.wire import Usage
 
 SECRET = "s3cr3t-Hmac-Key-4242"
 QUIET = alerts.SpikeRule(min_spend=usd("1000000"))  # no spike alerts in tests about other rules
@@ -525,7 +526,7 @@ def test_no_webhook_url_logs_only(
     monkeypatch.delenv("LEDGER_ALERT_WEBHOOK_URL", raising=False)
     monkeypatch.setenv("LEDGER_ALERT_WEBHOOK_SECRET", SECRET)
     assert alerts.webhook_from_env() is None
-    caplog.set_level(logging.INFO, logger="ledger.alerts")
+    caplog.set_level(logging.INFO, logger="ledger.budgets.alerts")
     now = datetime(2026, 11, 5, 12, tzinfo=UTC)
     alerts.set_budget(engine, "quiet", monthly="1", thresholds="100", now=now - timedelta(days=1))
     spend(engine, "quiet", [(now - timedelta(hours=2), 10**9)])
@@ -534,7 +535,7 @@ def test_no_webhook_url_logs_only(
     assert keys(created) == {("quiet", "month_actual", "2026-11", 100)}
     assert result == alerts.DeliveryResult()
     assert rx.requests == []
-    logged = [r for r in caplog.records if r.name == "ledger.alerts"]
+    logged = [r for r in caplog.records if r.name == "ledger.budgets.alerts"]
     assert len(logged) == 1 and logged[0].levelno == logging.WARNING
     assert created[0].message in logged[0].getMessage()
     assert SECRET not in caplog.text

@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from ledger import focus, store
-from ledger.scheduler import Schedule, default_jobs
+from ledger.exports import focus
+from ledger import store
+from ledger.scheduler.runner import Schedule, default_jobs
 
 from .test_focus import AUG, OCT, SEP, at, event, write
 
@@ -82,7 +83,9 @@ CHILD = textwrap.dedent("""
     import os, signal, sys
     from datetime import datetime, UTC
     from pathlib import Path
-    from ledger import focus, outfile, store
+    from ledger import outfile
+    from ledger.exports import focus
+    from ledger import store
 
     def die(src, dst):  # the process dies for real between the commit and the rename
         os.kill(os.getpid(), signal.SIGKILL)
@@ -142,7 +145,7 @@ def _read(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 
 def test_cli_export_billing_due(ledger_env: dict[str, str], tmp_path: Path,
                                 capsys: pytest.CaptureFixture[str]) -> None:
-    from ledger.cli import main
+    from ledger.cli.main import main
 
     eng = store.make_engine(ledger_env["LEDGER_DATABASE_URL"])
     try:

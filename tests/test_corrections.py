@@ -19,13 +19,14 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from ledger import pricedb, store
-from ledger.cli import main
+from ledger.store import prices as pricedb
+from ledger import store
+from ledger.cli.main import main
 from ledger.events import CallEvent, new_event_id
 from ledger.pricing import charge
-from ledger.schema import EventRow
-from ledger.verify import verify
-from ledger.wire import Usage
+from ledger.store.schema import EventRow
+from ledger.store.verify import verify
+from ledger.call.wire import Usage
 
 from .conftest import write_events
 

@@ -20,7 +20,8 @@ from typing import Any, Self
 import pytest
 import sqlalchemy as sa
 
-from ledger import alerts, store
+from ledger.budgets import alerts
+from ledger import store
 
 from .test_alerts import QUIET, SECRET, alert_rows, as_utc, one_error, run, spend
 

@@ -57,7 +57,8 @@ import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
 import ledger
-from ledger import journal, store
+from ledger import journal
+from ledger import store
 from ledger.events import decode
 from ledger.testing import StandIn
 

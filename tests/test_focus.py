@@ -19,14 +19,17 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from ledger import focus, pricedb, rollup, store
-from ledger.cli import main
+from ledger.exports import focus
+from ledger.store import prices as pricedb
+from ledger.store import rollup
+from ledger import store
+from ledger.cli.main import main
 from ledger.events import CallEvent, new_event_id
 from ledger.money import Money, usd
 from ledger.pricing import Charge, charge
-from ledger.schema import EventRow, UsageRollupRow
-from ledger.summary import project_summaries
-from ledger.wire import Usage
+from ledger.store.schema import EventRow, UsageRollupRow
+from ledger.reports.summary import project_summaries
+from ledger.call.wire import Usage
 
 AUG, SEP, OCT = "2026-08", "2026-09", "2026-10"
 EXPECTED_COLUMNS = [

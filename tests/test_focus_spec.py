@@ -32,7 +32,8 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from ledger import focus, store
+from ledger.exports import focus
+from ledger import store
 from ledger.money import usd
 from ledger.pricing import Charge
 
@@ -272,7 +273,7 @@ def test_unpriced_usage_is_not_billed_and_is_counted(engine: sa.Engine, tmp_path
     assert not any(r["x_Model"] == "mystery-model" for r in result.rows)
     # once priced and re-priced, it is billed by the next export as corrections (the README's rule)
     add_point(engine, "lava", "mystery-model", "1.00", "1.00", at(SEP, 1, 0))
-    from ledger import pricedb
+    from ledger.store import prices as pricedb
 
     with store.write_transaction(engine) as conn:
         pricedb.reprice(conn, *focus.month_bounds(SEP))

@@ -3,7 +3,7 @@
 The whole way, with real parts: calls through the official SDKs and the wrapper client against
 the loopback stand-in, recorded into SQLite and PostgreSQL; ``alerts.check`` keeps the
 ``budget_stops`` table; the journal's writer publishes the stop file; the call path refuses
-(nothing reaches the upstream) and records the refusal. See :mod:`ledger.stops`.
+(nothing reaches the upstream) and records the refusal. See :mod:`ledger.call.stops`.
 """
 
 from __future__ import annotations
@@ -26,12 +26,14 @@ from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 import ledger
-from ledger import alerts, stops, store
+from ledger.budgets import alerts
+from ledger.call import stops
+from ledger import store
 from ledger.config import ConfigError, check_project
 from ledger.money import Money, usd
 from ledger.pricing import BUILTIN_PRICES, PriceBook
-from ledger.schema import BudgetStopRow
-from ledger.stops import Stop, StopList
+from ledger.store.schema import BudgetStopRow
+from ledger.call.stops import Stop, StopList
 from ledger.testing import StandIn
 
 from .conftest import fetch_events
@@ -128,7 +130,7 @@ def test_free_models_include_aliases_and_follow_dates() -> None:
     assert "gpt-oss-120b" not in free and book.free_models("cerebras", NOW) == frozenset()
     assert all(book.price_for("lava", m, NOW).free for m in free)  # type: ignore[union-attr]
     later = NOW + timedelta(days=1)
-    from ledger.pricedb import new_point
+    from ledger.store.prices import new_point
 
     paid_now = new_point("lava", "llama3.1-8b", "0.10", "0.10", effective_from=later)
     dated = PriceBook([*BUILTIN_PRICES, paid_now])
@@ -311,10 +313,10 @@ def test_wrapper_client_raises_budget_exceeded(ledger_env: dict[str, str], upstr
         assert c.flush(10)
         _spend_it(url, "proj-hard")
         _wait("the writer to publish the stop", _stop_file(ledger_env).exists)
-        with pytest.raises(ledger.errors.BudgetExceededError) as info:
+        with pytest.raises(ledger.call.errors.BudgetExceededError) as info:
             reply = c.chat.completions.create(model="gpt-oss-120b", messages=MSG, stream=stream)
             list(reply) if stream else None
-        assert isinstance(info.value, ledger.errors.APIStatusError) and info.value.status_code == 402
+        assert isinstance(info.value, ledger.call.errors.APIStatusError) and info.value.status_code == 402
         assert info.value.code == "hard_budget_spent" and "proj-hard" in info.value.message
         assert c.flush(10)
     assert upstream.requests == 1  # refused once, and not retried
@@ -332,7 +334,7 @@ def test_async_wrapper_client_raises_budget_exceeded(ledger_env: dict[str, str],
             assert await c.flush(10)
             await asyncio.to_thread(_spend_it, url, "proj-hard")
             await asyncio.to_thread(_wait, "the stop", _stop_file(ledger_env).exists)
-            with pytest.raises(ledger.errors.BudgetExceededError) as info:
+            with pytest.raises(ledger.call.errors.BudgetExceededError) as info:
                 await c.chat.completions.create(model="gpt-oss-120b", messages=MSG)
             assert await c.flush(10)
             return info.value
@@ -352,7 +354,7 @@ def test_a_refusal_is_logged_once_per_project_and_month(ledger_env: dict[str, st
         _wait("the writer to publish the stop", _stop_file(ledger_env).exists)
         with caplog.at_level(logging.INFO, logger="ledger"):
             for _ in range(3):
-                with pytest.raises(ledger.errors.BudgetExceededError):
+                with pytest.raises(ledger.call.errors.BudgetExceededError):
                     c.chat.completions.create(model="gpt-oss-120b", messages=MSG)
         assert c.flush(10)
     said = [r for r in caplog.records if "hard monthly budget" in r.getMessage()]
@@ -427,7 +429,7 @@ def test_writer_process_publishes_the_stop(ledger_env: dict[str, str], upstream:
         assert c.flush(10)
         _wait("the writer process to publish the stop", _stop_file(ledger_env).exists)
         assert c.transport.journal._sink._engine is None  # the calling process never connected
-        with pytest.raises(ledger.errors.BudgetExceededError):
+        with pytest.raises(ledger.call.errors.BudgetExceededError):
             c.chat.completions.create(model="gpt-oss-120b", messages=MSG)
         assert c.flush(10)
     assert upstream.requests == 1

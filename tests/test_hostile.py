@@ -50,14 +50,21 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ledger
-from ledger import alerts, config, eventio, focus, journal, reports, store, transport
-from ledger.cli import main
+from ledger import config
+from ledger.budgets import alerts
+from ledger.exports import eventfiles as eventio
+from ledger.exports import focus
+from ledger import journal
+from ledger.reports import build as reports
+from ledger import store
+from ledger.call import transport
+from ledger.cli.main import main
 from ledger.config import ConfigError, check_project, spreadsheet_cell
 from ledger.events import CallEvent, new_event_id
 from ledger.money import Money
 from ledger.pricing import Charge
 from ledger.testing import StandIn, _Handler
-from ledger.wire import Usage
+from ledger.call.wire import Usage
 
 from .conftest import fetch_events
 from .test_alerts import Receiver

@@ -24,9 +24,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ledger import store
-from ledger.cli import main
+from ledger.cli.main import main
 from ledger.events import CallEvent, new_event_id
-from ledger.wire import MAX_TOKENS, Usage
+from ledger.call.wire import MAX_TOKENS, Usage
 
 from .conftest import fetch_events, fresh_pg_schema, pg_problem, write_events
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ledger.eventio import COLUMNS, ImportError_, parse_file
+from ledger.exports.eventfiles import COLUMNS, ImportError_, parse_file
 
 GOOD = {
     "event_id": str(uuid.UUID(int=1)), "occurred_at": "2026-11-01T00:00:00Z", "project": "p", "route": "cerebras",

@@ -23,10 +23,12 @@ from typing import Any
 import pytest
 
 import ledger
-from ledger import ConfigError, Ledger, Money, journal, store
+from ledger import ConfigError, Ledger, Money
+from ledger import journal
+from ledger import store
 from ledger.events import CallEvent, new_event_id
-from ledger.schema import SCHEMA_REVISION
-from ledger.wire import Usage
+from ledger.store.schema import SCHEMA_REVISION
+from ledger.call.wire import Usage
 
 from .conftest import fetch_events, write_events
 

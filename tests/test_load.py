@@ -33,7 +33,7 @@ import sqlalchemy as sa
 
 from ledger import store
 from ledger.pricing import ALIASES, BUILTIN_PRICES, PricePoint
-from ledger.schema import EventRow, IngestBatchRow, UsageRollupRow
+from ledger.store.schema import EventRow, IngestBatchRow, UsageRollupRow
 from ledger.testing import StandIn
 
 WORKER = Path(__file__).with_name("_load_worker.py")
@@ -168,7 +168,7 @@ class RollupLoop:
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        from ledger import rollup
+        from ledger.store import rollup
 
         engine = store.make_engine(self.url)
         try:
@@ -391,8 +391,8 @@ def test_verify_during_writes_and_rollups_reports_no_false_mismatch(db_url: str)
     between showed as a mismatch in about a third of the runs.)"""
     import random
 
-    from ledger import rollup
-    from ledger.verify import verify
+    from ledger.store import rollup
+    from ledger.store.verify import verify
 
     from .test_rollup import _event, _write
 
@@ -583,7 +583,7 @@ def test_two_schedulers_and_adhoc_rollup_and_report_keep_rollups_exact(db_url: s
         engine.dispose()
 
     # A report made now, from the final rollups, carries the exact totals.
-    from ledger import reports
+    from ledger.reports import build as reports
 
     engine = engine_for(db_url)
     try:

@@ -13,11 +13,12 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import inspect, select
 
-from ledger import schema, store
+from ledger.store import schema
+from ledger import store
 from ledger.events import CallEvent, new_event_id
 from ledger.pricing import BUILTIN_PRICES, Charge, PriceBook, charge
-from ledger.schema import SCHEMA_REVISION, EventRow, PriceRow
-from ledger.wire import TimeInfo, Usage
+from ledger.store.schema import SCHEMA_REVISION, EventRow, PriceRow
+from ledger.call.wire import TimeInfo, Usage
 
 LEDGER_TABLES = {"events", "prices"}
 
@@ -66,7 +67,7 @@ def test_upgrade_check_downgrade_upgrade(engine: sa.Engine) -> None:
     store.upgrade(engine)
     assert LEDGER_TABLES <= _tables(engine)
     assert store.current_revision(engine) == SCHEMA_REVISION
-    _alembic_check(engine)  # the migrations build exactly what ledger.schema declares
+    _alembic_check(engine)  # the migrations build exactly what ledger.store.schema declares
 
     store.downgrade(engine, "base")
     assert not _tables(engine) & LEDGER_TABLES

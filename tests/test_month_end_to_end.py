@@ -11,7 +11,12 @@ from zoneinfo import ZoneInfo
 import pytest
 import sqlalchemy as sa
 
-from ledger import alerts, focus, pricedb, reports, rollup, store
+from ledger.budgets import alerts
+from ledger.exports import focus
+from ledger.store import prices as pricedb
+from ledger.reports import build as reports
+from ledger.store import rollup
+from ledger import store
 from ledger.money import Money
 
 from .test_rollup import _event, _write

@@ -25,7 +25,7 @@ def test_all_is_sorted_and_every_name_resolves() -> None:
 
 
 def test_every_public_error_is_exported() -> None:
-    from ledger import errors
+    from ledger.call import errors
 
     exported = {n for n in errors.__all__ if isinstance(getattr(errors, n), type)}
     assert exported <= set(ledger.__all__)

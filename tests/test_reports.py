@@ -24,13 +24,16 @@ from zoneinfo import ZoneInfo
 import pytest
 import sqlalchemy as sa
 
-from ledger import pricedb, reports, rollup, store
-from ledger.cli import main
+from ledger.store import prices as pricedb
+from ledger.reports import build as reports
+from ledger.store import rollup
+from ledger import store
+from ledger.cli.main import main
 from ledger.config import spreadsheet_cell
 from ledger.events import CallEvent, new_event_id
 from ledger.money import Money
-from ledger.schema import EventRow, EventTagRow
-from ledger.wire import Usage
+from ledger.store.schema import EventRow, EventTagRow
+from ledger.call.wire import Usage
 
 from .conftest import write_events
 

@@ -14,10 +14,12 @@ from zoneinfo import ZoneInfo
 import pytest
 import sqlalchemy as sa
 
-from ledger import pricedb, rollup, store
+from ledger.store import prices as pricedb
+from ledger.store import rollup
+from ledger import store
 from ledger.events import CallEvent, new_event_id
 from ledger.pricing import PriceBook, charge
-from ledger.wire import Usage
+from ledger.call.wire import Usage
 
 from .conftest import write_events
 

@@ -20,9 +20,12 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from ledger import alerts, rollup, scheduler, store
-from ledger.scheduler import Lease, Schedule, build_scheduler
-from ledger.schema import LeaseRow
+from ledger.budgets import alerts
+from ledger.store import rollup
+from ledger.scheduler import runner as scheduler
+from ledger import store
+from ledger.scheduler.runner import Lease, Schedule, build_scheduler
+from ledger.store.schema import LeaseRow
 
 from .test_alerts import alert_rows, spend
 from .test_delivery import Hostile
@@ -149,7 +152,7 @@ def test_sigterm_stops_the_scheduler_with_a_delivery_in_flight(
 HUNG_JOB = """
 import sys, threading
 from ledger import store
-from ledger.scheduler import Schedule, run_scheduler
+from ledger.scheduler.runner import Schedule, run_scheduler
 
 engine = store.make_engine(sys.argv[1])
 store.ensure_schema(engine)

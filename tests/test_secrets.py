@@ -17,7 +17,8 @@ import pytest
 import sqlalchemy as sa
 
 import ledger
-from ledger import journal, store
+from ledger import journal
+from ledger import store
 from ledger.testing import StandIn, _Handler
 
 from .conftest import fetch_events
@@ -135,8 +136,8 @@ def test_no_secret_or_content_anywhere_after_a_whole_run(
     at DEBUG, everything the commands printed and every exception raised to the caller are searched
     for the key, the forward tokens (bare and BYOK, and its provider key), the webhook signing
     secret, the prompt and the completion."""
-    from ledger import transport
-    from ledger.cli import main
+    from ledger.call import transport
+    from ledger.cli.main import main
 
     from .test_alerts import Receiver
     from .test_hostile import _Clock, _month_before, _next_month

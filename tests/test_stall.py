@@ -23,7 +23,8 @@ from typing import Any
 import pytest
 
 import ledger
-from ledger import events, journal
+from ledger import events
+from ledger import journal
 from ledger.events import encode
 from ledger.testing import StandIn
 
@@ -109,12 +110,12 @@ def test_a_hostile_upstream_with_a_1mb_model_never_stalls_the_writer(ledger_env:
     url = ledger_env["LEDGER_DATABASE_URL"]
     bad = ledger.CerebrasClient("stall", api_key="k", base_url=hostile)
     bad.chat.completions.create(model="gpt-oss-120b", messages=MSG)
-    with pytest.raises(ledger.errors.APIStatusError):
+    with pytest.raises(ledger.call.errors.APIStatusError):
         bad.chat.completions.create(model="gpt-oss-120b", messages=MSG, extra_headers={"x-hostile": "error"})
     good = ledger.CerebrasClient("stall", api_key="k", base_url=upstream.base_url)
     later = [good.chat.completions.create(model="gpt-oss-120b", messages=MSG)["id"] for _ in range(10)]
     # a 1 MB requested model too (the caller's own body)
-    with pytest.raises(ledger.errors.APIStatusError):
+    with pytest.raises(ledger.call.errors.APIStatusError):
         good.chat.completions.create(model="q" * MEGA, messages=MSG, extra_headers={"x-standin-scenario": "not_found"})
     assert good.flush(20) and bad.flush(20), f"the writer ({writer}) stalled behind one event"
     rows = fetch_events(url)
@@ -288,10 +289,10 @@ def test_a_stop_file_not_ours_alone_is_never_obeyed(ledger_env: dict[str, str], 
                                                     foreign: str, caplog: pytest.LogCaptureFixture) -> None:
     from datetime import UTC, datetime, timedelta
 
-    from ledger import stops
+    from ledger.call import stops
     from ledger.money import usd
 
-    caplog.set_level(logging.WARNING, logger="ledger.stops")
+    caplog.set_level(logging.WARNING, logger="ledger.call.stops")
     spool = Path(ledger_env["LEDGER_SPOOL_DIR"])
     spool.mkdir(mode=0o700)
     until = datetime.now(UTC) + timedelta(days=2)
@@ -427,7 +428,7 @@ def test_events_of_wrong_types_or_absurd_values_never_stall_the_writer(db_url: s
     import dataclasses
     from datetime import UTC, datetime
 
-    from ledger.wire import TimeInfo, Usage
+    from ledger.call.wire import TimeInfo, Usage
 
     spool = tmp_path / "spool"
     j = journal.journal_for(db_url, spool)

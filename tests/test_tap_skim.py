@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledger.events import CallEvent
-from ledger.transport import Attempt, _BodyTap, _Target
+from ledger.call.transport import Attempt, _BodyTap, _Target
 
 from .test_wire import CAPTURE, DONE, VARIANTS
 

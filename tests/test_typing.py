@@ -2,7 +2,7 @@
 
 ``create()`` is overloaded on ``stream``: a literal ``stream=True`` gives a :class:`ledger.Stream`
 (``AsyncStream`` for the async client), none or ``stream=False`` a ``dict``, a plain ``bool`` the
-union. The client-transport channel is typed (:class:`ledger.transport.CallOptions`), and the
+union. The client-transport channel is typed (:class:`ledger.call.transport.CallOptions`), and the
 recording transports take any request that quacks like httpx's or httpx2's.
 """
 
@@ -21,7 +21,7 @@ SCRIPT = textwrap.dedent('''
     import httpx2
 
     import ledger
-    from ledger.transport import CALL_OPTIONS, CallOptions, HTTPRequest, RecordingTransport
+    from ledger.call.transport import CALL_OPTIONS, CallOptions, HTTPRequest, RecordingTransport
 
 
     def sync(client: ledger.CerebrasClient, flag: bool) -> None:

@@ -32,7 +32,7 @@ must leave exactly one row (uninstrumented twins none), with the status the READ
 no response at all; ``incomplete``: the body was cut, timed out mid-body, or the caller stopped
 reading), tokens only when the upstream reported valid ones, and a cost that is never negative:
 ``0`` for an error without usage, ``NULL`` (``priced=false``) when a served completion's usage is
-unknown. Negative or absurd (10**15) token counts make the usage unknown (``ledger.wire``), so
+unknown. Negative or absurd (10**15) token counts make the usage unknown (``ledger.call.wire``), so
 they can never price into a negative or overflowing BIGINT; nonsense ``time_info`` is dropped.
 
 Timeouts are inputs, never assertions, and chosen so a loaded machine cannot flip an outcome:
@@ -80,7 +80,7 @@ import ledger
 from ledger import journal
 from ledger.pricing import BUILTIN_PRICES
 from ledger.testing import ABSURD_STATUS, ABSURD_TOKENS, StandIn
-from ledger.wire import MAX_TOKENS
+from ledger.call.wire import MAX_TOKENS
 
 from .conftest import fetch_events
 

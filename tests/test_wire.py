@@ -11,7 +11,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from ledger.wire import (
+from ledger.call.wire import (
     MAX_TOKENS,
     SSEDecoder,
     SSEEvent,
@@ -367,7 +367,7 @@ def test_the_skeleton_never_raises_and_never_grows(chunks: list[bytes], keep: in
     """Hostile bytes (any quotes and backslashes, cut anywhere) go through the skeleton without an
     exception, and what comes out is never longer than what went in; in chunks or whole, the
     same bytes come out."""
-    from ledger.wire import Skeleton
+    from ledger.call.wire import Skeleton
 
     pieces, whole = Skeleton(keep), Skeleton(keep)
     for c in chunks:
@@ -384,7 +384,7 @@ def test_the_skeleton_never_raises_and_never_grows(chunks: list[bytes], keep: in
                     max_leaves=20), st.integers(0, 12), st.lists(st.integers(1, 50), min_size=1, max_size=5))
 def test_the_skeleton_of_json_is_that_json_with_its_long_strings_emptied(doc: Any, keep: int,
                                                                           sizes: list[int]) -> None:
-    from ledger.wire import Skeleton
+    from ledger.call.wire import Skeleton
 
     def emptied(v: Any) -> Any:
         if isinstance(v, str):

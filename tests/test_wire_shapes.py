@@ -26,7 +26,7 @@ import httpx
 import pytest
 
 import ledger
-from ledger.client import _retry_delay
+from ledger.call.client import _retry_delay
 
 from ._replay import WIRE, Answer, Replay, recorded_ids
 from .conftest import fetch_events
@@ -487,7 +487,7 @@ def test_an_abandoned_stream_is_recorded_before_exit(how: str, ledger_env: dict[
     ({"model": "m", "stream": "yes"}, False, None),
 ])
 def test_the_request_facts_are_its_top_level_keys(body: dict[str, Any], stream: bool, tier: str | None) -> None:
-    from ledger.transport import _request_facts
+    from ledger.call.transport import _request_facts
 
     facts = _request_facts(httpx.Request("POST", "http://127.0.0.1/v1/chat/completions",
                                          content=json.dumps(body).encode()))

@@ -38,7 +38,7 @@ Nothing in the spool can stall or fool the writer:
   and left in place.
 
 :class:`ProcessJournal` (``LEDGER_WRITER=process``) is the same journal with the live segment
-drained by a child process (:mod:`ledger.writer`) instead of the thread.
+drained by a child process (:mod:`ledger.journal.process`) instead of the thread.
 """
 
 from __future__ import annotations
@@ -57,16 +57,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .config import ConfigError, owned_by_us, redact, redact_url, remember_secrets, spool_dir, spool_folder
-from .events import F_ID, CallEvent, EventDecodeError, decode_fields, encode
-from . import stops
+from ledger.config import ConfigError, owned_by_us, redact, redact_url, remember_secrets, spool_dir, spool_folder
+from ledger.events import F_ID, CallEvent, EventDecodeError, decode_fields, encode
+from ledger.call import stops
 
 if TYPE_CHECKING:
     import subprocess
 
     from sqlalchemy import Connection, Engine
 
-    from .pricing import PriceBook
+    from ledger.pricing import PriceBook
 
 __all__ = ["Journal", "ProcessJournal", "check_url", "drain_spool", "journal_for"]
 
@@ -121,7 +121,7 @@ class _Sink:
 
     def engine(self) -> Engine:
         if self._engine is None:
-            from . import store
+            from ledger import store
 
             engine = store.make_engine(self.url)
             try:
@@ -135,7 +135,7 @@ class _Sink:
     def write(self, records: list[list[Any]]) -> None:
         """Price and insert spool records (:func:`~ledger.events.decode_fields`) in one
         transaction (idempotent by event id)."""
-        from . import store
+        from ledger import store
 
         engine = self.engine()
         now = datetime.now(UTC)
@@ -151,19 +151,19 @@ class _Sink:
     def price_book(self, conn: Connection) -> PriceBook:
         """The price book, re-read from ``conn`` when older than :data:`PRICE_REFRESH_S`."""
         if self._book is None or time.monotonic() - self._book_at > PRICE_REFRESH_S:
-            from . import store
+            from ledger import store
 
             self._book = store.load_price_book(conn)
             self._book_at = time.monotonic()
         return self._book
 
     def refresh_stops(self, folder: Path) -> None:
-        """Publish the hard-budget stop file (:mod:`ledger.stops`) when due, once this sink has
+        """Publish the hard-budget stop file (:mod:`ledger.call.stops`) when due, once this sink has
         reached the database (a process that has written nothing yet does not connect for it).
         A failure is logged once and leaves the last file in place; it never stops the writer."""
         if self._engine is None or time.monotonic() < self._stops_due:
             return
-        from . import store
+        from ledger import store
 
         self._stops_due = time.monotonic() + stops.REFRESH_S
         try:
@@ -460,7 +460,7 @@ def _remove_if_unlocked(path: Path) -> None:
 
 
 class OpenAttempt(Protocol):
-    """An attempt the call path has begun and not yet recorded (see ``ledger.transport``)."""
+    """An attempt the call path has begun and not yet recorded (see ``ledger.call.transport``)."""
 
     def abandon(self, why: str) -> None: ...
 
@@ -667,7 +667,7 @@ class Journal:
             self._problem = None
 
     def _note_problem(self, exc: BaseException) -> None:
-        from .store import SchemaError
+        from ledger.store import SchemaError
 
         what = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
         if isinstance(exc, (SchemaError, ConfigError)):
@@ -794,7 +794,7 @@ class Journal:
 
 class ProcessJournal(Journal):
     """A journal whose live segment goes to the database through a writer *process*
-    (``LEDGER_WRITER=process``; see :mod:`ledger.writer`), so the calling process spends only
+    (``LEDGER_WRITER=process``; see :mod:`ledger.journal.process`), so the calling process spends only
     the spool append per call, and never its GIL on database work.
 
     The thread stays, with little to do: it follows the writer's checkpoint (so :meth:`flush`
@@ -826,7 +826,7 @@ class ProcessJournal(Journal):
 
         # This very package, found as this process found it (appended: never shadows anything)
         root = str(Path(__file__).resolve().parent.parent)
-        code = f"import sys; sys.path.append({root!r}); from ledger.writer import main; sys.exit(main())"
+        code = f"import sys; sys.path.append({root!r}); from ledger.journal.process import main; sys.exit(main())"
         try:
             return subprocess.Popen([sys.executable, "-c", code, str(self.folder), str(self.segment)],
                                     stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,

@@ -23,8 +23,8 @@ from typing import Any, TypeVar
 
 import click
 
-from .config import ConfigError, database_url, log_to_stderr, redact, redact_url, remember_secrets
-from .stops import read_stops
+from ledger.config import ConfigError, database_url, log_to_stderr, redact, redact_url, remember_secrets
+from ledger.call.stops import read_stops
 
 F = TypeVar("F", bound=Callable[..., Any])
 FORMATS = ("table", "csv", "json")
@@ -82,7 +82,7 @@ def format_option(choices: Sequence[str] = FORMATS, default: str = "table") -> C
 def _ledger(ctx: click.Context) -> Iterator[Any]:
     """The chosen :class:`ledger.Ledger`, opened now: schema ready, dead processes' spools
     written first (an unusable database is one ``error:`` line)."""
-    from .api import Ledger
+    from ledger.api import Ledger
 
     led = Ledger(ctx.obj["url"])
     try:
@@ -137,7 +137,7 @@ def demo(ctx: click.Context, calls: int, seed: int, fmt: str) -> None:
     Example:
       cerebras-ledger demo --calls 100
     """
-    from .demo import run_demo
+    from ledger.cli.demo import run_demo
 
     with _engine(ctx):
         pass  # create the ledger (and surface a bad URL) before sending anything
@@ -181,8 +181,8 @@ def chat(ctx: click.Context, model: str, message: str | None, stream: bool, proj
     Example:
       cerebras-ledger chat -m llama3.1-8b -p "Say hi" --project search --tag user=ana --stream
     """
-    from .client import CerebrasClient
-    from .errors import APIError
+    from ledger.call.client import CerebrasClient
+    from ledger.call.errors import APIError
 
     tag_map: dict[str, str] = {}
     for t in tags:
@@ -238,7 +238,7 @@ def db_upgrade(ctx: click.Context, revision: str) -> None:
     Example:
       cerebras-ledger db upgrade
     """
-    from . import store
+    from ledger import store
 
     engine = store.make_engine(ctx.obj["url"])
     try:
@@ -258,7 +258,7 @@ def db_downgrade(ctx: click.Context, revision: str) -> None:
     Example:
       cerebras-ledger db downgrade base
     """
-    from . import store
+    from ledger import store
 
     engine = store.make_engine(ctx.obj["url"])
     try:
@@ -277,7 +277,7 @@ def db_current(ctx: click.Context) -> None:
     Example:
       cerebras-ledger db current
     """
-    from . import store
+    from ledger import store
 
     engine = store.make_engine(ctx.obj["url"])
     try:
@@ -339,7 +339,7 @@ def prices_add(ctx: click.Context, book: str, model: str, input_: str, output: s
     Example:
       cerebras-ledger prices add --book cerebras --model zai-glm-4.7 --input 2.25 --output 2.75 --from 2026-12-01
     """
-    from .pricedb import new_point
+    from ledger.store.prices import new_point
 
     when = _parse_when(from_, "--from") if from_ else None
     new_point(book, model, input_, output, cached_per_m=cached, free=free, effective_from=when)  # before opening
@@ -361,8 +361,8 @@ def prices_sync(ctx: click.Context, feed_url: str, dry_run: bool, fmt: str) -> N
     Example:
       cerebras-ledger prices sync --dry-run
     """
-    from . import store
-    from .pricedb import feed_points, fetch_feed
+    from ledger import store
+    from ledger.store.prices import feed_points, fetch_feed
 
     feed = fetch_feed(feed_url)
     now = datetime.now(UTC).replace(microsecond=0)
@@ -459,7 +459,7 @@ def events_export(ctx: click.Context, since: str, until: str, project: str | Non
     Example:
       cerebras-ledger events export --since 2026-11-01 --until 2026-12-01 --project search --format csv
     """
-    from .eventio import write_rows
+    from ledger.exports.eventfiles import write_rows
 
     start, end = _parse_when(since, "--since"), _parse_when(until, "--until")
     if end <= start:
@@ -469,7 +469,7 @@ def events_export(ctx: click.Context, since: str, until: str, project: str | Non
         if out is None:
             write_rows(rows, sys.stdout, fmt)
             return
-        from .outfile import OutFile
+        from ledger.outfile import OutFile
 
         with OutFile(out) as target:  # whole or not at all; never over a device or a symlink
             text = io.TextIOWrapper(target.file, encoding="utf-8", newline="")
@@ -491,7 +491,7 @@ def events_import(ctx: click.Context, file: Path, fmt: str | None) -> None:
     Example:
       cerebras-ledger events import usage-from-elsewhere.csv
     """
-    from .eventio import import_file
+    from ledger.exports.eventfiles import import_file
 
     with _engine(ctx) as engine, ExitStack() as stack:
         last = [0]
@@ -578,7 +578,7 @@ def rollup_cmd(ctx: click.Context, rebuild: bool, fmt: str) -> None:
       cerebras-ledger rollup
       cerebras-ledger rollup --rebuild
     """
-    from . import rollup
+    from ledger.store import rollup
 
     with _ledger(ctx) as led:
         _, waiting = rollup.pending(led.engine)
@@ -586,7 +586,7 @@ def rollup_cmd(ctx: click.Context, rebuild: bool, fmt: str) -> None:
             with led.engine.connect() as conn:
                 from sqlalchemy import func, select
 
-                from .schema import EventRow
+                from ledger.store.schema import EventRow
                 waiting = int(conn.execute(select(func.count()).select_from(EventRow)).scalar_one())
         with click.progressbar(length=waiting, label="rolling up", file=sys.stderr) as bar:
             result = led.rollup(rebuild=rebuild, progress=bar.update)
@@ -623,8 +623,8 @@ def report_cmd(ctx: click.Context, project: str | None, period: str, tz_name: st
     Example:
       cerebras-ledger report --project search --period 2026-11 --tz Europe/Berlin --format html
     """
-    from . import reports
-    from .config import check_project
+    from ledger.reports import build as reports
+    from ledger.config import check_project
 
     try:
         spec = reports.parse_period(period)
@@ -642,7 +642,7 @@ def report_cmd(ctx: click.Context, project: str | None, period: str, tz_name: st
         except ConfigError as exc:
             raise UserError(f"--project: {exc}") from None
     if out is not None and not out.is_dir() and not str(out).endswith(("/", os.sep)):
-        from .outfile import check_target
+        from ledger.outfile import check_target
 
         check_target(out)  # before any work: never over a device or a symlink
     with _ledger(ctx) as led, ExitStack() as stack:
@@ -674,7 +674,7 @@ def export_group() -> None:
 
 
 def _billing_month(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
-    from .focus import BillingError, parse_month
+    from ledger.exports.focus import BillingError, parse_month
 
     if value is None:
         return None
@@ -709,7 +709,7 @@ def export_billing_cmd(ctx: click.Context, month: str | None, due_dir: Path | No
       cerebras-ledger export billing --month 2026-11 --format parquet --out focus-2026-11.parquet
       cerebras-ledger export billing --due reports/billing
     """
-    from .focus import write_csv
+    from ledger.exports.focus import write_csv
 
     if (month is None) == (due_dir is None):
         raise click.UsageError("give --month YYYY-MM, or --due DIR (every month not yet issued)")
@@ -810,7 +810,7 @@ def budget_set(ctx: click.Context, project: str, monthly: Any, daily: Any, thres
     Example:
       cerebras-ledger budget set search --monthly 500.00 --daily 40 --timezone Europe/Berlin
     """
-    from .config import check_project
+    from ledger.config import check_project
 
     try:
         check_project(project)
@@ -858,7 +858,7 @@ def budget_remove(ctx: click.Context, project: str) -> None:
 
 
 def _alerts() -> Any:
-    from . import alerts
+    from ledger.budgets import alerts
 
     return alerts
 
@@ -976,7 +976,7 @@ def scheduler_cmd(ctx: click.Context, config_file: Path | None, list_only: bool,
       LEDGER_SCHEDULE_ROLLUP_SECONDS=60 cerebras-ledger scheduler
       cerebras-ledger scheduler --config ledger.toml --list
     """
-    from .scheduler import build_scheduler, load_schedule, run_scheduler
+    from ledger.scheduler.runner import build_scheduler, load_schedule, run_scheduler
 
     schedule = load_schedule(config_file)
     with _engine(ctx) as engine:
@@ -998,7 +998,7 @@ def _error(line: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: run the CLI and turn every failure into one line and an exit code."""
-    from .money import MoneyError
+    from ledger.money import MoneyError
 
     try:
         rv = cli.main(args=list(argv) if argv is not None else None, prog_name="cerebras-ledger",

@@ -48,12 +48,12 @@ from typing import IO, Any
 
 from sqlalchemy import Connection, Engine, and_, case, func, select
 
-from .config import ConfigError, check_project
-from .events import ROUTES, STATUSES, CallEvent
-from .money import Money, MoneyError, usd
-from .pricing import Charge, PriceBook, charge
-from .schema import EventRow
-from .wire import MAX_TOKENS, Usage
+from ledger.config import ConfigError, check_project
+from ledger.events import ROUTES, STATUSES, CallEvent
+from ledger.money import Money, MoneyError, usd
+from ledger.pricing import Charge, PriceBook, charge
+from ledger.store.schema import EventRow
+from ledger.call.wire import MAX_TOKENS, Usage
 
 __all__ = ["COLUMNS", "ImportError_", "ImportResult", "export_rows", "import_file", "parse_file", "write_rows"]
 
@@ -444,7 +444,7 @@ def import_file(engine: Engine, path: Path, fmt: str | None = None,
 
     ``progress`` (optional) is called with the number of rows handled so far.
     """
-    from . import store
+    from ledger import store
 
     total = sum(1 for _ in parse_file(path, fmt))  # pass 1: check everything, write nothing
     inserted = 0

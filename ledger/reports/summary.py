@@ -15,8 +15,8 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, and_, case, exists, func, select
 
-from .money import Money
-from .schema import EventRow
+from ledger.money import Money
+from ledger.store.schema import EventRow
 
 __all__ = ["ProjectSummary", "project_summaries"]
 

@@ -308,7 +308,7 @@ class BudgetRow(Base):
 
 class BudgetStopRow(Base):
     """A project whose hard monthly budget is spent (kept by the alerts check; read by the
-    writer for the call path, see :mod:`ledger.stops`): paid calls refused until ``until``."""
+    writer for the call path, see :mod:`ledger.call.stops`): paid calls refused until ``until``."""
 
     __tablename__ = "budget_stops"
 

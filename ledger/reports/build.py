@@ -10,11 +10,11 @@ current), never the raw events:
   ``CASE`` on the bucket against the day boundaries names the local day. That is exact because
   a quarter-hour bucket never straddles a local midnight when the zone is a whole number of
   quarter hours from UTC at that midnight; a zone that is not is refused (the same rule as
-  :func:`ledger.rollup.daily_totals`).
+  :func:`ledger.store.rollup.daily_totals`).
 * pandas then shapes those few rows into totals, days, models, projects, top tags and the
   change against the previous period of the same kind.
 
-Semantics (see :mod:`ledger.schema`): calls, errors, incomplete and free calls count
+Semantics (see :mod:`ledger.store.schema`): calls, errors, incomplete and free calls count
 ``kind='usage'`` rows; tokens and money sum every row, so correction pairs (reversal +
 restatement) net out to the re-priced figures. *Unpriced usage* is ``status='ok'`` and
 ``priced=false``: its tokens, and its calls net of reversals (a reversal of an unpriced call
@@ -65,10 +65,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import pandas as pd  # type: ignore[import-untyped, unused-ignore]
 from sqlalchemy import Connection, Engine, case, func, literal, select
 
-from .config import spreadsheet_cell
-from .money import Money
-from .schema import TagRollupRow, UsageRollupRow
-from .store import read_snapshot
+from ledger.config import spreadsheet_cell
+from ledger.money import Money
+from ledger.store.schema import TagRollupRow, UsageRollupRow
+from ledger.store import read_snapshot
 
 __all__ = [
     "BUILD_STEPS",
@@ -256,7 +256,7 @@ def period_bounds(period: Period, tz: tzinfo) -> list[datetime]:
     """UTC instants of the local midnights that start each day of ``period``, and the one that ends
     it (``period.days + 1`` instants). A midnight that falls in a DST gap is the instant the day
     starts (``fold=0``). Refuses a zone that is not a whole number of quarter hours from UTC at any
-    of them, as :func:`ledger.rollup.daily_totals` does: only then is every bucket in one day."""
+    of them, as :func:`ledger.store.rollup.daily_totals` does: only then is every bucket in one day."""
     out: list[datetime] = []
     for i in range(period.days + 1):
         local = datetime.combine(period.first + timedelta(days=i), time(0), tzinfo=tz)
@@ -488,7 +488,7 @@ def build_report(
     """Roll up what is pending (unless ``refresh`` is false), then make the report from the rollups.
 
     ``progress`` is called with 1 after each of :data:`BUILD_STEPS` steps."""
-    from .rollup import rollup
+    from ledger.store.rollup import rollup
 
     def tick() -> None:
         if progress is not None:
@@ -1039,7 +1039,7 @@ def default_path(base: Path, project: str | None, period: Period, tz: str, fmt: 
 def write_file(path: Path, data: str) -> None:
     """Write ``data`` (UTF-8) to ``path`` atomically and owner-only (:class:`~ledger.outfile.OutFile`:
     a temporary file beside it, then a rename; never over a device, a symlink or a folder)."""
-    from .outfile import write_bytes
+    from ledger.outfile import write_bytes
 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_bytes(path, data.encode("utf-8", "replace"))
@@ -1065,7 +1065,7 @@ def daily_reports(
 ) -> list[Path]:
     """The scheduler's job: yesterday's (in ``tz``) report for all projects and for each project with
     usage that day, under ``base``."""
-    from .rollup import rollup
+    from ledger.store.rollup import rollup
 
     zone = parse_zone(tz)
     period = _day(now.astimezone(zone).date() - timedelta(days=1))

@@ -1,6 +1,6 @@
 """Hard budgets on the call path: which projects may not call paid models right now.
 
-A budget set with ``--hard`` (:func:`ledger.alerts.set_budget`) asks the wrapper to refuse a
+A budget set with ``--hard`` (:func:`ledger.budgets.alerts.set_budget`) asks the wrapper to refuse a
 project's paid-model calls once its monthly paid spend reaches the budget. Nothing on the call
 path may touch the database, so the decision travels in three hops, each off the call path:
 
@@ -23,7 +23,7 @@ refuses it too). The transport then sends nothing upstream: it records an ``erro
 (HTTP status 402, ``error_type`` ``budget_exceeded_error``, ``error_code``
 ``hard_budget_spent``, cost zero) and answers 402 with a Cerebras-shaped error body and the
 header ``x-ledger-refused: hard-budget``, so the SDKs raise their ``APIStatusError`` (not
-retried) and :class:`ledger.CerebrasClient` raises :class:`ledger.errors.BudgetExceededError`.
+retried) and :class:`ledger.CerebrasClient` raises :class:`ledger.call.errors.BudgetExceededError`.
 
 What "hard" can promise, and what it cannot: spend is seen as of the last rollup and alerts
 check, so a project can overshoot by what it spends in one scheduler interval plus
@@ -47,17 +47,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .config import owned_by_us
-from .money import Money, MoneyError, usd
+from ledger.config import owned_by_us
+from ledger.money import Money, MoneyError, usd
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
 
-    from .pricing import PriceBook
+    from ledger.pricing import PriceBook
 
 __all__ = ["CHECK_S", "REFRESH_S", "STOP_FILE", "Stop", "StopList", "publish", "read_stops", "refresh"]
 
-log = logging.getLogger("ledger.stops")
+log = logging.getLogger("ledger.call.stops")
 
 STOP_FILE = "stops.json"
 REFRESH_S = 30.0  # the writer re-reads the budget_stops table this often
@@ -227,7 +227,7 @@ def read_stops(conn: Connection, now: datetime) -> list[Stop]:
     """The stops in force at ``now``, from the ``budget_stops`` table."""
     from sqlalchemy import select
 
-    from .schema import BudgetStopRow
+    from ledger.store.schema import BudgetStopRow
 
     t = BudgetStopRow.__table__.c
     rows = conn.execute(select(t.project, t.period, t.until, t.budget_nanos, t.spent_nanos)

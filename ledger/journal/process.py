@@ -1,7 +1,7 @@
 """Writer process: drains one calling process's live spool segment into the database.
 
 With ``LEDGER_WRITER=process`` a :class:`~ledger.journal.ProcessJournal` starts this as
-``python -m ledger.writer FOLDER SEGMENT`` (the database URL in ``LEDGER_WRITER_URL``, never on
+``python -m ledger.journal.process FOLDER SEGMENT`` (the database URL in ``LEDGER_WRITER_URL``, never on
 the command line, where other users could read a password) instead of a writer thread, so the database work
 (decode, price, insert: 50-100 µs of CPU an event) never holds the calling process's GIL.
 
@@ -30,10 +30,10 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from . import journal
-from .config import log_to_stderr, redact, redact_url, remember_secrets
+from ledger import journal
+from ledger.config import log_to_stderr, redact, redact_url, remember_secrets
 
-log = logging.getLogger("ledger.writer")
+log = logging.getLogger("ledger.journal.process")
 
 
 class _Segment:
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     url = os.environ.get("LEDGER_WRITER_URL", "")
     if len(args) != 2 or not url:
-        print("usage: LEDGER_WRITER_URL=... python -m ledger.writer FOLDER SEGMENT (the ledger starts it)",
+        print("usage: LEDGER_WRITER_URL=... python -m ledger.journal.process FOLDER SEGMENT (the ledger starts it)",
               file=sys.stderr)
         return 2
     log_to_stderr(logging.WARNING)

@@ -12,10 +12,10 @@ import random
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from .client import CerebrasClient
-from .errors import APIError
-from .summary import ProjectSummary, project_summaries
-from .testing import StandIn
+from ledger.call.client import CerebrasClient
+from ledger.call.errors import APIError
+from ledger.reports.summary import ProjectSummary, project_summaries
+from ledger.testing import StandIn
 
 __all__ = ["PROJECTS", "run_demo"]
 
@@ -36,8 +36,8 @@ FAULTS = ("rate_limit", "not_found", "server_error", "cut", "stream_error")
 def run_demo(calls: int = 60, seed: int = 7, database_url: str | None = None,
              progress: Callable[[int], None] | None = None) -> tuple[list[ProjectSummary], int]:
     """Send ``calls`` calls and return (per-project summary of this run, events still waiting)."""
-    from . import store
-    from .config import database_url as resolve_url
+    from ledger import store
+    from ledger.config import database_url as resolve_url
 
     rng = random.Random(seed)
     started = datetime.now(UTC)

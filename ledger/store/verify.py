@@ -24,8 +24,8 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, case, func, literal_column, or_, select, union_all
 
-from .pricing import model_names
-from .schema import EventRow, IngestBatchRow, PriceRow, UsageRollupRow
+from ledger.pricing import model_names
+from ledger.store.schema import EventRow, IngestBatchRow, PriceRow, UsageRollupRow
 
 __all__ = ["Finding", "verify"]
 
@@ -91,7 +91,7 @@ def _pricing(conn: Connection) -> list[Finding]:
 def _spool(folder: Path | None) -> list[Finding]:
     if folder is None or not folder.is_dir():
         return []
-    from .journal import orphaned_segments
+    from ledger.journal import orphaned_segments
 
     out = [Finding("spool", f"{seg.name}: left by a dead process, not yet written to the database")
            for seg in orphaned_segments(folder)]

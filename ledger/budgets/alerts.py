@@ -13,7 +13,7 @@ amount (exactly: ``spent ≥ budget`` in nano-dollars), with the month's end in 
 any other project. Setting or removing a budget deletes its
 row at once (the next check puts it back if it is still spent). The wrapper refuses the
 project's paid-model calls while a row is in force; how that reaches the call path, and how
-fresh it is, is :mod:`ledger.stops`'s docstring.
+fresh it is, is :mod:`ledger.call.stops`'s docstring.
 
 **Paid spend** is the sum of ``cost_nanos`` over ``usage_rollup`` rows with ``free = false``:
 priced usage of non-free models plus the cost deltas of correction rows (the same figure as
@@ -59,7 +59,7 @@ rule, period, threshold), with evidence JSON (figures as exact decimal strings, 
 and end in ISO UTC, the threshold) and a message. Re-runs, restarts and concurrent processes
 therefore never make a duplicate: the database decides which insert wins.
 
-**Delivery.** Every new alert is logged (logger ``ledger.alerts``, WARNING) by the process that
+**Delivery.** Every new alert is logged (logger ``ledger.budgets.alerts``, WARNING) by the process that
 created it. The ``alerts`` table is also the outbox for the webhook
 (``LEDGER_ALERT_WEBHOOK_URL``, optional ``LEDGER_ALERT_WEBHOOK_SECRET`` and
 ``LEDGER_ALERT_WEBHOOK_TIMEOUT``), see :func:`deliver`: an alert due for delivery is claimed in a
@@ -108,14 +108,14 @@ from zoneinfo import ZoneInfo
 import httpx
 from sqlalchemy import Connection, Engine, and_, case, delete, func, or_, select, update
 
-from .config import ConfigError, check_project
-from .events import new_event_id
-from .money import Money, MoneyError, usd
-from .rollup import rollup
-from .schema import AlertRow, BudgetRow, BudgetStopRow, UsageRollupRow
-from .stops import Stop, read_stops
-from .store import db_now as store_db_now
-from .store import read_snapshot, write_transaction
+from ledger.config import ConfigError, check_project
+from ledger.events import new_event_id
+from ledger.money import Money, MoneyError, usd
+from ledger.store.rollup import rollup
+from ledger.store.schema import AlertRow, BudgetRow, BudgetStopRow, UsageRollupRow
+from ledger.call.stops import Stop, read_stops
+from ledger.store import db_now as store_db_now
+from ledger.store import read_snapshot, write_transaction
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
@@ -143,7 +143,7 @@ __all__ = [
     "webhook_from_env",
 ]
 
-log = logging.getLogger("ledger.alerts")
+log = logging.getLogger("ledger.budgets.alerts")
 
 DEFAULT_THRESHOLDS: tuple[int, ...] = (50, 80, 100)
 MAX_THRESHOLD = 1000
@@ -653,7 +653,7 @@ def evaluate(
     """Fire every alert that is due (from the rollups as they are) and return the new ones.
 
     Each (project, rule, period, threshold) fires once: inserts use ``ON CONFLICT DO NOTHING``,
-    so concurrent or repeated runs never duplicate. New alerts are logged to ``ledger.alerts``."""
+    so concurrent or repeated runs never duplicate. New alerts are logged to ``ledger.budgets.alerts``."""
     when = _now(now)
     rule = spike or SpikeRule()
     with read_snapshot(engine) as conn:
@@ -1063,7 +1063,7 @@ def check(
 def update_stops(engine: Engine, *, now: datetime | None = None,
                  projects: Sequence[str] | None = None) -> list[Stop]:
     """Keep ``budget_stops`` true to the rollups (see the module docstring) and return the stops
-    in force. A project stopped for the first time is logged (``ledger.alerts``, WARNING)."""
+    in force. A project stopped for the first time is logged (``ledger.budgets.alerts``, WARNING)."""
     when = _now(now)
     t = BudgetStopRow.__table__
     with write_transaction(engine) as conn:

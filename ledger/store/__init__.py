@@ -5,7 +5,7 @@ tables. It is never imported on the call path: the spool writer thread and the C
 
 * :func:`make_engine` normalizes the URL (``postgresql://`` means psycopg 3), makes the SQLite
   file owner-only, and sets WAL, a busy timeout and ``BEGIN IMMEDIATE`` for writes.
-* :func:`ensure_schema` brings a database to :data:`~ledger.schema.SCHEMA_REVISION`. An empty or
+* :func:`ensure_schema` brings a database to :data:`~ledger.store.schema.SCHEMA_REVISION`. An empty or
   older database is migrated with Alembic under a lock (a file lock for SQLite, an advisory
   lock for PostgreSQL) so several processes may open a new ledger at once; a database from
   newer code is refused. Alembic is imported only when a migration is due.
@@ -32,11 +32,11 @@ from typing import Any
 from sqlalchemy import Boolean, Connection, Engine, create_engine, event, inspect, select, text
 from sqlalchemy.engine import make_url
 
-from .config import ConfigError, private_dir, redact_url, remember_secrets
-from .events import CallEvent, json_encoder, new_event_id
-from .money import Money
-from .pricing import BUILTIN_PRICES, Charge, PriceBook, PricePoint, charge_nanos
-from .schema import SCHEMA_REVISION, EventRow, IngestBatchRow, PriceRow, UTCDateTime
+from ledger.config import ConfigError, private_dir, redact_url, remember_secrets
+from ledger.events import CallEvent, json_encoder, new_event_id
+from ledger.money import Money
+from ledger.pricing import BUILTIN_PRICES, Charge, PriceBook, PricePoint, charge_nanos
+from ledger.store.schema import SCHEMA_REVISION, EventRow, IngestBatchRow, PriceRow, UTCDateTime
 
 __all__ = [
     "SchemaError",
@@ -171,7 +171,7 @@ def read_snapshot(engine: Engine) -> Iterator[Connection]:
 def migrations_dir() -> str:
     import importlib
 
-    module = importlib.import_module("ledger.migrations")
+    module = importlib.import_module("ledger.store.migrations")
     return str(Path(str(module.__file__)).parent)
 
 

@@ -26,12 +26,12 @@ from typing import Any
 from sqlalchemy import Connection, and_, case, exists, func, literal, select
 from sqlalchemy.exc import IntegrityError
 
-from .config import ConfigError
-from .events import CallEvent, new_event_id
-from .money import Money, MoneyError, usd
-from .pricing import BOOKS, Charge, PriceBook, PricePoint, charge, make_price_id
-from .schema import EventRow
-from .wire import Usage
+from ledger.config import ConfigError
+from ledger.events import CallEvent, new_event_id
+from ledger.money import Money, MoneyError, usd
+from ledger.pricing import BOOKS, Charge, PriceBook, PricePoint, charge, make_price_id
+from ledger.store.schema import EventRow
+from ledger.call.wire import Usage
 
 __all__ = ["RepriceConflict", "RepriceResult", "feed_points", "new_point", "outside_cost", "reprice", "unpriced"]
 
@@ -213,7 +213,7 @@ def reprice(conn: Connection, since: datetime, until: datetime, project: str | N
     Raises :class:`RepriceConflict` if corrections of the same generation appeared meanwhile
     anyway (a writer that skipped the lock); the caller's transaction then rolls back.
     """
-    from . import store
+    from ledger import store
 
     _lock(conn)
     book = store.load_price_book(conn)

@@ -24,7 +24,7 @@ an explicit ``misfire_grace_time``.
 **Jobs stay independent.** The executor is a thread pool with a worker for every job, so a
 slow job holds only its own worker, and ``max_instances=1`` skips only its own next runs. The
 webhook outbox is its own job: a receiver that hangs delays deliveries (each attempt is bounded
-by its deadline, see :mod:`ledger.alerts`), never the rollups, the alert rules or the hard-budget
+by its deadline, see :mod:`ledger.budgets.alerts`), never the rollups, the alert rules or the hard-budget
 stops behind them.
 
 **Stopping.** SIGTERM and SIGINT stop the scheduler at once (``shutdown(wait=False)``: no new
@@ -66,13 +66,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import Engine, select, update
 
-from .config import ConfigError, redact
-from .schema import LeaseRow
-from .store import db_now, write_transaction
+from ledger.config import ConfigError, redact
+from ledger.store.schema import LeaseRow
+from ledger.store import db_now, write_transaction
 
 __all__ = ["Lease", "Schedule", "build_scheduler", "load_schedule", "run_scheduler"]
 
-log = logging.getLogger("ledger.scheduler")
+log = logging.getLogger("ledger.scheduler.runner")
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +166,7 @@ class Lease:
     def acquire(self) -> bool:
         """Take or renew the lease; ``False`` if another live holder has it. Taken, renewed and
         compared on the database's clock."""
-        from .rollup import _insert
+        from ledger.store.rollup import _insert
 
         t = LeaseRow.__table__
         with write_transaction(self.engine) as conn:
@@ -248,7 +248,8 @@ def _run_leased(engine: Engine, name: str, seconds: int, holder: str, job: Calla
 def rollup_and_checks(engine: Engine) -> None:
     """The ``rollup`` job: roll up, then fire due alerts and keep the hard-budget stops (the
     webhook outbox is the ``deliver`` job's)."""
-    from . import alerts, rollup
+    from ledger.budgets import alerts
+    from ledger.store import rollup
 
     result = rollup.rollup(engine)
     log.info("rollup: %d event(s) from %d batch(es)", result.events, result.batches)
@@ -304,7 +305,7 @@ def _then_wake(job: Callable[[], None], scheduler: Any, other: str) -> Callable[
 
 def default_jobs(engine: Engine, schedule: Schedule,
                  stop: threading.Event | None = None) -> dict[str, Callable[[], None]]:
-    from . import alerts
+    from ledger.budgets import alerts
 
     webhook = alerts.webhook_from_env()  # ConfigError here: a bad URL stops the start, in one line
 
@@ -312,12 +313,12 @@ def default_jobs(engine: Engine, schedule: Schedule,
         alerts.deliver(engine, webhook, stop=stop)
 
     def daily_reports() -> None:
-        from . import reports
+        from ledger.reports import build as reports
 
         reports.daily_reports(engine, datetime.now(UTC), schedule.report_tz, Path(schedule.reports_dir))
 
     def billing() -> None:
-        from . import focus
+        from ledger.exports import focus
 
         grace = timedelta(hours=schedule.billing_grace_hours)
         for issued in focus.catch_up(engine, datetime.now(UTC), Path(schedule.billing_dir), grace=grace):

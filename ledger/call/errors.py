@@ -103,7 +103,7 @@ class InternalServerError(APIStatusError):
 
 class BudgetExceededError(APIStatusError):
     """Not from the upstream: the ledger refused a paid-model call because the project's hard
-    monthly budget is spent (status 402, ``code`` ``hard_budget_spent``; see :mod:`ledger.stops`).
+    monthly budget is spent (status 402, ``code`` ``hard_budget_spent``; see :mod:`ledger.call.stops`).
     Nothing was sent, and the refusal is recorded. Not retried."""
 
 

@@ -14,7 +14,7 @@ response body wrapped by a stream whose ``__iter__`` passes chunks through untou
 * ``incomplete``: the body was cut (connection reset, read timeout) or the caller stopped
   reading; whatever is known is kept, usage is marked unknown.
 
-A call of a project whose hard monthly budget is spent (:mod:`ledger.stops`) to a model that
+A call of a project whose hard monthly budget is spent (:mod:`ledger.call.stops`) to a model that
 is not free in its book is not sent: the transport answers 402 itself (``x-ledger-refused:
 hard-budget``) and records an ``error`` event with ``error_code`` ``hard_budget_spent``.
 
@@ -43,12 +43,12 @@ from urllib.parse import parse_qs, unquote
 
 import httpx
 
-from .config import ConfigError, check_project, is_lava_byok
-from .config import database_url as resolve_url
-from .events import ENDPOINT_PATHS, CallEvent, Route, Status, new_event_id, normalize_tags
-from .journal import Journal, journal_for
-from .stops import Stop
-from .wire import Skeleton, SSEDecoder, TimeInfo, Usage, error_from, time_info_from, usage_from
+from ledger.config import ConfigError, check_project, is_lava_byok
+from ledger.config import database_url as resolve_url
+from ledger.events import ENDPOINT_PATHS, CallEvent, Route, Status, new_event_id, normalize_tags
+from ledger.journal import Journal, journal_for
+from ledger.call.stops import Stop
+from ledger.call.wire import Skeleton, SSEDecoder, TimeInfo, Usage, error_from, time_info_from, usage_from
 
 __all__ = ["ATTEMPT", "CALL_OPTIONS", "AsyncRecordingTransport", "CallOptions", "HTTPRequest", "HTTPResponse",
            "RecordingTransport", "instrument"]
@@ -109,7 +109,7 @@ PROJECT_HEADER = "x-ledger-project"
 TAGS_HEADER = "x-ledger-tags"
 REFUSED_HEADER = "x-ledger-refused"  # on the 402 the ledger answers for a spent hard budget
 REFUSAL_CODE = "hard_budget_spent"
-# A stream event or a JSON body bigger than this is read through a :class:`~ledger.wire.Skeleton`
+# A stream event or a JSON body bigger than this is read through a :class:`~ledger.call.wire.Skeleton`
 # (its long strings emptied) rather than held and parsed whole: the tap stays linear, cheap and
 # small on a body of any size. (Below it, a parse in C beats the skeleton's Python loop on bodies
 # of many small strings, such as a long list of tool calls.)
@@ -445,7 +445,7 @@ class _BodyTap:
     through the decoder whole.
 
     An event that grows past :data:`BIG_EVENT` (or a JSON body past :data:`BIG_BODY`) goes through a
-    :class:`~ledger.wire.Skeleton` instead, chunk by chunk: its long strings are dropped as
+    :class:`~ledger.call.wire.Skeleton` instead, chunk by chunk: its long strings are dropped as
     they pass and the rest (ids, model, usage, finish reasons) is read as usual, so a body of
     any size costs about one ``memchr`` pass and bounded memory."""
 

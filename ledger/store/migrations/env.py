@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from ledger.schema import metadata
+from ledger.store.schema import metadata
 
 connection = context.config.attributes.get("connection")
 if connection is None:

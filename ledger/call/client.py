@@ -4,7 +4,7 @@
 completion (direct, or through Lava's forward proxy when a forward token is set) and returns
 the decoded JSON body, or, with ``stream=True``, an iterator of chunk mappings delivered as they
 arrive. Recording is not done here: the client's httpx transport is a
-:class:`~ledger.transport.RecordingTransport`, the same one :func:`ledger.instrument` puts under
+:class:`~ledger.call.transport.RecordingTransport`, the same one :func:`ledger.instrument` puts under
 the official SDKs, so each attempt (retries included) becomes exactly one event.
 
 Like the SDK, the client retries connection errors, timeouts, 408, 409, 429 and 5xx up to
@@ -33,9 +33,9 @@ from urllib.parse import quote
 
 import httpx
 
-from ._version import __version__
-from .config import ConfigError, check_project
-from .errors import (
+from ledger._version import __version__
+from ledger.config import ConfigError, check_project
+from ledger.call.errors import (
     APIConnectionError,
     APIResponseValidationError,
     APIStatusError,
@@ -43,8 +43,8 @@ from .errors import (
     status_class,
     status_error,
 )
-from .transport import ATTEMPT, CALL_OPTIONS, AsyncRecordingTransport, CallOptions, RecordingTransport
-from .wire import SSEDecoder
+from ledger.call.transport import ATTEMPT, CALL_OPTIONS, AsyncRecordingTransport, CallOptions, RecordingTransport
+from ledger.call.wire import SSEDecoder
 
 __all__ = ["AsyncCerebrasClient", "AsyncStream", "CerebrasClient", "Stream"]
 

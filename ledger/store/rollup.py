@@ -1,6 +1,6 @@
 """Rollups: events summed per quarter hour, in the database, incrementally and exactly once.
 
-This module owns ``usage_rollup`` and ``tag_rollup`` (see :mod:`ledger.schema`). One run:
+This module owns ``usage_rollup`` and ``tag_rollup`` (see :mod:`ledger.store.schema`). One run:
 
 1. takes the rollup lock (``BEGIN IMMEDIATE`` on SQLite; a transaction-level advisory lock on
    PostgreSQL, so a second scheduler waits instead of doing the work twice);
@@ -32,7 +32,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
-from .schema import (
+from ledger.store.schema import (
     ROLLUP_KEY,
     ROLLUP_MEASURES,
     EventRow,
@@ -42,7 +42,7 @@ from .schema import (
     UsageRollupRow,
     UTCDateTime,
 )
-from .store import write_transaction
+from ledger.store import write_transaction
 
 __all__ = ["RollupResult", "Totals", "daily_totals", "pending", "quarter_hour", "rebuild", "rollup", "rollup_once"]
 

@@ -123,12 +123,12 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.types import String
 
-from .config import spreadsheet_cell
-from .money import Money
-from .outfile import OutFile, check_target
-from .pricing import LIST_BOOK, PriceBook, PricePoint
-from .schema import BilledBatchRow, BillingExportRow, EventRow, PriceRow
-from .store import write_transaction
+from ledger.config import spreadsheet_cell
+from ledger.money import Money
+from ledger.outfile import OutFile, check_target
+from ledger.pricing import LIST_BOOK, PriceBook, PricePoint
+from ledger.store.schema import BilledBatchRow, BillingExportRow, EventRow, PriceRow
+from ledger.store import write_transaction
 
 __all__ = [
     "COLUMNS",
