@@ -66,6 +66,7 @@ def _one_size(n: int, reps: int) -> dict[str, Any]:
     from sqlalchemy import text
 
     from ledger.exports import focus
+    from ledger import calendar
     from ledger.reports import build as reports
     from ledger.store import rollup
     from ledger import store
@@ -84,15 +85,15 @@ def _one_size(n: int, reps: int) -> dict[str, Any]:
         out["rollup_s"] = time.perf_counter() - t0
         with engine.connect() as conn:
             out["usage_rollup_rows"] = conn.execute(text("SELECT count(*) FROM usage_rollup")).scalar_one()
-        period = reports.parse_period(MONTH.strftime("%Y-%m"))
-        zone = reports.parse_zone(TZ)
+        period = calendar.parse_period(MONTH.strftime("%Y-%m"))
+        zone = calendar.parse_zone(TZ)
 
         def report() -> None:
             r = reports.build_report(engine, period, zone, PROJECT, refresh=False)
             reports.render(r, "html")
             reports.render(r, "json")
 
-        bounds = reports.period_bounds(period, zone)
+        bounds = calendar.period_bounds(period, zone)
 
         def report_sql() -> None:
             with engine.connect() as conn:

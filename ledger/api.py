@@ -24,12 +24,12 @@ import builtins
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, tzinfo
+from datetime import UTC, date, datetime, tzinfo
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from ledger.calendar import parse_instant, parse_period, parse_zone
 from ledger.config import ConfigError, database_url, redact, redact_url, spool_dir as _spool_dir
 from ledger.money import Money
 
@@ -60,45 +60,11 @@ _QUARTER = 900  # seconds: the rollups' grain
 _INT64_MAX = 2**63 - 1
 
 
-def _when(value: When, name: str, tz: tzinfo = UTC) -> datetime:
-    """An aware datetime; a date (or ``YYYY-MM-DD``) is local midnight in ``tz``; ISO text needs a zone."""
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            parsed: datetime | date = (date.fromisoformat(text) if len(text) == 10
-                                       else datetime.fromisoformat(text.replace("Z", "+00:00")))
-        except ValueError:
-            raise ValueError(f"{name}: {value!r} is not a date (YYYY-MM-DD) or ISO 8601 timestamp") from None
-        value = parsed
-    try:
-        if isinstance(value, datetime):
-            if value.tzinfo is None or value.utcoffset() is None:
-                raise ValueError(f"{name}: {value.isoformat()!r} is naive; give a time zone (e.g. tzinfo=UTC)")
-            return value.astimezone(UTC)
-        if isinstance(value, date):
-            return datetime.combine(value, time(0), tzinfo=tz).astimezone(UTC)
-    except OverflowError:
-        raise ValueError(f"{name}: {value.isoformat()!r} is out of range in UTC") from None
-    raise ValueError(f"{name}: expected a datetime, a date or an ISO string, got {type(value).__name__}")
-
-
 def _span(since: When, until: When, tz: tzinfo = UTC) -> tuple[datetime, datetime]:
-    start, end = _when(since, "since", tz), _when(until, "until", tz)
+    start, end = parse_instant(since, "since", tz), parse_instant(until, "until", tz)
     if end <= start:
         raise ValueError("until must be after since")
     return start, end
-
-
-def _zone(name: str | tzinfo) -> tzinfo:
-    """An IANA zone by name (or a tzinfo), as a one-line :class:`ConfigError` if unknown."""
-    if isinstance(name, tzinfo):
-        return name
-    try:
-        if not isinstance(name, str) or not name or name != name.strip() or "\x00" in name:
-            raise ValueError(name)
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError, OSError):
-        raise ConfigError(f"unknown time zone {name!r} (use an IANA name such as Europe/Berlin or UTC)") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +160,7 @@ class Prices:
         from ledger import store
         from ledger.store.prices import new_point
 
-        when = None if effective_from is None else _when(effective_from, "effective_from")
+        when = None if effective_from is None else parse_instant(effective_from, "effective_from")
         point = new_point(book, model, input, output, cached_per_m=cached, free=free, effective_from=when)
         with store.write_transaction(self._ledger.engine) as conn:
             added = store.insert_prices(conn, [point])
@@ -312,8 +278,8 @@ class Ledger:
         from ledger.reports import build as reports
         from ledger.config import check_project
 
-        spec = reports.parse_period(period)
-        zone = reports.parse_zone(tz)
+        spec = parse_period(period)
+        zone = parse_zone(tz)
         if project is not None:
             check_project(project)
         return reports.build_report(self.engine, spec, zone, project, progress=progress)
@@ -352,8 +318,8 @@ class Ledger:
         """Per-project totals straight from the events (``paid_cost`` exact :class:`~ledger.Money`)."""
         from ledger.reports.summary import project_summaries
 
-        start = None if since is None else _when(since, "since")
-        end = None if until is None else _when(until, "until")
+        start = None if since is None else parse_instant(since, "since")
+        end = None if until is None else parse_instant(until, "until")
         with self.engine.connect() as conn:
             return project_summaries(conn, start, end)
 
@@ -398,7 +364,7 @@ class Ledger:
         quarter hour) raises :class:`ValueError` (:class:`ConfigError` for the zone) with one line.
         """
         keys = _parse_by(by)
-        zone = _zone(tz)
+        zone = parse_zone(tz)
         start, end = _span(since, until, zone)
         for name, when in (("since", start), ("until", end)):
             if when.timestamp() % _QUARTER:

@@ -31,6 +31,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from ledger.calendar import iso_z
 from ledger.events import CallEvent
 from ledger.money import ZERO, Money, usd
 from ledger.call.wire import Usage
@@ -60,8 +61,7 @@ BUILTIN_SINCE = datetime(2024, 1, 1, tzinfo=UTC)
 
 def make_price_id(book: str, model: str, effective_from: datetime) -> str:
     """The stable id of a price point, e.g. ``lava/gpt-oss-120b@2024-01-01T00:00:00Z``."""
-    stamp = effective_from.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return f"{book}/{model}@{stamp}"
+    return f"{book}/{model}@{iso_z(effective_from, 'seconds')}"
 
 
 @dataclass(frozen=True, slots=True)

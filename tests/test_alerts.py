@@ -270,7 +270,7 @@ def test_processes_checking_at_once_fire_each_alert_once(engine: sa.Engine, db_u
     )
     spend(engine, "proc", [(datetime(2026, 11, 5, 10, tzinfo=UTC), 2 * 10**9)])
     code = (
-        "import sys, datetime; from ledger import alerts, store\n"
+        "import sys, datetime; from ledger import store; from ledger.budgets import alerts\n"
         "e = store.make_engine(sys.argv[1])\n"
         "new, _ = alerts.check(e, now=datetime.datetime(2026, 11, 5, 12, tzinfo=datetime.UTC),"
         " spike=alerts.SpikeRule.parse('3', '1000000'))\n"

@@ -50,6 +50,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ledger
+from ledger import calendar
 from ledger import config
 from ledger.budgets import alerts
 from ledger.exports import eventfiles as eventio
@@ -209,7 +210,7 @@ def _csv_cells(text: str) -> list[list[str]]:
 def test_fuzzed_names_are_refused_or_survive_paths_and_csv(empty_ledger: sa.Engine, tmp_path: Path,
                                                             name: str) -> None:
     base = tmp_path / "reports"
-    period = reports.parse_period("2026-10-15")
+    period = calendar.parse_period("2026-10-15")
     # Whatever the name, a report path stays inside the reports folder with a safe folder name.
     path = reports.default_path(base, name, period, "UTC", "csv")
     assert path.resolve().parent.parent == base.resolve()
@@ -225,7 +226,7 @@ def test_fuzzed_names_are_refused_or_survive_paths_and_csv(empty_ledger: sa.Engi
     assert "\x00" not in name and not any(0xD800 <= ord(c) <= 0xDFFF for c in name)
     assert spreadsheet_cell(name) == name  # never altered in a spreadsheet CSV
     # the report itself (CSV, JSON, HTML) of an accepted name
-    report = reports.build_report(empty_ledger, period, reports.parse_zone("UTC"), name, refresh=False)
+    report = reports.build_report(empty_ledger, period, calendar.parse_zone("UTC"), name, refresh=False)
     rows = _csv_cells(reports.to_csv(report))
     assert ["report", "", "", "project", name] in rows
     assert json.loads(reports.to_json(report))["project"] == name

@@ -31,6 +31,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from ledger import calendar
 from ledger import store
 from ledger.pricing import ALIASES, BUILTIN_PRICES, PricePoint
 from ledger.store.schema import EventRow, IngestBatchRow, UsageRollupRow
@@ -587,7 +588,7 @@ def test_two_schedulers_and_adhoc_rollup_and_report_keep_rollups_exact(db_url: s
 
     engine = engine_for(db_url)
     try:
-        built = reports.build_report(engine, reports.parse_period(month), reports.parse_zone("UTC"),
+        built = reports.build_report(engine, calendar.parse_period(month), calendar.parse_zone("UTC"),
                                      refresh=False)
     finally:
         engine.dispose()

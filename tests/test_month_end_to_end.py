@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 import pytest
 import sqlalchemy as sa
 
+from ledger import calendar
 from ledger.budgets import alerts
 from ledger.exports import focus
 from ledger.store import prices as pricedb
@@ -67,7 +68,7 @@ def test_a_month_end_to_end(engine: sa.Engine) -> None:
     rollup.rollup(engine)
 
     # reports in New York time, per project: every figure equals the raw events of the local month
-    month = reports.parse_period("2026-11")
+    month = calendar.parse_period("2026-11")
     for project in PROJECTS:
         rep = reports.build_report(engine, month, NY, project)
         calls, tokens, cost = _raw(engine, local_start, local_end, project)

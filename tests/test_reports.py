@@ -24,6 +24,7 @@ from zoneinfo import ZoneInfo
 import pytest
 import sqlalchemy as sa
 
+from ledger import calendar
 from ledger.store import prices as pricedb
 from ledger.reports import build as reports
 from ledger.store import rollup
@@ -161,7 +162,7 @@ def _add(into: dict[str, int], c: dict[str, int]) -> None:
         into[k] = into.get(k, 0) + v
 
 
-def expect(engine: sa.Engine, period: reports.Period, tz: Any, project: str | None) -> dict[str, Any]:
+def expect(engine: sa.Engine, period: calendar.Period, tz: Any, project: str | None) -> dict[str, Any]:
     """Totals, days, models, projects and top tags straight from the raw events table."""
     rows, tags = _raw(engine)
     corrected = {r["corrects_event_id"] for r in rows if r["kind"] == "correction"}
@@ -264,7 +265,7 @@ def test_month_report_equals_raw_events(engine: sa.Engine, zone: str) -> None:
             _event(change_at, "delta", "gpt-oss-120b", usage=big),
         ],
     )
-    period = reports.parse_period("2026-11")
+    period = calendar.parse_period("2026-11")
 
     report = reports.build_report(engine, period, tz)
     assert_matches(engine, report, tz)
@@ -352,11 +353,11 @@ def test_local_days_are_exact_across_dst_and_odd_offsets(
     engine: sa.Engine, zone: str, label: str, hours: int
 ) -> None:
     tz = ZoneInfo(zone)
-    period = reports.parse_period(label)
-    bounds = reports.period_bounds(period, tz)
+    period = calendar.parse_period(label)
+    bounds = calendar.period_bounds(period, tz)
     assert bounds[-1] - bounds[0] == timedelta(hours=hours)
     rng = random.Random(label)
-    prev = reports.period_bounds(period.previous(), tz)
+    prev = calendar.period_bounds(period.previous(), tz)
     events = _spread(
         rng, prev[0] - timedelta(hours=6), bounds[-1] + timedelta(hours=6), 400, ("alpha", "beta")
     )
@@ -378,8 +379,8 @@ def test_local_days_are_exact_across_dst_and_odd_offsets(
 
 
 def test_a_zone_off_the_quarter_hour_is_refused(engine: sa.Engine) -> None:
-    with pytest.raises(reports.ReportError, match="quarter hours"):
-        reports.build_report(engine, reports.parse_period("2026-11"), timezone(timedelta(minutes=20)))
+    with pytest.raises(calendar.CalendarError, match="quarter hours"):
+        reports.build_report(engine, calendar.parse_period("2026-11"), timezone(timedelta(minutes=20)))
 
 
 # -- change against the previous period --------------------------------------------------------
@@ -405,7 +406,7 @@ def test_change_against_the_previous_period(engine: sa.Engine, tmp_path: Path) -
             ),  # Dec 1: not counted
         ],
     )
-    report = reports.build_report(engine, reports.parse_period("2026-11"), ZoneInfo("Europe/Berlin"), "p")
+    report = reports.build_report(engine, calendar.parse_period("2026-11"), ZoneInfo("Europe/Berlin"), "p")
     change = {c["figure"]: c for c in report.change()}
     assert change["paid_nanos"] == {
         "figure": "paid_nanos",
@@ -432,23 +433,23 @@ def test_change_against_the_previous_period(engine: sa.Engine, tmp_path: Path) -
     cells = {(r["item"], r["figure"]): r["value"] for r in rows if r["section"] == "change"}
     assert cells[("free_list_usd", "change_pct")] == "" and cells[("paid_usd", "change_pct")] == "100.00"
     assert cells[("calls", "change")] == "2"
-    falling = reports.build_report(engine, reports.parse_period("2026-12"), ZoneInfo("Europe/Berlin"), "p")
+    falling = reports.build_report(engine, calendar.parse_period("2026-12"), ZoneInfo("Europe/Berlin"), "p")
     assert {c["figure"]: c["percent"] for c in falling.change()}["paid_nanos"] == Decimal("-50.00")
 
 
 def test_periods_parse_and_step_back() -> None:
-    assert reports.parse_period("2026-W01").previous().label == "2025-W52"
-    assert reports.parse_period("2026-W01").first == date(2025, 12, 29)
-    assert reports.parse_period("2026-W53").days == 7  # 2026 has 53 ISO weeks
-    assert reports.parse_period("2026-01").previous() == reports.parse_period("2025-12")
-    assert reports.parse_period("2028-03-01").previous().label == "2028-02-29"
-    assert reports.parse_period("2028-02").days == 29
+    assert calendar.parse_period("2026-W01").previous().label == "2025-W52"
+    assert calendar.parse_period("2026-W01").first == date(2025, 12, 29)
+    assert calendar.parse_period("2026-W53").days == 7  # 2026 has 53 ISO weeks
+    assert calendar.parse_period("2026-01").previous() == calendar.parse_period("2025-12")
+    assert calendar.parse_period("2028-03-01").previous().label == "2028-02-29"
+    assert calendar.parse_period("2028-02").days == 29
     for bad in ("2025-W53", "2026-13", "2026-02-30", "26-11", "2026-11-1", "next month", "", "2026-W00"):
-        with pytest.raises(reports.ReportError):
-            reports.parse_period(bad)
+        with pytest.raises(calendar.CalendarError):
+            calendar.parse_period(bad)
     for bad in ("Mars/Olympus", "../etc/passwd", "", " UTC"):
-        with pytest.raises(reports.ReportError):
-            reports.parse_zone(bad)
+        with pytest.raises(calendar.CalendarError):
+            calendar.parse_zone(bad)
 
 
 # -- hostile names, exact money ----------------------------------------------------------------
@@ -484,7 +485,7 @@ def test_hostile_project_names_stay_inside_and_csv_round_trips(engine: sa.Engine
     with engine.connect() as conn:
         stored = sorted(conn.execute(sa.select(EventRow.project).distinct()).scalars())
     assert len(stored) == len(HOSTILE)
-    period = reports.parse_period("2026-11-05")
+    period = calendar.parse_period("2026-11-05")
     tz = ZoneInfo("UTC")
     folders = set()
     for name in stored:
@@ -536,7 +537,7 @@ def test_money_stays_integer_and_floats_are_refused(engine: sa.Engine) -> None:
         engine,
         _spread(random.Random(3), datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 11, 8, tzinfo=UTC), 60),
     )
-    report = reports.build_report(engine, reports.parse_period("2026-W45"), ZoneInfo("UTC"))
+    report = reports.build_report(engine, calendar.parse_period("2026-W45"), ZoneInfo("UTC"))
     for frame in report.frames().values():
         for col in frame.columns:
             if col in FIG:
@@ -569,7 +570,7 @@ def test_daily_reports_for_the_scheduler(engine: sa.Engine, tmp_path: Path) -> N
     )
     assert (
         _json_figures(data["totals"])
-        == expect(engine, reports.parse_period("2026-11-05"), ZoneInfo("Europe/Berlin"), "beta")["totals"]
+        == expect(engine, calendar.parse_period("2026-11-05"), ZoneInfo("Europe/Berlin"), "beta")["totals"]
     )
 
 
@@ -620,7 +621,7 @@ def test_cli_report_end_to_end(
         )
         assert "report 2026-11" in err  # the progress bar of a long period, on stderr
         data = json.loads(path.read_text(encoding="utf-8"))
-        want = expect(eng, reports.parse_period("2026-11"), tz, "alpha")
+        want = expect(eng, calendar.parse_period("2026-11"), tz, "alpha")
         assert _json_figures(data["totals"]) == want["totals"]
         assert data["period"]["start_utc"] == "2026-10-31T23:00:00Z" and data["tz"] == "Europe/Berlin"
 
@@ -630,7 +631,7 @@ def test_cli_report_end_to_end(
         assert code == 0 and err == "" and Path(out.strip()) == tmp_path / "day.csv"  # one day: no bar
         with (tmp_path / "day.csv").open(encoding="utf-8", newline="") as fh:
             rows = list(csv.DictReader(fh))
-        want = expect(eng, reports.parse_period("2026-11-05"), ZoneInfo("UTC"), None)
+        want = expect(eng, calendar.parse_period("2026-11-05"), ZoneInfo("UTC"), None)
         assert {r["figure"]: r["value"] for r in rows if r["section"] == "totals"} == {
             reports._public(k): reports.figure_value(k, v) for k, v in want["totals"].items()
         }
@@ -740,7 +741,7 @@ def test_html_dashboard_in_headless_chromium(engine: sa.Engine, tmp_path: Path) 
     rng = random.Random(9)
     _write(engine, _spread(rng, datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC), 400))
     tz = ZoneInfo("Europe/Berlin")
-    period = reports.parse_period("2026-11")
+    period = calendar.parse_period("2026-11")
     report = reports.build_report(engine, period, tz)
     page = reports.write_report(report, "html", base=tmp_path / "reports")
     empty = reports.write_report(

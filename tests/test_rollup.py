@@ -170,7 +170,7 @@ def test_two_processes_roll_up_at_once(engine: sa.Engine, db_url: str, tmp_path:
     for _ in range(30):
         _write(engine, [_event(datetime(2026, 11, 12, tzinfo=UTC) + timedelta(minutes=rng.randint(0, 9000)), rng)
                         for _ in range(20)])
-    code = ("import sys; from ledger import store, rollup; e = store.make_engine(sys.argv[1]);\n"
+    code = ("import sys; from ledger import store; from ledger.store import rollup; e = store.make_engine(sys.argv[1]);\n"
             "while rollup.rollup_once(e, max_batches=2).batches: pass")
     procs = [subprocess.Popen([sys.executable, "-c", code, db_url]) for _ in range(2)]
     assert [p.wait(120) for p in procs] == [0, 0]

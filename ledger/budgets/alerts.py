@@ -98,7 +98,7 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from typing import Any
@@ -108,6 +108,7 @@ from zoneinfo import ZoneInfo
 import httpx
 from sqlalchemy import Connection, Engine, and_, case, delete, func, or_, select, update
 
+from ledger.calendar import QUARTER_HOUR, iso_z, local_midnight, month_of, parse_zone, period_bounds
 from ledger.config import ConfigError, check_project
 from ledger.events import new_event_id
 from ledger.money import Money, MoneyError, usd
@@ -199,15 +200,11 @@ def parse_thresholds(value: str | Iterable[int]) -> tuple[int, ...]:
 
 
 def parse_timezone(name: str) -> ZoneInfo:
-    """An IANA zone whose offset is a whole number of quarter hours (every zone in use today)."""
-    if not isinstance(name, str) or not name or len(name) > 64 or not name.isprintable():
-        raise ConfigError(f"unknown time zone {name!r} (use an IANA name such as Europe/Berlin)")
-    try:
-        zone = ZoneInfo(name)
-    except Exception:  # noqa: BLE001 - ZoneInfoNotFoundError, ValueError for paths, IsADirectoryError, ...
-        raise ConfigError(f"unknown time zone {name!r} (use an IANA name such as Europe/Berlin)") from None
+    """An IANA zone (:func:`ledger.calendar.parse_zone`) whose offset is a whole number of quarter
+    hours now (every zone in use today)."""
+    zone = parse_zone(name)
     offset = datetime.now(UTC).astimezone(zone).utcoffset()
-    if offset is None or offset.total_seconds() % 900:
+    if not isinstance(zone, ZoneInfo) or offset is None or offset.total_seconds() % QUARTER_HOUR:
         raise ConfigError(f"time zone {name!r} is not a whole number of quarter hours from UTC")
     return zone
 
@@ -330,33 +327,14 @@ def _now(now: datetime | None) -> datetime:
     return now.astimezone(UTC)
 
 
-def _iso(when: datetime) -> str:
-    return when.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
 def _floor_quarter(when: datetime) -> datetime:
     when = when.astimezone(UTC)
     return when.replace(minute=when.minute - when.minute % 15, second=0, microsecond=0)
 
 
-def _aligned(when: datetime) -> datetime:
-    utc = when.astimezone(UTC)
-    if utc.minute % 15 or utc.second or utc.microsecond:
-        raise ValueError(f"local midnight {when.isoformat()} is not on a UTC quarter hour; zone refused")
-    return utc
-
-
-def _day_start(day: date, tz: tzinfo) -> datetime:
-    return _aligned(datetime.combine(day, time(0), tzinfo=tz))
-
-
-def _month_start(year: int, month: int, tz: tzinfo) -> datetime:
-    return _aligned(datetime(year, month, 1, tzinfo=tz))
-
-
 def _month_bounds(day: date, tz: tzinfo) -> tuple[datetime, datetime]:
-    nxt = (day.year + 1, 1) if day.month == 12 else (day.year, day.month + 1)
-    return _month_start(day.year, day.month, tz), _month_start(*nxt, tz)
+    bounds = period_bounds(month_of(day), tz)
+    return bounds[0], bounds[-1]
 
 
 def _paid(conn: Connection, project: str, start: datetime, end: datetime) -> tuple[int, int]:
@@ -479,8 +457,8 @@ def _threshold_candidates(
                         "spent_usd": _usd(spent),
                         "threshold_pct": pct,
                         "threshold_usd": _share_usd(budget_nanos, pct),
-                        "window_start": _iso(start),
-                        "window_end": _iso(end),
+                        "window_start": iso_z(start),
+                        "window_end": iso_z(end),
                         "timezone": budget.timezone,
                     },
                 )
@@ -508,10 +486,10 @@ def _budget_candidates(conn: Connection, budget: Budget, now: datetime, spike: S
                 budget, "month_actual", "monthly", period, budget.monthly.nanos, spent, start, upto
             )
     if budget.daily is not None:
-        day_start, day_end = _day_start(today, tz), _day_start(today + timedelta(days=1), tz)
+        day_start, day_end = local_midnight(today, tz), local_midnight(today + timedelta(days=1), tz)
         days = [(day_start, min(now, day_end), today)]
         if day_start > set_at:
-            days.append((_day_start(today - timedelta(days=1), tz), day_start, today - timedelta(days=1)))
+            days.append((local_midnight(today - timedelta(days=1), tz), day_start, today - timedelta(days=1)))
         for start, upto, day in days:
             spent, _ = _paid(conn, budget.project, start, upto)
             out += _threshold_candidates(
@@ -521,7 +499,7 @@ def _budget_candidates(conn: Connection, budget: Budget, now: datetime, spike: S
     # Forecast month-end spend (this month only).
     if budget.monthly is not None:
         spent, _ = _paid(conn, budget.project, month_start, now)
-        trail_start, trail_end = _day_start(today - timedelta(days=7), tz), _day_start(today, tz)
+        trail_start, trail_end = local_midnight(today - timedelta(days=7), tz), local_midnight(today, tz)
         trailing, _ = _paid(conn, budget.project, trail_start, trail_end)
         remaining = month_end - now
         span = trail_end - trail_start
@@ -551,12 +529,12 @@ def _budget_candidates(conn: Connection, budget: Budget, now: datetime, spike: S
                             "forecast_usd": _usd(forecast),
                             "threshold_pct": pct,
                             "threshold_usd": _share_usd(budget.monthly.nanos, pct),
-                            "window_start": _iso(month_start),
-                            "window_end": _iso(now),
-                            "month_end": _iso(month_end),
+                            "window_start": iso_z(month_start),
+                            "window_end": iso_z(now),
+                            "month_end": iso_z(month_end),
                             "trailing_usd": _usd(trailing),
-                            "trailing_start": _iso(trail_start),
-                            "trailing_end": _iso(trail_end),
+                            "trailing_start": iso_z(trail_start),
+                            "trailing_end": iso_z(trail_end),
                             "timezone": budget.timezone,
                             "method": "spent so far + paid spend of the last 7 complete local days"
                             " x time left / 7 days",
@@ -585,8 +563,8 @@ def _budget_candidates(conn: Connection, budget: Budget, now: datetime, spike: S
                             "paid_calls": calls,
                             "spent_usd": _usd(spent),
                             "threshold_pct": 0,
-                            "window_start": _iso(start),
-                            "window_end": _iso(upto),
+                            "window_start": iso_z(start),
+                            "window_end": iso_z(upto),
                             "timezone": budget.timezone,
                         },
                     )
@@ -617,21 +595,21 @@ def _budget_candidates(conn: Connection, budget: Budget, now: datetime, spike: S
                 (
                     f"project {budget.project!r}: paid spend spiked to {_usd(last)} USD "
                     f"in the {_minutes(spike.window)} "
-                    f"to {_iso(win_end)}, over {spike.factor}x its average of {_usd(avg)} USD per "
+                    f"to {iso_z(win_end)}, over {spike.factor}x its average of {_usd(avg)} USD per "
                     f"{_minutes(spike.window)} in the previous {_minutes(spike.trailing)}"
                 ),
                 {
                     "spent_usd": _usd(last),
-                    "window_start": _iso(win_start),
-                    "window_end": _iso(win_end),
+                    "window_start": iso_z(win_start),
+                    "window_end": iso_z(win_end),
                     "trailing_usd": _usd(base),
-                    "trailing_start": _iso(trail_start),
-                    "trailing_end": _iso(win_start),
+                    "trailing_start": iso_z(trail_start),
+                    "trailing_end": iso_z(win_start),
                     "trailing_average_usd": _usd(avg),
                     "factor": str(spike.factor),
                     "threshold_pct": int(spike.factor * 100),
                     "min_spend_usd": str(spike.min_spend),
-                    "as_of": _iso(now),
+                    "as_of": iso_z(now),
                 },
             )
         )
@@ -815,7 +793,7 @@ def payload(row: Any) -> bytes:
         "rule": row.rule,
         "period": row.period,
         "threshold": int(row.threshold),
-        "created_at": _iso(row.created_at),
+        "created_at": iso_z(row.created_at),
         "message": row.message,
         "evidence": json.loads(row.evidence),
     }
@@ -1027,7 +1005,7 @@ def deliver(
                     webhook.label,
                     attempts,
                     error,
-                    _iso(done + _backoff(attempts)),
+                    iso_z(done + _backoff(attempts)),
                 )
     finally:
         try:
@@ -1089,7 +1067,7 @@ def update_stops(engine: Engine, *, now: datetime | None = None,
                          .on_conflict_do_update(index_elements=["project"], set_=values))
             if held.get(s.project) != s.period:
                 log.warning("hard budget spent: project %r has spent %s of its %s USD for %s; its paid-model "
-                            "calls are refused until %s", s.project, s.spent, s.budget, s.period, _iso(s.until))
+                            "calls are refused until %s", s.project, s.spent, s.budget, s.period, iso_z(s.until))
         return read_stops(conn, when)
 
 

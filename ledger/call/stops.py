@@ -47,6 +47,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ledger.calendar import iso_z
 from ledger.config import owned_by_us
 from ledger.money import Money, MoneyError, usd
 
@@ -79,12 +80,8 @@ class Stop:
         """The one line a refused caller reads."""
         return (f"cerebras-ledger: project {self.project!r} has spent its hard monthly budget for "
                 f"{self.period} ({self.spent} of {self.budget} USD); paid model {model!r} refused "
-                f"until {_iso(self.until)}. Free models still work; raise the budget with "
+                f"until {iso_z(self.until)}. Free models still work; raise the budget with "
                 f"`cerebras-ledger budget set`.")
-
-
-def _iso(when: datetime) -> str:
-    return when.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def encode(stops: Sequence[Stop], free: Mapping[str, Iterable[str]]) -> bytes:
@@ -92,7 +89,7 @@ def encode(stops: Sequence[Stop], free: Mapping[str, Iterable[str]]) -> bytes:
     doc = {
         "version": _VERSION,
         "stops": [
-            {"project": s.project, "period": s.period, "until": _iso(s.until),
+            {"project": s.project, "period": s.period, "until": iso_z(s.until),
              "budget_usd": str(s.budget), "spent_usd": str(s.spent)}
             for s in sorted(stops, key=lambda s: s.project)
         ],

@@ -17,12 +17,13 @@ import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from datetime import UTC, date, datetime, time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
+from ledger.calendar import CalendarError, iso_z, parse_instant, parse_period, parse_zone, period_bounds
 from ledger.config import ConfigError, database_url, log_to_stderr, redact, redact_url, remember_secrets
 from ledger.call.stops import read_stops
 
@@ -34,18 +35,13 @@ class UserError(click.ClickException):
     """A one-line problem with what the user asked for."""
 
 
-def _parse_when(value: str, name: str, *, end: bool = False) -> datetime:
-    """A date (``2026-11-01``, midnight UTC) or an ISO timestamp with zone, as aware UTC."""
+def _parse_when(value: str, name: str) -> datetime:
+    """A date (``2026-11-01``, midnight UTC) or an ISO timestamp with zone, as aware UTC
+    (:func:`ledger.calendar.parse_instant`), or a one-line :class:`UserError`."""
     try:
-        if len(value) == 10:
-            d = date.fromisoformat(value)
-            return datetime.combine(d, time(0), tzinfo=UTC)
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise UserError(f"{name}: {value!r} is not a date (YYYY-MM-DD) or ISO 8601 timestamp") from None
-    if parsed.tzinfo is None:
-        raise UserError(f"{name}: {value!r} needs a time zone (e.g. Z)")
-    return parsed.astimezone(UTC)
+        return parse_instant(value, name)
+    except CalendarError as exc:
+        raise UserError(str(exc)) from None
 
 
 def _cell(value: Any) -> str:
@@ -627,13 +623,13 @@ def report_cmd(ctx: click.Context, project: str | None, period: str, tz_name: st
     from ledger.config import check_project
 
     try:
-        spec = reports.parse_period(period)
+        spec = parse_period(period)
     except ValueError as exc:
         raise UserError(f"--period: {exc}") from None
     try:
-        zone = reports.parse_zone(tz_name)
-        reports.period_bounds(spec, zone)
-        reports.period_bounds(spec.previous(), zone)
+        zone = parse_zone(tz_name)
+        period_bounds(spec, zone)
+        period_bounds(spec.previous(), zone)
     except ValueError as exc:
         raise UserError(f"--tz: {exc}") from None
     if project is not None:
@@ -652,7 +648,7 @@ def report_cmd(ctx: click.Context, project: str | None, period: str, tz_name: st
                 length=reports.BUILD_STEPS + 1, label=f"report {spec.label}", file=sys.stderr)).update
         try:
             built = led.report(project, period, tz_name, progress=tick)
-        except reports.ReportError as exc:
+        except (reports.ReportError, CalendarError) as exc:
             raise UserError(str(exc)) from None
         path = reports.write_report(built, fmt, out=out)
         if tick is not None:
@@ -762,8 +758,7 @@ def _cli_value(parse: Callable[[str], Any]) -> Callable[[click.Context, click.Pa
 
 
 def _iso_z(when: datetime | None) -> str | None:
-    """An aware time as ISO 8601 UTC with ``Z``; ``None`` stays ``None``."""
-    return when.astimezone(UTC).isoformat().replace("+00:00", "Z") if when else None
+    return iso_z(when) if when else None
 
 
 def _budget_row(b: Any, stop: Any = None) -> dict[str, Any]:

@@ -48,6 +48,7 @@ from typing import IO, Any
 
 from sqlalchemy import Connection, Engine, and_, case, func, select
 
+from ledger.calendar import iso_z
 from ledger.config import ConfigError, check_project
 from ledger.events import ROUTES, STATUSES, CallEvent
 from ledger.money import Money, MoneyError, usd
@@ -67,10 +68,6 @@ TOKEN_COLUMNS = ("prompt_tokens", "cached_tokens", "completion_tokens", "reasoni
 
 class ImportError_(ValueError):  # noqa: N801 - "ImportError" is a builtin
     """A bad import file, said in one line naming the line number."""
-
-
-def iso_z(when: datetime) -> str:
-    return when.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def export_rows(conn: Connection, since: datetime, until: datetime, project: str | None) -> Iterator[dict[str, Any]]:

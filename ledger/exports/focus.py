@@ -123,6 +123,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.types import String
 
+from ledger.calendar import iso_z
 from ledger.config import spreadsheet_cell
 from ledger.money import Money
 from ledger.outfile import OutFile, check_target
@@ -521,7 +522,7 @@ def _cell(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, datetime):
-        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return iso_z(value, "seconds")
     if isinstance(value, Decimal):
         return format(value, "f")
     return spreadsheet_cell(str(value))

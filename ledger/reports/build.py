@@ -56,15 +56,15 @@ import re
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pandas as pd  # type: ignore[import-untyped, unused-ignore]
 from sqlalchemy import Connection, Engine, case, func, literal, select
 
+from ledger.calendar import Period, day_of, iso_z, parse_zone, period_bounds, zone_name
 from ledger.config import spreadsheet_cell
 from ledger.money import Money
 from ledger.store.schema import TagRollupRow, UsageRollupRow
@@ -76,7 +76,6 @@ __all__ = [
     "COLORS",
     "FIGURES",
     "FORMATS",
-    "Period",
     "Report",
     "ReportError",
     "build_report",
@@ -84,9 +83,6 @@ __all__ = [
     "daily_reports",
     "default_path",
     "figure_value",
-    "parse_period",
-    "parse_zone",
-    "period_bounds",
     "project_folder",
     "render",
     "reports_dir",
@@ -167,109 +163,6 @@ COLORS = {"paid": "#e8590c", "free_list": "#2f9e44", "model_cost": "#1971c2", "m
 
 class ReportError(ValueError):
     """A report that cannot be made as asked, said in one line."""
-
-
-# -- periods and zones -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Period:
-    """A day, an ISO week or a calendar month, as local dates.
-
-    Attributes:
-        kind: ``day``, ``week`` or ``month``.
-        label: how it is written (``2026-11-27``, ``2026-W48``, ``2026-11``).
-        first: its first local day.
-        days: how many local days it has.
-    """
-
-    kind: str
-    label: str
-    first: date
-    days: int
-
-    def local_days(self) -> list[date]:
-        return [self.first + timedelta(days=i) for i in range(self.days)]
-
-    def previous(self) -> Period:
-        """The period of the same kind just before this one."""
-        if self.kind == "day":
-            return _day(self.first - timedelta(days=1))
-        if self.kind == "week":
-            return _week(self.first - timedelta(days=7))
-        return _month((self.first - timedelta(days=1)).replace(day=1))
-
-
-def _day(d: date) -> Period:
-    return Period("day", d.isoformat(), d, 1)
-
-
-def _week(monday: date) -> Period:
-    year, week, _ = monday.isocalendar()
-    return Period("week", f"{year:04d}-W{week:02d}", monday, 7)
-
-
-def _month(first: date) -> Period:
-    nxt = date(first.year + (first.month == 12), first.month % 12 + 1, 1)
-    return Period("month", f"{first.year:04d}-{first.month:02d}", first, (nxt - first).days)
-
-
-_PERIOD = re.compile(r"(\d{4})-(?:(\d{2})-(\d{2})|W(\d{2})|(\d{2}))")
-
-
-def parse_period(text: str) -> Period:
-    """``2026-11-27`` (a day), ``2026-W48`` (an ISO week) or ``2026-11`` (a month)."""
-    m = _PERIOD.fullmatch(text.strip())
-    problem = f"{text!r} is not a day (2026-11-27), an ISO week (2026-W48) or a month (2026-11)"
-    if not m:
-        raise ReportError(problem)
-    year = int(m[1])
-    if not 1971 <= year <= 9998:
-        raise ReportError(f"{text!r}: the year must be between 1971 and 9998")
-    try:
-        if m[2]:
-            return _day(date(year, int(m[2]), int(m[3])))
-        if m[4]:
-            return _week(date.fromisocalendar(year, int(m[4]), 1))
-        return _month(date(year, int(m[5]), 1))
-    except ValueError:
-        raise ReportError(problem + " (no such date)") from None
-
-
-def parse_zone(name: str) -> ZoneInfo:
-    """An IANA zone by name, or :class:`ReportError`."""
-    try:
-        if not name or name != name.strip() or "\x00" in name:
-            raise ValueError(name)
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError, OSError):
-        raise ReportError(
-            f"unknown time zone {name!r} (use an IANA name such as Europe/Berlin or UTC)"
-        ) from None
-
-
-def _zone_name(tz: tzinfo) -> str:
-    return str(getattr(tz, "key", None) or tz)
-
-
-def period_bounds(period: Period, tz: tzinfo) -> list[datetime]:
-    """UTC instants of the local midnights that start each day of ``period``, and the one that ends
-    it (``period.days + 1`` instants). A midnight that falls in a DST gap is the instant the day
-    starts (``fold=0``). Refuses a zone that is not a whole number of quarter hours from UTC at any
-    of them, as :func:`ledger.store.rollup.daily_totals` does: only then is every bucket in one day."""
-    out: list[datetime] = []
-    for i in range(period.days + 1):
-        local = datetime.combine(period.first + timedelta(days=i), time(0), tzinfo=tz)
-        offset = local.utcoffset()
-        if offset is None or offset.total_seconds() % 900:
-            raise ReportError(
-                f"time zone {_zone_name(tz)} is not a whole number of quarter hours from UTC "
-                f"at {local.replace(tzinfo=None).isoformat()}"
-            )
-        out.append(local.astimezone(UTC))
-    if any(b >= a for a, b in zip(out[1:], out[:-1], strict=True)):
-        raise ReportError(f"time zone {_zone_name(tz)} does not move forward over {period.label}")
-    return out
 
 
 # -- building ----------------------------------------------------------------------------------
@@ -528,7 +421,7 @@ def build_report(
     report = Report(
         project=project,
         period=period,
-        tz=_zone_name(tz),
+        tz=zone_name(tz),
         start=bounds[0],
         end=bounds[-1],
         previous=previous,
@@ -568,17 +461,14 @@ def _figures(row: Mapping[str, Any], names: Sequence[str] = FIGURES) -> dict[str
     return {_public(n): _json_value(n, row[n]) for n in names}
 
 
-def _iso(when: datetime) -> str:
-    return when.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
 
 def _period_dict(period: Period, start: datetime, end: datetime) -> dict[str, Any]:
     return {
         "kind": period.kind,
         "label": period.label,
         "days": period.days,
-        "start_utc": _iso(start),
-        "end_utc": _iso(end),
+        "start_utc": iso_z(start),
+        "end_utc": iso_z(end),
     }
 
 
@@ -603,7 +493,7 @@ def to_dict(report: Report) -> dict[str, Any]:
         "tz": report.tz,
         "period": _period_dict(report.period, report.start, report.end),
         "previous_period": _period_dict(report.previous, report.previous_start, report.previous_end),
-        "generated_at": _iso(report.generated_at),
+        "generated_at": iso_z(report.generated_at),
         "totals": _figures(report.totals),
         "previous_totals": _figures(report.previous_totals),
         "change": _change_rows(report),
@@ -965,9 +855,9 @@ def to_html(report: Report) -> str:
 <body>
 <h1>Spend report: <span data-figure="project">{_e(who)}</span></h1>
 <p class="sub">{_e(report.period.kind)} <b data-figure="period">{_e(report.period.label)}</b> in
-<span data-figure="tz">{_e(report.tz)}</span> ({_e(_iso(report.start))} to {_e(_iso(report.end))});
+<span data-figure="tz">{_e(report.tz)}</span> ({_e(iso_z(report.start))} to {_e(iso_z(report.end))});
 compared with {_e(report.previous.label)}.
-Generated {_e(_iso(report.generated_at))} from the ledger's rollups.</p>
+Generated {_e(iso_z(report.generated_at))} from the ledger's rollups.</p>
 <div class="cards">{card("paid_nanos")}{card("free_list_nanos")}{card("calls")}{card("total_tokens")}
 {card("errors")}{card("unpriced_calls")}</div>
 {warn}
@@ -1068,7 +958,7 @@ def daily_reports(
     from ledger.store.rollup import rollup
 
     zone = parse_zone(tz)
-    period = _day(now.astimezone(zone).date() - timedelta(days=1))
+    period = day_of(now.astimezone(zone).date() - timedelta(days=1))
     bounds = period_bounds(period, zone)
     rollup(engine)
     r = UsageRollupRow.__table__.c

@@ -62,10 +62,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import Engine, select, update
 
+from ledger.calendar import parse_zone
 from ledger.config import ConfigError, redact
 from ledger.store.schema import LeaseRow
 from ledger.store import db_now, write_transaction
@@ -112,10 +112,7 @@ class Schedule:
             raise ConfigError("misfire_grace_seconds and lease_seconds must be positive")
         if not 0 <= self.shutdown_grace_seconds <= 600:
             raise ConfigError("shutdown_grace_seconds must be between 0 and 600")
-        try:
-            ZoneInfo(self.report_tz)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ConfigError(f"unknown time zone {self.report_tz!r}") from None
+        parse_zone(self.report_tz)
         reports = self.reports_dir or os.environ.get("LEDGER_REPORTS_DIR") or "reports"
         return replace(self, reports_dir=reports, billing_dir=self.billing_dir or str(Path(reports) / "billing"))
 
@@ -277,7 +274,7 @@ def build_scheduler(engine: Engine, schedule: Schedule, jobs: Mapping[str, Calla
     triggers = {
         "rollup": IntervalTrigger(seconds=schedule.rollup_seconds, timezone=UTC),
         "deliver": IntervalTrigger(seconds=schedule.rollup_seconds, timezone=UTC),
-        "daily-reports": CronTrigger(hour=schedule.report_hour, minute=0, timezone=ZoneInfo(schedule.report_tz)),
+        "daily-reports": CronTrigger(hour=schedule.report_hour, minute=0, timezone=parse_zone(schedule.report_tz)),
         "billing": CronTrigger(minute=0, timezone=UTC),  # hourly: catches up within the hour
     }
     if "rollup" in table and "deliver" in table:
