@@ -30,7 +30,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from ledger.calendar import parse_instant, parse_period, parse_zone
-from ledger.config import ConfigError, database_url, redact, redact_url, spool_dir as _spool_dir
+from ledger.config import ConfigError, database_url, first_line, redact, redact_url, spool_dir as _spool_dir
 from ledger.money import Money
 
 if TYPE_CHECKING:
@@ -239,7 +239,7 @@ class Ledger:
                 journal.recover(self.url, self._spool_arg)
         except SQLAlchemyError as exc:
             engine.dispose()
-            why = str(exc.orig if hasattr(exc, "orig") else exc).splitlines()[0][:200]
+            why = first_line(exc.orig if hasattr(exc, "orig") else exc)
             raise ConfigError(f"database {redact_url(self.url)} unreachable or unusable: "
                               f"{redact(why, self.url)}") from None
         except BaseException:

@@ -39,7 +39,7 @@ import logging
 import os
 import re
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 __all__ = [
@@ -52,6 +52,9 @@ __all__ = [
     "log_to_stderr",
     "owned_by_us",
     "private_dir",
+    "describe",
+    "Progress",
+    "first_line",
     "redact",
     "redact_url",
     "remember_secrets",
@@ -153,6 +156,27 @@ def redact_url(url: str) -> str:
         user, _, after = parts
         url = f"{scheme}://{user}:***@{after}"
     return _QUERY_PAIR.sub(lambda m: f"{m.group(1)}=***" if _secret_name(m.group(1)) else m.group(0), url)
+
+
+Progress = Callable[[int], None]
+"""The one progress convention: called with how many more units are done since the last call
+(``click.progressbar``'s ``update``), never a running total."""
+
+
+def first_line(what: BaseException | str, limit: int | None = 200) -> str:
+    """The first line of an exception's message (or of a text), cut at ``limit`` characters
+    (``None``: not cut); ``""`` when it is empty. Never the lines after it: a driver's message goes
+    on to quote SQL and its parameters. Redact it (:func:`redact`) before it reaches a log."""
+    text = str(what)
+    line = text.splitlines()[0] if text else ""
+    return line if limit is None else line[:limit]
+
+
+def describe(exc: BaseException, limit: int | None = 200) -> str:
+    """``Type: first line of the message`` (just ``Type`` when it has none): what went wrong, in
+    one line (:func:`first_line`)."""
+    line = first_line(exc, limit)
+    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
 
 
 def redact(text: str, url: str | None = None) -> str:

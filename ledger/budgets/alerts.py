@@ -116,7 +116,7 @@ from ledger.store.rollup import rollup
 from ledger.store.schema import AlertRow, BudgetRow, BudgetStopRow, UsageRollupRow
 from ledger.call.stops import Stop, read_stops
 from ledger.store import db_now as store_db_now
-from ledger.store import read_snapshot, write_transaction
+from ledger.store import dialect_insert, read_snapshot, write_transaction
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
@@ -243,16 +243,6 @@ def _budget_of(row: Any) -> Budget:
     )
 
 
-def _insert(conn: Connection, table: Any) -> Any:
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        return pg_insert(table)
-    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-    return sqlite_insert(table)
-
-
 def set_budget(
     engine: Engine,
     project: str,
@@ -288,7 +278,7 @@ def set_budget(
         "updated_at": budget.updated_at,
     }
     with write_transaction(engine) as conn:
-        stmt = _insert(conn, BudgetRow.__table__).values(values)
+        stmt = dialect_insert(conn, BudgetRow.__table__).values(values)
         conn.execute(
             stmt.on_conflict_do_update(
                 index_elements=["project"], set_={k: v for k, v in values.items() if k != "project"}
@@ -674,7 +664,7 @@ def _fire(engine: Engine, fresh: Sequence[_Candidate], when: datetime) -> list[A
                 {"rule": c.rule, "period": c.period, "project": c.project, **c.evidence},
             )
             stmt = (
-                _insert(conn, AlertRow.__table__)
+                dialect_insert(conn, AlertRow.__table__)
                 .values(
                     alert_id=alert.alert_id,
                     project=alert.project,
@@ -1063,7 +1053,7 @@ def update_stops(engine: Engine, *, now: datetime | None = None,
         for s in stops:
             values = {"period": s.period, "until": s.until, "budget_nanos": s.budget.nanos,
                       "spent_nanos": s.spent.nanos, "updated_at": when}
-            conn.execute(_insert(conn, t).values(project=s.project, **values)
+            conn.execute(dialect_insert(conn, t).values(project=s.project, **values)
                          .on_conflict_do_update(index_elements=["project"], set_=values))
             if held.get(s.project) != s.period:
                 log.warning("hard budget spent: project %r has spent %s of its %s USD for %s; its paid-model "

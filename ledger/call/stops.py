@@ -204,19 +204,9 @@ def publish(folder: Path, stops: Sequence[Stop], free: Mapping[str, Iterable[str
             return False
     except OSError:
         pass
-    import tempfile  # the writer's side only: kept off the call path's imports
+    from ledger.outfile import write_bytes  # the writer's side only: kept off the call path's imports
 
-    fd, tmp = tempfile.mkstemp(prefix=".stops-", suffix=".tmp", dir=folder)  # mode 0600
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_bytes(path, data)  # whole or not at all, owner-only
     return True
 
 

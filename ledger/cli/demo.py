@@ -9,9 +9,9 @@ run. The fake credentials below never leave the machine.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
 from datetime import UTC, datetime
 
+from ledger.config import Progress
 from ledger.call.client import CerebrasClient
 from ledger.call.errors import APIError
 from ledger.reports.summary import ProjectSummary, project_summaries
@@ -34,7 +34,7 @@ FAULTS = ("rate_limit", "not_found", "server_error", "cut", "stream_error")
 
 
 def run_demo(calls: int = 60, seed: int = 7, database_url: str | None = None,
-             progress: Callable[[int], None] | None = None) -> tuple[list[ProjectSummary], int]:
+             progress: Progress | None = None) -> tuple[list[ProjectSummary], int]:
     """Send ``calls`` calls and return (per-project summary of this run, events still waiting)."""
     from ledger import store
     from ledger.config import database_url as resolve_url
@@ -71,7 +71,7 @@ def run_demo(calls: int = 60, seed: int = 7, database_url: str | None = None,
                 except APIError:
                     pass  # recorded as an error event; the demo carries on
                 if progress:
-                    progress(i + 1)
+                    progress(1)
             waiting = 0 if all(c.flush(30) for c in clients.values()) else 1
         finally:
             for c in clients.values():

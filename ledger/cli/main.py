@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import click
 
 from ledger.calendar import CalendarError, iso_z, parse_instant, parse_period, parse_zone, period_bounds
-from ledger.config import ConfigError, database_url, log_to_stderr, redact, redact_url, remember_secrets
+from ledger.config import ConfigError, database_url, describe, first_line, log_to_stderr, redact, redact_url, remember_secrets
 from ledger.call.stops import read_stops
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -138,13 +138,7 @@ def demo(ctx: click.Context, calls: int, seed: int, fmt: str) -> None:
     with _engine(ctx):
         pass  # create the ledger (and surface a bad URL) before sending anything
     with click.progressbar(length=calls, label="calls", file=sys.stderr) as bar:
-        last = [0]
-
-        def tick(n: int) -> None:
-            bar.update(n - last[0])
-            last[0] = n
-
-        summaries, waiting = run_demo(calls, seed, ctx.obj["url"], tick)
+        summaries, waiting = run_demo(calls, seed, ctx.obj["url"], bar.update)
     rows = [{
         "project": s.project, "calls": s.calls, "errors": s.errors, "incomplete": s.incomplete,
         "tokens": s.tokens, "paid_usd": str(s.paid_cost), "free_calls": s.free_calls,
@@ -490,7 +484,6 @@ def events_import(ctx: click.Context, file: Path, fmt: str | None) -> None:
     from ledger.exports.eventfiles import import_file
 
     with _engine(ctx) as engine, ExitStack() as stack:
-        last = [0]
         bars: list[Any] = []
 
         def tick(n: int) -> None:
@@ -499,8 +492,7 @@ def events_import(ctx: click.Context, file: Path, fmt: str | None) -> None:
             if not bars:
                 bars.append(stack.enter_context(
                     click.progressbar(length=0, label="importing", file=sys.stderr, show_pos=True)))
-            bars[0].update(n - last[0])
-            last[0] = n
+            bars[0].update(n)
 
         result = import_file(engine, file, fmt, tick)
     click.echo(f"{result.rows} row(s) read; {result.inserted} new, {result.rows - result.inserted} already present")
@@ -752,7 +744,7 @@ def _cli_value(parse: Callable[[str], Any]) -> Callable[[click.Context, click.Pa
         try:
             return parse(value)
         except ConfigError as exc:
-            raise click.BadParameter(str(exc).splitlines()[0]) from None
+            raise click.BadParameter(first_line(exc, None)) from None
 
     return callback
 
@@ -906,11 +898,11 @@ def alerts_check(ctx: click.Context, now_: str | None, spike_factor: str, spike_
     try:
         spike = mod.SpikeRule.parse(spike_factor, spike_min, spike_window, spike_trailing)
     except ConfigError as exc:
-        raise click.UsageError(str(exc).splitlines()[0]) from None
+        raise click.UsageError(first_line(exc, None)) from None
     try:
         webhook = mod.webhook_from_env()
     except ConfigError as exc:
-        raise UserError(str(exc).splitlines()[0]) from None
+        raise UserError(first_line(exc, None)) from None
     with _engine(ctx) as engine:
         created, result = mod.check(engine, now=now, spike=spike, webhook=webhook, deliver_now=not no_deliver)
         with engine.connect() as conn:
@@ -1012,16 +1004,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error(f"{exc.format_message()}")
         return 1
     except (ConfigError, MoneyError, ValueError, OSError) as exc:
-        _error(f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+        _error(first_line(exc, None) or type(exc).__name__)
         return 1
     except Exception as exc:  # a database or library failure: still one line
         from sqlalchemy.exc import SQLAlchemyError
 
         if isinstance(exc, SQLAlchemyError):
             orig = getattr(exc, "orig", None) or exc
-            _error(f"database problem: {str(orig).splitlines()[0][:300]}")
+            _error(f"database problem: {first_line(orig, 300)}")
             return 1
-        _error(f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}")
+        _error(describe(exc, 300))
         return 1
     return 0
 

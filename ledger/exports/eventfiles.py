@@ -49,7 +49,7 @@ from typing import IO, Any
 from sqlalchemy import Connection, Engine, and_, case, func, select
 
 from ledger.calendar import iso_z
-from ledger.config import ConfigError, check_project
+from ledger.config import ConfigError, Progress, check_project, first_line
 from ledger.events import ROUTES, STATUSES, CallEvent
 from ledger.money import Money, MoneyError, usd
 from ledger.pricing import Charge, PriceBook, charge
@@ -351,7 +351,7 @@ def check_row(raw: dict[str, Any], line: int) -> ImportRow:
         )
         return ImportRow(line, event, cost, free, priced)
     except (ValueError, TypeError, MoneyError, ConfigError) as exc:
-        raise ImportError_(f"line {line}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        raise ImportError_(f"line {line}: {first_line(exc, None) or type(exc).__name__}") from None
 
 
 def _raw_rows(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -436,10 +436,10 @@ def row_charge(row: ImportRow, book: PriceBook) -> Charge:
 
 
 def import_file(engine: Engine, path: Path, fmt: str | None = None,
-                progress: Any = None, batch: int = 1000) -> ImportResult:
+                progress: Progress | None = None, batch: int = 1000) -> ImportResult:
     """Check every row of ``path``, then insert them all in one transaction.
 
-    ``progress`` (optional) is called with the number of rows handled so far.
+    ``progress`` (optional) is called with the rows of each written chunk.
     """
     from ledger import store
 
@@ -456,17 +456,15 @@ def import_file(engine: Engine, path: Path, fmt: str | None = None,
             store.insert_events(conn, [store.event_row(r.event, row_charge(r, book), now) for r in chunk], "import")
             return len(ids) - len(have)
 
-        done = 0
         for row in parse_file(path, fmt):  # pass 2: the same rows, now written
             chunk.append(row)
             if len(chunk) >= batch:
                 inserted += flush()
-                done += len(chunk)
-                chunk = []
                 if progress:
-                    progress(done)
+                    progress(len(chunk))
+                chunk = []
         if chunk:
             inserted += flush()
             if progress:
-                progress(done + len(chunk))
+                progress(len(chunk))
     return ImportResult(total, inserted)

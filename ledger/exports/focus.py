@@ -129,7 +129,7 @@ from ledger.money import Money
 from ledger.outfile import OutFile, check_target
 from ledger.pricing import LIST_BOOK, PriceBook, PricePoint
 from ledger.store.schema import BilledBatchRow, BillingExportRow, EventRow, PriceRow
-from ledger.store import write_transaction
+from ledger.store import transaction_lock, write_transaction
 
 __all__ = [
     "COLUMNS",
@@ -470,9 +470,6 @@ def billing_rows(conn: Connection, month: str, issued_at: datetime) -> list[dict
 # -- issuing a month ------------------------------------------------------------------------------
 
 
-def _lock(conn: Connection) -> None:
-    if conn.dialect.name == "postgresql":
-        conn.execute(select(func.pg_advisory_xact_lock(literal(_BILLING_LOCK_KEY))))
 
 
 def _record(conn: Connection, month: str) -> None:
@@ -496,7 +493,7 @@ def _record(conn: Connection, month: str) -> None:
 
 
 def _issue(conn: Connection, month: str, now: datetime) -> BillingExport:
-    _lock(conn)
+    transaction_lock(conn, _BILLING_LOCK_KEY)
     bx = BillingExportRow.__table__.c
     issued = conn.execute(select(bx.exported_at).where(bx.month == month)).scalar_one_or_none()
     reissued = issued is not None

@@ -57,7 +57,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ledger.config import ConfigError, owned_by_us, redact, redact_url, remember_secrets, spool_dir, spool_folder
+from ledger.config import ConfigError, describe, first_line, owned_by_us, redact, redact_url, remember_secrets, spool_dir, spool_folder
 from ledger.events import F_ID, CallEvent, EventDecodeError, decode_fields, encode
 from ledger.call import stops
 
@@ -146,7 +146,7 @@ class _Sink:
             except (ValueError, TypeError, ArithmeticError, AttributeError, LookupError) as exc:
                 # priced out of range, a field of the wrong type or shape (made into a row in
                 # Python, before the database sees it): this record, every time it is tried
-                raise BadEvent(f"{type(exc).__name__}: {str(exc)[:200]}") from exc
+                raise BadEvent(describe(exc)) from exc
 
     def price_book(self, conn: Connection) -> PriceBook:
         """The price book, re-read from ``conn`` when older than :data:`PRICE_REFRESH_S`."""
@@ -172,7 +172,7 @@ class _Sink:
             self._stops_problem = False
         except Exception as exc:  # noqa: BLE001 - the writer must never die
             if not self._stops_problem:
-                why = redact(str(exc).splitlines()[0][:200], self.url) if str(exc) else ""
+                why = redact(first_line(exc), self.url)
                 log.warning("ledger: cannot refresh the hard-budget stop list in %s (%s: %s); the last one "
                             "stays in force", folder, type(exc).__name__, why)
                 self._stops_problem = True
@@ -508,8 +508,8 @@ class Journal:
         try:
             line = encode(event)
         except Exception as exc:  # noqa: BLE001 - a field of a type JSON cannot hold: never break the call
-            log.critical("ledger: event %s cannot be encoded (%s: %s); LOST", getattr(event, "event_id", "?"),
-                         type(exc).__name__, str(exc)[:200])
+            log.critical("ledger: event %s cannot be encoded (%s); LOST", getattr(event, "event_id", "?"),
+                         describe(exc))
             return
         if len(line) > MAX_LINE:
             self._too_long(line)
@@ -669,7 +669,7 @@ class Journal:
     def _note_problem(self, exc: BaseException) -> None:
         from ledger.store import SchemaError
 
-        what = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        what = describe(exc)
         if isinstance(exc, (SchemaError, ConfigError)):
             what = str(exc)
         what = redact(what, self.url)

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 from ledger import journal
-from ledger.config import log_to_stderr, redact, redact_url, remember_secrets
+from ledger.config import describe, log_to_stderr, redact, redact_url, remember_secrets
 
 log = logging.getLogger("ledger.journal.process")
 
@@ -109,7 +109,7 @@ def run(url: str, folder: Path, segment: Path) -> int:
                 backoff = 0.1
                 wait = journal.LINGER_S
             except Exception as exc:  # the writer must never die on a database problem
-                what = redact(f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}", url)
+                what = redact(describe(exc), url)
                 if what != problem:
                     log.error("ledger writer: cannot write to %s (%s); events wait in %s",
                               redact_url(url), what, folder)

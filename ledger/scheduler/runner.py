@@ -66,7 +66,7 @@ from typing import Any
 from sqlalchemy import Engine, select, update
 
 from ledger.calendar import parse_zone
-from ledger.config import ConfigError, redact
+from ledger.config import ConfigError, first_line, redact
 from ledger.store.schema import LeaseRow
 from ledger.store import db_now, write_transaction
 
@@ -163,13 +163,13 @@ class Lease:
     def acquire(self) -> bool:
         """Take or renew the lease; ``False`` if another live holder has it. Taken, renewed and
         compared on the database's clock."""
-        from ledger.store.rollup import _insert
+        from ledger.store import insert_or_skip
 
         t = LeaseRow.__table__
         with write_transaction(self.engine) as conn:
             now = db_now(conn)
             until = now + timedelta(seconds=self.seconds)
-            conn.execute(_insert(conn, t).values(name=self.name, holder="", expires_at=now).on_conflict_do_nothing())
+            conn.execute(insert_or_skip(conn, t).values(name=self.name, holder="", expires_at=now))
             query = select(t.c.holder, t.c.expires_at).where(t.c.name == self.name)
             if conn.dialect.name == "postgresql":
                 query = query.with_for_update()
@@ -231,7 +231,7 @@ def _run_leased(engine: Engine, name: str, seconds: int, holder: str, job: Calla
     try:
         job()
     except Exception as exc:
-        why = str(exc).splitlines()[0][:300] if str(exc) else ""
+        why = first_line(exc, 300)
         log.error("job %s failed (%s: %s); it runs again at its next time", name, type(exc).__name__,
                   redact(why))
         log.debug("job %s failed", name, exc_info=True)

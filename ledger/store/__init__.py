@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Boolean, Connection, Engine, create_engine, event, inspect, select, text
+from sqlalchemy import Boolean, Connection, Engine, create_engine, event, func, inspect, literal, select, text
 from sqlalchemy.engine import make_url
 
 from ledger.config import ConfigError, private_dir, redact_url, remember_secrets
@@ -264,14 +264,30 @@ def _known_revisions() -> set[str]:
     return {s.revision for s in script.walk_revisions()}
 
 
-def _insert(conn: Connection, table: Any) -> Any:
+def dialect_insert(conn: Connection, table: Any) -> Any:
+    """An ``INSERT`` for ``table`` in the connection's dialect, so the caller can add
+    ``on_conflict_do_nothing()`` or ``on_conflict_do_update(...)`` (both dialects spell them alike)."""
     if conn.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-        return pg_insert(table).on_conflict_do_nothing()
+        return pg_insert(table)
     from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-    return sqlite_insert(table).on_conflict_do_nothing()
+    return sqlite_insert(table)
+
+
+def insert_or_skip(conn: Connection, table: Any) -> Any:
+    """``INSERT … ON CONFLICT DO NOTHING`` for ``table``: a row whose key exists is skipped."""
+    return dialect_insert(conn, table).on_conflict_do_nothing()
+
+
+def transaction_lock(conn: Connection, key: int) -> None:
+    """Serialise one kind of write (rollup, billing, re-pricing) across processes for the rest of
+    the transaction. PostgreSQL: a transaction-level advisory lock on ``key`` (released at commit
+    or rollback). SQLite: nothing to do, since :func:`write_transaction`'s ``BEGIN IMMEDIATE``
+    already holds the database's one write lock."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(select(func.pg_advisory_xact_lock(literal(key))))
 
 
 def price_row(point: PricePoint, created_at: datetime) -> dict[str, Any]:
@@ -296,7 +312,7 @@ def insert_prices(conn: Connection, points: Iterable[PricePoint]) -> int:
     if not rows:
         return 0
     before = conn.execute(select(PriceRow.price_id)).all()
-    conn.execute(_insert(conn, PriceRow.__table__), rows)
+    conn.execute(insert_or_skip(conn, PriceRow.__table__), rows)
     after = conn.execute(select(PriceRow.price_id)).all()
     return len(after) - len(before)
 
@@ -456,7 +472,7 @@ def insert_events(conn: Connection, rows: Sequence[dict[str, Any]], source: str 
 
 def _new_batch(conn: Connection, source: str) -> str:
     batch_id = new_event_id()
-    conn.execute(_insert(conn, IngestBatchRow.__table__),
+    conn.execute(insert_or_skip(conn, IngestBatchRow.__table__),
                  [{"batch_id": batch_id, "created_at": datetime.now(UTC), "source": source[:16], "rolled_up": False}])
     return batch_id
 

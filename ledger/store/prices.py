@@ -23,13 +23,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, case, exists, func, literal, select
+from sqlalchemy import Connection, and_, case, exists, func, select
 from sqlalchemy.exc import IntegrityError
 
 from ledger.config import ConfigError
 from ledger.events import CallEvent, new_event_id
 from ledger.money import Money, MoneyError, usd
 from ledger.pricing import BOOKS, Charge, PriceBook, PricePoint, charge, make_price_id
+from ledger.store import transaction_lock
 from ledger.store.schema import EventRow
 from ledger.call.wire import Usage
 
@@ -180,13 +181,6 @@ class RepriceConflict(ValueError):
     """Another re-pricing stored corrections for the same events meanwhile; nothing was written."""
 
 
-def _lock(conn: Connection) -> None:
-    """Serialize re-pricing runs. PostgreSQL: a transaction-level advisory lock (released at
-    commit or rollback). SQLite: the caller's ``BEGIN IMMEDIATE`` (:func:`store.write_transaction`)
-    already holds the database's one write lock. Either way the unique key on
-    (corrects_event_id, correction_seq) refuses a second correction set of one generation."""
-    if conn.dialect.name == "postgresql":
-        conn.execute(select(func.pg_advisory_xact_lock(literal(REPRICE_LOCK_KEY))))
 
 
 def outside_cost(price_id: str | None, cost_nanos: int | None) -> bool:
@@ -215,7 +209,7 @@ def reprice(conn: Connection, since: datetime, until: datetime, project: str | N
     """
     from ledger import store
 
-    _lock(conn)
+    transaction_lock(conn, REPRICE_LOCK_KEY)
     book = store.load_price_book(conn)
     e = EventRow.__table__.c
     corr = EventRow.__table__.alias("corr")

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, case, delete, func, literal, select, text, true, update
+from sqlalchemy import Connection, Engine, case, delete, func, select, text, true, update
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
@@ -42,7 +42,7 @@ from ledger.store.schema import (
     UsageRollupRow,
     UTCDateTime,
 )
-from ledger.store import write_transaction
+from ledger.store import dialect_insert, transaction_lock, write_transaction
 
 __all__ = ["RollupResult", "Totals", "daily_totals", "pending", "quarter_hour", "rebuild", "rollup", "rollup_once"]
 
@@ -83,18 +83,8 @@ class RollupResult:
     events: int
 
 
-def _insert(conn: Connection, table: Any) -> Any:
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        return pg_insert(table)
-    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-    return sqlite_insert(table)
-
-
 def _upsert(conn: Connection, table: Any, keys: tuple[str, ...], measures: tuple[str, ...], source: Any) -> None:
-    stmt = _insert(conn, table).from_select([*keys, *measures], source)
+    stmt = dialect_insert(conn, table).from_select([*keys, *measures], source)
     excluded = stmt.excluded
     stmt = stmt.on_conflict_do_update(
         index_elements=list(keys),
@@ -151,9 +141,6 @@ def _tag_select(batch_ids: list[str], lateral: bool = False) -> Any:
     )
 
 
-def _lock(conn: Connection) -> None:
-    if conn.dialect.name == "postgresql":
-        conn.execute(select(func.pg_advisory_xact_lock(literal(ROLLUP_LOCK_KEY))))
 
 
 BIG_CHUNK_EVENTS = 100_000  # a chunk this big is summed as the planner sees fit (see _by_index)
@@ -186,7 +173,7 @@ def rollup_once(engine: Engine, max_batches: int = BATCHES_PER_RUN) -> RollupRes
     """Roll up at most ``max_batches`` pending batches in one transaction."""
     b = IngestBatchRow.__table__.c
     with write_transaction(engine) as conn:
-        _lock(conn)
+        transaction_lock(conn, ROLLUP_LOCK_KEY)
         _by_index(conn)
         batch_ids = list(conn.execute(
             select(b.batch_id).where(b.rolled_up.is_(False)).order_by(b.created_at, b.batch_id).limit(max_batches)
@@ -242,7 +229,7 @@ def rebuild(engine: Engine, progress: Callable[[int], None] | None = None) -> Ro
     The reset is one transaction under the rollup lock; the refill goes chunk by chunk, so a
     crash part-way leaves a consistent state that the next run simply continues."""
     with write_transaction(engine) as conn:
-        _lock(conn)
+        transaction_lock(conn, ROLLUP_LOCK_KEY)
         conn.execute(delete(UsageRollupRow))
         conn.execute(delete(TagRollupRow))
         conn.execute(update(IngestBatchRow).values(rolled_up=False))
