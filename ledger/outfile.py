@@ -9,19 +9,27 @@ before anything is written, and again just before the rename, with one line
 (:class:`OutFileError`): replacing ``/dev/null`` with a regular file, or a symlink with a copy,
 is never what was meant.
 
-Imports only the standard library.
+:func:`csv_cell` is the one way a value becomes a CSV cell, in every CSV the ledger writes.
+
+Imports only the standard library and the ledger's foundations.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import tempfile
+from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
-__all__ = ["OutFile", "OutFileError", "check_target", "write_bytes"]
+from ledger.calendar import iso_z
+from ledger.config import spreadsheet_cell
+
+__all__ = ["OutFile", "OutFileError", "check_target", "csv_cell", "write_bytes"]
 
 
 class OutFileError(ValueError):
@@ -105,3 +113,23 @@ def write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through an :class:`OutFile`."""
     with OutFile(path) as out:
         out.file.write(data)
+
+
+def csv_cell(value: Any, *, spreadsheet: bool = False) -> str:
+    """``value`` as the text of a CSV cell: ``None`` is empty, booleans are ``true``/``false``,
+    instants ISO 8601 UTC to the second with ``Z``, decimals plain (never an exponent), mappings
+    JSON with sorted keys, the rest ``str``. With ``spreadsheet`` (report and billing CSVs, meant
+    to be opened in a spreadsheet) text that would be read as a formula gets OWASP's leading
+    ``'`` (:func:`ledger.config.spreadsheet_cell`); machine formats (event files) stay exact."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, datetime):
+        return iso_z(value, "seconds")
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True, ensure_ascii=False)
+    text = str(value)
+    return spreadsheet_cell(text) if spreadsheet else text

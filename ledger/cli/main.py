@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import click
 
+from ledger.outfile import csv_cell
 from ledger.calendar import CalendarError, iso_z, parse_instant, parse_period, parse_zone, period_bounds
 from ledger.config import ConfigError, database_url, describe, first_line, log_to_stderr, redact, redact_url, remember_secrets
 from ledger.call.stops import read_stops
@@ -44,13 +45,6 @@ def _parse_when(value: str, name: str) -> datetime:
         raise UserError(str(exc)) from None
 
 
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
 
 def _rows_out(rows: Sequence[dict[str, Any]], fmt: str, columns: Sequence[str]) -> None:
     if fmt == "json":
@@ -59,9 +53,9 @@ def _rows_out(rows: Sequence[dict[str, Any]], fmt: str, columns: Sequence[str]) 
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(columns)
         for r in rows:
-            writer.writerow([_cell(r[c]) for c in columns])
+            writer.writerow([csv_cell(r[c]) for c in columns])
     else:
-        cells = [[str(c) for c in columns]] + [[_cell(r[c]) for c in columns] for r in rows]
+        cells = [[str(c) for c in columns]] + [[csv_cell(r[c]) for c in columns] for r in rows]
         widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
         for n, row in enumerate(cells):
             click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())

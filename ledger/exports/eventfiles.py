@@ -49,6 +49,7 @@ from typing import IO, Any
 from sqlalchemy import Connection, Engine, and_, case, func, select
 
 from ledger.calendar import iso_z
+from ledger.outfile import csv_cell
 from ledger.config import ConfigError, Progress, check_project, first_line
 from ledger.events import ROUTES, STATUSES, CallEvent
 from ledger.money import Money, MoneyError, usd
@@ -115,15 +116,6 @@ def export_rows(conn: Connection, since: datetime, until: datetime, project: str
         }
 
 
-def _csv_cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, dict):
-        return json.dumps(value, sort_keys=True, ensure_ascii=False)
-    return str(value)
-
 
 def write_rows(rows: Iterable[dict[str, Any]], out: IO[str], fmt: str) -> int:
     """Write rows as ``csv`` or ``jsonl``; returns how many."""
@@ -136,7 +128,7 @@ def write_rows(rows: Iterable[dict[str, Any]], out: IO[str], fmt: str) -> int:
         quoted = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL)
         writer.writerow(COLUMNS)
         for row in rows:
-            cells = [_csv_cell(row[c]) for c in COLUMNS]
+            cells = [csv_cell(row[c]) for c in COLUMNS]
             (quoted if any("\r" in c for c in cells) else writer).writerow(cells)
             n += 1
     elif fmt == "jsonl":

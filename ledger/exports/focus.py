@@ -123,10 +123,8 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.types import String
 
-from ledger.calendar import iso_z
-from ledger.config import spreadsheet_cell
 from ledger.money import Money
-from ledger.outfile import OutFile, check_target
+from ledger.outfile import OutFile, check_target, csv_cell
 from ledger.pricing import LIST_BOOK, PriceBook, PricePoint
 from ledger.store.schema import BilledBatchRow, BillingExportRow, EventRow, PriceRow
 from ledger.store import transaction_lock, write_transaction
@@ -513,17 +511,6 @@ def _issue(conn: Connection, month: str, now: datetime) -> BillingExport:
 # -- files ----------------------------------------------------------------------------------------
 
 
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, datetime):
-        return iso_z(value, "seconds")
-    if isinstance(value, Decimal):
-        return format(value, "f")
-    return spreadsheet_cell(str(value))
-
 
 def write_csv(rows: Iterable[dict[str, Any]], out: IO[str]) -> int:
     """FOCUS rows as CSV (header first; NULL is an empty cell). Returns the row count."""
@@ -531,7 +518,7 @@ def write_csv(rows: Iterable[dict[str, Any]], out: IO[str]) -> int:
     writer.writerow(COLUMNS)
     n = 0
     for row in rows:
-        writer.writerow([_cell(row[c]) for c in COLUMNS])
+        writer.writerow([csv_cell(row[c], spreadsheet=True) for c in COLUMNS])
         n += 1
     return n
 

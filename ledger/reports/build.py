@@ -65,7 +65,7 @@ import pandas as pd  # type: ignore[import-untyped, unused-ignore]
 from sqlalchemy import Connection, Engine, case, func, literal, select
 
 from ledger.calendar import Period, day_of, iso_z, parse_zone, period_bounds, zone_name
-from ledger.config import spreadsheet_cell
+from ledger.outfile import csv_cell
 from ledger.money import Money
 from ledger.store.schema import TagRollupRow, UsageRollupRow
 from ledger.store import read_snapshot
@@ -530,13 +530,13 @@ CSV_COLUMNS = ("section", "item", "detail", "figure", "value")
 
 
 class _SpreadsheetWriter:
-    """A ``csv.writer`` whose text cells are made inert for spreadsheets (:func:`spreadsheet_cell`)."""
+    """A ``csv.writer`` whose cells are made inert for spreadsheets (:func:`ledger.outfile.csv_cell`)."""
 
     def __init__(self, writer: Any) -> None:
         self._writer = writer
 
     def writerow(self, row: Sequence[Any]) -> None:
-        self._writer.writerow([spreadsheet_cell(v) if isinstance(v, str) else v for v in row])
+        self._writer.writerow([csv_cell(v, spreadsheet=True) for v in row])
 
 
 def to_csv(report: Report) -> str:
