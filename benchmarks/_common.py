@@ -227,7 +227,7 @@ class Synth:
 
     def events(self, n: int, start: datetime = MONTH, span_s: float = MONTH_SECONDS) -> list[Any]:
         from ledger.events import CallEvent, new_event_id
-        from ledger.call.wire import TimeInfo, Usage
+        from ledger.events import TimeInfo, Usage
 
         out = []
         r = self.rng

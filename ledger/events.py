@@ -25,14 +25,16 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from ledger.call.wire import TimeInfo, Usage
 
 __all__ = [
     "ROUTES",
     "STATUSES",
+    "TimeInfo",
+    "Usage",
     "CallEvent",
     "EventDecodeError",
     "MAX_TAGS",
+    "MAX_TOKENS",
     "MAX_TAG_KEY",
     "MAX_TAG_VALUE",
     "bounded",
@@ -70,6 +72,49 @@ TEXT_LIMITS: tuple[tuple[str, int], ...] = (
     ("endpoint", 32), ("service_tier", 32), ("finish_reason", 32),
 )
 ID_LIMIT = 64  # event ids are the ledger's own (36 characters); a longer one is cut, never a megabyte
+
+
+# One call can't use more tokens than this; a larger count is a broken upstream, not usage.
+MAX_TOKENS = 100_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts of one completion, as the upstream reported them.
+
+    Attributes:
+        prompt_tokens: input tokens, cached ones included.
+        cached_tokens: the part of ``prompt_tokens`` served from the prompt cache.
+        completion_tokens: output tokens, reasoning ones included.
+        reasoning_tokens: the part of ``completion_tokens`` spent on reasoning.
+        total_tokens: ``prompt_tokens + completion_tokens``.
+        accepted_prediction_tokens, rejected_prediction_tokens: predicted-output tokens the
+            model kept / threw away (both part of ``completion_tokens``).
+        image_tokens: the part of ``prompt_tokens`` that came from images.
+    """
+
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+    reasoning_tokens: int
+    total_tokens: int
+    accepted_prediction_tokens: int = 0
+    rejected_prediction_tokens: int = 0
+    image_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TimeInfo:
+    """Cerebras's own ``time_info`` for a completion, in whole microseconds.
+
+    Attributes:
+        queue_us, prompt_us, completion_us, total_us: the four durations the API reports.
+    """
+
+    queue_us: int | None
+    prompt_us: int | None
+    completion_us: int | None
+    total_us: int | None
 
 
 def json_encoder(*, sort_keys: bool = False, compact: bool = False) -> Callable[[Any], str]:

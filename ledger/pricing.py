@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from ledger.calendar import iso_z
 from ledger.events import CallEvent
 from ledger.money import ZERO, Money, usd
-from ledger.call.wire import Usage
+from ledger.events import Usage
 
 __all__ = [
     "ALIASES",

@@ -253,7 +253,7 @@ def run_firehose(args: argparse.Namespace, jr: journal.Journal, tally: Tally,
     from datetime import UTC, datetime
 
     from ledger.events import CallEvent, new_event_id
-    from ledger.call.wire import TimeInfo, Usage
+    from ledger.events import TimeInfo, Usage
 
     rng = random.Random(args.seed)
     projects = [f"{args.prefix}-{i:03d}" for i in range(args.projects)]

@@ -27,7 +27,7 @@ from ledger.events import CallEvent, new_event_id
 from ledger.money import Money, usd
 from ledger.pricing import Charge
 from ledger.store.schema import AlertRow
-from ledger.call.wire import Usage
+from ledger.events import Usage
 
 SECRET = "s3cr3t-Hmac-Key-4242"
 QUIET = alerts.SpikeRule(min_spend=usd("1000000"))  # no spike alerts in tests about other rules

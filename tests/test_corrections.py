@@ -26,7 +26,7 @@ from ledger.events import CallEvent, new_event_id
 from ledger.pricing import charge
 from ledger.store.schema import EventRow
 from ledger.store.verify import verify
-from ledger.call.wire import Usage
+from ledger.events import Usage
 
 from .conftest import write_events
 

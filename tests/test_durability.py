@@ -31,7 +31,7 @@ import ledger
 from ledger import journal
 from ledger.events import CallEvent, encode, new_event_id
 from ledger.testing import StandIn
-from ledger.call.wire import TimeInfo, Usage
+from ledger.events import TimeInfo, Usage
 
 from .conftest import PG_URL, fetch_events, pg_problem, pg_schema_url
 

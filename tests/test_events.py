@@ -29,7 +29,7 @@ from ledger.events import (
     new_event_id,
     normalize_tags,
 )
-from ledger.call.wire import TimeInfo, Usage
+from ledger.events import TimeInfo, Usage
 
 UUID7 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 

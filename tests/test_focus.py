@@ -29,7 +29,7 @@ from ledger.money import Money, usd
 from ledger.pricing import Charge, charge
 from ledger.store.schema import EventRow, UsageRollupRow
 from ledger.reports.summary import project_summaries
-from ledger.call.wire import Usage
+from ledger.events import Usage
 
 AUG, SEP, OCT = "2026-08", "2026-09", "2026-10"
 EXPECTED_COLUMNS = [

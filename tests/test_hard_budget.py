@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 
 import ledger
 from ledger.budgets import alerts
+from ledger.budgets import stops as budget_stops
 from ledger.call import stops
 from ledger import store
 from ledger.config import ConfigError, check_project
@@ -169,9 +170,9 @@ def test_check_stops_a_spent_hard_budget_and_only_that(db_url: str) -> None:
         assert (r.period, r.budget_nanos, r.spent_nanos) == ("2026-11", 700_000, 700_000)
         assert r.until == datetime(2026, 12, 1, tzinfo=UTC)
         with engine.connect() as conn:
-            (s,) = stops.read_stops(conn, NOW)
+            (s,) = budget_stops.read_stops(conn, NOW)
             assert s == Stop("hard-spent", "2026-11", datetime(2026, 12, 1, tzinfo=UTC), Money(700_000), Money(700_000))
-            assert stops.read_stops(conn, datetime(2026, 12, 1, tzinfo=UTC)) == []  # over at month end
+            assert budget_stops.read_stops(conn, datetime(2026, 12, 1, tzinfo=UTC)) == []  # over at month end
         alerts.check(engine, now=NOW)  # idempotent
         assert set(_stop_rows(engine)) == {"hard-spent"}
 

@@ -65,7 +65,7 @@ from ledger.events import CallEvent, new_event_id
 from ledger.money import Money
 from ledger.pricing import Charge
 from ledger.testing import StandIn, _Handler
-from ledger.call.wire import Usage
+from ledger.events import Usage
 
 from .conftest import fetch_events
 from .test_alerts import Receiver

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from ledger import store
 from ledger.cli.main import main
 from ledger.events import CallEvent, new_event_id
-from ledger.call.wire import MAX_TOKENS, Usage
+from ledger.events import MAX_TOKENS, Usage
 
 from .conftest import fetch_events, fresh_pg_schema, pg_problem, write_events
 

@@ -28,7 +28,7 @@ from ledger import journal
 from ledger import store
 from ledger.events import CallEvent, new_event_id
 from ledger.store.schema import SCHEMA_REVISION
-from ledger.call.wire import Usage
+from ledger.events import Usage
 
 from .conftest import fetch_events, write_events
 

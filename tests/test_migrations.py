@@ -18,7 +18,7 @@ from ledger import store
 from ledger.events import CallEvent, new_event_id
 from ledger.pricing import BUILTIN_PRICES, Charge, PriceBook, charge
 from ledger.store.schema import SCHEMA_REVISION, EventRow, PriceRow
-from ledger.call.wire import TimeInfo, Usage
+from ledger.events import TimeInfo, Usage
 
 LEDGER_TABLES = {"events", "prices"}
 

@@ -25,7 +25,7 @@ from ledger.pricing import (
     make_price_id,
     model_names,
 )
-from ledger.call.wire import Usage
+from ledger.events import Usage
 
 PRICES_MD = Path("/work/shared/wire/prices.md")
 _alt = Path(__file__).resolve().parents[2] / "shared" / "wire" / "prices.md"

@@ -34,7 +34,7 @@ from ledger.config import spreadsheet_cell
 from ledger.events import CallEvent, new_event_id
 from ledger.money import Money
 from ledger.store.schema import EventRow, EventTagRow
-from ledger.call.wire import Usage
+from ledger.events import Usage
 
 from .conftest import write_events
 

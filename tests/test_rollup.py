@@ -19,7 +19,7 @@ from ledger.store import rollup
 from ledger import store
 from ledger.events import CallEvent, new_event_id
 from ledger.pricing import PriceBook, charge
-from ledger.call.wire import Usage
+from ledger.events import Usage
 
 from .conftest import write_events
 

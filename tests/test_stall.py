@@ -428,7 +428,7 @@ def test_events_of_wrong_types_or_absurd_values_never_stall_the_writer(db_url: s
     import dataclasses
     from datetime import UTC, datetime
 
-    from ledger.call.wire import TimeInfo, Usage
+    from ledger.events import TimeInfo, Usage
 
     spool = tmp_path / "spool"
     j = journal.journal_for(db_url, spool)

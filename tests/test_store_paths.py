@@ -19,7 +19,7 @@ from ledger import journal
 from ledger import store
 from ledger.events import ROUTES, STATUSES, CallEvent, decode_fields, encode, new_event_id, normalize_tags
 from ledger.pricing import BUILTIN_PRICES, PriceBook, charge
-from ledger.call.wire import TimeInfo, Usage
+from ledger.events import TimeInfo, Usage
 
 ODD = ["", "plain", "ü-proj", "a\x00b", "\ud800x", "\u202eevil", "zero\u200bwidth", "e\u0301", "🧪" * 3,
        "x" * 250, "y" * 1500, "'; DROP TABLE events; --", '=cmd|" /C calc"!A0', "line\nbreak", "tab\tq\"uote"]

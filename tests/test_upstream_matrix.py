@@ -80,7 +80,7 @@ import ledger
 from ledger import journal
 from ledger.pricing import BUILTIN_PRICES
 from ledger.testing import ABSURD_STATUS, ABSURD_TOKENS, StandIn
-from ledger.call.wire import MAX_TOKENS
+from ledger.events import MAX_TOKENS
 
 from .conftest import fetch_events
 

@@ -12,16 +12,14 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from ledger.call.wire import (
-    MAX_TOKENS,
     SSEDecoder,
     SSEEvent,
-    TimeInfo,
-    Usage,
     WireError,
     error_from,
     time_info_from,
     usage_from,
 )
+from ledger.events import MAX_TOKENS, TimeInfo, Usage
 
 WIRE = Path(__file__).resolve().parents[2] / "shared" / "wire"
 if not WIRE.is_dir():  # pragma: no cover - a checkout elsewhere

@@ -114,7 +114,8 @@ from ledger.events import new_event_id
 from ledger.money import Money, MoneyError, usd
 from ledger.store.rollup import rollup
 from ledger.store.schema import AlertRow, BudgetRow, BudgetStopRow, UsageRollupRow
-from ledger.call.stops import Stop, read_stops
+from ledger.budgets.stops import read_stops
+from ledger.call.stops import Stop
 from ledger.store import db_now as store_db_now
 from ledger.store import dialect_insert, read_snapshot, write_transaction
 

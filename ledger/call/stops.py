@@ -8,7 +8,8 @@ path may touch the database, so the decision travels in three hops, each off the
    check``) compares each hard budget with the month's paid spend in the rollups and keeps the
    ``budget_stops`` table: one row per project whose budget is spent, with the month and the
    instant it ends (``until``, the local month end in UTC).
-2. **The writer** (the journal's thread, or the writer process) reads that table every
+2. **The writer** (the journal's thread, or the writer process) reads that table
+   (:func:`ledger.budgets.stops.refresh`) every
    :data:`REFRESH_S` seconds once it has a database connection, and writes this module's *stop
    file* (``stops.json`` in the spool folder, owner-only, replaced atomically; removed when no
    project is stopped). The file also lists the models that are free in each price book now,
@@ -41,22 +42,16 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ledger.calendar import iso_z
 from ledger.config import owned_by_us
 from ledger.money import Money, MoneyError, usd
 
-if TYPE_CHECKING:
-    from sqlalchemy import Connection
-
-    from ledger.pricing import PriceBook
-
-__all__ = ["CHECK_S", "REFRESH_S", "STOP_FILE", "Stop", "StopList", "publish", "read_stops", "refresh"]
+__all__ = ["CHECK_S", "REFRESH_S", "STOP_FILE", "Stop", "StopList", "publish"]
 
 log = logging.getLogger("ledger.call.stops")
 
@@ -208,28 +203,3 @@ def publish(folder: Path, stops: Sequence[Stop], free: Mapping[str, Iterable[str
 
     write_bytes(path, data)  # whole or not at all, owner-only
     return True
-
-
-def read_stops(conn: Connection, now: datetime) -> list[Stop]:
-    """The stops in force at ``now``, from the ``budget_stops`` table."""
-    from sqlalchemy import select
-
-    from ledger.store.schema import BudgetStopRow
-
-    t = BudgetStopRow.__table__.c
-    rows = conn.execute(select(t.project, t.period, t.until, t.budget_nanos, t.spent_nanos)
-                        .where(t.until > now).order_by(t.project))
-    return [Stop(r.project, r.period, r.until, Money(int(r.budget_nanos)), Money(int(r.spent_nanos)))
-            for r in rows]
-
-
-def refresh(conn: Connection, book: Callable[[], PriceBook], folder: Path, now: datetime | None = None) -> bool:
-    """The writer's part: read the stops in force and publish them (with the free models of
-    every book, from ``book()``, asked for only when some project is stopped)."""
-    at = now or datetime.now(UTC)
-    stops = read_stops(conn, at)
-    free: dict[str, frozenset[str]] = {}
-    if stops:
-        prices = book()
-        free = {name: prices.free_models(name, at) for name in prices.books()}
-    return publish(folder, stops, free)

@@ -48,7 +48,8 @@ from ledger.config import database_url as resolve_url
 from ledger.events import ENDPOINT_PATHS, CallEvent, Route, Status, new_event_id, normalize_tags
 from ledger.journal import Journal, journal_for
 from ledger.call.stops import Stop
-from ledger.call.wire import Skeleton, SSEDecoder, TimeInfo, Usage, error_from, time_info_from, usage_from
+from ledger.call.wire import Skeleton, SSEDecoder, error_from, time_info_from, usage_from
+from ledger.events import TimeInfo, Usage
 
 __all__ = ["ATTEMPT", "CALL_OPTIONS", "AsyncRecordingTransport", "CallOptions", "HTTPRequest", "HTTPResponse",
            "RecordingTransport", "instrument"]

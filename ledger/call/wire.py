@@ -11,7 +11,8 @@ This module owns the upstream wire format (see ``shared/wire`` facts in the READ
 * :func:`error_from` reads the flat error body (``{"message","type","param","code"}``), the
   403 ``{"detail": ...}`` body, and the in-stream ``{"error": {...}, "status_code": N}`` event.
 
-Pure functions over bytes and mappings: no I/O, no clock, no imports from the package.
+Pure functions over bytes and mappings: no I/O, no clock. The records it fills (:class:`~ledger.events.Usage`,
+:class:`~ledger.events.TimeInfo`) are the events module's.
 Message text is never returned, because an error message can echo a prompt.
 """
 
@@ -21,61 +22,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ledger.events import MAX_TOKENS, TimeInfo, Usage
+
 __all__ = [
-    "MAX_TOKENS",
     "SSEDecoder",
     "SSEEvent",
     "Skeleton",
-    "TimeInfo",
-    "Usage",
     "WireError",
     "error_from",
     "time_info_from",
     "usage_from",
 ]
-
-# One call can't use more tokens than this; a larger count is a broken upstream, not usage.
-MAX_TOKENS = 100_000_000
-
-
-@dataclass(frozen=True, slots=True)
-class Usage:
-    """Token counts of one completion, as the upstream reported them.
-
-    Attributes:
-        prompt_tokens: input tokens, cached ones included.
-        cached_tokens: the part of ``prompt_tokens`` served from the prompt cache.
-        completion_tokens: output tokens, reasoning ones included.
-        reasoning_tokens: the part of ``completion_tokens`` spent on reasoning.
-        total_tokens: ``prompt_tokens + completion_tokens``.
-        accepted_prediction_tokens, rejected_prediction_tokens: predicted-output tokens the
-            model kept / threw away (both part of ``completion_tokens``).
-        image_tokens: the part of ``prompt_tokens`` that came from images.
-    """
-
-    prompt_tokens: int
-    cached_tokens: int
-    completion_tokens: int
-    reasoning_tokens: int
-    total_tokens: int
-    accepted_prediction_tokens: int = 0
-    rejected_prediction_tokens: int = 0
-    image_tokens: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class TimeInfo:
-    """Cerebras's own ``time_info`` for a completion, in whole microseconds.
-
-    Attributes:
-        queue_us, prompt_us, completion_us, total_us: the four durations the API reports.
-    """
-
-    queue_us: int | None
-    prompt_us: int | None
-    completion_us: int | None
-    total_us: int | None
-
 
 @dataclass(frozen=True, slots=True)
 class WireError:

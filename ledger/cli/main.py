@@ -26,7 +26,6 @@ import click
 from ledger.outfile import csv_cell
 from ledger.calendar import CalendarError, iso_z, parse_instant, parse_period, parse_zone, period_bounds
 from ledger.config import ConfigError, database_url, describe, first_line, log_to_stderr, redact, redact_url, remember_secrets
-from ledger.call.stops import read_stops
 
 F = TypeVar("F", bound=Callable[..., Any])
 FORMATS = ("table", "csv", "json")
@@ -817,6 +816,8 @@ def budget_list(ctx: click.Context, fmt: str) -> None:
       cerebras-ledger budget list --format json
     """
     with _ledger(ctx) as led, led.engine.connect() as conn:
+        from ledger.budgets.stops import read_stops
+
         stops = {s.project: s for s in read_stops(conn, datetime.now(UTC))}
         rows = [_budget_row(b, stops.get(b.project)) for b in led.budgets.list()]
     _rows_out(rows, fmt, BUDGET_COLUMNS)
@@ -899,6 +900,8 @@ def alerts_check(ctx: click.Context, now_: str | None, spike_factor: str, spike_
         raise UserError(first_line(exc, None)) from None
     with _engine(ctx) as engine:
         created, result = mod.check(engine, now=now, spike=spike, webhook=webhook, deliver_now=not no_deliver)
+        from ledger.budgets.stops import read_stops
+
         with engine.connect() as conn:
             stops = read_stops(conn, now or datetime.now(UTC))
     rows = [_alert_row(a) for a in created]

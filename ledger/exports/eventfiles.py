@@ -55,7 +55,7 @@ from ledger.events import ROUTES, STATUSES, CallEvent
 from ledger.money import Money, MoneyError, usd
 from ledger.pricing import Charge, PriceBook, charge
 from ledger.store.schema import EventRow
-from ledger.call.wire import MAX_TOKENS, Usage
+from ledger.events import MAX_TOKENS, Usage
 
 __all__ = ["COLUMNS", "ImportError_", "ImportResult", "export_rows", "import_file", "parse_file", "write_rows"]
 

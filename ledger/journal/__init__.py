@@ -164,11 +164,12 @@ class _Sink:
         if self._engine is None or time.monotonic() < self._stops_due:
             return
         from ledger import store
+        from ledger.budgets.stops import refresh  # the hand-off to the budgets stage, off the call path
 
         self._stops_due = time.monotonic() + stops.REFRESH_S
         try:
             with store.read_snapshot(self._engine) as conn:
-                stops.refresh(conn, lambda: self.price_book(conn), folder)
+                refresh(conn, lambda: self.price_book(conn), folder)
             self._stops_problem = False
         except Exception as exc:  # noqa: BLE001 - the writer must never die
             if not self._stops_problem:

@@ -32,7 +32,7 @@ from ledger.money import Money, MoneyError, usd
 from ledger.pricing import BOOKS, Charge, PriceBook, PricePoint, charge, make_price_id
 from ledger.store import transaction_lock
 from ledger.store.schema import EventRow
-from ledger.call.wire import Usage
+from ledger.events import Usage
 
 __all__ = ["RepriceConflict", "RepriceResult", "feed_points", "new_point", "outside_cost", "reprice", "unpriced"]
 
