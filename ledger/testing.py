@@ -53,7 +53,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-__all__ = ["SCENARIOS", "Served", "StandIn", "usage_for"]
+__all__ = ["SCENARIOS", "Served", "StandIn", "StandInHandler", "usage_for"]
 
 SCENARIOS = (
     "ok", "rate_limit", "token_quota", "server_error", "wrong_key", "not_found", "no_done",
@@ -139,7 +139,9 @@ def _scenario_usage(body: dict[str, Any], scenario: str) -> dict[str, Any]:
 _SPOILED_USAGE = ("no_usage", "negative_usage", "absurd_usage")
 
 
-class _Handler(BaseHTTPRequestHandler):
+class StandInHandler(BaseHTTPRequestHandler):
+    """The stand-in's request handler; a test subclasses it to watch what the client sends."""
+
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True
     server: _Server
@@ -348,7 +350,7 @@ class StandIn:
     """The loopback stand-in upstream. Use as a context manager, or call start()/stop()."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._server = _Server((host, port), _Handler)
+        self._server = _Server((host, port), StandInHandler)
         self._server.owner = self
         self._thread = threading.Thread(target=self._server.serve_forever, name="standin", daemon=True)
         self._scenarios: deque[str] = deque()

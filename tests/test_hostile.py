@@ -64,7 +64,7 @@ from ledger.config import ConfigError, check_project, spreadsheet_cell
 from ledger.events import CallEvent, new_event_id
 from ledger.money import Money
 from ledger.pricing import Charge
-from ledger.testing import StandIn, _Handler
+from ledger.testing import StandIn, StandInHandler
 from ledger.events import Usage
 
 from .conftest import fetch_events
@@ -257,7 +257,7 @@ def test_fuzzed_names_are_refused_or_survive_paths_and_csv(empty_ledger: sa.Engi
 # -- a loopback upstream that also notes the headers each request arrived with ----------------------
 
 
-class _NotingHandler(_Handler):
+class _NotingHandler(StandInHandler):
     def do_POST(self) -> None:
         owner: Any = self.server.owner
         owner.seen.append({k.lower(): v for k, v in self.headers.items()})

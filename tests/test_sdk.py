@@ -31,7 +31,7 @@ import openai
 import pytest
 
 import ledger
-from ledger.testing import Served, StandIn, _Handler
+from ledger.testing import Served, StandIn, StandInHandler
 
 from .conftest import fetch_events
 
@@ -198,7 +198,7 @@ def _assert_priced_ok(row: dict[str, Any], served: Served, route: str, *, stream
 # -- a stand-in that also keeps what each request arrived with ----------------------------------
 
 
-class _RecordingHandler(_Handler):
+class _RecordingHandler(StandInHandler):
     def _note(self) -> None:
         headers = {k.lower(): v for k, v in self.headers.items()}
         owner: Any = self.server.owner

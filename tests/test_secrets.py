@@ -19,7 +19,7 @@ import sqlalchemy as sa
 import ledger
 from ledger import journal
 from ledger import store
-from ledger.testing import StandIn, _Handler
+from ledger.testing import StandIn, StandInHandler
 
 from .conftest import fetch_events
 
@@ -92,7 +92,7 @@ ALL_NEEDLES = (API_KEY, FORWARD_TOKEN, PROMPT, "swordfish", COMPLETION, "launch-
                PROVIDER_KEY, "BYOKSECRET", BYOK_TOKEN)
 
 
-class _ContentHandler(_Handler):
+class _ContentHandler(StandInHandler):
     """The stand-in, answering with a distinctive completion text (so a leak of it can be found)."""
 
     def _send_json(self, status: int, body: Any, headers: dict[str, str] | None = None,
