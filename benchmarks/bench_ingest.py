@@ -49,13 +49,14 @@ def _prepare(events: list[Any], dialect: str) -> list[tuple[list[tuple[Any, ...]
 
     from ledger import store
     from ledger.pricing import BUILTIN_PRICES, PriceBook, charge
+    from ledger.store.ingest import event_values, sqlite_params
 
     book = PriceBook(BUILTIN_PRICES)
     now = datetime.now(UTC)
     out = []
     for e in events:
         r = store.event_row(e, charge(e, book), now)
-        params = store._sqlite_params(r, "") if dialect == "sqlite" else tuple(store._event_values(r))
+        params = sqlite_params(r, "") if dialect == "sqlite" else tuple(event_values(r))
         tags = [(r["event_id"], k, v) for k, v in json.loads(r["tags"]).items()]
         out.append((params, tags))
     return out  # type: ignore[return-value]

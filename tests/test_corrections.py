@@ -152,7 +152,7 @@ def test_without_the_lock_the_unique_key_still_stops_a_second_set(
     events = [_event(i) for i in range(50)]
     _write(engine, events)
     _new_price(engine)
-    monkeypatch.setattr(pricedb, "_lock", lambda conn: None)
+    monkeypatch.setattr(pricedb, "transaction_lock", lambda conn, key: None)
     outcomes = _race(db_url, allow=pricedb.RepriceConflict)
     net = _net(engine)
     assert all(v[1] == 2 for v in net.values()) and len(net) == len(events)

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 
 from ledger import journal
 from ledger import store
+from ledger.store.schema import EventRow
 from ledger.events import ROUTES, STATUSES, CallEvent, decode_fields, encode, new_event_id, normalize_tags
 from ledger.pricing import BUILTIN_PRICES, PriceBook, charge
 from ledger.events import TimeInfo, Usage
@@ -52,7 +53,7 @@ def _events(n: int, seed: int) -> list[CallEvent]:
 def _rows(engine: sa.Engine, ids: list[str]) -> tuple[list[dict[str, Any]], list[tuple[Any, ...]]]:
     with engine.connect() as conn:
         events = [dict(r._mapping) for r in conn.execute(
-            sa.select(store.EventRow.__table__).where(store.EventRow.event_id.in_(ids)))]
+            sa.select(EventRow.__table__).where(EventRow.event_id.in_(ids)))]
         tags = [tuple(r) for r in conn.execute(sa.text("SELECT event_id, key, value FROM event_tags"))]
     order = {e: i for i, e in enumerate(ids)}
     events.sort(key=lambda r: order[r["event_id"]])

@@ -1,8 +1,12 @@
-"""Price-book upkeep: add a dated point, sync from Cerebras's public feed, find unpriced usage,
-and re-price a past period with corrections.
+"""Price-book upkeep: the ``prices`` rows, add a dated point, sync from Cerebras's public feed,
+find unpriced usage, and re-price a past period with corrections.
 
 The rules of pricing itself live in :mod:`ledger.pricing`; this module only changes which
 points exist, and never rewrites an event:
+
+* :func:`insert_prices` adds price points (a point already there is left alone),
+  :func:`seed_builtin_prices` adds the missing built-in ones, and :func:`load_price_book`
+  reads them all back as a :class:`~ledger.pricing.PriceBook`.
 
 * :func:`new_point` checks a point a person typed (rates in USD per million tokens).
 * :func:`feed_points` reads ``GET {feed}/public/v1/models`` (per-token decimal strings) and
@@ -18,23 +22,25 @@ points exist, and never rewrites an event:
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, case, exists, func, select
+from sqlalchemy import Connection, Engine, and_, case, exists, func, select
 from sqlalchemy.exc import IntegrityError
 
 from ledger.config import ConfigError
 from ledger.events import CallEvent, new_event_id
 from ledger.money import Money, MoneyError, usd
-from ledger.pricing import BOOKS, Charge, PriceBook, PricePoint, charge, make_price_id
-from ledger.store import transaction_lock
-from ledger.store.schema import EventRow
+from ledger.pricing import BOOKS, BUILTIN_PRICES, Charge, PriceBook, PricePoint, charge, make_price_id
+from ledger.store.engine import insert_or_skip, transaction_lock, write_transaction
+from ledger.store.ingest import event_row, insert_events
+from ledger.store.schema import EventRow, PriceRow
 from ledger.events import Usage
 
-__all__ = ["RepriceConflict", "RepriceResult", "feed_points", "new_point", "outside_cost", "reprice", "unpriced"]
+__all__ = ["RepriceConflict", "RepriceResult", "feed_points", "insert_prices", "load_price_book", "new_point",
+           "outside_cost", "reprice", "seed_builtin_prices", "unpriced"]
 
 PER_MILLION = 1_000_000
 MAX_RATE = usd(100_000)  # USD per million tokens; anything above is a typo, not a price
@@ -207,10 +213,8 @@ def reprice(conn: Connection, since: datetime, until: datetime, project: str | N
     Raises :class:`RepriceConflict` if corrections of the same generation appeared meanwhile
     anyway (a writer that skipped the lock); the caller's transaction then rolls back.
     """
-    from ledger import store
-
     transaction_lock(conn, REPRICE_LOCK_KEY)
-    book = store.load_price_book(conn)
+    book = load_price_book(conn)
     e = EventRow.__table__.c
     corr = EventRow.__table__.alias("corr")
     top = (
@@ -251,14 +255,14 @@ def reprice(conn: Connection, since: datetime, until: datetime, project: str | N
         reversal = Charge(old.price_id, None if old.cost is None else -old.cost, old.free, old.priced,
                           None if old.list_cost is None else -old.list_cost)
         generation = (int(r.top or 0) + 1) // 2 + 1
-        rows.append(store.event_row(_event_of(r, negated, REVERSAL), reversal, now, kind="correction",
+        rows.append(event_row(_event_of(r, negated, REVERSAL), reversal, now, kind="correction",
                                     corrects=r.event_id, seq=2 * generation - 1))
-        rows.append(store.event_row(_event_of(r, usage, RESTATEMENT), new, now, kind="correction",
+        rows.append(event_row(_event_of(r, usage, RESTATEMENT), new, now, kind="correction",
                                     corrects=r.event_id, seq=2 * generation))
         total += new.cost.nanos - (old.cost.nanos if old.cost is not None else 0)
     if rows and not dry_run:
         try:
-            batch = store.insert_events(conn, rows, "reprice")
+            batch = insert_events(conn, rows, "reprice")
             stored = conn.execute(select(func.count()).select_from(EventRow.__table__)
                                   .where(e.batch_id == batch)).scalar_one()
         except Exception as exc:  # the PostgreSQL path writes through the driver: its own error types
@@ -278,3 +282,59 @@ def _tags(raw: str | None) -> dict[str, Any]:
         return {}
     return value if isinstance(value, dict) else {}
 
+
+
+def price_row(point: PricePoint, created_at: datetime) -> dict[str, Any]:
+    return {
+        "price_id": point.price_id,
+        "book": point.book,
+        "model": point.model,
+        "effective_from": point.effective_from,
+        "input_nanos": point.input.nanos,
+        "cached_nanos": None if point.cached is None else point.cached.nanos,
+        "output_nanos": point.output.nanos,
+        "free": point.free,
+        "source": point.source,
+        "created_at": created_at,
+    }
+
+
+def insert_prices(conn: Connection, points: Iterable[PricePoint]) -> int:
+    """Add price points; a point whose id or (book, model, date) exists is left alone."""
+    now = datetime.now(UTC)
+    rows = [price_row(p, now) for p in points]
+    if not rows:
+        return 0
+    before = conn.execute(select(PriceRow.price_id)).all()
+    conn.execute(insert_or_skip(conn, PriceRow.__table__), rows)
+    after = conn.execute(select(PriceRow.price_id)).all()
+    return len(after) - len(before)
+
+
+def seed_builtin_prices(engine: Engine) -> int:
+    """Add the built-in price points that are missing; writes nothing when all are there."""
+    with engine.connect() as conn:
+        have = set(conn.execute(select(PriceRow.price_id)).scalars())
+    missing = [p for p in BUILTIN_PRICES if p.price_id not in have]
+    if not missing:
+        return 0
+    with write_transaction(engine) as conn:
+        return insert_prices(conn, missing)
+
+
+def load_price_book(conn: Connection) -> PriceBook:
+    rows = conn.execute(select(PriceRow.__table__)).all()
+    return PriceBook(
+        PricePoint(
+            price_id=r.price_id,
+            book=r.book,
+            model=r.model,
+            effective_from=r.effective_from,
+            input=Money(r.input_nanos),
+            cached=None if r.cached_nanos is None else Money(r.cached_nanos),
+            output=Money(r.output_nanos),
+            free=bool(r.free),
+            source=r.source,
+        )
+        for r in rows
+    )

@@ -42,7 +42,7 @@ from ledger.store.schema import (
     UsageRollupRow,
     UTCDateTime,
 )
-from ledger.store import dialect_insert, transaction_lock, write_transaction
+from ledger.store.engine import dialect_insert, transaction_lock, write_transaction
 
 __all__ = ["RollupResult", "Totals", "daily_totals", "pending", "quarter_hour", "rebuild", "rollup", "rollup_once"]
 
