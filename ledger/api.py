@@ -11,7 +11,7 @@ without shelling out (sqlite-utils' ``Database`` is the model)::
 This module owns the lifecycle (URL resolution, engine, migrations, spool recovery, disposal)
 and the analyst's DataFrame (:meth:`Ledger.frame`); every other method is a thin call into the
 module that owns the work (:mod:`ledger.store.rollup`, :mod:`ledger.reports.build`, :mod:`ledger.exports.focus`,
-:mod:`ledger.exports.eventfiles`, :mod:`ledger.reports.summary`, :mod:`ledger.store.verify`, :mod:`ledger.budgets.alerts`,
+:mod:`ledger.exports.eventfiles`, :mod:`ledger.reports.summary`, :mod:`ledger.store.verify`, :mod:`ledger.budgets.budgets`,
 :mod:`ledger.store.prices`). Each CLI command is a thin wrapper over the same calls.
 
 Only the standard library is imported here at module level: SQLAlchemy, Alembic, pandas and
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
     from sqlalchemy import Engine
 
-    from ledger.budgets.alerts import Budget
+    from ledger.budgets.budgets import Budget
     from ledger.exports.focus import BillingExport
     from ledger.store.prices import RepriceResult, Unpriced
     from ledger.pricing import PricePoint
@@ -120,23 +120,23 @@ class Budgets:
             hard: bool = False) -> Budget:
         """Create or replace ``project``'s budget; amounts are decimal USD strings (exact).
         Bad input raises :class:`ConfigError` with one line."""
-        from ledger.budgets import alerts
+        from ledger.budgets import budgets
 
-        return alerts.set_budget(self._ledger.engine, project, monthly=monthly, daily=daily, thresholds=thresholds,
+        return budgets.set_budget(self._ledger.engine, project, monthly=monthly, daily=daily, thresholds=thresholds,
                                  timezone=timezone, free_only=free_only, hard=hard)
 
     def list(self) -> list[Budget]:
         """Every budget, by project."""
-        from ledger.budgets import alerts
+        from ledger.budgets import budgets
 
         with self._ledger.engine.connect() as conn:
-            return alerts.list_budgets(conn)
+            return budgets.list_budgets(conn)
 
     def remove(self, project: str) -> bool:
         """Remove ``project``'s budget (its past alerts stay); whether there was one."""
-        from ledger.budgets import alerts
+        from ledger.budgets import budgets
 
-        return alerts.remove_budget(self._ledger.engine, project)
+        return budgets.remove_budget(self._ledger.engine, project)
 
 
 class Prices:

@@ -20,8 +20,9 @@ from typing import Any, Self
 import pytest
 import sqlalchemy as sa
 
-from ledger.budgets import alerts
+from ledger.budgets import budgets, check, outbox, rules
 from ledger import store
+from ledger.config import ConfigError
 from ledger.cli.main import main
 from ledger.events import CallEvent, new_event_id
 from ledger.money import Money, usd
@@ -30,7 +31,7 @@ from ledger.store.schema import AlertRow
 from ledger.events import Usage
 
 SECRET = "s3cr3t-Hmac-Key-4242"
-QUIET = alerts.SpikeRule(min_spend=usd("1000000"))  # no spike alerts in tests about other rules
+QUIET = rules.SpikeRule(min_spend=usd("1000000"))  # no spike alerts in tests about other rules
 NANO = 1
 
 
@@ -83,7 +84,7 @@ def alert_rows(engine: sa.Engine) -> list[dict[str, Any]]:
         ]
 
 
-def keys(created: Sequence[alerts.Alert]) -> set[tuple[str, str, str, int]]:
+def keys(created: Sequence[check.Alert]) -> set[tuple[str, str, str, int]]:
     return {(a.project, a.rule, a.period, a.threshold) for a in created}
 
 
@@ -145,15 +146,15 @@ class Receiver:
 
 
 def test_monthly_thresholds_fire_once_at_exact_boundaries(engine: sa.Engine) -> None:
-    alerts.set_budget(engine, "search", monthly="10.00", now=datetime(2026, 11, 1, tzinfo=UTC))
+    budgets.set_budget(engine, "search", monthly="10.00", now=datetime(2026, 11, 1, tzinfo=UTC))
     now = datetime(2026, 11, 15, 12, tzinfo=UTC)
     t = datetime(2026, 11, 3, 9, tzinfo=UTC)
     spend(engine, "search", [(datetime(2026, 10, 31, 23, 59, tzinfo=UTC), 10**12)])  # October: not November's
     spend(engine, "search", [(t, 5 * 10**9 - NANO)])
     spend(engine, "search", [(t, 10**9)], free=True)  # free usage never counts
-    assert alerts.check(engine, now=now, spike=QUIET)[0] == []
+    assert check.check(engine, now=now, spike=QUIET)[0] == []
     spend(engine, "search", [(t, NANO)])  # exactly 5.000000000 = 50 %
-    created, _ = alerts.check(engine, now=now, spike=QUIET)
+    created, _ = check.check(engine, now=now, spike=QUIET)
     assert keys(created) == {("search", "month_actual", "2026-11", 50)}
     ev = created[0].evidence
     assert (ev["spent_usd"], ev["budget_usd"], ev["threshold_usd"], ev["threshold_pct"]) == (
@@ -163,14 +164,14 @@ def test_monthly_thresholds_fire_once_at_exact_boundaries(engine: sa.Engine) -> 
         50,
     )
     assert (ev["window_start"], ev["window_end"]) == ("2026-11-01T00:00:00Z", "2026-11-15T12:00:00Z")
-    assert alerts.check(engine, now=now, spike=QUIET)[0] == []  # a re-run fires nothing
+    assert check.check(engine, now=now, spike=QUIET)[0] == []  # a re-run fires nothing
     spend(engine, "search", [(t, 3 * 10**9 - NANO)])  # 7.999999999
-    assert alerts.check(engine, now=now, spike=QUIET)[0] == []
+    assert check.check(engine, now=now, spike=QUIET)[0] == []
     spend(engine, "search", [(t, NANO)])
-    assert keys(alerts.check(engine, now=now, spike=QUIET)[0]) == {("search", "month_actual", "2026-11", 80)}
+    assert keys(check.check(engine, now=now, spike=QUIET)[0]) == {("search", "month_actual", "2026-11", 80)}
     spend(engine, "search", [(t, 5 * 10**9)])  # far over: 100 % once, even from a later run
-    assert keys(alerts.check(engine, now=now, spike=QUIET)[0]) == {("search", "month_actual", "2026-11", 100)}
-    assert alerts.check(engine, now=now + timedelta(days=1), spike=QUIET)[0] == []
+    assert keys(check.check(engine, now=now, spike=QUIET)[0]) == {("search", "month_actual", "2026-11", 100)}
+    assert check.check(engine, now=now + timedelta(days=1), spike=QUIET)[0] == []
     rows = alert_rows(engine)
     assert [(r["rule"], r["period"], r["threshold"]) for r in rows] == [
         ("month_actual", "2026-11", 50),
@@ -183,7 +184,7 @@ def test_monthly_thresholds_fire_once_at_exact_boundaries(engine: sa.Engine) -> 
 
 def test_daily_budget_counts_local_days_exactly(engine: sa.Engine) -> None:
     # Kathmandu is UTC+05:45: its day 2026-11-05 starts at 2026-11-04T18:15Z.
-    alerts.set_budget(
+    budgets.set_budget(
         engine,
         "kt",
         daily="1",
@@ -196,13 +197,13 @@ def test_daily_budget_counts_local_days_exactly(engine: sa.Engine) -> None:
         engine, "kt", [(datetime(2026, 11, 4, 18, 14, 59, 999999, tzinfo=UTC), 10**9)]
     )  # 23:59:59 on the 4th
     spend(engine, "kt", [(datetime(2026, 11, 4, 18, 15, tzinfo=UTC), 10**9 - NANO)])  # 00:00 on the 5th
-    created, _ = alerts.check(engine, now=now, spike=QUIET)
+    created, _ = check.check(engine, now=now, spike=QUIET)
     # yesterday (ended after the budget was set) is reported; today is one nano-dollar short
     assert keys(created) == {("kt", "day_actual", "2026-11-04", 100)}
     assert created[0].evidence["window_start"] == "2026-11-03T18:15:00Z"
     assert created[0].evidence["window_end"] == "2026-11-04T18:15:00Z"
     spend(engine, "kt", [(datetime(2026, 11, 5, 11, 59, tzinfo=UTC), NANO)])
-    created, _ = alerts.check(engine, now=now, spike=QUIET)
+    created, _ = check.check(engine, now=now, spike=QUIET)
     assert keys(created) == {("kt", "day_actual", "2026-11-05", 100)}
     assert created[0].evidence["spent_usd"] == "1.000000000"
     assert created[0].evidence["window_start"] == "2026-11-04T18:15:00Z"
@@ -210,35 +211,35 @@ def test_daily_budget_counts_local_days_exactly(engine: sa.Engine) -> None:
 
 def test_a_budget_set_today_does_not_report_yesterday(engine: sa.Engine) -> None:
     spend(engine, "late", [(datetime(2026, 11, 4, 10, tzinfo=UTC), 5 * 10**9)])
-    alerts.set_budget(engine, "late", daily="1", monthly="100", now=datetime(2026, 11, 5, 8, tzinfo=UTC))
-    created, _ = alerts.check(engine, now=datetime(2026, 11, 5, 9, tzinfo=UTC), spike=QUIET)
+    budgets.set_budget(engine, "late", daily="1", monthly="100", now=datetime(2026, 11, 5, 8, tzinfo=UTC))
+    created, _ = check.check(engine, now=datetime(2026, 11, 5, 9, tzinfo=UTC), spike=QUIET)
     assert keys(created) == set()  # the 4th ended before the budget existed; the month is at 5 %
 
 
 def test_firing_the_same_alert_twice_inserts_once(engine: sa.Engine) -> None:
     """The database's unique key, not the pre-check, is what makes alerts fire once."""
-    cand = alerts._Candidate("p", "month_actual", "2026-11", 50, "msg", {"threshold_pct": 50})
+    cand = rules.Candidate("p", "month_actual", "2026-11", 50, "msg", {"threshold_pct": 50})
     when = datetime(2026, 11, 5, tzinfo=UTC)
-    assert len(alerts._fire(engine, [cand], when)) == 1
-    assert alerts._fire(engine, [cand, cand], when) == []
+    assert len(check.fire(engine, [cand], when)) == 1
+    assert check.fire(engine, [cand, cand], when) == []
     assert len(alert_rows(engine)) == 1
 
 
 def test_threads_checking_at_once_fire_each_alert_once(engine: sa.Engine, db_url: str) -> None:
-    alerts.set_budget(
+    budgets.set_budget(
         engine, "race", monthly="1", daily="1", free_only=True, now=datetime(2026, 11, 1, tzinfo=UTC)
     )
     spend(engine, "race", [(datetime(2026, 11, 5, 10, tzinfo=UTC), 2 * 10**9)])
     now = datetime(2026, 11, 5, 12, tzinfo=UTC)
     barrier = threading.Barrier(4)
-    results: list[list[alerts.Alert]] = []
+    results: list[list[check.Alert]] = []
     errors: list[BaseException] = []
 
     def run() -> None:
         eng = store.make_engine(db_url)
         try:
             barrier.wait(30)
-            results.append(alerts.check(eng, now=now, spike=QUIET)[0])
+            results.append(check.check(eng, now=now, spike=QUIET)[0])
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
         finally:
@@ -261,7 +262,7 @@ def test_threads_checking_at_once_fire_each_alert_once(engine: sa.Engine, db_url
 
 
 def test_processes_checking_at_once_fire_each_alert_once(engine: sa.Engine, db_url: str) -> None:
-    alerts.set_budget(
+    budgets.set_budget(
         engine,
         "proc",
         monthly="1",
@@ -270,10 +271,10 @@ def test_processes_checking_at_once_fire_each_alert_once(engine: sa.Engine, db_u
     )
     spend(engine, "proc", [(datetime(2026, 11, 5, 10, tzinfo=UTC), 2 * 10**9)])
     code = (
-        "import sys, datetime; from ledger import store; from ledger.budgets import alerts\n"
+        "import sys, datetime; from ledger import store; from ledger.budgets import check, rules\n"
         "e = store.make_engine(sys.argv[1])\n"
-        "new, _ = alerts.check(e, now=datetime.datetime(2026, 11, 5, 12, tzinfo=datetime.UTC),"
-        " spike=alerts.SpikeRule.parse('3', '1000000'))\n"
+        "new, _ = check.check(e, now=datetime.datetime(2026, 11, 5, 12, tzinfo=datetime.UTC),"
+        " spike=rules.SpikeRule.parse('3', '1000000'))\n"
         "print(len(new))"
     )
     procs = [
@@ -290,7 +291,7 @@ def test_processes_checking_at_once_fire_each_alert_once(engine: sa.Engine, db_u
 
 
 def test_forecast_alert_at_the_exact_forecast(engine: sa.Engine) -> None:
-    alerts.set_budget(engine, "fc", monthly="60", now=datetime(2026, 10, 1, tzinfo=UTC))
+    budgets.set_budget(engine, "fc", monthly="60", now=datetime(2026, 10, 1, tzinfo=UTC))
     # $2 a day on Nov 1-9, the first day one nano-dollar short. At Nov 10 00:00 UTC: spent 18 - 1e-9;
     # the last 7 complete days (Nov 3-9) spent 14, and 21 days are left: forecast 18 + 14 * 3 - 1e-9.
     spend(
@@ -299,7 +300,7 @@ def test_forecast_alert_at_the_exact_forecast(engine: sa.Engine) -> None:
         [(datetime(2026, 11, d, 12, tzinfo=UTC), 2 * 10**9 - (NANO if d == 1 else 0)) for d in range(1, 10)],
     )
     now = datetime(2026, 11, 10, tzinfo=UTC)
-    created, _ = alerts.check(engine, now=now, spike=QUIET)
+    created, _ = check.check(engine, now=now, spike=QUIET)
     assert keys(created) == {("fc", "month_forecast", "2026-11", 50), ("fc", "month_forecast", "2026-11", 80)}
     ev = created[0].evidence
     assert (ev["forecast_usd"], ev["spent_usd"], ev["trailing_usd"]) == (
@@ -313,15 +314,15 @@ def test_forecast_alert_at_the_exact_forecast(engine: sa.Engine) -> None:
         "2026-12-01T00:00:00Z",
     )
     spend(engine, "fc", [(datetime(2026, 11, 1, 13, tzinfo=UTC), NANO)])
-    created, _ = alerts.check(engine, now=now, spike=QUIET)
+    created, _ = check.check(engine, now=now, spike=QUIET)
     assert keys(created) == {("fc", "month_forecast", "2026-11", 100)}
     assert created[0].evidence["forecast_usd"] == "60.000000000"
     assert "forecast" in created[0].message
 
 
 def test_forecast_early_in_the_month_uses_the_last_seven_days(engine: sa.Engine) -> None:
-    alerts.set_budget(engine, "early", monthly="10", now=datetime(2026, 10, 1, tzinfo=UTC))
-    alerts.set_budget(engine, "fresh", monthly="10", now=datetime(2026, 10, 1, tzinfo=UTC))
+    budgets.set_budget(engine, "early", monthly="10", now=datetime(2026, 10, 1, tzinfo=UTC))
+    budgets.set_budget(engine, "fresh", monthly="10", now=datetime(2026, 10, 1, tzinfo=UTC))
     now = datetime(2026, 11, 2, 6, tzinfo=UTC)
     # "fresh" spent 4 USD today and nothing before: no history, so the forecast is the actual spend.
     spend(engine, "fresh", [(datetime(2026, 11, 2, 1, tzinfo=UTC), 4 * 10**9)])
@@ -332,7 +333,7 @@ def test_forecast_early_in_the_month_uses_the_last_seven_days(engine: sa.Engine)
         "early",
         [(datetime(2026, 11, 1, 10, tzinfo=UTC), 10**9), (datetime(2026, 11, 2, 1, tzinfo=UTC), 4 * 10**9)],
     )
-    created, _ = alerts.check(engine, now=now, spike=QUIET)
+    created, _ = check.check(engine, now=now, spike=QUIET)
     assert keys(created) == {
         ("early", "month_actual", "2026-11", 50),
         ("early", "month_forecast", "2026-11", 80),
@@ -343,7 +344,7 @@ def test_forecast_early_in_the_month_uses_the_last_seven_days(engine: sa.Engine)
 
 
 def test_free_only_project_alerts_on_one_paid_call(engine: sa.Engine) -> None:
-    alerts.set_budget(engine, "free", free_only=True, now=datetime(2026, 11, 1, tzinfo=UTC))
+    budgets.set_budget(engine, "free", free_only=True, now=datetime(2026, 11, 1, tzinfo=UTC))
     now = datetime(2026, 11, 20, tzinfo=UTC)
     spend(
         engine,
@@ -351,21 +352,21 @@ def test_free_only_project_alerts_on_one_paid_call(engine: sa.Engine) -> None:
         [(datetime(2026, 11, 3, tzinfo=UTC) + timedelta(hours=i), 0) for i in range(50)],
         free=True,
     )
-    assert alerts.check(engine, now=now, spike=QUIET)[0] == []
+    assert check.check(engine, now=now, spike=QUIET)[0] == []
     spend(engine, "free", [(datetime(2026, 11, 19, tzinfo=UTC), 350)])
-    created, _ = alerts.check(engine, now=now, spike=QUIET)
+    created, _ = check.check(engine, now=now, spike=QUIET)
     assert keys(created) == {("free", "free_only", "2026-11", 0)}
     assert (created[0].evidence["paid_calls"], created[0].evidence["spent_usd"]) == (1, "0.000000350")
     spend(engine, "free", [(datetime(2026, 11, 19, 1, tzinfo=UTC), 350)])
-    assert alerts.check(engine, now=now, spike=QUIET)[0] == []  # once per month
+    assert check.check(engine, now=now, spike=QUIET)[0] == []  # once per month
     spend(engine, "free", [(datetime(2026, 12, 1, 1, tzinfo=UTC), 0)], priced=False)  # an unknown model
-    created, _ = alerts.check(engine, now=datetime(2026, 12, 1, 2, tzinfo=UTC), spike=QUIET)
+    created, _ = check.check(engine, now=datetime(2026, 12, 1, 2, tzinfo=UTC), spike=QUIET)
     assert keys(created) == {("free", "free_only", "2026-12", 0)}
 
 
 def test_spike_alert(engine: sa.Engine) -> None:
-    alerts.set_budget(engine, "sp", now=datetime(2026, 11, 1, tzinfo=UTC))
-    alerts.set_budget(engine, "small", now=datetime(2026, 11, 1, tzinfo=UTC))
+    budgets.set_budget(engine, "sp", now=datetime(2026, 11, 1, tzinfo=UTC))
+    budgets.set_budget(engine, "small", now=datetime(2026, 11, 1, tzinfo=UTC))
     now = datetime(2026, 11, 5, 13, 5, tzinfo=UTC)  # window: buckets 12:15 up to 13:15
     # trailing 24 h (Nov 4 12:15 - Nov 5 12:15): 0.50 USD an hour -> 3x the average is 1.50
     spend(
@@ -384,9 +385,9 @@ def test_spike_alert(engine: sa.Engine) -> None:
     spend(
         engine, "small", [(datetime(2026, 11, 5, 13, tzinfo=UTC), 99 * 10**7)]
     )  # no history, under the minimum
-    assert alerts.check(engine, now=now)[0] == []  # exactly 3x is not above 3x
+    assert check.check(engine, now=now)[0] == []  # exactly 3x is not above 3x
     spend(engine, "sp", [(datetime(2026, 11, 5, 13, 2, tzinfo=UTC), NANO)])
-    created, _ = alerts.check(engine, now=now)
+    created, _ = check.check(engine, now=now)
     assert keys(created) == {("sp", "spike", "2026-11-05T13:00Z", 300)}
     ev = created[0].evidence
     assert (ev["spent_usd"], ev["trailing_usd"], ev["trailing_average_usd"]) == (
@@ -399,19 +400,19 @@ def test_spike_alert(engine: sa.Engine) -> None:
         "2026-11-05T13:15:00Z",
         "2026-11-04T12:15:00Z",
     )
-    assert alerts.check(engine, now=now + timedelta(minutes=5))[0] == []  # the same hour: not again
+    assert check.check(engine, now=now + timedelta(minutes=5))[0] == []  # the same hour: not again
     # configurable: a lower minimum makes the small project's first dollar a spike
-    created, _ = alerts.check(engine, now=now, spike=alerts.SpikeRule.parse("2", "0.50", 30, 6))
+    created, _ = check.check(engine, now=now, spike=rules.SpikeRule.parse("2", "0.50", 30, 6))
     assert keys(created) == {("small", "spike", "2026-11-05T13:00Z", 200)}
 
 
 # -- delivery ------------------------------------------------------------------------------------
 
 
-def _one_alert(engine: sa.Engine, now: datetime) -> alerts.Alert:
-    alerts.set_budget(engine, "hook", free_only=True, now=now - timedelta(days=1))
+def _one_alert(engine: sa.Engine, now: datetime) -> check.Alert:
+    budgets.set_budget(engine, "hook", free_only=True, now=now - timedelta(days=1))
     spend(engine, "hook", [(now - timedelta(hours=1), 750)])
-    created, _ = alerts.check(engine, now=now, spike=QUIET, deliver_now=False)
+    created, _ = check.check(engine, now=now, spike=QUIET, deliver_now=False)
     assert len(created) == 1
     return created[0]
 
@@ -423,19 +424,19 @@ def test_webhook_fails_then_delivers_exactly_once(
     now = datetime(2026, 11, 5, 12, tzinfo=UTC)
     alert = _one_alert(engine, now)
     with Receiver([500]) as rx:
-        hook = alerts.Webhook(rx.url, SECRET)
-        first = alerts.deliver(engine, hook, now=now)
+        hook = outbox.Webhook(rx.url, SECRET)
+        first = outbox.deliver(engine, hook, now=now)
         assert (first.delivered, first.failed, first.errors) == (0, 1, ("HTTP 500",))
         row = alert_rows(engine)[0]
         assert (row["attempts"], row["delivered_at"], row["last_error"]) == (1, None, "HTTP 500")
         assert as_utc(row["next_attempt_at"]) == now + timedelta(seconds=30)
-        assert alerts.deliver(engine, hook, now=now + timedelta(seconds=29)) == alerts.DeliveryResult()
+        assert outbox.deliver(engine, hook, now=now + timedelta(seconds=29)) == outbox.DeliveryResult()
         assert len(rx.requests) == 1  # not due yet: nothing sent
-        second = alerts.deliver(engine, hook, now=now + timedelta(seconds=30))
+        second = outbox.deliver(engine, hook, now=now + timedelta(seconds=30))
         assert (second.delivered, second.failed) == (1, 0)
-        assert alerts.deliver(engine, hook, now=now + timedelta(days=1)) == alerts.DeliveryResult()
+        assert outbox.deliver(engine, hook, now=now + timedelta(days=1)) == outbox.DeliveryResult()
         assert (
-            alerts.check(engine, now=now + timedelta(minutes=1), spike=QUIET, webhook=hook)[1].delivered == 0
+            check.check(engine, now=now + timedelta(minutes=1), spike=QUIET, webhook=hook)[1].delivered == 0
         )
     assert [r["status"] for r in rx.requests] == [500, 200]
     assert {r["headers"]["x-ledger-alert-id"] for r in rx.requests} == {alert.alert_id}
@@ -476,11 +477,11 @@ def test_unreachable_webhook_is_retried_with_backoff(
     with Receiver() as rx:
         port = rx.server.server_address[1]
         dead = f"http://user:pw-{SECRET}@127.0.0.1:{port}/hooks/T0SECRETPATH?token={SECRET}"
-    hook = alerts.Webhook(dead, SECRET, timeout=5)  # the receiver is gone: connection refused
+    hook = outbox.Webhook(dead, SECRET, timeout=5)  # the receiver is gone: connection refused
     waits = []
     for n in range(1, 4):
         due = as_utc(alert_rows(engine)[0]["next_attempt_at"])
-        assert alerts.deliver(engine, hook, now=due).failed == 1
+        assert outbox.deliver(engine, hook, now=due).failed == 1
         row = alert_rows(engine)[0]
         assert row["attempts"] == n and row["delivered_at"] is None
         assert row["last_error"].startswith("ConnectError")
@@ -496,16 +497,16 @@ def test_a_claimed_alert_waits_for_its_lease(engine: sa.Engine) -> None:
     now = datetime(2026, 11, 5, 12, tzinfo=UTC)
     alert = _one_alert(engine, now)
     assert (
-        alerts._claim(engine, now, timedelta(minutes=5)).alert_id == alert.alert_id
+        outbox.claim(engine, now, timedelta(minutes=5)).alert_id == alert.alert_id
     )  # ... and the process dies
     with Receiver() as rx:
-        hook = alerts.Webhook(rx.url)
-        assert alerts.deliver(engine, hook, now=now + timedelta(minutes=4)) == alerts.DeliveryResult()
-        assert alerts.deliver(engine, hook, now=now + timedelta(days=9)) == alerts.DeliveryResult()
+        hook = outbox.Webhook(rx.url)
+        assert outbox.deliver(engine, hook, now=now + timedelta(minutes=4)) == outbox.DeliveryResult()
+        assert outbox.deliver(engine, hook, now=now + timedelta(days=9)) == outbox.DeliveryResult()
         assert rx.requests == []
         with store.write_transaction(engine) as conn:  # five minutes pass on the database's clock
             conn.execute(sa.update(AlertRow).values(claimed_until=store.db_now(conn)))
-        assert alerts.deliver(engine, hook, now=now + timedelta(minutes=5)).delivered == 1
+        assert outbox.deliver(engine, hook, now=now + timedelta(minutes=5)).delivered == 1
     assert len(rx.requests) == 1 and "x-ledger-signature" not in rx.requests[0]["headers"]
     assert rx.requests[0]["headers"]["x-ledger-alert-id"] == alert.alert_id
 
@@ -525,15 +526,15 @@ def test_no_webhook_url_logs_only(
 ) -> None:
     monkeypatch.delenv("LEDGER_ALERT_WEBHOOK_URL", raising=False)
     monkeypatch.setenv("LEDGER_ALERT_WEBHOOK_SECRET", SECRET)
-    assert alerts.webhook_from_env() is None
+    assert outbox.webhook_from_env() is None
     caplog.set_level(logging.INFO, logger="ledger.budgets.alerts")
     now = datetime(2026, 11, 5, 12, tzinfo=UTC)
-    alerts.set_budget(engine, "quiet", monthly="1", thresholds="100", now=now - timedelta(days=1))
+    budgets.set_budget(engine, "quiet", monthly="1", thresholds="100", now=now - timedelta(days=1))
     spend(engine, "quiet", [(now - timedelta(hours=2), 10**9)])
     with Receiver() as rx:  # listening, but nobody told the ledger about it
-        created, result = alerts.run_checks(engine, now=now)
+        created, result = check.run_checks(engine, now=now)
     assert keys(created) == {("quiet", "month_actual", "2026-11", 100)}
-    assert result == alerts.DeliveryResult()
+    assert result == outbox.DeliveryResult()
     assert rx.requests == []
     logged = [r for r in caplog.records if r.name == "ledger.budgets.alerts"]
     assert len(logged) == 1 and logged[0].levelno == logging.WARNING
@@ -544,21 +545,21 @@ def test_no_webhook_url_logs_only(
 
 def test_two_deliverers_at_once_send_each_alert_once(engine: sa.Engine, db_url: str) -> None:
     now = datetime(2026, 11, 5, 12, tzinfo=UTC)
-    alerts.set_budget(
+    budgets.set_budget(
         engine, "many", monthly="1", thresholds="10,20,30,40,50,60", now=now - timedelta(days=1)
     )
     spend(engine, "many", [(now - timedelta(hours=3), 10**9)])
-    assert len(alerts.check(engine, now=now, spike=QUIET, deliver_now=False)[0]) == 6
+    assert len(check.check(engine, now=now, spike=QUIET, deliver_now=False)[0]) == 6
     barrier = threading.Barrier(3)
     errors: list[BaseException] = []
     with Receiver(delay=0.05) as rx:
-        hook = alerts.Webhook(rx.url, SECRET)
+        hook = outbox.Webhook(rx.url, SECRET)
 
         def run() -> None:
             eng = store.make_engine(db_url)
             try:
                 barrier.wait(30)
-                alerts.deliver(eng, hook, now=now)
+                outbox.deliver(eng, hook, now=now)
             except BaseException as exc:  # noqa: BLE001
                 errors.append(exc)
             finally:
@@ -582,42 +583,42 @@ def test_two_deliverers_at_once_send_each_alert_once(engine: sa.Engine, db_url: 
     ("text", "expected"), [("50,80,100", (50, 80, 100)), (" 100 , 50", (50, 100)), ("120", (120,))]
 )
 def test_thresholds_parse(text: str, expected: tuple[int, ...]) -> None:
-    assert alerts.parse_thresholds(text) == expected
+    assert budgets.parse_thresholds(text) == expected
 
 
 @pytest.mark.parametrize("text", ["", "0", "50,50", "1001", "5.5", "x", "-10", "50,,80"])
 def test_bad_thresholds_are_refused(text: str) -> None:
-    with pytest.raises(alerts.ConfigError):
-        alerts.parse_thresholds(text)
+    with pytest.raises(ConfigError):
+        budgets.parse_thresholds(text)
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "abc", "1e-10", "nan", "1e12"])
 def test_bad_amounts_are_refused(value: str) -> None:
-    with pytest.raises(alerts.ConfigError):
-        alerts.parse_amount(value)
+    with pytest.raises(ConfigError):
+        budgets.parse_amount(value)
 
 
 @pytest.mark.parametrize("zone", ["Mars/Olympus", "", "../../etc/passwd", "/etc/localtime", "America"])
 def test_bad_zones_are_refused(zone: str) -> None:
-    with pytest.raises(alerts.ConfigError):
-        alerts.parse_timezone(zone)
+    with pytest.raises(ConfigError):
+        budgets.parse_timezone(zone)
 
 
 def test_spike_rule_checks_its_parameters() -> None:
     for args in (("0.5", "1"), ("3.333", "1"), ("x", "1"), ("3", "-1"), ("3", "abc")):
-        with pytest.raises(alerts.ConfigError):
-            alerts.SpikeRule.parse(*args)
-    with pytest.raises(alerts.ConfigError):
-        alerts.SpikeRule.parse("3", "1", 20)
-    assert alerts.SpikeRule.parse("2.5", "0.10", 30, 6) == alerts.SpikeRule(
+        with pytest.raises(ConfigError):
+            rules.SpikeRule.parse(*args)
+    with pytest.raises(ConfigError):
+        rules.SpikeRule.parse("3", "1", 20)
+    assert rules.SpikeRule.parse("2.5", "0.10", 30, 6) == rules.SpikeRule(
         Decimal("2.5"), usd("0.10"), timedelta(minutes=30), timedelta(hours=6)
     )
-    with pytest.raises(alerts.ConfigError):
-        alerts.Webhook("ftp://example.com/x")
+    with pytest.raises(ConfigError):
+        outbox.Webhook("ftp://example.com/x")
 
 
 def test_budget_crud(engine: sa.Engine) -> None:
-    b = alerts.set_budget(
+    b = budgets.set_budget(
         engine,
         "crud",
         monthly="12.5",
@@ -628,10 +629,10 @@ def test_budget_crud(engine: sa.Engine) -> None:
     )
     assert (b.monthly, b.daily, b.thresholds, b.hard) == (Money(12_500_000_000), Money(1), (75, 100), True)
     with engine.connect() as conn:
-        assert alerts.get_budget(conn, "crud") == b
-    alerts.set_budget(engine, "crud", free_only=True)  # replaces the whole budget
+        assert budgets.get_budget(conn, "crud") == b
+    budgets.set_budget(engine, "crud", free_only=True)  # replaces the whole budget
     with engine.connect() as conn:
-        again = alerts.get_budget(conn, "crud")
+        again = budgets.get_budget(conn, "crud")
         assert again is not None
         assert (again.monthly, again.free_only, again.thresholds, again.timezone) == (
             None,
@@ -639,10 +640,10 @@ def test_budget_crud(engine: sa.Engine) -> None:
             (50, 80, 100),
             "UTC",
         )
-    assert alerts.remove_budget(engine, "crud") is True
-    assert alerts.remove_budget(engine, "crud") is False
+    assert budgets.remove_budget(engine, "crud") is True
+    assert budgets.remove_budget(engine, "crud") is False
     with engine.connect() as conn:
-        assert alerts.list_budgets(conn) == []
+        assert budgets.list_budgets(conn) == []
 
 
 # -- command line ----------------------------------------------------------------------------------

@@ -20,8 +20,9 @@ from typing import Any, Self
 import pytest
 import sqlalchemy as sa
 
-from ledger.budgets import alerts
+from ledger.budgets import budgets, check, outbox
 from ledger import store
+from ledger.config import ConfigError
 
 from .test_alerts import QUIET, SECRET, alert_rows, as_utc, one_error, run, spend
 
@@ -139,12 +140,12 @@ class Hostile:
 NOW = datetime(2026, 11, 5, 12, tzinfo=UTC)
 
 
-def make_alerts(engine: sa.Engine, n: int = 1) -> list[alerts.Alert]:
+def make_alerts(engine: sa.Engine, n: int = 1) -> list[check.Alert]:
     """``n`` undelivered alerts (thresholds of one project's monthly budget), due at ``NOW``."""
     thresholds = ",".join(str(10 * (i + 1)) for i in range(n))
-    alerts.set_budget(engine, "hook", monthly="1", thresholds=thresholds, now=NOW - timedelta(days=1))
+    budgets.set_budget(engine, "hook", monthly="1", thresholds=thresholds, now=NOW - timedelta(days=1))
     spend(engine, "hook", [(NOW - timedelta(hours=1), 10**9)])
-    created, _ = alerts.check(engine, now=NOW, spike=QUIET, deliver_now=False)
+    created, _ = check.check(engine, now=NOW, spike=QUIET, deliver_now=False)
     assert len(created) == n
     return created
 
@@ -165,8 +166,8 @@ def bounded(fn: Callable[[], Any], limit: float = 90) -> Any:
 def test_a_trickling_receiver_ends_the_attempt_at_its_deadline(engine: sa.Engine, reliability: Any) -> None:
     (alert,) = make_alerts(engine)
     with Hostile("trickle") as rx:
-        hook = alerts.Webhook(rx.url, SECRET, timeout=2)
-        result = bounded(lambda: alerts.deliver(engine, hook, now=NOW))
+        hook = outbox.Webhook(rx.url, SECRET, timeout=2)
+        result = bounded(lambda: outbox.deliver(engine, hook, now=NOW))
         assert rx.ids() == [alert.alert_id]
     assert (result.delivered, result.failed) == (0, 1)
     assert result.errors == ("deadline exceeded (2 s)",)
@@ -185,7 +186,7 @@ def test_an_answer_whose_body_trickles_counts_once_its_status_is_in(engine: sa.E
     (not resent), and the attempt still ends at its deadline."""
     (alert,) = make_alerts(engine)
     with Hostile("trickle-body") as rx:
-        result = bounded(lambda: alerts.deliver(engine, alerts.Webhook(rx.url, timeout=2), now=NOW))
+        result = bounded(lambda: outbox.deliver(engine, outbox.Webhook(rx.url, timeout=2), now=NOW))
         assert rx.ids() == [alert.alert_id]
     assert (result.delivered, result.failed) == (1, 0)
     row = alert_rows(engine)[0]
@@ -215,8 +216,8 @@ def test_alerts_check_on_a_trickling_receiver_returns(db_url: str, tmp_path: Pat
 def test_a_huge_answer_is_read_only_in_part(engine: sa.Engine, mode: str) -> None:
     (alert,) = make_alerts(engine)
     with Hostile(mode) as rx:
-        hook = alerts.Webhook(rx.url, timeout=30)
-        result = bounded(lambda: alerts.deliver(engine, hook, now=NOW))
+        hook = outbox.Webhook(rx.url, timeout=30)
+        result = bounded(lambda: outbox.deliver(engine, hook, now=NOW))
         rx.stop.set()
         assert rx.wait_for(1)
     row = alert_rows(engine)[0]
@@ -238,7 +239,7 @@ def test_no_redirect_is_followed(engine: sa.Engine) -> None:
     (alert,) = make_alerts(engine)
     with Hostile("ok", host="localhost") as other:  # another host name, another port
         with Hostile("redirect", location=other.url) as rx:
-            result = bounded(lambda: alerts.deliver(engine, alerts.Webhook(rx.url, timeout=5), now=NOW))
+            result = bounded(lambda: outbox.deliver(engine, outbox.Webhook(rx.url, timeout=5), now=NOW))
     assert result.failed == 1 and other.requests == []
     assert rx.ids() == [alert.alert_id]
     row = alert_rows(engine)[0]
@@ -248,7 +249,7 @@ def test_no_redirect_is_followed(engine: sa.Engine) -> None:
 def test_every_post_carries_the_alert_id_as_idempotency_key(engine: sa.Engine) -> None:
     created = make_alerts(engine, 3)
     with Hostile("ok") as rx:
-        assert alerts.deliver(engine, alerts.Webhook(rx.url, SECRET), now=NOW).delivered == 3
+        assert outbox.deliver(engine, outbox.Webhook(rx.url, SECRET), now=NOW).delivered == 3
     assert sorted(r["headers"]["idempotency-key"] for r in rx.requests) == sorted(a.alert_id for a in created)
     assert all(r["headers"]["idempotency-key"] == r["headers"]["x-ledger-alert-id"] for r in rx.requests)
 
@@ -267,8 +268,8 @@ BAD_URLS = [
 
 @pytest.mark.parametrize("url", BAD_URLS)
 def test_a_bad_webhook_url_is_refused_at_configuration(url: str) -> None:
-    with pytest.raises(alerts.ConfigError) as info:
-        alerts.webhook_from_env({"LEDGER_ALERT_WEBHOOK_URL": url, "LEDGER_ALERT_WEBHOOK_SECRET": SECRET})
+    with pytest.raises(ConfigError) as info:
+        outbox.webhook_from_env({"LEDGER_ALERT_WEBHOOK_URL": url, "LEDGER_ALERT_WEBHOOK_SECRET": SECRET})
     text = str(info.value)
     assert "\n" not in text and "LEDGER_ALERT_WEBHOOK_URL" in text
     assert SECRET not in text and "example.com/hook" not in text
@@ -278,16 +279,16 @@ def test_a_bad_webhook_url_is_refused_at_configuration(url: str) -> None:
 def test_a_bad_webhook_timeout_is_refused(value: str) -> None:
     env = {"LEDGER_ALERT_WEBHOOK_URL": "https://hooks.example.com/x", "LEDGER_ALERT_WEBHOOK_TIMEOUT": value}
     if value == "":
-        assert alerts.webhook_from_env(env) == alerts.Webhook("https://hooks.example.com/x")
+        assert outbox.webhook_from_env(env) == outbox.Webhook("https://hooks.example.com/x")
         return
-    with pytest.raises(alerts.ConfigError, match="LEDGER_ALERT_WEBHOOK_TIMEOUT"):
-        alerts.webhook_from_env(env)
+    with pytest.raises(ConfigError, match="LEDGER_ALERT_WEBHOOK_TIMEOUT"):
+        outbox.webhook_from_env(env)
 
 
 def test_good_webhook_urls_are_kept() -> None:
     for url in ("https://hooks.slack.com/services/T0/B0/x", "HTTP://Example.COM:8080/a?b=c",
                 "http://user:pw@127.0.0.1:9/x", "https://[::1]:8443/hook", "https://bücher.example/hook"):
-        assert alerts.Webhook(url).url == url
+        assert outbox.Webhook(url).url == url
 
 
 @pytest.mark.parametrize("command", [("alerts", "check"), ("scheduler", "--list")])
@@ -306,12 +307,12 @@ def test_a_bad_webhook_url_stops_the_command_with_one_line(
 # -- two deliverers, one slow receiver -------------------------------------------------------------
 
 
-def _deliver_in_thread(db_url: str, hook: alerts.Webhook, errors: list[BaseException],
+def _deliver_in_thread(db_url: str, hook: outbox.Webhook, errors: list[BaseException],
                        **kwargs: Any) -> threading.Thread:
     def go() -> None:
         eng = store.make_engine(db_url)
         try:
-            alerts.deliver(eng, hook, **kwargs)
+            outbox.deliver(eng, hook, **kwargs)
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
         finally:
@@ -331,7 +332,7 @@ def test_a_deliverer_whose_clock_runs_ahead_does_not_resend_a_slow_delivery(
     created = make_alerts(engine, 3)
     errors: list[BaseException] = []
     with Hostile("hold") as rx:
-        hook = alerts.Webhook(rx.url, SECRET, timeout=30)
+        hook = outbox.Webhook(rx.url, SECRET, timeout=30)
         a = _deliver_in_thread(db_url, hook, errors)  # the real clock
         assert rx.wait_for(1)
         b = _deliver_in_thread(db_url, hook, errors, now=datetime.now(UTC) + timedelta(minutes=10))
@@ -383,12 +384,12 @@ def test_the_lease_outlasts_the_attempts_deadline(engine: sa.Engine, db_url: str
     (alert,) = make_alerts(engine)
     errors: list[BaseException] = []
     with Hostile("hold") as rx:
-        hook = alerts.Webhook(rx.url, timeout=30)
+        hook = outbox.Webhook(rx.url, timeout=30)
         a = _deliver_in_thread(db_url, hook, errors, lease=timedelta(seconds=1))
         assert rx.wait_for(1)
         threading.Event().wait(2)  # the short lease is over by any clock
-        result = bounded(lambda: alerts.deliver(engine, hook))
-        assert result == alerts.DeliveryResult()
+        result = bounded(lambda: outbox.deliver(engine, hook))
+        assert result == outbox.DeliveryResult()
         rx.release.set()
         a.join(60)
     assert not errors and rx.ids() == [alert.alert_id]
@@ -399,12 +400,12 @@ def test_the_claim_is_held_on_the_database_clock(engine: sa.Engine) -> None:
     """The lease in ``claimed_until`` is the database's time plus at least the deadline and a
     margin, whatever ``now`` the caller passes for due-ness."""
     (alert,) = make_alerts(engine)
-    hook = alerts.Webhook("http://127.0.0.1:9/x", timeout=7)
-    row = alerts._claim(engine, NOW, hook.lease)
+    hook = outbox.Webhook("http://127.0.0.1:9/x", timeout=7)
+    row = outbox.claim(engine, NOW, hook.lease)
     assert row.alert_id == alert.alert_id
     with engine.connect() as conn:
         db_now = store.db_now(conn)
     until = as_utc(alert_rows(engine)[0]["claimed_until"])
     assert until - db_now > timedelta(seconds=7)  # on the database's clock, not NOW's (a month ago)
-    assert hook.lease >= timedelta(seconds=7) + alerts.LEASE_MARGIN
-    assert alerts._claim(engine, NOW + timedelta(days=30), hook.lease) is None  # still held
+    assert hook.lease >= timedelta(seconds=7) + outbox.LEASE_MARGIN
+    assert outbox.claim(engine, NOW + timedelta(days=30), hook.lease) is None  # still held

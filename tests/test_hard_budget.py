@@ -1,7 +1,7 @@
 """Hard budgets: a project whose hard monthly budget is spent has its paid-model calls refused.
 
 The whole way, with real parts: calls through the official SDKs and the wrapper client against
-the loopback stand-in, recorded into SQLite and PostgreSQL; ``alerts.check`` keeps the
+the loopback stand-in, recorded into SQLite and PostgreSQL; ``check.check`` keeps the
 ``budget_stops`` table; the journal's writer publishes the stop file; the call path refuses
 (nothing reaches the upstream) and records the refusal. See :mod:`ledger.call.stops`.
 """
@@ -26,7 +26,7 @@ from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 import ledger
-from ledger.budgets import alerts
+from ledger.budgets import budgets, check
 from ledger.budgets import stops as budget_stops
 from ledger.call import stops
 from ledger import store
@@ -156,14 +156,14 @@ def _stop_rows(engine: sa.Engine) -> dict[str, Any]:
 def test_check_stops_a_spent_hard_budget_and_only_that(db_url: str) -> None:
     engine = _engine(db_url)
     try:
-        alerts.set_budget(engine, "hard-spent", monthly="0.0007", hard=True, now=NOW)
-        alerts.set_budget(engine, "hard-under", monthly="1", hard=True, now=NOW)
-        alerts.set_budget(engine, "soft-spent", monthly="0.0007", now=NOW)
-        alerts.set_budget(engine, "hard-no-amount", daily="0.0007", hard=True, now=NOW)
+        budgets.set_budget(engine, "hard-spent", monthly="0.0007", hard=True, now=NOW)
+        budgets.set_budget(engine, "hard-under", monthly="1", hard=True, now=NOW)
+        budgets.set_budget(engine, "soft-spent", monthly="0.0007", now=NOW)
+        budgets.set_budget(engine, "hard-no-amount", daily="0.0007", hard=True, now=NOW)
         for p in ("hard-spent", "hard-under", "soft-spent", "hard-no-amount"):
             spend(engine, p, [(NOW - timedelta(hours=1), 700_000)])  # exactly 0.0007 USD
         spend(engine, "hard-spent", [(NOW - timedelta(days=40), 350)])  # last month's: not this month's
-        alerts.check(engine, now=NOW)
+        check.check(engine, now=NOW)
         rows = _stop_rows(engine)
         assert set(rows) == {"hard-spent"}  # reaching the budget exactly is spent
         r = rows["hard-spent"]
@@ -173,17 +173,17 @@ def test_check_stops_a_spent_hard_budget_and_only_that(db_url: str) -> None:
             (s,) = budget_stops.read_stops(conn, NOW)
             assert s == Stop("hard-spent", "2026-11", datetime(2026, 12, 1, tzinfo=UTC), Money(700_000), Money(700_000))
             assert budget_stops.read_stops(conn, datetime(2026, 12, 1, tzinfo=UTC)) == []  # over at month end
-        alerts.check(engine, now=NOW)  # idempotent
+        check.check(engine, now=NOW)  # idempotent
         assert set(_stop_rows(engine)) == {"hard-spent"}
 
-        alerts.set_budget(engine, "hard-spent", monthly="0.0014", hard=True, now=NOW)  # raised: lifted at once
+        budgets.set_budget(engine, "hard-spent", monthly="0.0014", hard=True, now=NOW)  # raised: lifted at once
         assert _stop_rows(engine) == {}
-        alerts.check(engine, now=NOW)
+        check.check(engine, now=NOW)
         assert _stop_rows(engine) == {}
         spend(engine, "hard-spent", [(NOW - timedelta(minutes=30), 700_000)])
-        alerts.check(engine, now=NOW)
+        check.check(engine, now=NOW)
         assert _stop_rows(engine)["hard-spent"].spent_nanos == 1_400_000
-        assert alerts.remove_budget(engine, "hard-spent")
+        assert budgets.remove_budget(engine, "hard-spent")
         assert _stop_rows(engine) == {}
     finally:
         engine.dispose()
@@ -193,12 +193,12 @@ def test_stop_month_is_the_budgets_local_month(db_url: str) -> None:
     """Asia/Kolkata (+05:30): 2026-11-30T19:00Z is already December there."""
     engine = _engine(db_url)
     try:
-        alerts.set_budget(engine, "k", monthly="0.0007", hard=True, timezone="Asia/Kolkata", now=NOW)
+        budgets.set_budget(engine, "k", monthly="0.0007", hard=True, timezone="Asia/Kolkata", now=NOW)
         late = datetime(2026, 11, 30, 19, 0, tzinfo=UTC)
         spend(engine, "k", [(datetime(2026, 11, 30, 18, 0, tzinfo=UTC), 700_000)])  # still November in Kolkata
-        alerts.check(engine, now=late)
+        check.check(engine, now=late)
         assert _stop_rows(engine) == {}  # December there: nothing spent yet
-        alerts.check(engine, now=datetime(2026, 11, 30, 18, 15, tzinfo=UTC))
+        check.check(engine, now=datetime(2026, 11, 30, 18, 15, tzinfo=UTC))
         r = _stop_rows(engine)["k"]
         assert r.period == "2026-11" and r.until == datetime(2026, 11, 30, 18, 30, tzinfo=UTC)
     finally:
@@ -227,8 +227,8 @@ def fast_stops(monkeypatch: pytest.MonkeyPatch) -> None:
 def _spend_it(url: str, project: str) -> None:
     engine = _engine(url)
     try:
-        alerts.set_budget(engine, project, monthly="0.000001", hard=True)
-        alerts.check(engine)
+        budgets.set_budget(engine, project, monthly="0.000001", hard=True)
+        check.check(engine)
         assert project in _stop_rows(engine)
     finally:
         engine.dispose()
@@ -293,7 +293,7 @@ def test_sdk_paid_calls_are_refused_once_the_hard_budget_is_spent(ledger_env: di
 
     engine = _engine(url)
     try:  # raised: calls go through again once the writer has seen it
-        alerts.set_budget(engine, PROJECT, monthly="1000", hard=True)
+        budgets.set_budget(engine, PROJECT, monthly="1000", hard=True)
     finally:
         engine.dispose()
 
@@ -418,10 +418,10 @@ def test_writer_process_publishes_the_stop(ledger_env: dict[str, str], upstream:
     url = ledger_env["LEDGER_DATABASE_URL"]
     engine = _engine(url)
     try:
-        alerts.set_budget(engine, "proj-zero", monthly="0.000001", hard=True)
+        budgets.set_budget(engine, "proj-zero", monthly="0.000001", hard=True)
         spend(engine, "proj-zero", [(datetime.now(UTC) - timedelta(minutes=1), 7000)])
-        alerts.check(engine)
-        assert [s.project for s in alerts.update_stops(engine)] == ["proj-zero"]
+        check.check(engine)
+        assert [s.project for s in budget_stops.update_stops(engine)] == ["proj-zero"]
     finally:
         engine.dispose()
     with ledger.CerebrasClient("proj-zero", api_key="sk-test", base_url=upstream.base_url) as c:

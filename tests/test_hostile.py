@@ -52,7 +52,7 @@ from hypothesis import strategies as st
 import ledger
 from ledger import calendar
 from ledger import config
-from ledger.budgets import alerts
+from ledger.budgets import budgets
 from ledger.exports import eventfiles as eventio
 from ledger.exports import focus
 from ledger import journal
@@ -800,7 +800,7 @@ def test_webhook_signature_verifies_and_secret_is_never_logged(
         charge = Charge("p", Money(5 * 10**9), False, True, None)  # 5 USD
         with store.write_transaction(engine) as conn:
             store.insert_events(conn, [store.event_row(event, charge, when)])
-        alerts.set_budget(engine, name, monthly="1", thresholds="50,100", now=when - timedelta(days=1))
+        budgets.set_budget(engine, name, monthly="1", thresholds="50,100", now=when - timedelta(days=1))
     finally:
         engine.dispose()
     with Receiver([503]) as rx:  # the first POST fails, the retry is delivered

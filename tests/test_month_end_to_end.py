@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from ledger import calendar
-from ledger.budgets import alerts
+from ledger.budgets import budgets, check
 from ledger.exports import focus
 from ledger.store import prices as pricedb
 from ledger.reports import build as reports
@@ -108,11 +108,11 @@ def test_a_month_end_to_end(engine: sa.Engine) -> None:
             "AND bucket >= :s AND bucket < :e"), {"f": False, "s": _bind(engine, utc_start),
                                                   "e": _bind(engine, utc_end)}).scalar_one())
     assert paid > 0
-    alerts.set_budget(engine, "alpha", monthly=Money(paid), now=datetime(2026, 11, 1, tzinfo=UTC))
+    budgets.set_budget(engine, "alpha", monthly=Money(paid), now=datetime(2026, 11, 1, tzinfo=UTC))
     now = datetime(2026, 11, 30, 23, 59, tzinfo=UTC)
-    fired, _ = alerts.check(engine, now=now, deliver_now=False, projects=["alpha"])
+    fired, _ = check.check(engine, now=now, deliver_now=False, projects=["alpha"])
     actual = {a.threshold: a for a in fired if a.rule == "month_actual"}
     assert set(actual) == {50, 80, 100}  # spend == budget: 100 % reached exactly
     assert all(Decimal(a.evidence["spent_usd"]) == Money(paid).to_decimal() for a in actual.values())
-    again_fired, _ = alerts.check(engine, now=now, deliver_now=False, projects=["alpha"])
+    again_fired, _ = check.check(engine, now=now, deliver_now=False, projects=["alpha"])
     assert not [a for a in again_fired if a.rule == "month_actual"]  # fired once, never again

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from ledger.budgets import alerts
+from ledger.budgets import budgets
 from ledger.store import rollup
 from ledger.scheduler import runner as scheduler
 from ledger import store
@@ -80,8 +80,8 @@ def test_a_hung_delivery_does_not_stop_rollups_alerts_or_hard_budget_stops(
     engine: sa.Engine, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, reliability: Any
 ) -> None:
     now = datetime.now(UTC)
-    alerts.set_budget(engine, "hook", free_only=True, now=now - timedelta(days=1))
-    alerts.set_budget(engine, "capped", monthly="1", hard=True, now=now - timedelta(days=1))
+    budgets.set_budget(engine, "hook", free_only=True, now=now - timedelta(days=1))
+    budgets.set_budget(engine, "capped", monthly="1", hard=True, now=now - timedelta(days=1))
     spend(engine, "hook", [(now - timedelta(minutes=1), 750)])
     stop = threading.Event()
     with Hostile("trickle") as rx:  # answers one byte a second, for ever
@@ -123,7 +123,7 @@ def test_sigterm_stops_the_scheduler_with_a_delivery_in_flight(
     engine: sa.Engine, db_url: str, tmp_path: Path
 ) -> None:
     now = datetime.now(UTC)
-    alerts.set_budget(engine, "hook", free_only=True, now=now - timedelta(days=1))
+    budgets.set_budget(engine, "hook", free_only=True, now=now - timedelta(days=1))
     spend(engine, "hook", [(now - timedelta(minutes=1), 750)])
     with Hostile("trickle") as rx:
         env = {**os.environ, "LEDGER_DATABASE_URL": db_url, "LEDGER_HOME": str(tmp_path / "home"),

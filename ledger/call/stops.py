@@ -1,6 +1,6 @@
 """Hard budgets on the call path: which projects may not call paid models right now.
 
-A budget set with ``--hard`` (:func:`ledger.budgets.alerts.set_budget`) asks the wrapper to refuse a
+A budget set with ``--hard`` (:func:`ledger.budgets.budgets.set_budget`) asks the wrapper to refuse a
 project's paid-model calls once its monthly paid spend reaches the budget. Nothing on the call
 path may touch the database, so the decision travels in three hops, each off the call path:
 

@@ -840,9 +840,9 @@ def budget_remove(ctx: click.Context, project: str) -> None:
 
 
 def _alerts() -> Any:
-    from ledger.budgets import alerts
+    from ledger.budgets import budgets
 
-    return alerts
+    return budgets
 
 
 ALERT_COLUMNS = ["created_at", "project", "rule", "period", "threshold", "status", "attempts", "message",
@@ -888,18 +888,18 @@ def alerts_check(ctx: click.Context, now_: str | None, spike_factor: str, spike_
     Example:
       LEDGER_ALERT_WEBHOOK_URL=https://hooks.slack.com/services/... cerebras-ledger alerts check
     """
-    mod = _alerts()
+    from ledger.budgets import check, outbox, rules
     now = _parse_when(now_, "--now") if now_ else None
     try:
-        spike = mod.SpikeRule.parse(spike_factor, spike_min, spike_window, spike_trailing)
+        spike = rules.SpikeRule.parse(spike_factor, spike_min, spike_window, spike_trailing)
     except ConfigError as exc:
         raise click.UsageError(first_line(exc, None)) from None
     try:
-        webhook = mod.webhook_from_env()
+        webhook = outbox.webhook_from_env()
     except ConfigError as exc:
         raise UserError(first_line(exc, None)) from None
     with _engine(ctx) as engine:
-        created, result = mod.check(engine, now=now, spike=spike, webhook=webhook, deliver_now=not no_deliver)
+        created, result = check.check(engine, now=now, spike=spike, webhook=webhook, deliver_now=not no_deliver)
         from ledger.budgets.stops import read_stops
 
         with engine.connect() as conn:
@@ -934,8 +934,9 @@ def alerts_list(ctx: click.Context, project: str | None, undelivered: bool, limi
     Example:
       cerebras-ledger alerts list --project search --format json
     """
+    from ledger.budgets import check
     with _engine(ctx) as engine, engine.connect() as conn:
-        records = _alerts().list_alerts(conn, project, undelivered=undelivered, limit=limit)
+        records = check.list_alerts(conn, project, undelivered=undelivered, limit=limit)
     rows = [_alert_row(r.alert, r) for r in records]
     _rows_out(rows, fmt, ALERT_COLUMNS)
 

@@ -24,7 +24,7 @@ an explicit ``misfire_grace_time``.
 **Jobs stay independent.** The executor is a thread pool with a worker for every job, so a
 slow job holds only its own worker, and ``max_instances=1`` skips only its own next runs. The
 webhook outbox is its own job: a receiver that hangs delays deliveries (each attempt is bounded
-by its deadline, see :mod:`ledger.budgets.alerts`), never the rollups, the alert rules or the hard-budget
+by its deadline, see :mod:`ledger.budgets.outbox`), never the rollups, the alert rules or the hard-budget
 stops behind them.
 
 **Stopping.** SIGTERM and SIGINT stop the scheduler at once (``shutdown(wait=False)``: no new
@@ -245,12 +245,12 @@ def _run_leased(engine: Engine, name: str, seconds: int, holder: str, job: Calla
 def rollup_and_checks(engine: Engine) -> None:
     """The ``rollup`` job: roll up, then fire due alerts and keep the hard-budget stops (the
     webhook outbox is the ``deliver`` job's)."""
-    from ledger.budgets import alerts
+    from ledger.budgets import check
     from ledger.store import rollup
 
     result = rollup.rollup(engine)
     log.info("rollup: %d event(s) from %d batch(es)", result.events, result.batches)
-    alerts.check(engine, deliver_now=False)
+    check.check(engine, deliver_now=False)
 
 
 def build_scheduler(engine: Engine, schedule: Schedule, jobs: Mapping[str, Callable[[], None]] | None = None,
@@ -302,12 +302,12 @@ def _then_wake(job: Callable[[], None], scheduler: Any, other: str) -> Callable[
 
 def default_jobs(engine: Engine, schedule: Schedule,
                  stop: threading.Event | None = None) -> dict[str, Callable[[], None]]:
-    from ledger.budgets import alerts
+    from ledger.budgets import outbox
 
-    webhook = alerts.webhook_from_env()  # ConfigError here: a bad URL stops the start, in one line
+    webhook = outbox.webhook_from_env()  # ConfigError here: a bad URL stops the start, in one line
 
     def deliver() -> None:
-        alerts.deliver(engine, webhook, stop=stop)
+        outbox.deliver(engine, webhook, stop=stop)
 
     def daily_reports() -> None:
         from ledger.reports import build as reports
