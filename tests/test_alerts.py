@@ -527,7 +527,7 @@ def test_no_webhook_url_logs_only(
     monkeypatch.delenv("LEDGER_ALERT_WEBHOOK_URL", raising=False)
     monkeypatch.setenv("LEDGER_ALERT_WEBHOOK_SECRET", SECRET)
     assert outbox.webhook_from_env() is None
-    caplog.set_level(logging.INFO, logger="ledger.budgets.alerts")
+    caplog.set_level(logging.INFO, logger="ledger.alerts")
     now = datetime(2026, 11, 5, 12, tzinfo=UTC)
     budgets.set_budget(engine, "quiet", monthly="1", thresholds="100", now=now - timedelta(days=1))
     spend(engine, "quiet", [(now - timedelta(hours=2), 10**9)])
@@ -536,7 +536,7 @@ def test_no_webhook_url_logs_only(
     assert keys(created) == {("quiet", "month_actual", "2026-11", 100)}
     assert result == outbox.DeliveryResult()
     assert rx.requests == []
-    logged = [r for r in caplog.records if r.name == "ledger.budgets.alerts"]
+    logged = [r for r in caplog.records if r.name == "ledger.alerts"]
     assert len(logged) == 1 and logged[0].levelno == logging.WARNING
     assert created[0].message in logged[0].getMessage()
     assert SECRET not in caplog.text

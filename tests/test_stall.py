@@ -292,7 +292,7 @@ def test_a_stop_file_not_ours_alone_is_never_obeyed(ledger_env: dict[str, str], 
     from ledger.call import stops
     from ledger.money import usd
 
-    caplog.set_level(logging.WARNING, logger="ledger.call.stops")
+    caplog.set_level(logging.WARNING, logger="ledger.stops")
     spool = Path(ledger_env["LEDGER_SPOOL_DIR"])
     spool.mkdir(mode=0o700)
     until = datetime.now(UTC) + timedelta(days=2)

@@ -6,7 +6,7 @@ rule, period, threshold), with evidence JSON (figures as exact decimal strings, 
 and end in ISO UTC, the threshold) and a message. Re-runs, restarts and concurrent processes
 therefore never make a duplicate: the database decides which insert wins.
 
-Every new alert is logged (logger ``ledger.budgets.alerts``, WARNING) by the process that
+Every new alert is logged (logger ``ledger.alerts``, WARNING) by the process that
 created it; the ``alerts`` table is also the webhook's outbox (:mod:`ledger.budgets.outbox`).
 :func:`list_alerts` reads it back with each alert's delivery state.
 """
@@ -33,7 +33,7 @@ from ledger.store import dialect_insert, read_snapshot, write_transaction
 
 __all__ = ["Alert", "AlertRecord", "check", "evaluate", "fire", "list_alerts", "run_checks"]
 
-log = logging.getLogger("ledger.budgets.alerts")
+log = logging.getLogger("ledger.alerts")
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +60,7 @@ def evaluate(
     """Fire every alert that is due (from the rollups as they are) and return the new ones.
 
     Each (project, rule, period, threshold) fires once: inserts use ``ON CONFLICT DO NOTHING``,
-    so concurrent or repeated runs never duplicate. New alerts are logged to ``ledger.budgets.alerts``."""
+    so concurrent or repeated runs never duplicate. New alerts are logged to ``ledger.alerts``."""
     when = utc_now(now)
     rule = spike or SpikeRule()
     with read_snapshot(engine) as conn:

@@ -65,7 +65,7 @@ __all__ = [
     "webhook_from_env",
 ]
 
-log = logging.getLogger("ledger.budgets.alerts")
+log = logging.getLogger("ledger.alerts")
 
 BACKOFF_BASE = timedelta(seconds=30)
 BACKOFF_MAX = timedelta(hours=1)

@@ -34,7 +34,7 @@ from ledger.store import dialect_insert, write_transaction
 
 __all__ = ["read_stops", "refresh", "update_stops"]
 
-log = logging.getLogger("ledger.budgets.alerts")
+log = logging.getLogger("ledger.alerts")
 
 
 def read_stops(conn: Connection, now: datetime) -> list[Stop]:
@@ -61,7 +61,7 @@ def refresh(conn: Connection, book: Callable[[], PriceBook], folder: Path, now: 
 def update_stops(engine: Engine, *, now: datetime | None = None,
                  projects: Sequence[str] | None = None) -> list[Stop]:
     """Keep ``budget_stops`` true to the rollups (see the module docstring) and return the stops
-    in force. A project stopped for the first time is logged (``ledger.budgets.alerts``, WARNING)."""
+    in force. A project stopped for the first time is logged (``ledger.alerts``, WARNING)."""
     when = utc_now(now)
     t = BudgetStopRow.__table__
     with write_transaction(engine) as conn:

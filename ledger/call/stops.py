@@ -53,7 +53,7 @@ from ledger.money import Money, MoneyError, usd
 
 __all__ = ["CHECK_S", "REFRESH_S", "STOP_FILE", "Stop", "StopList", "publish"]
 
-log = logging.getLogger("ledger.call.stops")
+log = logging.getLogger("ledger.stops")
 
 STOP_FILE = "stops.json"
 REFRESH_S = 30.0  # the writer re-reads the budget_stops table this often

@@ -33,7 +33,7 @@ from typing import Callable
 from ledger import journal
 from ledger.config import describe, log_to_stderr, redact, redact_url, remember_secrets
 
-log = logging.getLogger("ledger.journal.process")
+log = logging.getLogger("ledger.writer")
 
 
 class _Segment:

@@ -72,7 +72,7 @@ from ledger.store import db_now, write_transaction
 
 __all__ = ["Lease", "Schedule", "build_scheduler", "load_schedule", "run_scheduler"]
 
-log = logging.getLogger("ledger.scheduler.runner")
+log = logging.getLogger("ledger.scheduler")
 
 
 @dataclass(frozen=True, slots=True)
