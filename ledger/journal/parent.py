@@ -60,7 +60,7 @@ class ProcessJournal(Journal):
         import subprocess
 
         # This very package, found as this process found it (appended: never shadows anything)
-        root = str(Path(__file__).resolve().parent.parent)
+        root = str(Path(__file__).resolve().parents[2])
         code = f"import sys; sys.path.append({root!r}); from ledger.journal.process import main; sys.exit(main())"
         try:
             return subprocess.Popen([sys.executable, "-c", code, str(self.folder), str(self.segment)],
