@@ -3,7 +3,7 @@
 Ingest: the same synthetic events, pre-encoded as spool lines, go batch by batch into two fresh
 ledgers of the same backend, alternating which goes first:
 
-* the ledger's writer path: ``journal._write_lines(..., trusted=True)`` (decode each line, then
+* the ledger's writer path: ``journal.writer.write_lines(..., trusted=True)`` (decode each line, then
   ``_Sink.write``: price + ``store.insert_spooled`` in one transaction), exactly what the writer
   thread runs per batch of its own live segment (a backlog after an outage included). Recovering
   a *dead* process's segment also checks every field's type (``trusted=False``), about 2 µs more
@@ -122,18 +122,18 @@ def _ingest(backend: str, n: int, batch: int, seed: int) -> dict[str, Any]:
 
     tmp = scratch("ing")
     events = Synth(seed).events(n)
-    lines = [journal._split_lines(__import__("ledger.events", fromlist=["encode"]).encode(e))[0][0] for e in events]
+    lines = [journal.spool.split_lines(__import__("ledger.journal.codec", fromlist=["encode"]).encode(e))[0][0] for e in events]
     with _maybe_schemas(backend) as (url_a, url_b, dsn_b):
         new_ledger(url_a)
         new_ledger(url_b)
         prepared = _prepare(events, "sqlite" if backend == "SQLite" else "postgresql")
-        sink = journal._Sink(url_a)
-        reject = journal._Reject(Path(tmp))
+        sink = journal.writer.Sink(url_a)
+        reject = journal.spool.Reject(Path(tmp))
         raw: Any = _RawSQLite(url_b.removeprefix("sqlite:///")) if backend == "SQLite" else _RawPG(dsn_b)
         try:
             # warm both (engine, price book, statement caches) on a first batch not counted
             warm = min(batch, 200)
-            journal._write_lines(sink, reject, lines[:warm], trusted=True)
+            journal.writer.write_lines(sink, reject, lines[:warm], trusted=True)
             raw.write(prepared[:warm])
             t_ledger = t_raw = 0.0
             per_ledger: list[float] = []
@@ -143,7 +143,7 @@ def _ingest(backend: str, n: int, batch: int, seed: int) -> dict[str, Any]:
                 for which in (("ledger", "raw") if k % 2 == 0 else ("raw", "ledger")):
                     t0 = time.perf_counter()
                     if which == "ledger":
-                        journal._write_lines(sink, reject, chunk_l, trusted=True)
+                        journal.writer.write_lines(sink, reject, chunk_l, trusted=True)
                         dt = time.perf_counter() - t0
                         t_ledger += dt
                         per_ledger.append(dt / len(chunk_l))
@@ -182,8 +182,8 @@ class _maybe_schemas:
 
 
 def _spool(m: int) -> dict[str, Any]:
-    from ledger.events import encode
     from ledger.journal import Journal
+    from ledger.journal.codec import encode
 
     tmp = scratch("spool")
     url = f"sqlite:///{tmp}/ledger.db"

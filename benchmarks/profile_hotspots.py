@@ -5,7 +5,7 @@
 * ``call``: cProfile of the same SDK calls with and without ``instrument()`` (stand-in in its own
   process), printed as the functions whose own time grew the most per call: the call-path cost.
   The ledger's writer thread is not profiled here (cProfile follows one thread); ``writer`` is.
-* ``writer``: cProfile of the writer path (``journal._write_lines``, batches of 2000 pre-encoded
+* ``writer``: cProfile of the writer path (``journal.writer.write_lines``, batches of 2000 pre-encoded
   spool lines) into SQLite and PostgreSQL, top functions by own time and the ledger's functions
   by cumulative time, in microseconds per event.
 """
@@ -86,7 +86,7 @@ def profile_call(calls: int) -> None:
 
 def profile_writer(n: int) -> None:
     from ledger import journal
-    from ledger.events import encode
+    from ledger.journal.codec import encode
 
     targets = [("SQLite", None)]
     if pg_reachable() is None:
@@ -102,13 +102,13 @@ def profile_writer(n: int) -> None:
             url = pg_url(cm.__enter__())
         try:
             new_ledger(url)
-            sink = journal._Sink(url)
-            reject = journal._Reject(Path(tmp))
-            journal._write_lines(sink, reject, lines[:2000])
+            sink = journal.writer.Sink(url)
+            reject = journal.spool.Reject(Path(tmp))
+            journal.writer.write_lines(sink, reject, lines[:2000])
             prof = cProfile.Profile()
             prof.enable()
             for i in range(2000, n + 2000, 2000):
-                journal._write_lines(sink, reject, lines[i:i + 2000])
+                journal.writer.write_lines(sink, reject, lines[i:i + 2000])
             prof.disable()
             sink.dispose()
         finally:

@@ -6,6 +6,7 @@ spool), never on how fast anything happened; waits are bounded so nothing hangs.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import random
@@ -29,7 +30,8 @@ from sqlalchemy.pool import NullPool
 
 import ledger
 from ledger import journal
-from ledger.events import CallEvent, encode, new_event_id
+from ledger.events import CallEvent, new_event_id
+from ledger.journal.codec import encode
 from ledger.testing import StandIn
 from ledger.events import TimeInfo, Usage
 
@@ -469,23 +471,23 @@ def test_recovery_never_takes_a_segment_being_created(tmp_path: Path, monkeypatc
     it locked it: the scanner must not treat the new (empty, unlocked) segment as dead."""
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     spool = tmp_path / "spool"
-    real_flock = journal.fcntl.flock
+    real_flock = fcntl.flock
     raced: list[int] = []
 
     def flock_after_a_scan(fd: int, op: int) -> None:
-        if op == journal.fcntl.LOCK_EX and not raced and os.readlink(f"/proc/self/fd/{fd}").startswith(str(spool)):
+        if op == fcntl.LOCK_EX and not raced and os.readlink(f"/proc/self/fd/{fd}").startswith(str(spool)):
             raced.append(fd)
             # what a second process's startup scan does at this instant (another fd: its own lock)
             journal.recover(url, spool)
         real_flock(fd, op)
 
-    monkeypatch.setattr(journal.fcntl, "flock", flock_after_a_scan)
+    monkeypatch.setattr(fcntl, "flock", flock_after_a_scan)
     try:
         j = journal.Journal(url, spool)
     except FileNotFoundError as exc:  # the scanner took the empty, unlocked segment and deleted it
         pytest.fail(f"a spool scan deleted the segment this journal had just created: {exc}")
     finally:
-        monkeypatch.setattr(journal.fcntl, "flock", real_flock)
+        monkeypatch.setattr(fcntl, "flock", real_flock)
     try:
         assert raced
         e = _event()
@@ -529,4 +531,4 @@ def test_steady_traffic_is_written_in_few_transactions(db_url: str, tmp_path: Pa
         engine.dispose()
     assert recorded == len(ids) + 1
     # one for the first event, one per linger while calls came, one for the flush at the end
-    assert batches <= 1 + elapsed / journal.LINGER_S + 2, f"{batches} transactions for {len(ids)} events"
+    assert batches <= 1 + elapsed / journal.thread.LINGER_S + 2, f"{batches} transactions for {len(ids)} events"

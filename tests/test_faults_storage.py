@@ -6,7 +6,7 @@ spooled is lost." Every fault here is real, not mocked:
 
 * **Disk full**: the spool folder is a tiny ``tmpfs`` (``mount -t tmpfs -o size=64k``) filled
   with a filler file until ``write(2)`` fails with ``ENOSPC``. Appends that no longer fit are kept
-  in memory (up to ``journal.MAX_OVERFLOW``) and written to the database by the writer; beyond
+  in memory (up to ``journal.sink.MAX_OVERFLOW``) and written to the database by the writer; beyond
   that, each lost event is logged CRITICAL with its id, and the tests count them.
 * **SQLite read-only**: the database file lives on its own ``tmpfs``, remounted with
   ``mount -o remount,ro`` (root bypasses ``chmod``, so permissions would prove nothing). The
@@ -59,7 +59,7 @@ from sqlalchemy.pool import NullPool
 import ledger
 from ledger import journal
 from ledger import store
-from ledger.events import decode
+from ledger.journal.codec import decode
 from ledger.testing import StandIn
 
 from .conftest import PG_URL, fetch_events, pg_problem, pg_schema_url
@@ -223,13 +223,13 @@ def _records(caplog: pytest.LogCaptureFixture, level: int, text: str = "") -> li
 def _count_write_attempts(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Count every batch the writer tries to write (a spy: the real write still runs)."""
     attempts = [0]
-    real = journal._Sink.write
+    real = journal.writer.Sink.write
 
-    def counting(self: journal._Sink, events: list[Any]) -> None:
+    def counting(self: journal.writer.Sink, events: list[Any]) -> None:
         attempts[0] += 1
         real(self, events)
 
-    monkeypatch.setattr(journal._Sink, "write", counting)
+    monkeypatch.setattr(journal.writer.Sink, "write", counting)
     return attempts
 
 
@@ -314,7 +314,7 @@ def test_disk_full_and_memory_overflow_full(db_url: str, tmpfs: Callable[[str, s
     response, each loss is logged CRITICAL with the event id, and the count is exact."""
     caplog.set_level(logging.INFO, logger="ledger")
     cap, n = 3, 10
-    monkeypatch.setattr(journal, "MAX_OVERFLOW", cap)
+    monkeypatch.setattr(journal.sink, "MAX_OVERFLOW", cap)
     _ensure_ledger(db_url)
     spool = tmpfs("spool", "64k")
     with _writes_held(db_url):  # the writer cannot empty the memory overflow meanwhile

@@ -29,7 +29,7 @@ on disk under the spool folder (and the SQLite WAL file). Then it asserts:
   leak of one small object per event (~100 bytes) across the hundreds of thousands of events
   each child handles in ten minutes would be tens of MiB; allocator and cache noise is a few.
   (The short run, mostly warm-up, checks growth under ``SHORT_RSS_LIMIT`` only: a gross leak.)
-* **spool bounded**: a segment is rotated once drained past ``journal.ROTATE_BYTES`` (8 MiB), so
+* **spool bounded**: a segment is rotated once drained past ``journal.sink.ROTATE_BYTES`` (8 MiB), so
   the folder never holds more than that per live process plus what the writer has not caught up
   with; the backlog (``pending()``) never exceeds ``ROTATE_BYTES`` (~25 000 events, seconds of
   load), and the folder is empty after the children exit.
@@ -352,7 +352,7 @@ def run_soak(db_url: str, tmp_path: Path, seconds: float, reliability: Any, *, p
         assert end - start <= limit, f"{name}: RSS grew {start} -> {end} bytes"
     for name, pending in max_pending.items():
         assert pending <= BACKLOG_LIMIT, f"{name}: spool backlog reached {pending} bytes"
-    assert max_spool <= len(children) * (journal.ROTATE_BYTES + BACKLOG_LIMIT), f"spool reached {max_spool}"
+    assert max_spool <= len(children) * (journal.sink.ROTATE_BYTES + BACKLOG_LIMIT), f"spool reached {max_spool}"
     if seconds >= 300:  # long enough for a trend: the last third must not sit above the middle third
         series = {c.name: [(st["t"] - t_start, st["pending"]) for st in c.status] for c in children}
         series["spool folder"] = [(row["t"], row["spool"]) for row in samples]

@@ -25,7 +25,7 @@ import pytest
 import ledger
 from ledger import events
 from ledger import journal
-from ledger.events import encode
+from ledger.journal.codec import encode
 from ledger.testing import StandIn
 
 from .conftest import fetch_events
@@ -138,9 +138,9 @@ def test_a_record_too_long_for_the_spool_is_set_aside_and_the_writer_goes_on(db_
     caplog.set_level(logging.ERROR, logger="ledger.journal")
     spool = tmp_path / "spool"
     j = journal.journal_for(db_url, spool)
-    huge = b'[1,"' + b"x" * (journal.READ_BYTES * 2) + b'"]\n'
+    huge = b'[1,"' + b"x" * (journal.spool.READ_BYTES * 2) + b'"]\n'
     with j._lock:
-        journal._write_all(j._fd, huge)
+        journal.spool.write_all(j._fd, huge)
         j._written += len(huge)
     later = [_event("after") for _ in range(50)]
     for e in later:
@@ -158,7 +158,7 @@ def test_an_oversize_line_is_never_spooled(db_url: str, tmp_path: Path, monkeypa
     """Should a clipped event still encode longer than the read window, it goes straight to
     ``rejected.jsonl`` with a loud line and never into the segment."""
     caplog.set_level(logging.ERROR, logger="ledger.journal")
-    monkeypatch.setattr(journal, "MAX_LINE", 400)
+    monkeypatch.setattr(journal.sink, "MAX_LINE", 400)
     spool = tmp_path / "spool"
     j = journal.journal_for(db_url, spool)
     big, small = _event("p" * 190), _event("ok")
@@ -178,7 +178,7 @@ def test_summary_recovers_a_dead_segment_with_an_oversize_record(db_url: str, tm
     holds a record longer than the read window, an unreadable one and good ones around them."""
     spool = tmp_path / "spool"
     before, after = _event("dead"), _event("dead")
-    huge = b'[1,"' + b"x" * (journal.READ_BYTES + 10) + b'"]\n'
+    huge = b'[1,"' + b"x" * (journal.spool.READ_BYTES + 10) + b'"]\n'
     seg = _dead_segment(spool, encode(before) + huge + b"\x00\xff not json\n" + encode(after))
     env = dict(os.environ, LEDGER_DATABASE_URL=db_url, LEDGER_SPOOL_DIR=str(spool),
                LEDGER_HOME=str(tmp_path / "home"))
@@ -205,8 +205,8 @@ def test_the_worst_bounded_event_fits_one_spool_read() -> None:
     tags = tuple(sorted((f"{i:05d}" + worst * 5000, worst * 50_000) for i in range(5000)))
     line = encode(events.CallEvent(**{**{f: getattr(base, f) for f in base.__dataclass_fields__}, **fields,
                                       "event_id": worst * 10_000, "tags": tags}))
-    assert line.count(b"\n") == 1 and len(line) <= journal.MAX_LINE
-    assert len(json.loads(line)[events.F_TAGS]) == events.MAX_TAGS
+    assert line.count(b"\n") == 1 and len(line) <= journal.sink.MAX_LINE
+    assert len(json.loads(line)[journal.codec.F_TAGS]) == events.MAX_TAGS
 
 
 # -- the spool folder is the owner's alone ------------------------------------------------------
@@ -407,7 +407,7 @@ def test_a_planted_rejected_file_never_blocks_the_writer(db_url: str, tmp_path: 
     j = journal.journal_for(db_url, spool)
     bad = b"\x00 not a record\n"
     with j._lock:
-        journal._write_all(j._fd, bad)
+        journal.spool.write_all(j._fd, bad)
         j._written += len(bad)
     good = _event()
     j.append(good)

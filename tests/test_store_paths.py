@@ -18,7 +18,8 @@ import sqlalchemy as sa
 from ledger import journal
 from ledger import store
 from ledger.store.schema import EventRow
-from ledger.events import ROUTES, STATUSES, CallEvent, decode_fields, encode, new_event_id, normalize_tags
+from ledger.events import ROUTES, STATUSES, CallEvent, new_event_id, normalize_tags
+from ledger.journal.codec import decode_fields, encode
 from ledger.pricing import BUILTIN_PRICES, PriceBook, charge
 from ledger.events import TimeInfo, Usage
 
@@ -91,10 +92,10 @@ def test_a_batch_the_fast_path_refuses_is_set_aside_line_by_line(db_url: str, tm
     bad = CallEvent(**{**{f: getattr(good[0], f) for f in CallEvent.__dataclass_fields__},
                        "event_id": new_event_id(), "book": "cerebras", "served_model": "zai-glm-4.7",
                        "status": "ok", "usage": Usage(10**17, 0, 10**17, 0, 2 * 10**17)})
-    sink = journal._Sink(db_url)
-    reject = journal._Reject(tmp_path)
+    sink = journal.writer.Sink(db_url)
+    reject = journal.spool.Reject(tmp_path)
     try:
-        journal._write_lines(sink, reject, [encode(e) for e in [*good[:10], bad, *good[10:]]])
+        journal.writer.write_lines(sink, reject, [encode(e) for e in [*good[:10], bad, *good[10:]]])
     finally:
         sink.dispose()
     engine = store.make_engine(db_url)

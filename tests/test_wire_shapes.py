@@ -47,7 +47,7 @@ def replay() -> Iterator[Replay]:
 
 
 def _flush() -> None:
-    for j in list(ledger.journal._journals.values()):
+    for j in list(ledger.journal.registry._journals.values()):
         assert j.flush(20)
 
 

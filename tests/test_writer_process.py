@@ -139,7 +139,7 @@ def test_no_interpreter_for_the_writer_the_thread_writes(db_url: str, tmp_path: 
 def test_a_rotated_segment_is_followed_by_the_writer_process(tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    monkeypatch.setattr(journal, "ROTATE_BYTES", 20_000)  # a few dozen events a segment
+    monkeypatch.setattr(journal.sink, "ROTATE_BYTES", 20_000)  # a few dozen events a segment
     j = journal.ProcessJournal(url, tmp_path / "spool")
     segments = set()
     events: list[Any] = []

@@ -6,8 +6,8 @@ the command line, where other users could read a password) instead of a writer t
 (decode, price, insert: 50-100 µs of CPU an event) never holds the calling process's GIL.
 
 It reads the segment from its checkpoint to the last complete line, writes it in batches (the
-same :func:`~ledger.journal._write_lines` as the thread), records each batch in the checkpoint
-file, then waits :data:`~ledger.journal.LINGER_S` or until its standard input says more:
+same :func:`~ledger.journal.writer.write_lines` as the thread), records each batch in the checkpoint
+file, then waits :data:`~ledger.journal.thread.LINGER_S` or until its standard input says more:
 
 * ``h`` line: hurry (the parent is flushing): drain now.
 * ``s PATH`` line: the parent rotated to a new segment (the old one is fully written).
@@ -30,8 +30,11 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from ledger import journal
 from ledger.config import describe, log_to_stderr, redact, redact_url, remember_secrets
+from ledger.journal.recovery import drain_segment
+from ledger.journal.spool import READ_BYTES, Reject, read_checkpoint, set_aside_long, split_lines, write_checkpoint
+from ledger.journal.thread import BATCH_EVENTS, LINGER_S
+from ledger.journal.writer import Sink, write_lines
 
 log = logging.getLogger("ledger.writer")
 
@@ -43,31 +46,31 @@ class _Segment:
         self.path = path
         self.fd = os.open(path, os.O_RDONLY)
         self.ckpt_fd = os.open(path.with_suffix(".ckpt"), os.O_RDWR | os.O_CREAT, 0o600)
-        self.offset = journal._read_checkpoint(path.with_suffix(".ckpt"))
+        self.offset = read_checkpoint(path.with_suffix(".ckpt"))
 
-    def drain(self, sink: journal._Sink, reject: journal._Reject, wrote: Callable[[], None]) -> None:
+    def drain(self, sink: Sink, reject: Reject, wrote: Callable[[], None]) -> None:
         """Write every complete line past the checkpoint (the size now is the round's end);
         ``wrote`` is called after each batch reaches the database, before the checkpoint moves."""
         end = os.fstat(self.fd).st_size
         while self.offset < end:
-            data = os.pread(self.fd, min(journal.READ_BYTES, end - self.offset), self.offset)
-            lines, used = journal._split_lines(data)
+            data = os.pread(self.fd, min(READ_BYTES, end - self.offset), self.offset)
+            lines, used = split_lines(data)
             if not used:
-                if len(data) < journal.READ_BYTES:
+                if len(data) < READ_BYTES:
                     return  # a line being written: the next round takes it
                 # longer than a read (never a line the call path spools): set aside, go on
-                after = journal._set_aside_long(self.fd, self.offset, end, reject, final=False)
+                after = set_aside_long(self.fd, self.offset, end, reject, final=False)
                 if after is None:
                     return  # its end is not written yet
                 self.offset = after
-                journal._write_checkpoint(self.ckpt_fd, self.offset)
+                write_checkpoint(self.ckpt_fd, self.offset)
                 continue
-            lines = lines[:journal.BATCH_EVENTS]
+            lines = lines[:BATCH_EVENTS]
             used = sum(len(x) + 1 for x in lines)
-            journal._write_lines(sink, reject, lines, trusted=True)  # the parent's own lines
+            write_lines(sink, reject, lines, trusted=True)  # the parent's own lines
             wrote()
             self.offset += used
-            journal._write_checkpoint(self.ckpt_fd, self.offset)
+            write_checkpoint(self.ckpt_fd, self.offset)
 
     def close(self) -> None:
         os.close(self.ckpt_fd)
@@ -87,8 +90,8 @@ def _commands(fd: int, timeout: float) -> list[bytes] | None:
 
 def run(url: str, folder: Path, segment: Path) -> int:
     remember_secrets(url)
-    sink = journal._Sink(url)
-    reject = journal._Reject(folder)
+    sink = Sink(url)
+    reject = Reject(folder)
     seg = _Segment(segment)
     problem: str | None = None
     backoff = 0.1
@@ -107,7 +110,7 @@ def run(url: str, folder: Path, segment: Path) -> int:
                 back()
                 sink.refresh_stops(folder)
                 backoff = 0.1
-                wait = journal.LINGER_S
+                wait = LINGER_S
             except Exception as exc:  # the writer must never die on a database problem
                 what = redact(describe(exc), url)
                 if what != problem:
@@ -131,7 +134,7 @@ def run(url: str, folder: Path, segment: Path) -> int:
     finally:
         seg.close()
     # A dead parent's lock is free: recover its segment like any orphan (drained, removed).
-    journal.drain_segment(seg.path, sink, reject)
+    drain_segment(seg.path, sink, reject)
     sink.dispose()
     return 0
 
