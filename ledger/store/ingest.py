@@ -231,7 +231,7 @@ def _sqlite_time(when: datetime) -> str:
 
 def insert_spooled(conn: Connection, records: Sequence[list[Any]], book: PriceBook, recorded_at: datetime,
                    source: str = "spool") -> str | None:
-    """Price and insert spool records (from :func:`ledger.events.decode_fields`) as one ingest
+    """Price and insert spool records (from :func:`ledger.journal.codec.decode_fields`) as one ingest
     batch: the writer thread's hot path, the same rows as :func:`event_row` +
     :func:`insert_events` without building a :class:`CallEvent` and a dict per event.
 
