@@ -487,8 +487,8 @@ def test_an_abandoned_stream_is_recorded_before_exit(how: str, ledger_env: dict[
     ({"model": "m", "stream": "yes"}, False, None),
 ])
 def test_the_request_facts_are_its_top_level_keys(body: dict[str, Any], stream: bool, tier: str | None) -> None:
-    from ledger.call.transport import _request_facts
+    from ledger.call.route import request_facts
 
-    facts = _request_facts(httpx.Request("POST", "http://127.0.0.1/v1/chat/completions",
+    facts = request_facts(httpx.Request("POST", "http://127.0.0.1/v1/chat/completions",
                                          content=json.dumps(body).encode()))
     assert (facts.model, facts.stream, facts.service_tier) == ("m", stream, tier)
