@@ -9,7 +9,8 @@ verify) and to a pandas DataFrame of usage (:meth:`Ledger.frame`).
 
 from ledger._version import __version__
 from ledger.api import Ledger
-from ledger.call.client import AsyncCerebrasClient, AsyncStream, CerebrasClient, Stream
+from ledger.call.client import AsyncCerebrasClient, CerebrasClient
+from ledger.call.streams import AsyncStream, Stream
 from ledger.config import ConfigError
 from ledger.call.errors import (
     APIConnectionError,

@@ -58,7 +58,7 @@ from ledger.exports import focus
 from ledger import journal
 from ledger.reports import build as reports
 from ledger import store
-from ledger.call import transport
+from ledger.call import attempt
 from ledger.cli.main import main
 from ledger.config import ConfigError, check_project, spreadsheet_cell
 from ledger.events import CallEvent, new_event_id
@@ -463,7 +463,7 @@ def test_hostile_names_through_every_stage(
     monkeypatch.setenv("CEREBRAS_BASE_URL", noting_upstream.base_url)
     day = _month_before(datetime.now(UTC))
     month = day.strftime("%Y-%m")
-    monkeypatch.setattr(transport, "datetime", _Clock(day).cls)
+    monkeypatch.setattr(attempt, "datetime", _Clock(day).cls)
 
     calls = _make_calls(noting_upstream)
     refusals = _refusals(noting_upstream, capsys, caplog, tmp_path)

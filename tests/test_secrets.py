@@ -136,7 +136,7 @@ def test_no_secret_or_content_anywhere_after_a_whole_run(
     at DEBUG, everything the commands printed and every exception raised to the caller are searched
     for the key, the forward tokens (bare and BYOK, and its provider key), the webhook signing
     secret, the prompt and the completion."""
-    from ledger.call import transport
+    from ledger.call import attempt
     from ledger.cli.main import main
 
     from .test_alerts import Receiver
@@ -151,7 +151,7 @@ def test_no_secret_or_content_anywhere_after_a_whole_run(
     logging.getLogger().addHandler(handler)
     day = _month_before(datetime.now(UTC))  # calls on the 15th of last month, so it can be billed
     month = day.strftime("%Y-%m")
-    monkeypatch.setattr(transport, "datetime", _Clock(day).cls)
+    monkeypatch.setattr(attempt, "datetime", _Clock(day).cls)
     monkeypatch.setenv("LEDGER_REPORTS_DIR", str(tmp_path / "reports"))
     raised: list[BaseException] = []
     terminal: list[str] = []

@@ -20,7 +20,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledger.events import CallEvent
-from ledger.call.transport import Attempt, _BodyTap, _Target
+from ledger.call.attempt import Attempt
+from ledger.call.route import Target
+from ledger.call.tap import BodyTap
 
 from .test_wire import CAPTURE, DONE, VARIANTS
 
@@ -55,10 +57,10 @@ class _Collect:
 def _record(chunks: list[bytes], skim: bool, whole: bool, scan_bytes: int | None = None,
             big_event: int | None = None) -> CallEvent:
     sink = _Collect()
-    attempt = Attempt(sink, _Target("cerebras", "cerebras", "chat.completions"), "p", (), "gpt-oss-120b", "transport")  # type: ignore[arg-type]
+    attempt = Attempt(sink, Target("cerebras", "cerebras", "chat.completions"), "p", (), "gpt-oss-120b", "transport")  # type: ignore[arg-type]
     attempt.http_status = 200
     attempt.stream = True
-    tap = _BodyTap(attempt, "", httpx)
+    tap = BodyTap(attempt, "", httpx)
     tap.can_skim = skim
     if scan_bytes is not None:
         tap.scan_bytes = scan_bytes
@@ -134,9 +136,9 @@ def test_an_error_after_many_deltas_is_seen_when_skimmed() -> None:
 def test_skimmed_chunks_are_held_not_decoded_until_a_scan() -> None:
     """After the first event a chunk costs one append; the scan decodes only marked events."""
     sink = _Collect()
-    attempt = Attempt(sink, _Target("cerebras", "cerebras", "chat.completions"), "p", (), "m", "transport")  # type: ignore[arg-type]
+    attempt = Attempt(sink, Target("cerebras", "cerebras", "chat.completions"), "p", (), "m", "transport")  # type: ignore[arg-type]
     attempt.http_status, attempt.stream = 200, True
-    tap = _BodyTap(attempt, "", httpx)
+    tap = BodyTap(attempt, "", httpx)
     events = LONG.split(b"\n\n")[:-1]
     tap.feed(events[0] + b"\n\n")
     assert tap.skim and attempt.upstream_id is not None

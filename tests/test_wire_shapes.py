@@ -26,7 +26,7 @@ import httpx
 import pytest
 
 import ledger
-from ledger.call.client import _retry_delay
+from ledger.call.retry import retry_delay
 
 from ._replay import WIRE, Answer, Replay, recorded_ids
 from .conftest import fetch_events
@@ -409,10 +409,10 @@ def test_retry_after_ms_comes_before_retry_after() -> None:
     def response(**headers: str) -> httpx.Response:
         return httpx.Response(429, headers=headers)
 
-    assert _retry_delay(0, response(**{"retry-after-ms": "660", "retry-after": "30"})) == pytest.approx(0.66)
-    assert _retry_delay(0, response(**{"retry-after": "2"})) == 2.0
-    assert _retry_delay(0, response(**{"retry-after-ms": "nan", "retry-after": "1"})) == 1.0
-    assert _retry_delay(0, response(**{"retry-after-ms": "-5"})) <= 0.5
+    assert retry_delay(0, response(**{"retry-after-ms": "660", "retry-after": "30"})) == pytest.approx(0.66)
+    assert retry_delay(0, response(**{"retry-after": "2"})) == 2.0
+    assert retry_delay(0, response(**{"retry-after-ms": "nan", "retry-after": "1"})) == 1.0
+    assert retry_delay(0, response(**{"retry-after-ms": "-5"})) <= 0.5
 
 
 def test_a_malformed_final_event_is_an_error(ledger_env: dict[str, str], replay: Replay) -> None:
@@ -487,8 +487,8 @@ def test_an_abandoned_stream_is_recorded_before_exit(how: str, ledger_env: dict[
     ({"model": "m", "stream": "yes"}, False, None),
 ])
 def test_the_request_facts_are_its_top_level_keys(body: dict[str, Any], stream: bool, tier: str | None) -> None:
-    from ledger.call.transport import _request_facts
+    from ledger.call.route import request_facts
 
-    facts = _request_facts(httpx.Request("POST", "http://127.0.0.1/v1/chat/completions",
+    facts = request_facts(httpx.Request("POST", "http://127.0.0.1/v1/chat/completions",
                                          content=json.dumps(body).encode()))
     assert (facts.model, facts.stream, facts.service_tier) == ("m", stream, tier)

@@ -8,7 +8,10 @@ arrive. Recording is not done here: the client's httpx transport is a
 the official SDKs, so each attempt (retries included) becomes exactly one event.
 
 Like the SDK, the client retries connection errors, timeouts, 408, 409, 429 and 5xx up to
-``max_retries`` times (default 2) with exponential back-off, honouring ``retry-after``.
+``max_retries`` times (default 2) with exponential back-off, honouring ``retry-after``
+(:mod:`ledger.call.retry`); a stream is a :class:`~ledger.call.streams.Stream` (or
+:class:`~ledger.call.streams.AsyncStream`). Here: the settings (route, credentials, the request of
+a call) and the two clients with their ``chat.completions`` and ``completions`` namespaces.
 
 The client sends through its transport directly (``transport.handle_request(request)``, httpx's
 public transport API), not through an ``httpx.Client``: it needs none of what the Client layer
@@ -25,9 +28,7 @@ from __future__ import annotations
 
 import json
 import os
-import random
-import time
-from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any, Literal, cast, overload
 from urllib.parse import quote
 
@@ -35,23 +36,15 @@ import httpx
 
 from ledger._version import __version__
 from ledger.config import ConfigError, check_project
-from ledger.call.errors import (
-    APIConnectionError,
-    APIResponseValidationError,
-    APIStatusError,
-    APITimeoutError,
-    status_class,
-    status_error,
-)
-from ledger.call.transport import ATTEMPT, CALL_OPTIONS, AsyncRecordingTransport, CallOptions, RecordingTransport
-from ledger.call.wire import SSEDecoder
+from ledger.call.retry import send_async, send_sync
+from ledger.call.streams import AsyncStream, Stream
+from ledger.call.transport import CALL_OPTIONS, AsyncRecordingTransport, CallOptions, RecordingTransport
 
-__all__ = ["AsyncCerebrasClient", "AsyncStream", "CerebrasClient", "Stream"]
+__all__ = ["AsyncCerebrasClient", "CerebrasClient"]
 
 DEFAULT_BASE_URL = "https://api.cerebras.ai"
 DEFAULT_LAVA_BASE_URL = "https://api.lava.so"
 DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=5.0)
-RETRY_STATUSES = frozenset({408, 409, 429})
 
 
 class _Settings:
@@ -121,158 +114,6 @@ def _timeout(value: Any) -> dict[str, float | None]:
     return httpx.Timeout(value).as_dict()
 
 
-def _header_seconds(response: httpx.Response, name: str, scale: float) -> float | None:
-    value = response.headers.get(name)
-    try:
-        seconds = float(value) / scale if value is not None else -1.0
-    except ValueError:
-        return None
-    return seconds if 0 <= seconds <= 60 else None  # (a NaN fails this test too)
-
-
-def _retry_delay(attempt: int, response: httpx.Response | None) -> float:
-    """How long to wait before the next attempt: ``retry-after-ms`` (what Cerebras sends on a
-    429), else ``retry-after`` in seconds, as the SDKs read them; else exponential back-off."""
-    if response is not None:
-        for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
-            seconds = _header_seconds(response, name, scale)
-            if seconds is not None:
-                return seconds
-    return min(0.5 * pow(2.0, attempt), 8.0) * random.uniform(0.75, 1.0)
-
-
-def _should_retry(status: int) -> bool:
-    return status in RETRY_STATUSES or status >= 500
-
-
-def _json_or_none(response: httpx.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        return None
-
-
-def _ok_body(response: httpx.Response) -> dict[str, Any]:
-    # The recording transport already decoded this body to read its usage: reuse that.
-    attempt = response.extensions.get(ATTEMPT)
-    body = getattr(attempt, "body", None)
-    if body is None:
-        body = _json_or_none(response)
-    if not isinstance(body, dict):
-        raise APIResponseValidationError("response body is not a JSON object", request=response.request)
-    return body
-
-
-def _stream_error(payload: Mapping[str, Any], response: httpx.Response) -> APIStatusError:
-    """An error event inside a stream, raised as the SDK raises it: the class by the event's
-    ``status_code`` (else the response's), the error's message, the whole event as the body."""
-    err = payload.get("error")
-    message = err.get("message") if isinstance(err, Mapping) else None
-    code = payload.get("status_code")
-    status = code if type(code) is int and 100 <= code <= 599 else response.status_code
-    return status_class(status)(message if isinstance(message, str) else "An error occurred during streaming",
-               response=response, body=dict(payload), status_code=status)
-
-
-def _payload(data: str, response: httpx.Response) -> dict[str, Any] | None:
-    """One SSE ``data:`` payload as a chunk mapping; ``None`` for ``[DONE]`` (and anything that is
-    not an object); raises on an error event or a malformed one."""
-    try:
-        payload = json.loads(data)
-    except ValueError:
-        if data.strip() == "[DONE]":  # tried after the parse: it comes once a stream, deltas every time
-            return None
-        raise APIResponseValidationError("malformed event in stream", request=response.request) from None
-    if type(payload) is not dict:
-        return None
-    if payload.get("error"):  # as the SDKs: any truthy "error"
-        raise _stream_error(payload, response)
-    return payload
-
-
-class Stream:
-    """Chunks of a streamed completion, as they arrive. Close it (or use ``with``) if you stop early."""
-
-    def __init__(self, response: httpx.Response) -> None:
-        self.response = response
-        self._iter = self._chunks()
-
-    def _chunks(self) -> Generator[dict[str, Any], None, None]:
-        decoder = SSEDecoder()
-        response = self.response
-        try:
-            for data in response.iter_bytes():
-                for ev in decoder.feed(data):
-                    if (payload := _payload(ev.data, response)) is not None:
-                        yield payload
-            for ev in decoder.close():
-                if (payload := _payload(ev.data, response)) is not None:
-                    yield payload
-        except httpx.TimeoutException:
-            raise APITimeoutError(self.response.request) from None
-        except httpx.TransportError as exc:
-            raise APIConnectionError(request=self.response.request) from exc
-        finally:
-            self.response.close()
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        return self._iter
-
-    def __next__(self) -> dict[str, Any]:
-        return next(self._iter)
-
-    def close(self) -> None:
-        self._iter.close()
-        self.response.close()
-
-    def __enter__(self) -> Stream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class AsyncStream:
-    """The async twin of :class:`Stream`."""
-
-    def __init__(self, response: httpx.Response) -> None:
-        self.response = response
-        self._iter = self._chunks()
-
-    async def _chunks(self) -> AsyncGenerator[dict[str, Any], None]:
-        decoder = SSEDecoder()
-        response = self.response
-        try:
-            async for data in response.aiter_bytes():
-                for ev in decoder.feed(data):
-                    if (payload := _payload(ev.data, response)) is not None:
-                        yield payload
-            for ev in decoder.close():
-                if (payload := _payload(ev.data, response)) is not None:
-                    yield payload
-        except httpx.TimeoutException:
-            raise APITimeoutError(self.response.request) from None
-        except httpx.TransportError as exc:
-            raise APIConnectionError(request=self.response.request) from exc
-        finally:
-            await self.response.aclose()
-
-    def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
-        return self._iter
-
-    async def __anext__(self) -> dict[str, Any]:
-        return await self._iter.__anext__()
-
-    async def close(self) -> None:
-        await self._iter.aclose()
-        await self.response.aclose()
-
-    async def __aenter__(self) -> AsyncStream:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
 
 class _Completions:
     def __init__(self, client: CerebrasClient) -> None:
@@ -304,7 +145,7 @@ class _Completions:
         c = self._client
         request = c._settings.build(model, messages, stream, extra_headers,
                                     c._timeout if timeout is None else _timeout(timeout), tags, project, params)
-        return _send_sync(c, request, stream)
+        return send_sync(c, request, stream)
 
 
 class _TextCompletions:
@@ -340,44 +181,7 @@ class _TextCompletions:
         request = c._settings.build(model, prompt, stream, extra_headers,
                                     c._timeout if timeout is None else _timeout(timeout), tags, project, params,
                                     path="completions", input_key="prompt")
-        return _send_sync(c, request, stream)
-
-
-def _send_sync(c: CerebrasClient, request: httpx.Request, stream: bool) -> dict[str, Any] | Stream:
-    """Send ``request`` with the SDK's retries; the body, or a :class:`Stream`."""
-    for attempt in range(c.max_retries + 1):
-        last = attempt == c.max_retries
-        try:
-            response = c._send(request)
-        except httpx.TimeoutException:
-            if last:
-                raise APITimeoutError(request) from None
-            time.sleep(_retry_delay(attempt, None))
-            continue
-        except httpx.TransportError as exc:
-            if last:
-                raise APIConnectionError(request=request) from exc
-            time.sleep(_retry_delay(attempt, None))
-            continue
-        if response.status_code >= 400:
-            response.read()
-            response.close()
-            if not last and _should_retry(response.status_code):
-                time.sleep(_retry_delay(attempt, response))
-                continue
-            raise status_error(response.status_code, _json_or_none(response), response)
-        if stream:
-            return Stream(response)
-        try:
-            response.read()
-        except httpx.TimeoutException:
-            raise APITimeoutError(request) from None
-        except httpx.TransportError as exc:
-            raise APIConnectionError(request=request) from exc
-        finally:
-            response.close()
-        return _ok_body(response)
-    raise AssertionError("unreachable")  # pragma: no cover
+        return send_sync(c, request, stream)
 
 
 class _Chat:
@@ -488,7 +292,7 @@ class _AsyncCompletions:
         c = self._client
         request = c._settings.build(model, messages, stream, extra_headers,
                                     c._timeout if timeout is None else _timeout(timeout), tags, project, params)
-        return await _send_async(c, request, stream)
+        return await send_async(c, request, stream)
 
 
 class _AsyncTextCompletions:
@@ -524,46 +328,7 @@ class _AsyncTextCompletions:
         request = c._settings.build(model, prompt, stream, extra_headers,
                                     c._timeout if timeout is None else _timeout(timeout), tags, project, params,
                                     path="completions", input_key="prompt")
-        return await _send_async(c, request, stream)
-
-
-async def _send_async(c: AsyncCerebrasClient, request: httpx.Request, stream: bool) -> dict[str, Any] | AsyncStream:
-    """The async twin of :func:`_send_sync`."""
-    import asyncio  # here, not at the top: asyncio costs 60 ms to import, and sync callers never need it
-
-    for attempt in range(c.max_retries + 1):
-        last = attempt == c.max_retries
-        try:
-            response = await c._send(request)
-        except httpx.TimeoutException:
-            if last:
-                raise APITimeoutError(request) from None
-            await asyncio.sleep(_retry_delay(attempt, None))
-            continue
-        except httpx.TransportError as exc:
-            if last:
-                raise APIConnectionError(request=request) from exc
-            await asyncio.sleep(_retry_delay(attempt, None))
-            continue
-        if response.status_code >= 400:
-            await response.aread()
-            await response.aclose()
-            if not last and _should_retry(response.status_code):
-                await asyncio.sleep(_retry_delay(attempt, response))
-                continue
-            raise status_error(response.status_code, _json_or_none(response), response)
-        if stream:
-            return AsyncStream(response)
-        try:
-            await response.aread()
-        except httpx.TimeoutException:
-            raise APITimeoutError(request) from None
-        except httpx.TransportError as exc:
-            raise APIConnectionError(request=request) from exc
-        finally:
-            await response.aclose()
-        return _ok_body(response)
-    raise AssertionError("unreachable")  # pragma: no cover
+        return await send_async(c, request, stream)
 
 
 class AsyncCerebrasClient:
