@@ -27,11 +27,11 @@ What each misbehaving scenario does, without / with ``"stream": true`` in the re
   then a clean end of the body: no final chunk, no usage, no ``[DONE]`` (a proxy that lost
   its upstream and closed the stream politely).
 * ``stream_error``: an in-stream error event after half the chunks (streams only).
-* ``stream_error_text``: the same, but the event is ``{"error": "<text>"}`` (no object, no status).
-* ``absurd_status``: the same as ``stream_error``, with ``status_code`` :data:`ABSURD_STATUS`.
+* ``stream_error_text`` / ``absurd_status``: the same, but the event is ``{"error": "<text>"}``
+  (no object, no status) / its ``status_code`` is :data:`ABSURD_STATUS`.
 
-A hanging or stalled handler gives up when the client hangs up, when the stand-in stops, or
-after :data:`STALL_LIMIT` seconds, so stopping the stand-in never waits on it for long.
+A hanging or stalled handler gives up when the client hangs up, the stand-in stops, or after
+:data:`STALL_LIMIT` seconds. :class:`StandInHandler` may be subclassed to watch requests.
 
 >>> with StandIn() as upstream:                                         # doctest: +SKIP
 ...     client = CerebrasClient(project="p", api_key="k", base_url=upstream.base_url)
@@ -140,8 +140,6 @@ _SPOILED_USAGE = ("no_usage", "negative_usage", "absurd_usage")
 
 
 class StandInHandler(BaseHTTPRequestHandler):
-    """The stand-in's request handler; a test subclasses it to watch what the client sends."""
-
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True
     server: _Server
