@@ -10,7 +10,7 @@ without shelling out (sqlite-utils' ``Database`` is the model)::
 
 This module owns the lifecycle (URL resolution, engine, migrations, spool recovery, disposal)
 and the analyst's DataFrame (:meth:`Ledger.frame`); every other method is a thin call into the
-module that owns the work (:mod:`ledger.store.rollup`, :mod:`ledger.reports.build`, :mod:`ledger.exports.focus`,
+module that owns the work (:mod:`ledger.store.rollup`, :mod:`ledger.reports.build`, :mod:`ledger.exports.billing`,
 :mod:`ledger.exports.eventfiles`, :mod:`ledger.reports.summary`, :mod:`ledger.store.verify`, :mod:`ledger.budgets.alerts`,
 :mod:`ledger.store.prices`). Each CLI command is a thin wrapper over the same calls.
 
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from ledger.budgets.alerts import Budget
-    from ledger.exports.focus import BillingExport
+    from ledger.exports.billing import BillingExport
     from ledger.store.prices import RepriceResult, Unpriced
     from ledger.pricing import PricePoint
     from ledger.reports.build import Report
@@ -288,14 +288,14 @@ class Ledger:
                        fmt: str = "csv") -> BillingExport:
         """Issue ``month`` (``YYYY-MM``, UTC, ended) as FOCUS 1.2 rows, written whole to ``out``
         (``csv`` or ``parquet``) when given. Running it again reproduces the same file."""
-        from ledger.exports.focus import export_billing
+        from ledger.exports.billing import export_billing
 
         return export_billing(self.engine, month, None if out is None else Path(out), fmt)
 
     def export_billing_due(self, folder: str | os.PathLike[str], fmt: str = "csv") -> list[BillingExport]:
         """Issue every ended month not yet issued (or whose file is missing) into
         ``folder/focus-YYYY-MM.<fmt>``, oldest first (``export billing --due``)."""
-        from ledger.exports.focus import catch_up
+        from ledger.exports.billing import catch_up
 
         return catch_up(self.engine, datetime.now(UTC), Path(folder), fmt)
 

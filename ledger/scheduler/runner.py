@@ -315,10 +315,10 @@ def default_jobs(engine: Engine, schedule: Schedule,
         reports.daily_reports(engine, datetime.now(UTC), schedule.report_tz, Path(schedule.reports_dir))
 
     def billing() -> None:
-        from ledger.exports import focus
+        from ledger.exports.billing import catch_up
 
         grace = timedelta(hours=schedule.billing_grace_hours)
-        for issued in focus.catch_up(engine, datetime.now(UTC), Path(schedule.billing_dir), grace=grace):
+        for issued in catch_up(engine, datetime.now(UTC), Path(schedule.billing_dir), grace=grace):
             log.info("billing: %s %s, %d row(s)", "rewrote" if issued.reissued else "issued", issued.month,
                      len(issued.rows))
 
