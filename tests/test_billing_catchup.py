@@ -18,7 +18,8 @@ import sqlalchemy as sa
 
 from ledger.exports import billing
 from ledger import store
-from ledger.scheduler.runner import Schedule, default_jobs
+from ledger.scheduler.jobs import default_jobs
+from ledger.scheduler.runner import Schedule
 
 from .test_focus import AUG, OCT, SEP, at, event, write
 
