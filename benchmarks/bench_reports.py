@@ -7,7 +7,7 @@ A SQLite ledger (the embedded default; PostgreSQL is not measured here) is fille
 * per-project report: ``reports.build_report(engine, 2025-03, Europe/Berlin, "proj-000",
   refresh=False)`` (the busiest project) rendered as HTML and JSON; baseline: one bare SQL
   ``GROUP BY`` over ``usage_rollup`` for that project and month;
-* FOCUS export: ``focus.export_billing(engine, "2025-03", out=<file>.csv)``, first issue of the
+* FOCUS export: ``billing.export_billing(engine, "2025-03", out=<file>.csv)``, first issue of the
   month (timed once) and re-exports; baseline: one bare SQL ``GROUP BY`` over the month's events
   with the export's keys.
 
@@ -65,7 +65,7 @@ def _times(fn: Any, reps: int) -> list[float]:
 def _one_size(n: int, reps: int) -> dict[str, Any]:
     from sqlalchemy import text
 
-    from ledger.exports import focus
+    from ledger.exports import billing
     from ledger import calendar
     from ledger.reports import build as reports
     from ledger.store import rollup
@@ -117,7 +117,7 @@ def _one_size(n: int, reps: int) -> dict[str, Any]:
         csv_path = Path(tmp) / "focus.csv"
 
         def export() -> Any:
-            return focus.export_billing(engine, month, out=csv_path, fmt="csv")
+            return billing.export_billing(engine, month, out=csv_path, fmt="csv")
 
         def export_sql() -> None:
             with engine.connect() as conn:

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from ledger.exports import focus
+from ledger.exports import billing, focus, focusfiles
 from ledger.store import prices as pricedb
 from ledger.store import rollup
 from ledger import store
@@ -75,8 +75,8 @@ def add_point(engine: sa.Engine, book: str, model: str, inp: str, out: str, when
         store.insert_prices(conn, [pricedb.new_point(book, model, inp, out, cached_per_m=cached, effective_from=when)])
 
 
-def export(engine: sa.Engine, month: str, path: Path, fmt: str = "csv", **kw: Any) -> focus.BillingExport:
-    return focus.export_billing(engine, month, path, fmt, **kw)
+def export(engine: sa.Engine, month: str, path: Path, fmt: str = "csv", **kw: Any) -> billing.BillingExport:
+    return billing.export_billing(engine, month, path, fmt, **kw)
 
 
 def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
@@ -359,7 +359,7 @@ def test_reprice_corrections_of_a_closed_month_follow_the_same_rule(engine: sa.E
 
 def test_reexport_is_idempotent_and_concurrent_exports_agree(engine: sa.Engine, db_url: str, tmp_path: Path) -> None:
     write(engine, mixed_month(SEP, random.Random(4), 80))
-    results: list[focus.BillingExport] = []
+    results: list[billing.BillingExport] = []
     errors: list[BaseException] = []
 
     def run(n: int) -> None:
@@ -393,13 +393,13 @@ def test_reexport_is_idempotent_and_concurrent_exports_agree(engine: sa.Engine, 
 def test_a_failed_export_records_nothing_and_leaves_no_file(engine: sa.Engine, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     write(engine, [event(at(SEP, 4))])
-    real = focus.write_csv
+    real = focusfiles.write_csv
 
     def crash(rows: Any, out: Any) -> int:
         out.write("BilledCost,half a file")
         raise RuntimeError("disk died mid-write")
 
-    monkeypatch.setattr(focus, "write_csv", crash)
+    monkeypatch.setattr(focusfiles, "write_csv", crash)
     target = tmp_path / "out" / "sep.csv"
     target.parent.mkdir()
     with pytest.raises(RuntimeError):
@@ -408,7 +408,7 @@ def test_a_failed_export_records_nothing_and_leaves_no_file(engine: sa.Engine, t
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT COUNT(*) FROM billing_exports")).scalar_one() == 0
         assert conn.execute(sa.text("SELECT COUNT(*) FROM billed_batches")).scalar_one() == 0
-    monkeypatch.setattr(focus, "write_csv", real)
+    monkeypatch.setattr(focusfiles, "write_csv", real)
     result = export(engine, SEP, target)
     assert not result.reissued and len(result.rows) == 2
     assert [p.name for p in target.parent.iterdir()] == ["sep.csv"]
@@ -419,7 +419,7 @@ def test_only_ended_months_and_real_months(engine: sa.Engine, tmp_path: Path) ->
         export(engine, SEP, tmp_path / "x.csv", now=at(SEP, 30, 23, 59))
     for bad in ("2026-13", "2026-00", "2026-9", "26-09", "2026/09", "", "1999-12"):
         with pytest.raises(focus.BillingError, match="YYYY-MM"):
-            focus.parse_month(bad)
+            billing.parse_month(bad)
     assert focus.month_bounds("2026-12") == (datetime(2026, 12, 1, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC))
     assert not (tmp_path / "x.csv").exists()
     with engine.connect() as conn:
@@ -428,9 +428,9 @@ def test_only_ended_months_and_real_months(engine: sa.Engine, tmp_path: Path) ->
 
 def test_scheduler_entry_point_issues_last_month(engine: sa.Engine, tmp_path: Path) -> None:
     write(engine, [event(at(SEP, 4))])
-    result = focus.export_closed_month(engine, at(OCT, 1, 3), tmp_path / "billing")
+    result = billing.export_closed_month(engine, at(OCT, 1, 3), tmp_path / "billing")
     assert result.month == SEP and (tmp_path / "billing" / "focus-2026-09.csv").exists()
-    assert focus.last_month(datetime(2027, 1, 1, tzinfo=UTC)) == "2026-12"
+    assert billing.last_month(datetime(2027, 1, 1, tzinfo=UTC)) == "2026-12"
 
 
 # -- parquet --------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from ledger.exports import focus
+from ledger.exports import billing, focus
 from ledger import store
 from ledger.money import usd
 from ledger.pricing import Charge
@@ -110,13 +110,13 @@ def rich_export(engine: sa.Engine, tmp_path: Path) -> Path:
     add_point(engine, "lava", "gpt-oss-120b", "0.50", "1.00", at(SEP, 15, 0))
     write(engine, mixed_month(SEP, random.Random(11), 200))
     write(engine, [event(at(AUG, 20))])
-    focus.export_billing(engine, AUG, tmp_path / "aug.csv")
+    billing.export_billing(engine, AUG, tmp_path / "aug.csv")
     write(engine, [event(at(AUG, 30), prompt=5000, cached=1000)])  # late: Correction rows in September
     imported = [event(at(SEP, 3), "beta", "lava", "some-import", 10, 0, 5),
                 event(at(SEP, 4), "beta", "cerebras", "other-import", 7, 0, 0)]
     write(engine, imported, [Charge(None, usd("0.000123456"), False, True), Charge(None, usd("-0.25"), False, True)])
     out = tmp_path / "sep.csv"
-    focus.export_billing(engine, SEP, out)
+    billing.export_billing(engine, SEP, out)
     return out
 
 
@@ -181,7 +181,7 @@ def test_sku_price_id_stays_the_same_over_time(engine: sa.Engine, tmp_path: Path
     seen: dict[str, set[str]] = defaultdict(set)
     prices: set[str] = set()
     for month in (AUG, SEP, OCT):
-        for r in focus.export_billing(engine, month, None).rows:
+        for r in billing.export_billing(engine, month, None).rows:
             if r["x_TokenType"] == "input":
                 seen[r["SkuPriceId"]].add(r["SkuPriceDetails"])
                 prices.add(str(r["ContractedUnitPrice"]))
@@ -219,7 +219,7 @@ def test_tags_hold_the_users_tags_and_the_ledgers_under_its_prefix(engine: sa.En
                           "tags": (("ledger/route", "spoofed"), ("Ünï code", "=1+1"))}),
     ]
     write(engine, calls)
-    result = focus.export_billing(engine, SEP, tmp_path / "sep.csv")
+    result = billing.export_billing(engine, SEP, tmp_path / "sep.csv")
     _, rows = read_csv(tmp_path / "sep.csv")
     outputs = [json.loads(r["Tags"]) for r in rows if r["x_TokenType"] == "output"]
     assert len(outputs) == 4  # one row per tag set
@@ -240,7 +240,7 @@ def test_version_and_custom_columns(engine: sa.Engine, tmp_path: Path) -> None:
     assert custom and all(c.startswith("x_") for c in custom)
     assert {r["x_FocusVersion"] for r in rows} == {"1.2"}
     pq = pytest.importorskip("pyarrow.parquet")
-    focus.export_billing(engine, SEP, tmp_path / "sep.parquet", "parquet")
+    billing.export_billing(engine, SEP, tmp_path / "sep.parquet", "parquet")
     table = pq.read_table(tmp_path / "sep.parquet")
     assert set(table.column("x_FocusVersion").to_pylist()) == {"1.2"}
     assert table.schema.metadata[b"FocusVersion"] == b"1.2"
@@ -268,7 +268,7 @@ def test_free_models_all_follow_one_list_cost_rule(engine: sa.Engine, tmp_path: 
 def test_unpriced_usage_is_not_billed_and_is_counted(engine: sa.Engine, tmp_path: Path) -> None:
     write(engine, [event(at(SEP, 3)), event(at(SEP, 4), model="mystery-model"),
                    event(at(SEP, 5), model="mystery-model"), event(at(SEP, 6), model="mystery-model", status="error")])
-    result = focus.export_billing(engine, SEP, tmp_path / "sep.csv")
+    result = billing.export_billing(engine, SEP, tmp_path / "sep.csv")
     assert result.unpriced == 2  # usage events with no price; the failed call had no usage
     assert not any(r["x_Model"] == "mystery-model" for r in result.rows)
     # once priced and re-priced, it is billed by the next export as corrections (the README's rule)
@@ -277,7 +277,7 @@ def test_unpriced_usage_is_not_billed_and_is_counted(engine: sa.Engine, tmp_path
 
     with store.write_transaction(engine) as conn:
         pricedb.reprice(conn, *focus.month_bounds(SEP))
-    oct_ = focus.export_billing(engine, OCT, None)
+    oct_ = billing.export_billing(engine, OCT, None)
     assert {r["x_Model"] for r in oct_.rows} == {"mystery-model"} and oct_.corrections == len(oct_.rows)
 
 
@@ -286,7 +286,7 @@ def test_unpriced_usage_is_not_billed_and_is_counted(engine: sa.Engine, tmp_path
 
 def _export(engine: sa.Engine, tmp_path: Path) -> Path:
     out = tmp_path / "sep.csv"
-    focus.export_billing(engine, SEP, out)
+    billing.export_billing(engine, SEP, out)
     return out
 
 

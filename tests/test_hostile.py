@@ -54,7 +54,7 @@ from ledger import calendar
 from ledger import config
 from ledger.budgets import budgets
 from ledger.exports import eventfiles as eventio
-from ledger.exports import focus
+from ledger.exports import focus, focusfiles
 from ledger import journal
 from ledger.reports import build as reports
 from ledger import store
@@ -237,7 +237,7 @@ def test_fuzzed_names_are_refused_or_survive_paths_and_csv(empty_ledger: sa.Engi
     # the FOCUS CSV and the event files carry it byte-exact too
     buf = io.StringIO(newline="")
     row = {c: None for c in focus.COLUMNS} | {"SubAccountId": name, "SubAccountName": name, "x_Model": name}
-    focus.write_csv([row], buf)
+    focusfiles.write_csv([row], buf)
     (head, cells) = _csv_cells(buf.getvalue())
     assert [cells[head.index(c)] for c in ("SubAccountId", "SubAccountName", "x_Model")] == [name] * 3
     for fmt in ("csv", "jsonl"):

@@ -10,7 +10,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ledger.exports.eventfiles import COLUMNS, ImportError_, parse_file
+from ledger.exports.eventfiles import COLUMNS
+from ledger.exports.eventimport import ImportError_, parse_file
 
 GOOD = {
     "event_id": str(uuid.UUID(int=1)), "occurred_at": "2026-11-01T00:00:00Z", "project": "p", "route": "cerebras",

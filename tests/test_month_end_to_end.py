@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from ledger import calendar
 from ledger.budgets import budgets, check
-from ledger.exports import focus
+from ledger.exports import billing
 from ledger.store import prices as pricedb
 from ledger.reports import build as reports
 from ledger.store import rollup
@@ -76,7 +76,7 @@ def test_a_month_end_to_end(engine: sa.Engine) -> None:
         assert sum(int(v) for v in rep.days["cost_nanos"]) == cost  # and the days add up
 
     # the November billing export (UTC month) equals the raw events of the UTC month
-    nov = focus.export_billing(engine, "2026-11", now=datetime(2026, 12, 1, 7, tzinfo=UTC))
+    nov = billing.export_billing(engine, "2026-11", now=datetime(2026, 12, 1, 7, tzinfo=UTC))
     raw_total = sum(_raw(engine, utc_start, utc_end, p)[2] for p in PROJECTS)
     assert nov.billed == Money(raw_total)
     assert nov.corrections == 0
@@ -92,9 +92,9 @@ def test_a_month_end_to_end(engine: sa.Engine) -> None:
         late = _event(datetime(2026, 11, 20, 12, tzinfo=UTC), random.Random(rng.random()), "alpha")
     _write(engine, [late])
     rollup.rollup(engine)
-    again = focus.export_billing(engine, "2026-11", now=datetime(2026, 12, 2, tzinfo=UTC))
+    again = billing.export_billing(engine, "2026-11", now=datetime(2026, 12, 2, tzinfo=UTC))
     assert again.reissued and again.rows == nov.rows  # a closed month is never rewritten
-    dec = focus.export_billing(engine, "2026-12", now=datetime(2027, 1, 1, 7, tzinfo=UTC))
+    dec = billing.export_billing(engine, "2026-12", now=datetime(2027, 1, 1, 7, tzinfo=UTC))
     correction_total = sum((r["BilledCost"] for r in dec.rows if r["ChargeClass"] == "Correction"), Decimal(0))
     with engine.connect() as conn:
         late_cost = conn.execute(sa.text("SELECT cost_nanos FROM events WHERE event_id = :e"),

@@ -26,7 +26,8 @@ def export_group() -> None:
 
 
 def _billing_month(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
-    from ledger.exports.focus import BillingError, parse_month
+    from ledger.exports.billing import parse_month
+    from ledger.exports.focus import BillingError
 
     if value is None:
         return None
@@ -61,7 +62,7 @@ def export_billing_cmd(ctx: click.Context, month: str | None, due_dir: Path | No
       cerebras-ledger export billing --month 2026-11 --format parquet --out focus-2026-11.parquet
       cerebras-ledger export billing --due reports/billing
     """
-    from ledger.exports.focus import write_csv
+    from ledger.exports.focusfiles import write_csv
 
     if (month is None) == (due_dir is None):
         raise click.UsageError("give --month YYYY-MM, or --due DIR (every month not yet issued)")

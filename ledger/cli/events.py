@@ -75,7 +75,7 @@ def events_import(ctx: click.Context, file: Path, fmt: str | None) -> None:
     Example:
       cerebras-ledger events import usage-from-elsewhere.csv
     """
-    from ledger.exports.eventfiles import import_file
+    from ledger.exports.eventimport import import_file
 
     with open_engine(ctx) as engine, ExitStack() as stack:
         bars: list[Any] = []

@@ -1,4 +1,6 @@
-"""Scheduler: the ledger's jobs on an APScheduler 3.11 ``BlockingScheduler``.
+"""Scheduler: the ledger's jobs (:mod:`ledger.scheduler.jobs`) on an APScheduler 3.11
+``BlockingScheduler``: the schedule's settings, the timetable, a lease and a worker per job, and
+stopping on a signal.
 
 Jobs (each is also a one-shot command, so cron users need no daemon):
 
@@ -67,6 +69,7 @@ from sqlalchemy import Engine, select, update
 
 from ledger.calendar import parse_zone
 from ledger.config import ConfigError, first_line, redact
+from ledger.scheduler.jobs import default_jobs
 from ledger.store.schema import LeaseRow
 from ledger.store import db_now, write_transaction
 
@@ -242,17 +245,6 @@ def _run_leased(engine: Engine, name: str, seconds: int, holder: str, job: Calla
             log.warning("job %s: could not release its lease; it expires by itself", name)
 
 
-def rollup_and_checks(engine: Engine) -> None:
-    """The ``rollup`` job: roll up, then fire due alerts and keep the hard-budget stops (the
-    webhook outbox is the ``deliver`` job's)."""
-    from ledger.budgets import check
-    from ledger.store import rollup
-
-    result = rollup.rollup(engine)
-    log.info("rollup: %d event(s) from %d batch(es)", result.events, result.batches)
-    check.check(engine, deliver_now=False)
-
-
 def build_scheduler(engine: Engine, schedule: Schedule, jobs: Mapping[str, Callable[[], None]] | None = None,
                     holder: str | None = None, stop: threading.Event | None = None) -> Any:
     """A ``BlockingScheduler`` with the ledger's jobs (or ``jobs`` given by name, for tests).
@@ -298,32 +290,6 @@ def _then_wake(job: Callable[[], None], scheduler: Any, other: str) -> Callable[
             except Exception:  # noqa: BLE001 - shutting down, or the job is gone: its own trigger runs it
                 log.debug("could not wake job %s", other, exc_info=True)
     return run
-
-
-def default_jobs(engine: Engine, schedule: Schedule,
-                 stop: threading.Event | None = None) -> dict[str, Callable[[], None]]:
-    from ledger.budgets import outbox
-
-    webhook = outbox.webhook_from_env()  # ConfigError here: a bad URL stops the start, in one line
-
-    def deliver() -> None:
-        outbox.deliver(engine, webhook, stop=stop)
-
-    def daily_reports() -> None:
-        from ledger.reports import build as reports
-
-        reports.daily_reports(engine, datetime.now(UTC), schedule.report_tz, Path(schedule.reports_dir))
-
-    def billing() -> None:
-        from ledger.exports import focus
-
-        grace = timedelta(hours=schedule.billing_grace_hours)
-        for issued in focus.catch_up(engine, datetime.now(UTC), Path(schedule.billing_dir), grace=grace):
-            log.info("billing: %s %s, %d row(s)", "rewrote" if issued.reissued else "issued", issued.month,
-                     len(issued.rows))
-
-    return {"rollup": lambda: rollup_and_checks(engine), "deliver": deliver, "daily-reports": daily_reports,
-            "billing": billing}
 
 
 def run_scheduler(engine: Engine, schedule: Schedule, jobs: Mapping[str, Callable[[], None]] | None = None) -> None:
