@@ -310,7 +310,7 @@ def default_jobs(engine: Engine, schedule: Schedule,
         alerts.deliver(engine, webhook, stop=stop)
 
     def daily_reports() -> None:
-        from ledger.reports import build as reports
+        from ledger.reports import files as reports
 
         reports.daily_reports(engine, datetime.now(UTC), schedule.report_tz, Path(schedule.reports_dir))
 
