@@ -40,6 +40,7 @@ FORMATS = ("csv", "json", "html")
 
 
 def render(report: Report, fmt: str) -> str:
+    """The report as text in ``fmt``, one of :data:`FORMATS`."""
     if fmt == "csv":
         return to_csv(report)
     if fmt == "json":
