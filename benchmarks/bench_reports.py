@@ -68,6 +68,7 @@ def _one_size(n: int, reps: int) -> dict[str, Any]:
     from ledger.exports import billing
     from ledger import calendar
     from ledger.reports import build as reports
+    from ledger.reports import files as report_files
     from ledger.store import rollup
     from ledger import store
 
@@ -90,8 +91,8 @@ def _one_size(n: int, reps: int) -> dict[str, Any]:
 
         def report() -> None:
             r = reports.build_report(engine, period, zone, PROJECT, refresh=False)
-            reports.render(r, "html")
-            reports.render(r, "json")
+            report_files.render(r, "html")
+            report_files.render(r, "json")
 
         bounds = calendar.period_bounds(period, zone)
 

@@ -217,7 +217,7 @@ class Ledger:
                progress: Callable[[int], None] | None = None) -> Report:
         """The spend report the CLI renders (:class:`ledger.reports.build.Report`) for ``project``
         (``None``: all) over ``period`` (``2026-11-27``, ``2026-W48`` or ``2026-11``) in the IANA
-        zone ``tz``; rolls up first. Write it with ``ledger.reports.build.write_report``/``render``."""
+        zone ``tz``; rolls up first. Write it with ``ledger.reports.files.write_report``/``render``."""
         from ledger.reports import build as reports
         from ledger.config import check_project
 

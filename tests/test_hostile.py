@@ -57,6 +57,9 @@ from ledger.exports import eventfiles as eventio
 from ledger.exports import focus, focusfiles
 from ledger import journal
 from ledger.reports import build as reports
+from ledger.reports import files as report_files
+from ledger.reports import formats as report_formats
+from ledger.reports import html as report_html
 from ledger import store
 from ledger.call import attempt
 from ledger.cli.main import main
@@ -212,7 +215,7 @@ def test_fuzzed_names_are_refused_or_survive_paths_and_csv(empty_ledger: sa.Engi
     base = tmp_path / "reports"
     period = calendar.parse_period("2026-10-15")
     # Whatever the name, a report path stays inside the reports folder with a safe folder name.
-    path = reports.default_path(base, name, period, "UTC", "csv")
+    path = report_files.default_path(base, name, period, "UTC", "csv")
     assert path.resolve().parent.parent == base.resolve()
     assert re.fullmatch(r"[A-Za-z0-9_-]{1,51}", path.parent.name), path.parent.name
     try:
@@ -227,12 +230,12 @@ def test_fuzzed_names_are_refused_or_survive_paths_and_csv(empty_ledger: sa.Engi
     assert spreadsheet_cell(name) == name  # never altered in a spreadsheet CSV
     # the report itself (CSV, JSON, HTML) of an accepted name
     report = reports.build_report(empty_ledger, period, calendar.parse_zone("UTC"), name, refresh=False)
-    rows = _csv_cells(reports.to_csv(report))
+    rows = _csv_cells(report_formats.to_csv(report))
     assert ["report", "", "", "project", name] in rows
-    assert json.loads(reports.to_json(report))["project"] == name
-    page = reports.to_html(report)
+    assert json.loads(report_formats.to_json(report))["project"] == name
+    page = report_html.to_html(report)
     assert html.escape(name, quote=True) in page and "<script" not in page
-    written = reports.write_report(report, "csv", base=base)
+    written = report_files.write_report(report, "csv", base=base)
     assert written == path and _csv_cells(written.read_text(encoding="utf-8"))[1][4] == name
     # the FOCUS CSV and the event files carry it byte-exact too
     buf = io.StringIO(newline="")
@@ -492,12 +495,12 @@ def test_hostile_names_through_every_stage(
     report_tags = _stored_tags(100, 200)
     folders = set()
     for i, name in enumerate(ACCEPTED):
-        fmt = reports.FORMATS[i % len(reports.FORMATS)]
+        fmt = report_files.FORMATS[i % len(report_files.FORMATS)]
         code, out, err = _cli(capsys, "report", "--project", name, "--period", month, "--format", fmt)
         assert code == 0, err
         path = Path(out.strip())
         assert path.resolve().parent.parent == reports_dir.resolve() and path.suffix == f".{fmt}"
-        assert path.parent.name == reports.project_folder(name)
+        assert path.parent.name == report_files.project_folder(name)
         folders.add(path.parent.name)
         if fmt == "csv":
             table = _read_csv(path)
@@ -519,7 +522,7 @@ def test_hostile_names_through_every_stage(
             assert f"project {html.escape(name, quote=True)}" in page and "<script>" not in page
     assert len(folders) == len(ACCEPTED)
     whole = {}
-    for fmt in reports.FORMATS:
+    for fmt in report_files.FORMATS:
         code, out, err = _cli(capsys, "report", "--period", month, "--format", fmt, "--tz", "Asia/Kathmandu")
         assert code == 0, err
         whole[fmt] = Path(out.strip())

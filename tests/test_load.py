@@ -585,6 +585,7 @@ def test_two_schedulers_and_adhoc_rollup_and_report_keep_rollups_exact(db_url: s
 
     # A report made now, from the final rollups, carries the exact totals.
     from ledger.reports import build as reports
+    from ledger.reports import files as report_files
 
     engine = engine_for(db_url)
     try:
@@ -592,7 +593,7 @@ def test_two_schedulers_and_adhoc_rollup_and_report_keep_rollups_exact(db_url: s
                                      refresh=False)
     finally:
         engine.dispose()
-    data = _check_report(reports.write_report(built, "json", out=tmp_path / "final.json"))
+    data = _check_report(report_files.write_report(built, "json", out=tmp_path / "final.json"))
     assert data is not None
     in_month = [k for k in raw if data["period"]["start_utc"] <= k[1].isoformat().replace("+00:00", "Z")
                 < data["period"]["end_utc"]]

@@ -27,6 +27,8 @@ import sqlalchemy as sa
 from ledger import calendar
 from ledger.store import prices as pricedb
 from ledger.reports import build as reports
+from ledger.reports import files, formats
+from ledger.reports import html as report_html
 from ledger.store import rollup
 from ledger import store
 from ledger.cli.main import main
@@ -332,12 +334,12 @@ def test_month_report_equals_raw_events(engine: sa.Engine, zone: str) -> None:
     assert all(v == (0, 0, 0) for d, v in days.items() if d not in daily)
 
     # JSON and CSV carry the same figures
-    data = json.loads(reports.to_json(fixed))
+    data = json.loads(formats.to_json(fixed))
     assert _json_figures(data["totals"]) == fixed.totals
     assert {date.fromisoformat(d.pop("day")): _json_figures(d) for d in data["by_day"]} == got(fixed)["days"]
-    rows = list(csv.DictReader(io.StringIO(reports.to_csv(fixed), newline="")))
+    rows = list(csv.DictReader(io.StringIO(formats.to_csv(fixed), newline="")))
     assert {r["figure"]: r["value"] for r in rows if r["section"] == "totals"} == {
-        reports._public(k): reports.figure_value(k, v) for k, v in fixed.totals.items()
+        formats.public(k): formats.figure_value(k, v) for k, v in fixed.totals.items()
     }
 
 
@@ -419,7 +421,7 @@ def test_change_against_the_previous_period(engine: sa.Engine, tmp_path: Path) -
     assert (
         change["free_list_nanos"]["current"] == 100_000_000 and change["free_list_nanos"]["percent"] is None
     )
-    data = json.loads(reports.to_json(report))
+    data = json.loads(formats.to_json(report))
     by = {c["figure"]: c for c in data["change"]}
     assert by["paid_usd"] == {
         "figure": "paid_usd",
@@ -429,7 +431,7 @@ def test_change_against_the_previous_period(engine: sa.Engine, tmp_path: Path) -
         "change_pct": "100.00",
     }
     assert by["free_list_usd"]["change_pct"] is None
-    rows = list(csv.DictReader(io.StringIO(reports.to_csv(report), newline="")))
+    rows = list(csv.DictReader(io.StringIO(formats.to_csv(report), newline="")))
     cells = {(r["item"], r["figure"]): r["value"] for r in rows if r["section"] == "change"}
     assert cells[("free_list_usd", "change_pct")] == "" and cells[("paid_usd", "change_pct")] == "100.00"
     assert cells[("calls", "change")] == "2"
@@ -491,10 +493,10 @@ def test_hostile_project_names_stay_inside_and_csv_round_trips(engine: sa.Engine
     for name in stored:
         report = reports.build_report(engine, period, tz, name)
         assert report.totals["calls"] == 1 and report.totals["cost_nanos"] == 10 * 350 + 10 * 750
-        for fmt in reports.FORMATS:
-            path = reports.write_report(report, fmt, base=base)
+        for fmt in files.FORMATS:
+            path = files.write_report(report, fmt, base=base)
             assert path.resolve().parent.parent == base.resolve()
-            assert path.parent.name == reports.project_folder(name) and len(path.parent.name) <= 51
+            assert path.parent.name == files.project_folder(name) and len(path.parent.name) <= 51
             folders.add(path.parent.name)
         with (path.parent / "2026-11-05_UTC.csv").open(encoding="utf-8", newline="") as fh:
             rows = list(csv.DictReader(fh))
@@ -515,19 +517,46 @@ def test_hostile_project_names_stay_inside_and_csv_round_trips(engine: sa.Engine
         for n in ("2026-11-05_UTC.csv", "2026-11-05_UTC.json", "2026-11-05_UTC.html")
     }
     everyone = reports.build_report(engine, period, tz, top_tags=50)
-    rows = list(csv.DictReader(io.StringIO(reports.to_csv(everyone), newline="")))
+    rows = list(csv.DictReader(io.StringIO(formats.to_csv(everyone), newline="")))
     projects = sorted({r["item"] for r in rows if r["section"] == "project"})
     assert projects == sorted(map(spreadsheet_cell, stored))
     assert sorted({r["detail"] for r in rows if r["section"] == "tag"}) == sorted(
         spreadsheet_cell(n[:50]) for n in stored
     )
-    page = reports.to_html(everyone)
+    page = report_html.to_html(everyone)
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;&amp;amp;" in page
     # names never stored in the ledger (NUL, very long, separators) still make safe folder names
     for name in ["\x00", "a\x00/../../b", "../" * 500, "é" * 10_000, "/", "\\", "\ud800"]:
-        path = reports.default_path(base, name, period, "UTC", "csv")
+        path = files.default_path(base, name, period, "UTC", "csv")
         assert path.resolve().parent.parent == base.resolve()
         assert "\x00" not in str(path) and len(path.parent.name) <= 51
+
+
+def test_html_escapes_project_model_and_tag_values(engine: sa.Engine) -> None:
+    """User-derived text reaches the dashboard only through the template's autoescape, as text,
+    in element content and in ``data-figure`` attributes alike (never as markup)."""
+    script, img = "<script>alert(1)</script>", '"><img src=x onerror=alert(1)>'
+    when = datetime(2026, 11, 5, 12, tzinfo=UTC)
+    _write(
+        engine,
+        [_event(when, script, img, usage=Usage(10, 0, 10, 0, 20), tags=(("who", img), (script, script)))],
+    )
+    period = calendar.parse_period("2026-11-05")
+    esc_script, esc_img = "&lt;script&gt;alert(1)&lt;/script&gt;", "&quot;&gt;&lt;img src=x onerror=alert(1)&gt;"
+    for project in (script, None):
+        page = report_html.to_html(reports.build_report(engine, period, ZoneInfo("UTC"), project))
+        assert "<script" not in page and "<img" not in page and "onerror=alert(1)>" not in page
+        if project is not None:
+            assert f"<title>Spend report: project {esc_script}, 2026-11-05</title>" in page
+            assert f'<span data-figure="project">project {esc_script}</span>' in page
+        else:
+            assert f"<td>{esc_script}</td>" in page  # the by-project table
+        assert f"<td>{esc_img}</td>" in page  # model and tag value cells
+        assert f'data-figure="tag.who={esc_img}.calls">1</td>' in page
+        assert f'data-figure="tag.{esc_script}={esc_script}.calls">1</td>' in page
+        parser = _Figures()
+        parser.feed(page)
+        assert parser.figures[f"model.{img}.calls"] == "1" and parser.figures[f"tag.who={img}.calls"] == "1"
 
 
 def test_money_stays_integer_and_floats_are_refused(engine: sa.Engine) -> None:
@@ -560,13 +589,13 @@ def test_daily_reports_for_the_scheduler(engine: sa.Engine, tmp_path: Path) -> N
             ("alpha", "beta"),
         ),
     )
-    paths = reports.daily_reports(engine, datetime(2026, 11, 6, 3, tzinfo=UTC), "Europe/Berlin", tmp_path)
-    names = {reports.project_folder(p) for p in (None, "alpha", "beta")}
+    paths = files.daily_reports(engine, datetime(2026, 11, 6, 3, tzinfo=UTC), "Europe/Berlin", tmp_path)
+    names = {files.project_folder(p) for p in (None, "alpha", "beta")}
     assert {(p.parent.name, p.name) for p in paths} == {
         (f, f"2026-11-05_Europe-Berlin.{fmt}") for f in names for fmt in ("html", "json")
     }
     data = json.loads(
-        (tmp_path / reports.project_folder("beta") / "2026-11-05_Europe-Berlin.json").read_text()
+        (tmp_path / files.project_folder("beta") / "2026-11-05_Europe-Berlin.json").read_text()
     )
     assert (
         _json_figures(data["totals"])
@@ -617,7 +646,7 @@ def test_cli_report_end_to_end(
         assert code == 0, err
         path = Path(out.strip())
         assert (
-            path == base / reports.project_folder("alpha") / "2026-11_Europe-Berlin.json" and path.is_file()
+            path == base / files.project_folder("alpha") / "2026-11_Europe-Berlin.json" and path.is_file()
         )
         assert "report 2026-11" in err  # the progress bar of a long period, on stderr
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -633,7 +662,7 @@ def test_cli_report_end_to_end(
             rows = list(csv.DictReader(fh))
         want = expect(eng, calendar.parse_period("2026-11-05"), ZoneInfo("UTC"), None)
         assert {r["figure"]: r["value"] for r in rows if r["section"] == "totals"} == {
-            reports._public(k): reports.figure_value(k, v) for k, v in want["totals"].items()
+            formats.public(k): formats.figure_value(k, v) for k, v in want["totals"].items()
         }
 
         (tmp_path / "folder").mkdir()
@@ -642,7 +671,7 @@ def test_cli_report_end_to_end(
         )
         assert code == 0, err
         assert (
-            Path(out.strip()) == tmp_path / "folder" / f"{reports.project_folder('alpha')}_2026-W45_UTC.html"
+            Path(out.strip()) == tmp_path / "folder" / f"{files.project_folder('alpha')}_2026-W45_UTC.html"
         )
         code, out, err = _cli(capsys, "report", "--period", "2026-W45", "--project", "../../x")
         assert code == 0, err
@@ -726,7 +755,7 @@ def _colour_counts(png: Path) -> dict[str, int]:
     with Image.open(png) as img:
         pixels = np.asarray(img.convert("RGB")).astype(np.int16)
     counts = {}
-    for name, colour in reports.COLORS.items():
+    for name, colour in report_html.COLORS.items():
         rgb = np.array([int(colour[i : i + 2], 16) for i in (1, 3, 5)], dtype=np.int16)
         counts[name] = int(np.all(np.abs(pixels - rgb) <= 8, axis=-1).sum())
     return counts
@@ -743,8 +772,8 @@ def test_html_dashboard_in_headless_chromium(engine: sa.Engine, tmp_path: Path) 
     tz = ZoneInfo("Europe/Berlin")
     period = calendar.parse_period("2026-11")
     report = reports.build_report(engine, period, tz)
-    page = reports.write_report(report, "html", base=tmp_path / "reports")
-    empty = reports.write_report(
+    page = files.write_report(report, "html", base=tmp_path / "reports")
+    empty = files.write_report(
         reports.build_report(engine, period, tz, "nobody"), "html", base=tmp_path / "reports"
     )
 
@@ -764,10 +793,10 @@ def test_html_dashboard_in_headless_chromium(engine: sa.Engine, tmp_path: Path) 
     figures = parser.figures
     want = expect(engine, period, tz, None)
     for name, value in want["totals"].items():
-        assert figures[f"totals.{reports._public(name)}"] == reports.figure_value(name, value), name
+        assert figures[f"totals.{formats.public(name)}"] == formats.figure_value(name, value), name
     for d, row in want["days"].items():
         for name in ("calls", "paid_nanos", "free_list_nanos", "cost_nanos"):
-            assert figures[f"day.{d.isoformat()}.{reports._public(name)}"] == reports.figure_value(
+            assert figures[f"day.{d.isoformat()}.{formats.public(name)}"] == formats.figure_value(
                 name, row[name]
             )
     for model, row in want["models"].items():

@@ -124,6 +124,7 @@ def report_cmd(ctx: click.Context, project: str | None, period: str, tz_name: st
       cerebras-ledger report --project search --period 2026-11 --tz Europe/Berlin --format html
     """
     from ledger.reports import build as reports
+    from ledger.reports import files as report_files
     from ledger.config import check_project
 
     try:
@@ -154,7 +155,7 @@ def report_cmd(ctx: click.Context, project: str | None, period: str, tz_name: st
             built = led.report(project, period, tz_name, progress=tick)
         except (reports.ReportError, CalendarError) as exc:
             raise UserError(str(exc)) from None
-        path = reports.write_report(built, fmt, out=out)
+        path = report_files.write_report(built, fmt, out=out)
         if tick is not None:
             tick(1)
     click.echo(str(path))

@@ -4,7 +4,7 @@
   hard-budget stops (:mod:`ledger.store.rollup`, :mod:`ledger.budgets.check`).
 * ``deliver``: the webhook outbox (:func:`ledger.budgets.outbox.deliver`); a stop flag cuts an
   attempt in flight short.
-* ``daily-reports``: the reports of the day just ended (:func:`ledger.reports.build.daily_reports`).
+* ``daily-reports``: the reports of the day just ended (:func:`ledger.reports.files.daily_reports`).
 * ``billing``: every billing month due (:func:`ledger.exports.billing.catch_up`).
 
 :func:`default_jobs` gives them by name and checks the webhook settings (a bad URL fails at
@@ -51,7 +51,7 @@ def default_jobs(engine: Engine, schedule: Schedule,
         outbox.deliver(engine, webhook, stop=stop)
 
     def daily_reports() -> None:
-        from ledger.reports import build as reports
+        from ledger.reports import files as reports
 
         reports.daily_reports(engine, datetime.now(UTC), schedule.report_tz, Path(schedule.reports_dir))
 
