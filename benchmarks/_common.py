@@ -319,12 +319,19 @@ class Synth:
                              f"chatcmpl-{eid}" if served else None, None,
                              pt.price_id if pt is not None else None, cost,
                              (t if pt.free else f) if pt is not None else f, t if priced else f,
-                             tag_json, "wrapper", None, list_cost, 0, batch_id))
+                             tag_json, "wrapper", None, list_cost, "chat.completions", *_NO_WIRE_FACTS, 0,
+                             batch_id))
                 if tags:
                     tag_rows.append((eid, "env", env))
                     tag_rows.append((eid, "user", user))
+            from ledger.store import EVENT_COLUMNS
+
+            assert len(rows[0]) == len(EVENT_COLUMNS), "raw_rows is out of step with the events table"
             yield batch_id, rows, tag_rows
             i += m
+
+
+_NO_WIRE_FACTS = (None,) * 7  # service_tier … rl_remaining_requests_day (migration 0006)
 
 
 def _cum(ws: Sequence[float]) -> Iterator[float]:
