@@ -226,8 +226,7 @@ class Synth:
     # CallEvents (for the spool path) ---------------------------------------------------------
 
     def events(self, n: int, start: datetime = MONTH, span_s: float = MONTH_SECONDS) -> list[Any]:
-        from ledger.events import CallEvent, new_event_id
-        from ledger.events import TimeInfo, Usage
+        from ledger.events import CallEvent, TimeInfo, Usage, new_event_id
 
         out = []
         r = self.rng
@@ -261,7 +260,7 @@ class Synth:
 
             book = PriceBook(BUILTIN_PRICES)
             self._book = {}
-            for route, bk, model, _ in MODELS:
+            for _route, bk, model, _ in MODELS:
                 pt = book.price_for(bk, model, MONTH)
                 lst = book.price_for("cerebras", model, MONTH)
                 self._book[(bk, model)] = (pt, lst)

@@ -92,7 +92,7 @@ def main(quick: bool) -> dict[str, Any]:
     codes = {"pass": "pass", "httpx": "import httpx", "ledger": "import ledger"}
     wall: dict[str, list[float]] = {k: [] for k in codes}
     rss: dict[str, list[float]] = {k: [] for k in codes}
-    for k, c in codes.items():  # warm the page cache
+    for c in codes.values():  # warm the page cache
         spawn(c, env)
     for _ in range(runs):
         for k, c in codes.items():

@@ -123,7 +123,7 @@ def _ingest(backend: str, n: int, batch: int, seed: int) -> dict[str, Any]:
     tmp = scratch("ing")
     events = Synth(seed).events(n)
     lines = [journal.spool.split_lines(__import__("ledger.journal.codec", fromlist=["encode"]).encode(e))[0][0] for e in events]
-    with _maybe_schemas(backend) as (url_a, url_b, dsn_b):
+    with _MaybeSchemas(backend) as (url_a, url_b, dsn_b):
         new_ledger(url_a)
         new_ledger(url_b)
         prepared = _prepare(events, "sqlite" if backend == "SQLite" else "postgresql")
@@ -162,7 +162,7 @@ def _ingest(backend: str, n: int, batch: int, seed: int) -> dict[str, Any]:
             "raw_us_per_event_median_batch": median(per_raw) * 1e6, "rejected_any": rejected}
 
 
-class _maybe_schemas:
+class _MaybeSchemas:
     def __init__(self, backend: str) -> None:
         self.backend = backend
         self.stack: list[Any] = []

@@ -65,12 +65,11 @@ def _times(fn: Any, reps: int) -> list[float]:
 def _one_size(n: int, reps: int) -> dict[str, Any]:
     from sqlalchemy import text
 
+    from ledger import calendar, store
     from ledger.exports import billing
-    from ledger import calendar
     from ledger.reports import build as reports
     from ledger.reports import files as report_files
     from ledger.store import rollup
-    from ledger import store
 
     tmp = scratch("rep")
     url = f"sqlite:///{tmp}/ledger.db"

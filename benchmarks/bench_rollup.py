@@ -143,8 +143,8 @@ def _timed(fn: Any) -> float:
 def _bench(backend: str, n: int, big: int, reps: int, noops: int, schema: str | None) -> dict[str, Any]:
     from sqlalchemy import delete, insert, text, update
 
-    from ledger.store import rollup
     from ledger import store
+    from ledger.store import rollup
     from ledger.store.schema import ROLLUP_KEY, ROLLUP_MEASURES, IngestBatchRow, TagRollupRow, UsageRollupRow
 
     tmp = scratch("rollup")

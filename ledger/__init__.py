@@ -10,8 +10,6 @@ verify) and to a pandas DataFrame of usage (:meth:`Ledger.frame`).
 from ledger._version import __version__
 from ledger.api import Ledger
 from ledger.call.client import AsyncCerebrasClient, CerebrasClient
-from ledger.call.streams import AsyncStream, Stream
-from ledger.config import ConfigError
 from ledger.call.errors import (
     APIConnectionError,
     APIError,
@@ -28,8 +26,10 @@ from ledger.call.errors import (
     RateLimitError,
     UnprocessableEntityError,
 )
-from ledger.money import Money, usd
+from ledger.call.streams import AsyncStream, Stream
 from ledger.call.transport import AsyncRecordingTransport, RecordingTransport, instrument
+from ledger.config import ConfigError
+from ledger.money import Money, usd
 
 __all__ = [
     "APIConnectionError",

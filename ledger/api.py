@@ -30,7 +30,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from ledger.calendar import parse_instant, parse_period, parse_zone
-from ledger.config import ConfigError, database_url, first_line, redact, redact_url, spool_dir as _spool_dir
+from ledger.config import ConfigError, database_url, first_line, redact, redact_url
+from ledger.config import spool_dir as _spool_dir
 from ledger.money import Money
 
 if TYPE_CHECKING:
@@ -40,12 +41,12 @@ if TYPE_CHECKING:
 
     from ledger.budgets.budgets import Budget
     from ledger.exports.billing import BillingExport
-    from ledger.store.prices import RepriceResult, Unpriced
     from ledger.pricing import PricePoint
-    from ledger.reports.frame import When
     from ledger.reports.build import Report
-    from ledger.store.rollup import RollupResult
+    from ledger.reports.frame import When
     from ledger.reports.summary import ProjectSummary
+    from ledger.store.prices import RepriceResult, Unpriced
+    from ledger.store.rollup import RollupResult
     from ledger.store.verify import Finding
 
 __all__ = ["Budgets", "Ledger", "Prices"]
@@ -172,8 +173,7 @@ class Ledger:
     def _open(self, recover: bool = True) -> Engine:
         from sqlalchemy.exc import SQLAlchemyError
 
-        from ledger import journal
-        from ledger import store
+        from ledger import journal, store
 
         engine = store.make_engine(self.url)
         try:
@@ -218,8 +218,8 @@ class Ledger:
         """The spend report the CLI renders (:class:`ledger.reports.build.Report`) for ``project``
         (``None``: all) over ``period`` (``2026-11-27``, ``2026-W48`` or ``2026-11``) in the IANA
         zone ``tz``; rolls up first. Write it with ``ledger.reports.files.write_report``/``render``."""
-        from ledger.reports import build as reports
         from ledger.config import check_project
+        from ledger.reports import build as reports
 
         spec = parse_period(period)
         zone = parse_zone(tz)

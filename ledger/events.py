@@ -25,7 +25,6 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
 
-
 __all__ = [
     "ROUTES",
     "STATUSES",
@@ -249,11 +248,11 @@ def _clipped_tags(tags: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], .
         return None  # not what normalize_tags makes: the writer sets the record aside
     if len(tags) <= MAX_TAGS:
         for pair in tags:
-            if type(pair) is tuple and any(type(x) is str and len(x) > limit for x, limit in zip(pair, _TAG_LIMITS)):
+            if type(pair) is tuple and any(type(x) is str and len(x) > limit for x, limit in zip(pair, _TAG_LIMITS, strict=False)):
                 break
         else:
             return None
-    return tuple(tuple(x[:limit] if type(x) is str else x for x, limit in zip(pair, _TAG_LIMITS))
+    return tuple(tuple(x[:limit] if type(x) is str else x for x, limit in zip(pair, _TAG_LIMITS, strict=False))
                  if type(pair) is tuple else pair for pair in tags[:MAX_TAGS])  # type: ignore[misc]
 
 
@@ -268,7 +267,7 @@ def _fits(event: CallEvent) -> bool:
     the tags within their limits. Anything odd (a field of another type) is left to the full
     check in :func:`bounded`."""
     try:
-        for value, limit in zip(_texts(event), _LIMITS):
+        for value, limit in zip(_texts(event), _LIMITS, strict=True):
             if value is not None and len(value) > limit:
                 return False
         tags = event.tags
@@ -292,7 +291,7 @@ def bounded(event: CallEvent) -> CallEvent:
     if _fits(event):
         return event
     changes: dict[str, Any] = {}
-    for (name, limit), value in zip(TEXT_LIMITS, _texts(event)):
+    for (name, limit), value in zip(TEXT_LIMITS, _texts(event), strict=True):
         if type(value) is str and len(value) > limit:
             changes[name] = value[:limit]
     if type(event.event_id) is str and len(event.event_id) > ID_LIMIT:

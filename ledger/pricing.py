@@ -32,9 +32,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from ledger.calendar import iso_z
-from ledger.events import CallEvent
+from ledger.events import CallEvent, Usage
 from ledger.money import ZERO, Money, usd
-from ledger.events import Usage
 
 __all__ = [
     "ALIASES",

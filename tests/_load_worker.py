@@ -58,7 +58,7 @@ from ledger import journal
 from ledger.config import database_url
 
 MODELS = ("gpt-oss-120b", "llama3.1-8b", "qwen-3-235b-instruct", "gpt-oss-120b")
-WORDS = "the quick brown fox jumps over the lazy dog again and again".split()
+WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog", "again", "and", "again"]
 _out = threading.Lock()
 
 
@@ -252,8 +252,7 @@ def run_firehose(args: argparse.Namespace, jr: journal.Journal, tally: Tally,
     import uuid
     from datetime import UTC, datetime
 
-    from ledger.events import CallEvent, new_event_id
-    from ledger.events import TimeInfo, Usage
+    from ledger.events import CallEvent, TimeInfo, Usage, new_event_id
 
     rng = random.Random(args.seed)
     projects = [f"{args.prefix}-{i:03d}" for i in range(args.projects)]

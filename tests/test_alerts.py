@@ -20,15 +20,14 @@ from typing import Any, Self
 import pytest
 import sqlalchemy as sa
 
-from ledger.budgets import budgets, check, outbox, rules
 from ledger import store
-from ledger.config import ConfigError
+from ledger.budgets import budgets, check, outbox, rules
 from ledger.cli.main import main
-from ledger.events import CallEvent, new_event_id
+from ledger.config import ConfigError
+from ledger.events import CallEvent, Usage, new_event_id
 from ledger.money import Money, usd
 from ledger.pricing import Charge
 from ledger.store.schema import AlertRow
-from ledger.events import Usage
 
 SECRET = "s3cr3t-Hmac-Key-4242"
 QUIET = rules.SpikeRule(min_spend=usd("1000000"))  # no spike alerts in tests about other rules

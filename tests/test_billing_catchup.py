@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from ledger.exports import billing
 from ledger import store
+from ledger.exports import billing
 from ledger.scheduler.jobs import default_jobs
 from ledger.scheduler.runner import Schedule
 

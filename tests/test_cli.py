@@ -24,12 +24,11 @@ import pytest
 import sqlalchemy as sa
 
 import ledger
-from ledger.store.schema import SCHEMA_REVISION
-from ledger import journal
-from ledger import store
+from ledger import journal, store
+from ledger.cli.demo import PROJECTS as DEMO_PROJECTS
 from ledger.cli.main import cli as cli_group
 from ledger.cli.main import main
-from ledger.cli.demo import PROJECTS as DEMO_PROJECTS
+from ledger.store.schema import SCHEMA_REVISION
 from ledger.testing import StandIn
 
 from .conftest import fetch_events

@@ -19,14 +19,13 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from ledger.store import prices as pricedb
 from ledger import store
 from ledger.cli.main import main
-from ledger.events import CallEvent, new_event_id
+from ledger.events import CallEvent, Usage, new_event_id
 from ledger.pricing import charge
+from ledger.store import prices as pricedb
 from ledger.store.schema import EventRow
 from ledger.store.verify import verify
-from ledger.events import Usage
 
 from .conftest import write_events
 

@@ -20,8 +20,8 @@ from typing import Any, Self
 import pytest
 import sqlalchemy as sa
 
-from ledger.budgets import budgets, check, outbox
 from ledger import store
+from ledger.budgets import budgets, check, outbox
 from ledger.config import ConfigError
 
 from .test_alerts import QUIET, SECRET, alert_rows, as_utc, one_error, run, spend
@@ -237,9 +237,8 @@ def test_a_huge_answer_is_read_only_in_part(engine: sa.Engine, mode: str) -> Non
 
 def test_no_redirect_is_followed(engine: sa.Engine) -> None:
     (alert,) = make_alerts(engine)
-    with Hostile("ok", host="localhost") as other:  # another host name, another port
-        with Hostile("redirect", location=other.url) as rx:
-            result = bounded(lambda: outbox.deliver(engine, outbox.Webhook(rx.url, timeout=5), now=NOW))
+    with Hostile("ok", host="localhost") as other, Hostile("redirect", location=other.url) as rx:
+        result = bounded(lambda: outbox.deliver(engine, outbox.Webhook(rx.url, timeout=5), now=NOW))
     assert result.failed == 1 and other.requests == []
     assert rx.ids() == [alert.alert_id]
     row = alert_rows(engine)[0]

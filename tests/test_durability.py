@@ -30,10 +30,9 @@ from sqlalchemy.pool import NullPool
 
 import ledger
 from ledger import journal
-from ledger.events import CallEvent, new_event_id
+from ledger.events import CallEvent, TimeInfo, Usage, new_event_id
 from ledger.journal.codec import encode
 from ledger.testing import StandIn
-from ledger.events import TimeInfo, Usage
 
 from .conftest import PG_URL, fetch_events, pg_problem, pg_schema_url
 

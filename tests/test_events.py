@@ -22,11 +22,12 @@ from ledger.events import (
     ROUTES,
     STATUSES,
     CallEvent,
+    TimeInfo,
+    Usage,
     bounded,
     new_event_id,
     normalize_tags,
 )
-from ledger.events import TimeInfo, Usage
 from ledger.journal.codec import EventDecodeError, decode, encode
 
 UUID7 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")

@@ -57,8 +57,7 @@ import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
 import ledger
-from ledger import journal
-from ledger import store
+from ledger import journal, store
 from ledger.journal.codec import decode
 from ledger.testing import StandIn
 

@@ -19,17 +19,16 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from ledger.exports import billing, focus, focusfiles
-from ledger.store import prices as pricedb
-from ledger.store import rollup
 from ledger import store
 from ledger.cli.main import main
-from ledger.events import CallEvent, new_event_id
+from ledger.events import CallEvent, Usage, new_event_id
+from ledger.exports import billing, focus, focusfiles
 from ledger.money import Money, usd
 from ledger.pricing import Charge, charge
-from ledger.store.schema import EventRow, UsageRollupRow
 from ledger.reports.summary import project_summaries
-from ledger.events import Usage
+from ledger.store import prices as pricedb
+from ledger.store import rollup
+from ledger.store.schema import EventRow, UsageRollupRow
 
 AUG, SEP, OCT = "2026-08", "2026-09", "2026-10"
 EXPECTED_COLUMNS = [

@@ -32,8 +32,8 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from ledger.exports import billing, focus
 from ledger import store
+from ledger.exports import billing, focus
 from ledger.money import usd
 from ledger.pricing import Charge
 

@@ -26,15 +26,15 @@ from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 import ledger
+from ledger import store
 from ledger.budgets import budgets, check
 from ledger.budgets import stops as budget_stops
 from ledger.call import stops
-from ledger import store
+from ledger.call.stops import Stop, StopList
 from ledger.config import ConfigError, check_project
 from ledger.money import Money, usd
 from ledger.pricing import BUILTIN_PRICES, PriceBook
 from ledger.store.schema import BudgetStopRow
-from ledger.call.stops import Stop, StopList
 from ledger.testing import StandIn
 
 from .conftest import fetch_events

@@ -50,25 +50,21 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ledger
-from ledger import calendar
-from ledger import config
+from ledger import calendar, config, journal, store
 from ledger.budgets import budgets
+from ledger.call import attempt
+from ledger.cli.main import main
+from ledger.config import ConfigError, check_project, spreadsheet_cell
+from ledger.events import CallEvent, Usage, new_event_id
 from ledger.exports import eventfiles as eventio
 from ledger.exports import focus, focusfiles
-from ledger import journal
+from ledger.money import Money
+from ledger.pricing import Charge
 from ledger.reports import build as reports
 from ledger.reports import files as report_files
 from ledger.reports import formats as report_formats
 from ledger.reports import html as report_html
-from ledger import store
-from ledger.call import attempt
-from ledger.cli.main import main
-from ledger.config import ConfigError, check_project, spreadsheet_cell
-from ledger.events import CallEvent, new_event_id
-from ledger.money import Money
-from ledger.pricing import Charge
 from ledger.testing import StandIn, StandInHandler
-from ledger.events import Usage
 
 from .conftest import fetch_events
 from .test_alerts import Receiver

@@ -25,8 +25,7 @@ from hypothesis import strategies as st
 
 from ledger import store
 from ledger.cli.main import main
-from ledger.events import CallEvent, new_event_id
-from ledger.events import MAX_TOKENS, Usage
+from ledger.events import MAX_TOKENS, CallEvent, Usage, new_event_id
 
 from .conftest import fetch_events, fresh_pg_schema, pg_problem, write_events
 

@@ -23,12 +23,9 @@ from typing import Any
 import pytest
 
 import ledger
-from ledger import ConfigError, Ledger, Money
-from ledger import journal
-from ledger import store
-from ledger.events import CallEvent, new_event_id
+from ledger import ConfigError, Ledger, Money, journal, store
+from ledger.events import CallEvent, Usage, new_event_id
 from ledger.store.schema import SCHEMA_REVISION
-from ledger.events import Usage
 
 from .conftest import fetch_events, write_events
 

@@ -31,8 +31,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ledger import calendar
-from ledger import store
+from ledger import calendar, store
 from ledger.pricing import ALIASES, BUILTIN_PRICES, PricePoint
 from ledger.store.schema import EventRow, IngestBatchRow, UsageRollupRow
 from ledger.testing import StandIn

@@ -11,14 +11,13 @@ from zoneinfo import ZoneInfo
 import pytest
 import sqlalchemy as sa
 
-from ledger import calendar
+from ledger import calendar, store
 from ledger.budgets import budgets, check
 from ledger.exports import billing
-from ledger.store import prices as pricedb
-from ledger.reports import build as reports
-from ledger.store import rollup
-from ledger import store
 from ledger.money import Money
+from ledger.reports import build as reports
+from ledger.store import prices as pricedb
+from ledger.store import rollup
 
 from .test_rollup import _event, _write
 

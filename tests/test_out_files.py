@@ -85,10 +85,9 @@ def test_outfile_refuses_and_cleans_up(tmp_path: Path) -> None:
     with pytest.raises(OutFileError, match="FIFO"):
         write_bytes(tmp_path / "fifo", b"x")
     target = tmp_path / "file"
-    with pytest.raises(RuntimeError):
-        with OutFile(target) as out:
-            out.file.write(b"half")
-            raise RuntimeError("cut")
+    with pytest.raises(RuntimeError), OutFile(target) as out:
+        out.file.write(b"half")
+        raise RuntimeError("cut")
     assert list(tmp_path.iterdir()) == [tmp_path / "fifo"]
     old = os.umask(0o077)
     try:

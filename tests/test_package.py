@@ -104,6 +104,13 @@ def test_mypy_strict_passes_on_the_package() -> None:
     assert "Success" in proc.stdout
 
 
+def test_ruff_check_passes() -> None:
+    """The rule set in pyproject.toml ([tool.ruff.lint]) over the package, tests and benchmarks."""
+    proc = subprocess.run([sys.executable, "-m", "ruff", "check", "ledger", "tests", "benchmarks"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-2000:]
+
+
 def test_ci_runs_the_readme_test_command_verbatim() -> None:
     readme = (ROOT / "README.md").read_text()
     ci_lines = [ln.strip() for ln in (ROOT / ".ci" / "run").read_text().splitlines()

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledger.events import CallEvent, new_event_id
+from ledger.events import CallEvent, Usage, new_event_id
 from ledger.money import ZERO, Money, usd
 from ledger.pricing import (
     ALIASES,
@@ -25,7 +25,6 @@ from ledger.pricing import (
     make_price_id,
     model_names,
 )
-from ledger.events import Usage
 
 PRICES_MD = Path("/work/shared/wire/prices.md")
 _alt = Path(__file__).resolve().parents[2] / "shared" / "wire" / "prices.md"

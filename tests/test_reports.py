@@ -24,19 +24,17 @@ from zoneinfo import ZoneInfo
 import pytest
 import sqlalchemy as sa
 
-from ledger import calendar
-from ledger.store import prices as pricedb
+from ledger import calendar, store
+from ledger.cli.main import main
+from ledger.config import spreadsheet_cell
+from ledger.events import CallEvent, Usage, new_event_id
+from ledger.money import Money
 from ledger.reports import build as reports
 from ledger.reports import files, formats
 from ledger.reports import html as report_html
+from ledger.store import prices as pricedb
 from ledger.store import rollup
-from ledger import store
-from ledger.cli.main import main
-from ledger.config import spreadsheet_cell
-from ledger.events import CallEvent, new_event_id
-from ledger.money import Money
 from ledger.store.schema import EventRow, EventTagRow
-from ledger.events import Usage
 
 from .conftest import write_events
 

@@ -14,12 +14,11 @@ from zoneinfo import ZoneInfo
 import pytest
 import sqlalchemy as sa
 
+from ledger import store
+from ledger.events import CallEvent, Usage, new_event_id
+from ledger.pricing import PriceBook, charge
 from ledger.store import prices as pricedb
 from ledger.store import rollup
-from ledger import store
-from ledger.events import CallEvent, new_event_id
-from ledger.pricing import PriceBook, charge
-from ledger.events import Usage
 
 from .conftest import write_events
 
@@ -85,7 +84,7 @@ def test_rollup_equals_raw_events_incrementally(engine: sa.Engine, monkeypatch: 
         monkeypatch.setattr(rollup, "BIG_CHUNK_EVENTS", 1)
     rng = random.Random(1)
     start = datetime(2026, 11, 1, tzinfo=UTC)
-    for chunk in range(4):
+    for _ in range(4):
         _write(engine, [_event(start + timedelta(minutes=rng.randint(0, 43_000)), rng) for _ in range(300)])
         first = rollup.rollup(engine)
         assert first.events == 300

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from ledger.store import rollup
 from ledger import store
 from ledger.cli.main import main
 from ledger.config import ConfigError
 from ledger.scheduler.runner import Lease, Schedule, build_scheduler, load_schedule
+from ledger.store import rollup
 from ledger.store.schema import LeaseRow
 
 from .test_rollup import _event, _raw_by_key, _rolled_by_key, _write

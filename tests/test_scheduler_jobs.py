@@ -20,11 +20,11 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from ledger.budgets import budgets
-from ledger.store import rollup
-from ledger.scheduler import runner as scheduler
 from ledger import store
+from ledger.budgets import budgets
+from ledger.scheduler import runner as scheduler
 from ledger.scheduler.runner import Lease, Schedule, build_scheduler
+from ledger.store import rollup
 from ledger.store.schema import LeaseRow
 
 from .test_alerts import alert_rows, spend

@@ -17,8 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 import ledger
-from ledger import journal
-from ledger import store
+from ledger import journal, store
 from ledger.testing import StandIn, StandInHandler
 
 from .conftest import fetch_events
@@ -191,8 +190,8 @@ def test_no_secret_or_content_anywhere_after_a_whole_run(
                                            ("server_error", ledger.InternalServerError),
                                            ("cut", ledger.APIConnectionError)):
                         upstream.queue(scenario)
-                        expect_raise(kind, lambda: list(client.chat.completions.create(
-                            model="gpt-oss-120b", messages=messages, stream=scenario == "cut")))
+                        expect_raise(kind, lambda cut=scenario == "cut": list(client.chat.completions.create(
+                            model="gpt-oss-120b", messages=messages, stream=cut)))
                     made += 5
                     assert client.flush(10)
                 refused = {**kwargs, ("base_url" if route == "direct" else "lava_base_url"): dead}

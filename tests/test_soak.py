@@ -57,13 +57,12 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from ledger import journal
-from ledger.store import rollup
-from ledger import store
+from ledger import journal, store
 from ledger.config import spool_dir
+from ledger.store import rollup
 from ledger.store.schema import EventRow
-from ledger.testing import StandIn
 from ledger.store.verify import verify
+from ledger.testing import StandIn
 
 from ._load_worker import digest_of, rss_kib
 from .test_load import (

@@ -23,8 +23,7 @@ from typing import Any
 import pytest
 
 import ledger
-from ledger import events
-from ledger import journal
+from ledger import events, journal
 from ledger.journal.codec import encode
 from ledger.testing import StandIn
 
@@ -50,7 +49,7 @@ def _rejected(spool: Path) -> list[bytes]:
 class _HostileHandler(BaseHTTPRequestHandler):
     """An upstream that answers every chat completion with megabytes of model name and ids."""
 
-    def log_message(self, format: str, *args: Any) -> None:
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
         pass
 
     def do_POST(self) -> None:

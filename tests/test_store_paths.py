@@ -15,13 +15,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ledger import journal
-from ledger import store
-from ledger.store.schema import EventRow
-from ledger.events import ROUTES, STATUSES, CallEvent, new_event_id, normalize_tags
+from ledger import journal, store
+from ledger.events import ROUTES, STATUSES, CallEvent, TimeInfo, Usage, new_event_id, normalize_tags
 from ledger.journal.codec import decode_fields, encode
 from ledger.pricing import BUILTIN_PRICES, PriceBook, charge
-from ledger.events import TimeInfo, Usage
+from ledger.store.schema import EventRow
 
 ODD = ["", "plain", "ü-proj", "a\x00b", "\ud800x", "\u202eevil", "zero\u200bwidth", "e\u0301", "🧪" * 3,
        "x" * 250, "y" * 1500, "'; DROP TABLE events; --", '=cmd|" /C calc"!A0', "line\nbreak", "tab\tq\"uote"]

@@ -19,10 +19,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledger.events import CallEvent
 from ledger.call.attempt import Attempt
 from ledger.call.route import Target
 from ledger.call.tap import BodyTap
+from ledger.events import CallEvent
 
 from .test_wire import CAPTURE, DONE, VARIANTS
 

@@ -78,9 +78,9 @@ import pytest
 
 import ledger
 from ledger import journal
+from ledger.events import MAX_TOKENS
 from ledger.pricing import BUILTIN_PRICES
 from ledger.testing import ABSURD_STATUS, ABSURD_TOKENS, StandIn
-from ledger.events import MAX_TOKENS
 
 from .conftest import fetch_events
 
@@ -527,7 +527,7 @@ def run_group(case: Case, upstream: StandIn, env: dict[str, str], reliability: C
     strays = []
     for row in rows:
         caller = json.loads(row["tags"]).get("caller")
-        (by_caller[caller] if caller in by_caller else strays).append(row)
+        by_caller.get(caller, strays).append(row)
     expected_requests = sum(1 if c in LEDGER_CALLERS else 2 for c in callers)
     recorded = sum(len(r) for r in by_caller.values())
     statuses = Counter(r["status"] for r in rows)

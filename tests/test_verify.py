@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from ledger.store import rollup
 from ledger import store
 from ledger.cli.main import main
 from ledger.pricing import BUILTIN_PRICES, make_price_id
+from ledger.store import rollup
 from ledger.store.verify import verify
 
 from .test_rollup import _event, _write

@@ -23,8 +23,8 @@ from sqlalchemy import Connection, Engine, delete, select
 from ledger.calendar import QUARTER_HOUR, parse_zone
 from ledger.config import ConfigError, check_project
 from ledger.money import Money, MoneyError, usd
-from ledger.store.schema import BudgetRow, BudgetStopRow
 from ledger.store import dialect_insert, write_transaction
+from ledger.store.schema import BudgetRow, BudgetStopRow
 
 __all__ = [
     "DEFAULT_THRESHOLDS",

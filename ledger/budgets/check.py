@@ -27,9 +27,9 @@ from ledger.budgets.outbox import DeliveryResult, Webhook, deliver, webhook_from
 from ledger.budgets.rules import RULE_CHECKS, Candidate, RuleContext, SpikeRule
 from ledger.budgets.stops import update_stops
 from ledger.events import new_event_id
+from ledger.store import dialect_insert, read_snapshot, write_transaction
 from ledger.store.rollup import rollup
 from ledger.store.schema import AlertRow
-from ledger.store import dialect_insert, read_snapshot, write_transaction
 
 __all__ = ["Alert", "AlertRecord", "check", "evaluate", "fire", "list_alerts", "run_checks"]
 

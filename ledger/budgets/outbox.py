@@ -50,9 +50,9 @@ from sqlalchemy import Engine, and_, or_, select, update
 from ledger.budgets.budgets import utc_now
 from ledger.calendar import iso_z
 from ledger.config import ConfigError
-from ledger.store.schema import AlertRow
 from ledger.store import db_now as store_db_now
 from ledger.store import write_transaction
+from ledger.store.schema import AlertRow
 
 __all__ = [
     "LEASE_MARGIN",

@@ -29,8 +29,8 @@ from ledger.calendar import iso_z
 from ledger.call.stops import Stop, publish
 from ledger.money import Money
 from ledger.pricing import PriceBook
-from ledger.store.schema import BudgetStopRow
 from ledger.store import dialect_insert, write_transaction
+from ledger.store.schema import BudgetStopRow
 
 __all__ = ["read_stops", "refresh", "update_stops"]
 

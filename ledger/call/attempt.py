@@ -19,15 +19,14 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from ledger.events import CallEvent, Status, new_event_id
 from ledger.call.stops import Stop
 from ledger.call.wire import error_from, time_info_from, usage_from
-from ledger.events import TimeInfo, Usage
+from ledger.events import CallEvent, Status, TimeInfo, Usage, new_event_id
 
 if TYPE_CHECKING:
-    from ledger.journal import Journal
     from ledger.call.route import RequestFacts, Target
     from ledger.call.tap import BodyTap
+    from ledger.journal import Journal
 
 __all__ = ["Attempt"]
 

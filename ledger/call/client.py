@@ -35,10 +35,10 @@ from urllib.parse import quote
 import httpx
 
 from ledger._version import __version__
-from ledger.config import ConfigError, check_project
 from ledger.call.retry import send_async, send_sync
 from ledger.call.streams import AsyncStream, Stream
 from ledger.call.transport import CALL_OPTIONS, AsyncRecordingTransport, CallOptions, RecordingTransport
+from ledger.config import ConfigError, check_project
 
 __all__ = ["AsyncCerebrasClient", "CerebrasClient"]
 

@@ -99,7 +99,7 @@ def request_facts(request: Any) -> RequestFacts:
     tool schema with a property named ``stream``, say) sends a small body to the parser."""
     try:
         content = request.content
-    except Exception:
+    except Exception:  # noqa: BLE001 - a request whose body cannot be read: no facts, never a broken call
         return RequestFacts(None, False, None)
     model = _requested_model(content)
     stream_at, tier_at = content.find(b'"stream"'), content.find(b'"service_tier"')
@@ -145,7 +145,7 @@ def _requested_model(content: bytes) -> str | None:
         if big:
             return None
         body = json.loads(content)
-    except Exception:
+    except Exception:  # noqa: BLE001 - any body that is not JSON: no model
         return None
     model = body.get("model") if isinstance(body, dict) else None
     return model if isinstance(model, str) else None

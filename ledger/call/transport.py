@@ -43,12 +43,12 @@ from typing import TYPE_CHECKING, Any, Protocol, TypedDict, TypeVar
 
 import httpx
 
-from ledger.config import ConfigError, check_project
-from ledger.config import database_url as resolve_url
-from ledger.events import normalize_tags
 from ledger.call import route
 from ledger.call.attempt import Attempt
 from ledger.call.tap import BodyTap, stream_class
+from ledger.config import ConfigError, check_project
+from ledger.config import database_url as resolve_url
+from ledger.events import normalize_tags
 
 if TYPE_CHECKING:
     from ledger.journal import Journal

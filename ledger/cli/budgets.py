@@ -9,8 +9,17 @@ from typing import Any
 
 import click
 
+from ledger.cli.common import (
+    UserError,
+    cli_value,
+    format_option,
+    iso_z_or_none,
+    open_engine,
+    open_ledger,
+    parse_when,
+    rows_out,
+)
 from ledger.config import ConfigError, first_line
-from ledger.cli.common import UserError, cli_value, format_option, iso_z_or_none, open_engine, open_ledger, parse_when, rows_out
 
 __all__ = ["alerts_group", "budget_group"]
 

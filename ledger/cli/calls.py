@@ -10,8 +10,8 @@ from typing import Any
 
 import click
 
-from ledger.config import redact_url
 from ledger.cli.common import UserError, format_option, open_engine, rows_out
+from ledger.config import redact_url
 
 __all__ = ["chat", "demo"]
 

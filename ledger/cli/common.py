@@ -15,9 +15,9 @@ from typing import Any, TypeVar
 
 import click
 
-from ledger.outfile import csv_cell
 from ledger.calendar import CalendarError, iso_z, parse_instant
 from ledger.config import ConfigError, first_line
+from ledger.outfile import csv_cell
 
 __all__ = ["FORMATS", "UserError", "cli_value", "format_option", "iso_z_or_none", "open_engine", "open_ledger",
            "parse_when", "rows_out"]

@@ -11,9 +11,9 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime
 
-from ledger.config import Progress
 from ledger.call.client import CerebrasClient
 from ledger.call.errors import APIError
+from ledger.config import Progress
 from ledger.reports.summary import ProjectSummary, project_summaries
 from ledger.testing import StandIn
 
@@ -52,7 +52,7 @@ def run_demo(calls: int = 60, seed: int = 7, database_url: str | None = None,
             for project in PROJECTS for route in ("cerebras", "lava")
         }
         try:
-            for i in range(calls):
+            for _ in range(calls):
                 project = rng.choice(PROJECTS)
                 route, model = rng.choice(MIX)
                 stream = rng.random() < 0.4

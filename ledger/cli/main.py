@@ -19,7 +19,6 @@ from collections.abc import Sequence
 
 import click
 
-from ledger.config import ConfigError, database_url, describe, first_line, log_to_stderr, redact, remember_secrets
 from ledger.cli.billing import export_group
 from ledger.cli.budgets import alerts_group, budget_group
 from ledger.cli.calls import chat, demo
@@ -28,6 +27,15 @@ from ledger.cli.events import events
 from ledger.cli.prices import prices
 from ledger.cli.reporting import report_cmd, rollup_cmd, summary, verify_cmd
 from ledger.cli.scheduler import scheduler_cmd
+from ledger.config import (
+    ConfigError,
+    database_url,
+    describe,
+    first_line,
+    log_to_stderr,
+    redact,
+    remember_secrets,
+)
 
 __all__ = ["cli", "main"]
 
@@ -84,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, MoneyError, ValueError, OSError) as exc:
         _error(first_line(exc, None) or type(exc).__name__)
         return 1
-    except Exception as exc:  # a database or library failure: still one line
+    except Exception as exc:  # noqa: BLE001 - a database or library failure: still one line
         from sqlalchemy.exc import SQLAlchemyError
 
         if isinstance(exc, SQLAlchemyError):

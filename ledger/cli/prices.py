@@ -8,7 +8,15 @@ from datetime import UTC, datetime
 
 import click
 
-from ledger.cli.common import UserError, format_option, iso_z_or_none, open_engine, open_ledger, parse_when, rows_out
+from ledger.cli.common import (
+    UserError,
+    format_option,
+    iso_z_or_none,
+    open_engine,
+    open_ledger,
+    parse_when,
+    rows_out,
+)
 
 __all__ = ["prices"]
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import click
 
 from ledger.calendar import CalendarError, parse_period, parse_zone, period_bounds
-from ledger.config import ConfigError
 from ledger.cli.common import UserError, format_option, open_ledger, parse_when, rows_out
+from ledger.config import ConfigError
 
 __all__ = ["report_cmd", "rollup_cmd", "summary", "verify_cmd"]
 
@@ -123,9 +123,9 @@ def report_cmd(ctx: click.Context, project: str | None, period: str, tz_name: st
     Example:
       cerebras-ledger report --project search --period 2026-11 --tz Europe/Berlin --format html
     """
+    from ledger.config import check_project
     from ledger.reports import build as reports
     from ledger.reports import files as report_files
-    from ledger.config import check_project
 
     try:
         spec = parse_period(period)

@@ -41,12 +41,12 @@ from typing import Any
 from sqlalchemy import Connection, Engine, and_, exists, func, insert, literal, or_, select
 from sqlalchemy.types import String
 
-from ledger.exports.focus import EXACT, FORMATS, BillingError, billing_rows, month_bounds, utc_month
 from ledger.exports import focusfiles
+from ledger.exports.focus import EXACT, FORMATS, BillingError, billing_rows, month_bounds, utc_month
 from ledger.money import Money
 from ledger.outfile import OutFile, check_target
-from ledger.store.schema import BilledBatchRow, BillingExportRow, EventRow
 from ledger.store import transaction_lock, write_transaction
+from ledger.store.schema import BilledBatchRow, BillingExportRow, EventRow
 
 __all__ = [
     "BillingExport",

@@ -29,9 +29,9 @@ from typing import IO, Any
 from sqlalchemy import Connection, and_, case, func, select
 
 from ledger.calendar import iso_z
-from ledger.outfile import csv_cell
 from ledger.config import ConfigError
 from ledger.money import Money
+from ledger.outfile import csv_cell
 from ledger.store.schema import EventRow
 
 __all__ = ["COLUMNS", "TOKEN_COLUMNS", "export_rows", "write_rows"]

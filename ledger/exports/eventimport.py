@@ -35,12 +35,11 @@ from sqlalchemy import Engine, select
 
 from ledger.calendar import iso_z
 from ledger.config import ConfigError, Progress, check_project, first_line
-from ledger.events import ROUTES, STATUSES, CallEvent
+from ledger.events import MAX_TOKENS, ROUTES, STATUSES, CallEvent, Usage
 from ledger.exports.eventfiles import COLUMNS, TOKEN_COLUMNS
 from ledger.money import Money, MoneyError, usd
 from ledger.pricing import Charge, PriceBook, charge
 from ledger.store.schema import EventRow
-from ledger.events import MAX_TOKENS, Usage
 
 __all__ = ["ImportError_", "ImportResult", "import_file", "parse_file"]
 

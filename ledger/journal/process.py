@@ -27,12 +27,19 @@ import os
 import select
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ledger.config import describe, log_to_stderr, redact, redact_url, remember_secrets
 from ledger.journal.recovery import drain_segment
-from ledger.journal.spool import READ_BYTES, Reject, read_checkpoint, set_aside_long, split_lines, write_checkpoint
+from ledger.journal.spool import (
+    READ_BYTES,
+    Reject,
+    read_checkpoint,
+    set_aside_long,
+    split_lines,
+    write_checkpoint,
+)
 from ledger.journal.thread import BATCH_EVENTS, LINGER_S
 from ledger.journal.writer import Sink, write_lines
 
@@ -111,7 +118,7 @@ def run(url: str, folder: Path, segment: Path) -> int:
                 sink.refresh_stops(folder)
                 backoff = 0.1
                 wait = LINGER_S
-            except Exception as exc:  # the writer must never die on a database problem
+            except Exception as exc:  # noqa: BLE001 - the writer must never die on a database problem
                 what = redact(describe(exc), url)
                 if what != problem:
                     log.error("ledger writer: cannot write to %s (%s); events wait in %s",

@@ -23,9 +23,9 @@ from collections import deque
 from pathlib import Path
 from typing import Protocol
 
+from ledger.call import stops
 from ledger.config import ConfigError, describe, redact_url, remember_secrets, spool_folder
 from ledger.events import CallEvent
-from ledger.call import stops
 from ledger.journal.codec import encode, event_id_of
 from ledger.journal.spool import READ_BYTES, SEGMENT_SUFFIX, Reject, write_all
 from ledger.journal.thread import WriterThread

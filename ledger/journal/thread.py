@@ -101,7 +101,7 @@ class WriterThread:
                 self._back()
                 self._sink.refresh_stops(self.folder)
                 backoff = 0.1
-            except Exception as exc:  # the writer must never die
+            except Exception as exc:  # noqa: BLE001 - the writer must never die
                 self._note_problem(exc)
                 self._reconnect()
                 self._notify()

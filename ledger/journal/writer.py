@@ -18,8 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ledger.config import describe, first_line, redact
 from ledger.call import stops
+from ledger.config import describe, first_line, redact
 from ledger.journal.codec import EventDecodeError, decode_fields
 from ledger.journal.spool import Reject
 

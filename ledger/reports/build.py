@@ -45,8 +45,8 @@ import pandas as pd  # type: ignore[import-untyped, unused-ignore]
 from sqlalchemy import Connection, Engine, case, func, literal, select
 
 from ledger.calendar import Period, period_bounds, zone_name
-from ledger.store.schema import TagRollupRow, UsageRollupRow
 from ledger.store import read_snapshot
+from ledger.store.schema import TagRollupRow, UsageRollupRow
 
 __all__ = [
     "BUILD_STEPS",

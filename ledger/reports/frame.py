@@ -131,8 +131,8 @@ def _tag_sums(engine: Callable[[], Engine], keys: list[_Key], tag: str, start: d
     and bucket (both rollups sum the same rows, so the difference is exact)."""
     from sqlalchemy import case, func, select
 
-    from ledger.store.schema import TagRollupRow, UsageRollupRow
     from ledger.store import clip, read_snapshot
+    from ledger.store.schema import TagRollupRow, UsageRollupRow
 
     tag = clip(tag, 100) or ""  # as the store keeps tag keys (see EventTagRow)
     t, r = TagRollupRow.__table__.c, UsageRollupRow.__table__.c

@@ -70,8 +70,8 @@ from sqlalchemy import Engine, select, update
 from ledger.calendar import parse_zone
 from ledger.config import ConfigError, first_line, redact
 from ledger.scheduler.jobs import default_jobs
-from ledger.store.schema import LeaseRow
 from ledger.store import db_now, write_transaction
+from ledger.store.schema import LeaseRow
 
 __all__ = ["Lease", "Schedule", "build_scheduler", "load_schedule", "run_scheduler"]
 
@@ -228,7 +228,7 @@ def _run_leased(engine: Engine, name: str, seconds: int, holder: str, job: Calla
         if not lease.acquire():
             log.info("job %s: another scheduler holds the lease; skipped", name)
             return
-    except Exception as exc:  # database down: skip this run, the next one retries
+    except Exception as exc:  # noqa: BLE001 - database down: skip this run, the next one retries
         log.error("job %s: cannot take its lease (%s); skipped", name, type(exc).__name__)
         return
     try:
@@ -241,7 +241,7 @@ def _run_leased(engine: Engine, name: str, seconds: int, holder: str, job: Calla
     finally:
         try:
             lease.release()
-        except Exception:
+        except Exception:  # noqa: BLE001 - a lease expires by itself
             log.warning("job %s: could not release its lease; it expires by itself", name)
 
 

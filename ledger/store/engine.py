@@ -61,7 +61,7 @@ class SchemaError(RuntimeError):
 def normalize_url(url: str) -> str:
     try:
         parsed = make_url(url)
-    except Exception:
+    except Exception:  # noqa: BLE001 - SQLAlchemy raises several kinds for a bad URL
         raise ConfigError(f"not a database URL: {redact_url(url)!r}") from None
     if parsed.get_backend_name() not in SUPPORTED:
         raise ConfigError(f"unsupported database {parsed.get_backend_name()!r}: use sqlite or postgresql")

@@ -31,13 +31,12 @@ from sqlalchemy import Connection, Engine, and_, case, exists, func, select
 from sqlalchemy.exc import IntegrityError
 
 from ledger.config import ConfigError
-from ledger.events import CallEvent, new_event_id
+from ledger.events import CallEvent, Usage, new_event_id
 from ledger.money import Money, MoneyError, usd
 from ledger.pricing import BOOKS, BUILTIN_PRICES, Charge, PriceBook, PricePoint, charge, make_price_id
 from ledger.store.engine import insert_or_skip, transaction_lock, write_transaction
 from ledger.store.ingest import event_row, insert_events
 from ledger.store.schema import EventRow, PriceRow
-from ledger.events import Usage
 
 __all__ = ["RepriceConflict", "RepriceResult", "feed_points", "insert_prices", "load_price_book", "new_point",
            "outside_cost", "reprice", "seed_builtin_prices", "unpriced"]

@@ -32,6 +32,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
+from ledger.store.engine import dialect_insert, transaction_lock, write_transaction
 from ledger.store.schema import (
     ROLLUP_KEY,
     ROLLUP_MEASURES,
@@ -42,7 +43,6 @@ from ledger.store.schema import (
     UsageRollupRow,
     UTCDateTime,
 )
-from ledger.store.engine import dialect_insert, transaction_lock, write_transaction
 
 __all__ = ["RollupResult", "Totals", "daily_totals", "pending", "quarter_hour", "rebuild", "rollup", "rollup_once"]
 
