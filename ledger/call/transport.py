@@ -112,7 +112,7 @@ REFUSED_HEADER = "x-ledger-refused"  # on the 402 the ledger answers for a spent
 REFUSAL_CODE = "hard_budget_spent"
 # The project of a call that names none, or whose x-ledger-project was refused: its cost is
 # kept (and shows in reports under this name) rather than lost.
-UNATTRIBUTED = "(unattributed)"  # we keep at most this much of a JSON body to read usage from
+UNATTRIBUTED = "(unattributed)"
 
 
 class _Recorder:
