@@ -23,6 +23,7 @@ T = TypeVar("T")
 
 PG_BASE = os.environ.get("LEDGER_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
+
 def scratch(prefix: str) -> str:
     """A temporary folder, removed when the worker exits (the 10 M-event ledger is ~8 GB)."""
     path = tempfile.mkdtemp(prefix=f"ledger-bench-{prefix}-")
@@ -33,17 +34,38 @@ def scratch(prefix: str) -> str:
 # -- result rows ---------------------------------------------------------------------------------
 
 
-def row(figure: str, name: str, *, value: float | None, unit: str, baseline_name: str = "",
-        baseline: float | None = None, ratio: float | None = None, target: str = "",
-        ok: bool | None = None, verdict: str | None = None, **detail: Any) -> dict[str, Any]:
+def row(
+    figure: str,
+    name: str,
+    *,
+    value: float | None,
+    unit: str,
+    baseline_name: str = "",
+    baseline: float | None = None,
+    ratio: float | None = None,
+    target: str = "",
+    ok: bool | None = None,
+    verdict: str | None = None,
+    **detail: Any,
+) -> dict[str, Any]:
     """One line of the results table. ``ratio`` defaults to value / baseline; ``ok`` says whether
     the target is met (``None``: informational)."""
     if ratio is None and value is not None and baseline:
         ratio = value / baseline
     if verdict is None:
         verdict = "info" if ok is None else ("met" if ok else "MISSED")
-    return {"figure": figure, "name": name, "value": value, "unit": unit, "baseline_name": baseline_name,
-            "baseline": baseline, "ratio": ratio, "target": target, "verdict": verdict, "detail": detail}
+    return {
+        "figure": figure,
+        "name": name,
+        "value": value,
+        "unit": unit,
+        "baseline_name": baseline_name,
+        "baseline": baseline,
+        "ratio": ratio,
+        "target": target,
+        "verdict": verdict,
+        "detail": detail,
+    }
 
 
 def median(xs: Sequence[float]) -> float:
@@ -73,7 +95,9 @@ def pg_reachable() -> str | None:
             conn.execute("SELECT 1")
         return None
     except Exception as exc:  # noqa: BLE001
-        return f"PostgreSQL not reachable: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        return (
+            f"PostgreSQL not reachable: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        )
 
 
 def pg_dsn(schema: str | None = None) -> str:
@@ -115,7 +139,9 @@ def drop_stale_schemas() -> list[str]:
     dropped = []
     try:
         with psycopg.connect(pg_dsn(), autocommit=True, connect_timeout=3) as conn:
-            names = [r[0] for r in conn.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'bench\\_%'")]
+            names = [
+                r[0] for r in conn.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'bench\\_%'")
+            ]
             for name in names:
                 parts = name.split("_")
                 if len(parts) >= 4 and parts[-2].isdigit() and not _alive(int(parts[-2])):
@@ -173,7 +199,8 @@ def with_pg_retry(fn: Callable[[], T], what: str, notes: dict[str, Any]) -> T | 
             if not pg_lost(exc):
                 raise
             notes.setdefault("postgresql_interruptions", []).append(
-                f"{what}: attempt {attempt}: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
+                f"{what}: attempt {attempt}: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+            )
             if attempt == 2 or not wait_for_pg(120):
                 return None
     return None
@@ -194,10 +221,14 @@ def pg_version() -> str | None:
 PROJECTS = [f"proj-{i:03d}" for i in range(100)]
 # (route, book, model, weight): mostly priced models, some free Lava ones, one the books don't know.
 MODELS = [
-    ("cerebras", "cerebras", "gpt-oss-120b", 30), ("cerebras", "cerebras", "llama3.1-8b", 15),
-    ("cerebras", "cerebras", "qwen-3-32b", 8), ("cerebras", "cerebras", "llama-3.3-70b", 8),
-    ("cerebras", "cerebras", "zai-glm-4.7", 4), ("lava", "lava", "gpt-oss-120b", 15),
-    ("lava", "lava", "qwen-3-235b-instruct", 8), ("lava", "lava", "llama3.1-8b", 10),
+    ("cerebras", "cerebras", "gpt-oss-120b", 30),
+    ("cerebras", "cerebras", "llama3.1-8b", 15),
+    ("cerebras", "cerebras", "qwen-3-32b", 8),
+    ("cerebras", "cerebras", "llama-3.3-70b", 8),
+    ("cerebras", "cerebras", "zai-glm-4.7", 4),
+    ("lava", "lava", "gpt-oss-120b", 15),
+    ("lava", "lava", "qwen-3-235b-instruct", 8),
+    ("lava", "lava", "llama3.1-8b", 10),
     ("cerebras", "cerebras", "mystery-model-x", 2),
 ]
 MONTH = datetime(2025, 3, 1, tzinfo=UTC)
@@ -237,19 +268,39 @@ class Synth:
             http, etype, ecode = 200, None, None
             if status == "ok":
                 p, c = r.randint(20, 4000), r.randint(1, 2000)
-                usage = Usage(p, p // 4 if r.random() < 0.2 else 0, c, c // 3 if "gpt-oss" in model else 0, p + c)
+                usage = Usage(
+                    p, p // 4 if r.random() < 0.2 else 0, c, c // 3 if "gpt-oss" in model else 0, p + c
+                )
                 tinfo = TimeInfo(500, 1200, 3700, 7500)
             elif status == "error":
                 http, etype, ecode = 429, "too_many_requests_error", "queue_exceeded"
-            out.append(CallEvent(
-                event_id=new_event_id(), occurred_at=when, project=project, route=route, book=book,  # type: ignore[arg-type]
-                requested_model=model, served_model=model if status == "ok" else None, status=status,  # type: ignore[arg-type]
-                http_status=http, error_type=etype, error_code=ecode, stream=r.random() < 0.4, usage=usage,
-                latency_us=r.randint(80_000, 900_000), ttft_us=None, time_info=tinfo,
-                upstream_id=f"chatcmpl-{uuid.UUID(int=r.getrandbits(128))}" if status == "ok" else None,
-                lava_request_id=f"req_{r.getrandbits(96):024x}" if route == "lava" else None,
-                tags=(("env", "prod" if r.random() < 0.8 else "staging"), ("user", f"u{r.randint(0, 49)}")),
-                source="wrapper"))
+            out.append(
+                CallEvent(
+                    event_id=new_event_id(),
+                    occurred_at=when,
+                    project=project,
+                    route=route,
+                    book=book,  # type: ignore[arg-type]
+                    requested_model=model,
+                    served_model=model if status == "ok" else None,
+                    status=status,  # type: ignore[arg-type]
+                    http_status=http,
+                    error_type=etype,
+                    error_code=ecode,
+                    stream=r.random() < 0.4,
+                    usage=usage,
+                    latency_us=r.randint(80_000, 900_000),
+                    ttft_us=None,
+                    time_info=tinfo,
+                    upstream_id=f"chatcmpl-{uuid.UUID(int=r.getrandbits(128))}" if status == "ok" else None,
+                    lava_request_id=f"req_{r.getrandbits(96):024x}" if route == "lava" else None,
+                    tags=(
+                        ("env", "prod" if r.random() < 0.8 else "staging"),
+                        ("user", f"u{r.randint(0, 49)}"),
+                    ),
+                    source="wrapper",
+                )
+            )
         return out
 
     # raw rows (for filling a ledger fast) ----------------------------------------------------
@@ -266,9 +317,18 @@ class Synth:
                 self._book[(bk, model)] = (pt, lst)
         return self._book  # type: ignore[no-any-return]
 
-    def raw_rows(self, n: int, first: int, batch_size: int, *, id_prefix: str, dialect: str,
-                 start: datetime = MONTH, span_s: float = MONTH_SECONDS, tags: bool = True,
-                 ) -> Iterator[tuple[str, list[tuple[Any, ...]], list[tuple[str, str, str]]]]:
+    def raw_rows(
+        self,
+        n: int,
+        first: int,
+        batch_size: int,
+        *,
+        id_prefix: str,
+        dialect: str,
+        start: datetime = MONTH,
+        span_s: float = MONTH_SECONDS,
+        tags: bool = True,
+    ) -> Iterator[tuple[str, list[tuple[Any, ...]], list[tuple[str, str, str]]]]:
         """Batches of event rows in ``store.EVENT_COLUMNS`` order as the driver takes them
         (SQLite: UTC text and 0/1; PostgreSQL: aware datetimes and bools), with their tag rows.
         Yields (batch_id, event_rows, tag_rows). Ids sort in insertion order, like UUIDv7."""
@@ -293,9 +353,14 @@ class Synth:
                 pt, lst = charges[(book, model)]
                 if status == "ok":
                     p, c = r.randint(20, 4000), r.randint(1, 2000)
-                    cached, reasoning = (p // 4 if r.random() < 0.2 else 0), (c // 3 if "gpt-oss" in model else 0)
+                    cached, reasoning = (
+                        (p // 4 if r.random() < 0.2 else 0),
+                        (c // 3 if "gpt-oss" in model else 0),
+                    )
                     usage = (t, p, cached, c, reasoning, p + c)
-                    cost = None if pt is None else (0 if pt.free else pt.input.nanos * p + pt.output.nanos * c)
+                    cost = (
+                        None if pt is None else (0 if pt.free else pt.input.nanos * p + pt.output.nanos * c)
+                    )
                     list_cost = None if lst is None else lst.input.nanos * p + lst.output.nanos * c
                     priced = pt is not None
                     http, et, ec, served = 200, None, None, model
@@ -313,13 +378,43 @@ class Synth:
                 env = "prod" if r.random() < 0.8 else "staging"
                 user = f"u{r.randint(0, 49)}"
                 tag_json = f'{{"env": "{env}", "user": "{user}"}}' if tags else "{}"
-                rows.append((eid, "usage", None, occ, rec, project, route, book, model, served, status, http, et, ec,
-                             t if r.random() < 0.4 else f, *usage, r.randint(80_000, 900_000), None, *times,
-                             f"chatcmpl-{eid}" if served else None, None,
-                             pt.price_id if pt is not None else None, cost,
-                             (t if pt.free else f) if pt is not None else f, t if priced else f,
-                             tag_json, "wrapper", None, list_cost, "chat.completions", *_NO_WIRE_FACTS, 0,
-                             batch_id))
+                rows.append(
+                    (
+                        eid,
+                        "usage",
+                        None,
+                        occ,
+                        rec,
+                        project,
+                        route,
+                        book,
+                        model,
+                        served,
+                        status,
+                        http,
+                        et,
+                        ec,
+                        t if r.random() < 0.4 else f,
+                        *usage,
+                        r.randint(80_000, 900_000),
+                        None,
+                        *times,
+                        f"chatcmpl-{eid}" if served else None,
+                        None,
+                        pt.price_id if pt is not None else None,
+                        cost,
+                        (t if pt.free else f) if pt is not None else f,
+                        t if priced else f,
+                        tag_json,
+                        "wrapper",
+                        None,
+                        list_cost,
+                        "chat.completions",
+                        *_NO_WIRE_FACTS,
+                        0,
+                        batch_id,
+                    )
+                )
                 if tags:
                     tag_rows.append((eid, "env", env))
                     tag_rows.append((eid, "user", user))
@@ -343,8 +438,18 @@ def _cum(ws: Sequence[float]) -> Iterator[float]:
 # -- filling a ledger with raw driver inserts ----------------------------------------------------
 
 
-def fill_sqlite(path: str, synth: Synth, n: int, first: int, *, batch_size: int = 2000, id_prefix: str,
-                rolled_up: bool, tags: bool = True, commit_every: int = 100_000) -> int:
+def fill_sqlite(
+    path: str,
+    synth: Synth,
+    n: int,
+    first: int,
+    *,
+    batch_size: int = 2000,
+    id_prefix: str,
+    rolled_up: bool,
+    tags: bool = True,
+    commit_every: int = 100_000,
+) -> int:
     """Append ``n`` synthetic events (in ingest batches of ``batch_size``) with sqlite3.executemany."""
     import sqlite3
 
@@ -356,10 +461,13 @@ def fill_sqlite(path: str, synth: Synth, n: int, first: int, *, batch_size: int 
     ev_sql = f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"
     since = 0
     conn.execute("BEGIN")
-    for batch_id, rows, tag_rows in synth.raw_rows(n, first, batch_size, id_prefix=id_prefix, dialect="sqlite",
-                                                   tags=tags):
-        conn.execute("INSERT INTO ingest_batches (batch_id, created_at, source, rolled_up) VALUES (?, ?, ?, ?)",
-                     (batch_id, f"2025-04-01 00:00:00.{first // batch_size % 1000000:06d}", "bench", int(rolled_up)))
+    for batch_id, rows, tag_rows in synth.raw_rows(
+        n, first, batch_size, id_prefix=id_prefix, dialect="sqlite", tags=tags
+    ):
+        conn.execute(
+            "INSERT INTO ingest_batches (batch_id, created_at, source, rolled_up) VALUES (?, ?, ?, ?)",
+            (batch_id, f"2025-04-01 00:00:00.{first // batch_size % 1000000:06d}", "bench", int(rolled_up)),
+        )
         conn.executemany(ev_sql, rows)
         if tag_rows:
             conn.executemany("INSERT INTO event_tags (event_id, key, value) VALUES (?, ?, ?)", tag_rows)
@@ -373,8 +481,17 @@ def fill_sqlite(path: str, synth: Synth, n: int, first: int, *, batch_size: int 
     return n
 
 
-def fill_pg(dsn: str, synth: Synth, n: int, first: int, *, batch_size: int = 2000, id_prefix: str,
-            rolled_up: bool, tags: bool = True) -> int:
+def fill_pg(
+    dsn: str,
+    synth: Synth,
+    n: int,
+    first: int,
+    *,
+    batch_size: int = 2000,
+    id_prefix: str,
+    rolled_up: bool,
+    tags: bool = True,
+) -> int:
     """Append ``n`` synthetic events with psycopg COPY, in transactions of ~100k events."""
     import psycopg
 
@@ -385,7 +502,9 @@ def fill_pg(dsn: str, synth: Synth, n: int, first: int, *, batch_size: int = 200
 
         def flush() -> None:
             with conn.cursor() as cur:
-                with cur.copy("COPY ingest_batches (batch_id, created_at, source, rolled_up) FROM STDIN") as cp:
+                with cur.copy(
+                    "COPY ingest_batches (batch_id, created_at, source, rolled_up) FROM STDIN"
+                ) as cp:
                     for bid, _, _ in batches:
                         cp.write_row((bid, datetime(2025, 4, 1, tzinfo=UTC), "bench", rolled_up))
                 with cur.copy(f"COPY events ({', '.join(EVENT_COLUMNS)}) FROM STDIN") as cp:

@@ -1,6 +1,7 @@
 """Run ledger.testing.StandIn in its own process (so its threads never share the benchmark's GIL).
 
 Prints the base URL on one line, then serves until stdin closes or SIGTERM."""
+
 import signal
 import sys
 

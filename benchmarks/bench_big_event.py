@@ -25,31 +25,48 @@ import httpx
 
 def _body(mb: int) -> bytes:
     content = "word " * (mb * 200_000)
-    first = {"id": "chatcmpl-1", "model": "gpt-oss-120b",
-             "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}]}
-    final = {"id": "chatcmpl-1", "model": "gpt-oss-120b", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
-             "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}}
-    return (b"data: " + json.dumps(first).encode() + b"\n\ndata: " + json.dumps(final).encode()
-            + b"\n\ndata: [DONE]\n\n")
+    first = {
+        "id": "chatcmpl-1",
+        "model": "gpt-oss-120b",
+        "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}],
+    }
+    final = {
+        "id": "chatcmpl-1",
+        "model": "gpt-oss-120b",
+        "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3},
+    }
+    return (
+        b"data: "
+        + json.dumps(first).encode()
+        + b"\n\ndata: "
+        + json.dumps(final).encode()
+        + b"\n\ndata: [DONE]\n\n"
+    )
 
 
 def _serve(sock: socket.socket, body: bytes) -> None:
-    head = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: %d\r\n"
-            b"connection: close\r\n\r\n" % len(body))
+    head = (
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: %d\r\n"
+        b"connection: close\r\n\r\n" % len(body)
+    )
     while True:
         conn, _ = sock.accept()
         req = b""
         while b"\r\n\r\n" not in req:
             req += conn.recv(65536)
         top, _, rest = req.partition(b"\r\n\r\n")
-        length = next(int(line.split(b":")[1]) for line in top.split(b"\r\n")
-                      if line.lower().startswith(b"content-length"))
+        length = next(
+            int(line.split(b":")[1])
+            for line in top.split(b"\r\n")
+            if line.lower().startswith(b"content-length")
+        )
         while len(rest) < length:
             rest += conn.recv(65536)
         conn.sendall(head)
         view = memoryview(body)
         for at in range(0, len(body), 1 << 20):
-            conn.sendall(view[at:at + (1 << 20)])
+            conn.sendall(view[at : at + (1 << 20)])
         conn.shutdown(socket.SHUT_WR)
         conn.recv(10)
         conn.close()
@@ -74,8 +91,9 @@ def main() -> None:
     args.add_argument("--rounds", type=int, default=5)
     opts = args.parse_args()
     home = tempfile.mkdtemp(prefix="bench-big-")
-    os.environ.update(LEDGER_HOME=home, LEDGER_DATABASE_URL=f"sqlite:///{home}/ledger.db",
-                      LEDGER_SPOOL_DIR=f"{home}/spool")
+    os.environ.update(
+        LEDGER_HOME=home, LEDGER_DATABASE_URL=f"sqlite:///{home}/ledger.db", LEDGER_SPOOL_DIR=f"{home}/spool"
+    )
     import ledger
 
     sock = socket.socket()
@@ -90,8 +108,10 @@ def main() -> None:
         times["instrumented"].append(_read(instrumented, url))
     instrumented.close()
     b, i = statistics.median(times["bare"]), statistics.median(times["instrumented"])
-    print(f"{opts.mb} MB event: bare httpx {b:.3f} s CPU, instrumented {i:.3f} s CPU, ratio {i / b:.2f}x "
-          f"(target <= 1.5x)")
+    print(
+        f"{opts.mb} MB event: bare httpx {b:.3f} s CPU, instrumented {i:.3f} s CPU, ratio {i / b:.2f}x "
+        f"(target <= 1.5x)"
+    )
 
 
 if __name__ == "__main__":

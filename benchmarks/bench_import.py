@@ -101,19 +101,49 @@ def main(quick: bool) -> dict[str, Any]:
             rss[k].append(r)
     m = {k: median(v) for k, v in wall.items()}
     mr = {k: median(v) for k, v in rss.items()}
-    rows.append(row(fig, "`python -c 'import ledger'` wall", value=m["ledger"], unit="s",
-                    baseline_name="`python -c pass`", baseline=m["pass"],
-                    import_cost_s=m["ledger"] - m["pass"], runs=runs))
-    rows.append(row(fig, "import ledger − python startup", value=m["ledger"] - m["pass"], unit="s",
-                    baseline_name="import httpx − python startup", baseline=m["httpx"] - m["pass"],
-                    note="the ledger's own import on top of httpx is value − baseline"))
-    rows.append(row(fig, "import ledger peak RSS delta", value=mr["ledger"] - mr["pass"], unit="MiB",
-                    baseline_name="import httpx peak RSS delta", baseline=mr["httpx"] - mr["pass"],
-                    python_pass_rss_mib=mr["pass"], ledger_rss_mib=mr["ledger"]))
+    rows.append(
+        row(
+            fig,
+            "`python -c 'import ledger'` wall",
+            value=m["ledger"],
+            unit="s",
+            baseline_name="`python -c pass`",
+            baseline=m["pass"],
+            import_cost_s=m["ledger"] - m["pass"],
+            runs=runs,
+        )
+    )
+    rows.append(
+        row(
+            fig,
+            "import ledger − python startup",
+            value=m["ledger"] - m["pass"],
+            unit="s",
+            baseline_name="import httpx − python startup",
+            baseline=m["httpx"] - m["pass"],
+            note="the ledger's own import on top of httpx is value − baseline",
+        )
+    )
+    rows.append(
+        row(
+            fig,
+            "import ledger peak RSS delta",
+            value=mr["ledger"] - mr["pass"],
+            unit="MiB",
+            baseline_name="import httpx peak RSS delta",
+            baseline=mr["httpx"] - mr["pass"],
+            python_pass_rss_mib=mr["pass"],
+            ledger_rss_mib=mr["ledger"],
+        )
+    )
 
     # -- the wrapper's first call ----------------------------------------------------------
-    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "_standin.py")], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(HERE, "_standin.py")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None and proc.stdin is not None
     url = proc.stdout.readline().strip()
     try:
@@ -142,18 +172,49 @@ def main(quick: bool) -> dict[str, Any]:
         proc.stdin.close()
         proc.wait(10)
     first, bare = median(firsts["ledger"]), median(firsts["bare"])
-    rows.append(row(fig, "first call: import + client + 1 call (in-process)", value=first, unit="s",
-                    baseline_name="same with bare httpx", baseline=bare, target="≤ 0.35 s", ok=first <= 0.35,
-                    max_s=max(firsts["ledger"]), process_wall_s=median(procs["ledger"]),
-                    bare_process_wall_s=median(procs["bare"]), runs=runs,
-                    note="the target is absolute; the ratio is against bare httpx measured interleaved"))
-    rows.append(row(fig, "first call process peak RSS", value=median(frss["ledger"]), unit="MiB",
-                    baseline_name="bare httpx process", baseline=median(frss["bare"])))
-    bad = sorted(loaded_call & {"pandas", "alembic"}) + sorted((loaded_flush - loaded_call) & {"pandas", "alembic"})
-    rows.append(row(fig, "pandas, alembic not in sys.modules after first call (and after flush)",
-                    value=float(not bad), unit="bool", target="not loaded", ok=not bad,
-                    loaded_after_call=sorted(loaded_call), loaded_after_flush=sorted(loaded_flush),
-                    all_flushed=flushed))
+    rows.append(
+        row(
+            fig,
+            "first call: import + client + 1 call (in-process)",
+            value=first,
+            unit="s",
+            baseline_name="same with bare httpx",
+            baseline=bare,
+            target="≤ 0.35 s",
+            ok=first <= 0.35,
+            max_s=max(firsts["ledger"]),
+            process_wall_s=median(procs["ledger"]),
+            bare_process_wall_s=median(procs["bare"]),
+            runs=runs,
+            note="the target is absolute; the ratio is against bare httpx measured interleaved",
+        )
+    )
+    rows.append(
+        row(
+            fig,
+            "first call process peak RSS",
+            value=median(frss["ledger"]),
+            unit="MiB",
+            baseline_name="bare httpx process",
+            baseline=median(frss["bare"]),
+        )
+    )
+    bad = sorted(loaded_call & {"pandas", "alembic"}) + sorted(
+        (loaded_flush - loaded_call) & {"pandas", "alembic"}
+    )
+    rows.append(
+        row(
+            fig,
+            "pandas, alembic not in sys.modules after first call (and after flush)",
+            value=float(not bad),
+            unit="bool",
+            target="not loaded",
+            ok=not bad,
+            loaded_after_call=sorted(loaded_call),
+            loaded_after_flush=sorted(loaded_flush),
+            all_flushed=flushed,
+        )
+    )
     notes["loaded_after_first_call"] = sorted(loaded_call)
     notes["loaded_after_flush"] = sorted(loaded_flush)
     return {"rows": rows, "notes": notes}

@@ -43,7 +43,9 @@ from _common import (
 )
 
 
-def _prepare(events: list[Any], dialect: str) -> list[tuple[list[tuple[Any, ...]], list[tuple[str, str, str]]]]:
+def _prepare(
+    events: list[Any], dialect: str
+) -> list[tuple[list[tuple[Any, ...]], list[tuple[str, str, str]]]]:
     """The rows ``store.insert_events`` would hand the driver, per event (batch id filled later)."""
     import json
 
@@ -69,7 +71,9 @@ class _RawSQLite:
         self.conn = sqlite3.connect(path, isolation_level=None, timeout=30)
         for p in ("PRAGMA synchronous=NORMAL", "PRAGMA foreign_keys=ON", "PRAGMA busy_timeout=30000"):
             self.conn.execute(p)
-        self.sql = f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"
+        self.sql = (
+            f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"
+        )
         self.n = 0
 
     def write(self, prepared: list[Any]) -> None:
@@ -77,11 +81,15 @@ class _RawSQLite:
         bid = f"raw-{self.n:032d}"[:36]
         c = self.conn
         c.execute("BEGIN IMMEDIATE")
-        c.execute("INSERT INTO ingest_batches (batch_id, created_at, source, rolled_up) VALUES (?, ?, 'raw', 0)",
-                  (bid, datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")))
+        c.execute(
+            "INSERT INTO ingest_batches (batch_id, created_at, source, rolled_up) VALUES (?, ?, 'raw', 0)",
+            (bid, datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")),
+        )
         c.executemany(self.sql, [(*p[:-1], bid) for p, _ in prepared])
-        c.executemany("INSERT INTO event_tags (event_id, key, value) VALUES (?, ?, ?)",
-                      [t for _, tags in prepared for t in tags])
+        c.executemany(
+            "INSERT INTO event_tags (event_id, key, value) VALUES (?, ?, ?)",
+            [t for _, tags in prepared for t in tags],
+        )
         c.execute("COMMIT")
 
     def close(self) -> None:
@@ -102,8 +110,11 @@ class _RawPG:
         self.n += 1
         bid = f"raw-{self.n:032d}"[:36]
         with self.conn.cursor() as cur:
-            cur.execute("INSERT INTO ingest_batches (batch_id, created_at, source, rolled_up) "
-                        "VALUES (%s, %s, 'raw', false)", (bid, datetime.now(UTC)))
+            cur.execute(
+                "INSERT INTO ingest_batches (batch_id, created_at, source, rolled_up) "
+                "VALUES (%s, %s, 'raw', false)",
+                (bid, datetime.now(UTC)),
+            )
             with cur.copy(self.copy_events) as cp:
                 for p, _ in prepared:
                     cp.write_row((*p[:-1], bid))
@@ -122,7 +133,10 @@ def _ingest(backend: str, n: int, batch: int, seed: int) -> dict[str, Any]:
 
     tmp = scratch("ing")
     events = Synth(seed).events(n)
-    lines = [journal.spool.split_lines(__import__("ledger.journal.codec", fromlist=["encode"]).encode(e))[0][0] for e in events]
+    lines = [
+        journal.spool.split_lines(__import__("ledger.journal.codec", fromlist=["encode"]).encode(e))[0][0]
+        for e in events
+    ]
     with _MaybeSchemas(backend) as (url_a, url_b, dsn_b):
         new_ledger(url_a)
         new_ledger(url_b)
@@ -139,8 +153,8 @@ def _ingest(backend: str, n: int, batch: int, seed: int) -> dict[str, Any]:
             per_ledger: list[float] = []
             per_raw: list[float] = []
             for k, i in enumerate(range(warm, n, batch)):
-                chunk_l, chunk_r = lines[i:i + batch], prepared[i:i + batch]
-                for which in (("ledger", "raw") if k % 2 == 0 else ("raw", "ledger")):
+                chunk_l, chunk_r = lines[i : i + batch], prepared[i : i + batch]
+                for which in ("ledger", "raw") if k % 2 == 0 else ("raw", "ledger"):
                     t0 = time.perf_counter()
                     if which == "ledger":
                         journal.writer.write_lines(sink, reject, chunk_l, trusted=True)
@@ -157,9 +171,14 @@ def _ingest(backend: str, n: int, batch: int, seed: int) -> dict[str, Any]:
             sink.dispose()
             raw.close()
         rejected = (Path(tmp) / "rejected.jsonl").exists()
-    return {"ledger_eps": counted / t_ledger, "raw_eps": counted / t_raw, "events": counted,
-            "ledger_us_per_event_median_batch": median(per_ledger) * 1e6,
-            "raw_us_per_event_median_batch": median(per_raw) * 1e6, "rejected_any": rejected}
+    return {
+        "ledger_eps": counted / t_ledger,
+        "raw_eps": counted / t_raw,
+        "events": counted,
+        "ledger_us_per_event_median_batch": median(per_ledger) * 1e6,
+        "raw_us_per_event_median_batch": median(per_raw) * 1e6,
+        "rejected_any": rejected,
+    }
 
 
 class _MaybeSchemas:
@@ -227,31 +246,68 @@ def main(quick: bool) -> dict[str, Any]:
         backends.append("PostgreSQL")
     for backend in backends:
         for batch, count, target in ((2000, n, 0.5), (50, n_small, 0.0)):
+
             def run(backend: str = backend, count: int = count, batch: int = batch) -> dict[str, Any]:
                 return _ingest(backend, count, batch, seed=11 + batch)
 
             r = run() if backend == "SQLite" else with_pg_retry(run, f"ingest batch {batch}", notes)
             if r is None:
-                rows.append(row(fig, f"writer path events/s, batches of {batch} ({backend})", value=None, unit="",
-                                verdict="ERROR", why="PostgreSQL went away twice (stopped by another test?)"))
+                rows.append(
+                    row(
+                        fig,
+                        f"writer path events/s, batches of {batch} ({backend})",
+                        value=None,
+                        unit="",
+                        verdict="ERROR",
+                        why="PostgreSQL went away twice (stopped by another test?)",
+                    )
+                )
                 continue
             ratio = r["ledger_eps"] / r["raw_eps"]
             raw_name = "raw sqlite3.executemany" if backend == "SQLite" else "raw psycopg COPY"
-            rows.append(row(fig, f"writer path events/s, batches of {batch} ({backend})", value=r["ledger_eps"],
-                            unit="ev/s", baseline_name=raw_name, baseline=r["raw_eps"], ratio=ratio,
-                            target="≥ 50 % of raw" if target else "", ok=(ratio >= target) if target else None,
-                            **{k: v for k, v in r.items() if k not in ("ledger_eps", "raw_eps")}))
+            rows.append(
+                row(
+                    fig,
+                    f"writer path events/s, batches of {batch} ({backend})",
+                    value=r["ledger_eps"],
+                    unit="ev/s",
+                    baseline_name=raw_name,
+                    baseline=r["raw_eps"],
+                    ratio=ratio,
+                    target="≥ 50 % of raw" if target else "",
+                    ok=(ratio >= target) if target else None,
+                    **{k: v for k, v in r.items() if k not in ("ledger_eps", "raw_eps")},
+                )
+            )
     if pg_why is not None:
         rows.append(row(fig, "PostgreSQL ingest", value=None, unit="", verdict="skipped", why=pg_why))
 
     s = _spool(5_000 if quick else 30_000)
     a50, b50 = median(s["append"]) * 1e6, median(s["write"]) * 1e6
     a99, b99 = pct(s["append"], 99) * 1e6, pct(s["write"], 99) * 1e6
-    rows.append(row(fig, "spool Journal.append per event, median", value=a50, unit="µs",
-                    baseline_name="os.write of the encoded line", baseline=b50, appends=len(s["append"]),
-                    mean_us=sum(s["append"]) / len(s["append"]) * 1e6, drained=s["drained"],
-                    bytes_per_event=round(s["bytes_per_event"], 1),
-                    note="live journal: its writer thread drains into SQLite meanwhile (GIL shared)"))
-    rows.append(row(fig, "spool Journal.append per event, p99", value=a99, unit="µs",
-                    baseline_name="os.write of the encoded line", baseline=b99))
+    rows.append(
+        row(
+            fig,
+            "spool Journal.append per event, median",
+            value=a50,
+            unit="µs",
+            baseline_name="os.write of the encoded line",
+            baseline=b50,
+            appends=len(s["append"]),
+            mean_us=sum(s["append"]) / len(s["append"]) * 1e6,
+            drained=s["drained"],
+            bytes_per_event=round(s["bytes_per_event"], 1),
+            note="live journal: its writer thread drains into SQLite meanwhile (GIL shared)",
+        )
+    )
+    rows.append(
+        row(
+            fig,
+            "spool Journal.append per event, p99",
+            value=a99,
+            unit="µs",
+            baseline_name="os.write of the encoded line",
+            baseline=b99,
+        )
+    )
     return {"rows": rows, "notes": notes}

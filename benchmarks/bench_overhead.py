@@ -38,8 +38,14 @@ MESSAGES = [{"role": "user", "content": "hello there"}]
 
 
 class Variant:
-    def __init__(self, name: str, call: Callable[[], Any], flush: Callable[[], Any] | None = None,
-                 writer_cpu: Callable[[], float] | None = None, every: int = 1) -> None:
+    def __init__(
+        self,
+        name: str,
+        call: Callable[[], Any],
+        flush: Callable[[], Any] | None = None,
+        writer_cpu: Callable[[], float] | None = None,
+        every: int = 1,
+    ) -> None:
         self.name = name
         self.call = call
         self.flush = flush
@@ -70,12 +76,17 @@ def _bare(url: str, stream: bool) -> Callable[[], Any]:
 
     http = httpx.Client(timeout=30)
     target = f"{url}/v1/chat/completions"
-    headers = {"authorization": "Bearer k", "content-type": "application/json",
-               "accept": "text/event-stream" if stream else "application/json"}
+    headers = {
+        "authorization": "Bearer k",
+        "content-type": "application/json",
+        "accept": "text/event-stream" if stream else "application/json",
+    }
     body: dict[str, Any] = {"model": MODEL, "messages": MESSAGES}
     if not stream:
+
         def call() -> Any:
             return http.post(target, content=json.dumps(body).encode(), headers=headers).json()
+
         return call
     sbody = {**body, "stream": True}
 
@@ -86,11 +97,13 @@ def _bare(url: str, stream: bool) -> Callable[[], Any]:
                 if line.startswith("data: ") and line[6:] != "[DONE]":
                     last = json.loads(line[6:])
         return last
+
     return call_stream
 
 
-def _wrapper(url: str, db: str, spool: str, stream: bool,
-             record: bool = True) -> tuple[Callable[[], Any], Callable[[], Any], Any]:
+def _wrapper(
+    url: str, db: str, spool: str, stream: bool, record: bool = True
+) -> tuple[Callable[[], Any], Callable[[], Any], Any]:
     """``CerebrasClient`` calls; with ``record=False`` its recording transport is swapped for a
     plain ``httpx.HTTPTransport``: the baseline that isolates what recording costs in the client."""
     import httpx
@@ -102,14 +115,17 @@ def _wrapper(url: str, db: str, spool: str, stream: bool,
         client.transport = httpx.HTTPTransport()  # type: ignore[assignment]
     create = client.chat.completions.create
     if not stream:
+
         def call() -> Any:
             return create(model=MODEL, messages=MESSAGES)
     else:
+
         def call() -> Any:
             last = None
             for chunk in create(model=MODEL, messages=MESSAGES, stream=True):
                 last = chunk
             return last
+
     if not record:
         return call, None, None  # type: ignore[return-value]
     return call, lambda: client.flush(60), _writer_cpu(client.transport.journal)
@@ -127,14 +143,17 @@ def _sdk(url: str, stream: bool, db: str | None, spool: str | None) -> tuple[Cal
     sdk = Cerebras(api_key="k", base_url=url, warm_tcp_connection=False, max_retries=0, http_client=http)
     create = sdk.chat.completions.create
     if not stream:
+
         def call() -> Any:
             return create(model=MODEL, messages=MESSAGES)  # type: ignore[arg-type]
     else:
+
         def call() -> Any:
             last = None
             for chunk in create(model=MODEL, messages=MESSAGES, stream=True):  # type: ignore[arg-type]
                 last = chunk
             return last
+
     if db is None:
         return call, None, None
     j = http._transport.journal
@@ -157,6 +176,7 @@ def _writer_cpu(journal: Any) -> Callable[[], float] | None:
             return (int(fields[11]) + int(fields[12])) / tick  # utime, stime
         except (OSError, IndexError, ValueError):
             return 0.0
+
     return cpu
 
 
@@ -165,15 +185,18 @@ def _litellm(url: str, stream: bool) -> Callable[[], Any]:
 
     kw = {"model": f"cerebras/{MODEL}", "messages": MESSAGES, "api_base": f"{url}/v1", "api_key": "k"}
     if not stream:
+
         def call() -> Any:
             r = litellm.completion(**kw)
             return r._hidden_params["response_cost"]  # litellm's own cost tracking, computed in completion()
+
         return call
 
     def call_stream() -> Any:
         chunks = list(litellm.completion(**kw, stream=True, stream_options={"include_usage": True}))
         built = litellm.stream_chunk_builder(chunks, messages=MESSAGES)
         return litellm.completion_cost(completion_response=built)  # the documented way for streams
+
     return call_stream
 
 
@@ -182,9 +205,11 @@ def litellm_status() -> tuple[bool, str]:
     try:
         import litellm
     except Exception as exc:  # noqa: BLE001
-        return False, (f"not installed: `import litellm` fails in this venv ({type(exc).__name__}); "
-                       "`.venv/bin/pip install litellm` adds ~35 packages (tokenizers, huggingface_hub, "
-                       "aiohttp, boto3, ...), so it is not a dependency")
+        return False, (
+            f"not installed: `import litellm` fails in this venv ({type(exc).__name__}); "
+            "`.venv/bin/pip install litellm` adds ~35 packages (tokenizers, huggingface_hub, "
+            "aiohttp, boto3, ...), so it is not a dependency"
+        )
     litellm.suppress_debug_info = True
     litellm.telemetry = False
     from importlib.metadata import version
@@ -223,24 +248,54 @@ def _run_mode(variants: list[Variant], rounds: int, block: int, warm: int, seed:
             v.cpu.append((time.process_time() + v.writer_cpu() - c0) / block)
 
 
-def _compare(fig: str, label: str, mode: str, backend: str, v: Variant, base: Variant, target: float,
-             drain_rows: bool = True) -> list[dict[str, Any]]:
+def _compare(
+    fig: str,
+    label: str,
+    mode: str,
+    backend: str,
+    v: Variant,
+    base: Variant,
+    target: float,
+    drain_rows: bool = True,
+) -> list[dict[str, Any]]:
     out = []
     tgt = f"≤ {target:.2f}×" if target else ""
     for stat, fn in (("median", median), ("p99", lambda xs: pct(xs, 99))):
         a, b = fn(v.times), fn(base.times)
         ratio = a / b
-        out.append(row(fig, f"{label} {mode} {stat} ({backend})", value=a, unit="s", baseline_name=f"{base.name} {stat}",
-                       baseline=b, ratio=ratio, target=tgt, ok=(ratio <= target) if target else None,
-                       calls=len(v.times), baseline_calls=len(base.times), extra_us=round((a - b) * 1e6, 1)))
+        out.append(
+            row(
+                fig,
+                f"{label} {mode} {stat} ({backend})",
+                value=a,
+                unit="s",
+                baseline_name=f"{base.name} {stat}",
+                baseline=b,
+                ratio=ratio,
+                target=tgt,
+                ok=(ratio <= target) if target else None,
+                calls=len(v.times),
+                baseline_calls=len(base.times),
+                extra_us=round((a - b) * 1e6, 1),
+            )
+        )
     if drain_rows:
         a, b = median(v.cpu), median(base.cpu)
-        out.append(row(fig, f"{label} {mode} CPU/call incl. writer ({backend})", value=a, unit="s",
-                       baseline_name=f"{base.name} CPU/call", baseline=b, extra_us=round((a - b) * 1e6, 1),
-                       median_flush_after_block_s=median(v.drains) if v.drains else None,
-                       note="CPU time per call of this process (all threads: caller and ledger writer "
-                            "thread) plus the writer process's, if any, over a block of calls and the "
-                            "flush after it; median over blocks"))
+        out.append(
+            row(
+                fig,
+                f"{label} {mode} CPU/call incl. writer ({backend})",
+                value=a,
+                unit="s",
+                baseline_name=f"{base.name} CPU/call",
+                baseline=b,
+                extra_us=round((a - b) * 1e6, 1),
+                median_flush_after_block_s=median(v.drains) if v.drains else None,
+                note="CPU time per call of this process (all threads: caller and ledger writer "
+                "thread) plus the writer process's, if any, over a block of calls and the "
+                "flush after it; median over blocks",
+            )
+        )
     return out
 
 
@@ -252,13 +307,21 @@ def main(quick: bool) -> dict[str, Any]:
     warm = 50 if quick else 200
     tmp = scratch("ovh")
     os.environ["LEDGER_HOME"] = tmp
-    notes: dict[str, Any] = {"calls_per_variant": n_calls, "block": block, "rounds": rounds,
-                             "request": f"{MODEL}, 1 message, 12 completion tokens (stand-in default)"}
+    notes: dict[str, Any] = {
+        "calls_per_variant": n_calls,
+        "block": block,
+        "rounds": rounds,
+        "request": f"{MODEL}, 1 message, 12 completion tokens (stand-in default)",
+    }
     has_litellm, why = litellm_status()
     notes["litellm"] = why
     pg_why = pg_reachable()
-    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "_standin.py")], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(HERE, "_standin.py")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None
     url = proc.stdout.readline().strip()
     rows: list[dict[str, Any]] = []
@@ -271,8 +334,10 @@ def main(quick: bool) -> dict[str, Any]:
             for mode, stream in (("non-stream", False), ("stream", True)):
                 bare = Variant("bare httpx", _bare(url, stream))
                 sdk_bare = Variant("SDK without instrument()", _sdk(url, stream, None, None)[0])
-                plain = Variant("CerebrasClient without recording",
-                                _wrapper(url, f"sqlite:///{tmp}/unused.db", f"{tmp}/spool-unused", stream, False)[0])
+                plain = Variant(
+                    "CerebrasClient without recording",
+                    _wrapper(url, f"sqlite:///{tmp}/unused.db", f"{tmp}/spool-unused", stream, False)[0],
+                )
                 variants = [bare, sdk_bare, plain]
                 per_backend = {}
                 for bname, (db, spool) in backends.items():
@@ -280,7 +345,9 @@ def main(quick: bool) -> dict[str, Any]:
                         label = bname if writer == "thread" else f"{bname}, writer process"
                         with _writer_mode(writer):  # the journal is made (and its mode read) here
                             w = Variant(f"wrapper {label}", *_wrapper(url, db, f"{spool}-{writer}", stream))
-                            s = Variant(f"SDK+instrument {label}", *_sdk(url, stream, db, f"{spool}-{writer}"))
+                            s = Variant(
+                                f"SDK+instrument {label}", *_sdk(url, stream, db, f"{spool}-{writer}")
+                            )
                         variants += [w, s]
                         per_backend[label] = (w, s)
                 lite = None
@@ -291,17 +358,21 @@ def main(quick: bool) -> dict[str, Any]:
                 for bname, (w, s) in per_backend.items():
                     rows += _compare(fig, "CerebrasClient", mode, bname, w, bare, 1.10)
                     rows += _compare(fig, "SDK+instrument()", mode, bname, s, sdk_bare, 1.05)
-                    rows += _compare(fig, "CerebrasClient recording cost", mode, bname, w, plain, 0,
-                                     drain_rows=False)
+                    rows += _compare(
+                        fig, "CerebrasClient recording cost", mode, bname, w, plain, 0, drain_rows=False
+                    )
                 if lite is not None:
                     rows += _compare(fig, "LiteLLM+cost (peer)", mode, "no ledger", lite, bare, 0)
                 notes[f"{mode} medians_us"] = {v.name: round(median(v.times) * 1e6, 1) for v in variants}
                 notes[f"{mode} blocks_whose_flush_waited_for_postgresql"] = {
-                    v.name: v.interrupted for v in variants if v.interrupted}
+                    v.name: v.interrupted for v in variants if v.interrupted
+                }
             if pg_why is not None:
                 rows.append(row(fig, "PostgreSQL rows", value=None, unit="", verdict="skipped", why=pg_why))
             if not has_litellm:
-                rows.append(row(fig, "LiteLLM+cost (peer)", value=None, unit="", verdict="not installed", why=why))
+                rows.append(
+                    row(fig, "LiteLLM+cost (peer)", value=None, unit="", verdict="not installed", why=why)
+                )
             # sanity: every call became exactly one event
             import ledger.journal
 

@@ -97,13 +97,19 @@ def _one_size(n: int, reps: int) -> dict[str, Any]:
 
         def report_sql() -> None:
             with engine.connect() as conn:
-                conn.execute(text(
-                    "SELECT model, status, kind, free, priced, sum(events), sum(prompt_tokens), "
-                    "sum(completion_tokens), sum(total_tokens), sum(cost_nanos), sum(list_cost_nanos) "
-                    "FROM usage_rollup WHERE project = :p AND bucket >= :s AND bucket < :e "
-                    "GROUP BY model, status, kind, free, priced"),
-                    {"p": PROJECT, "s": bounds[0].strftime("%Y-%m-%d %H:%M:%S.%f"),
-                     "e": bounds[-1].strftime("%Y-%m-%d %H:%M:%S.%f")}).all()
+                conn.execute(
+                    text(
+                        "SELECT model, status, kind, free, priced, sum(events), sum(prompt_tokens), "
+                        "sum(completion_tokens), sum(total_tokens), sum(cost_nanos), sum(list_cost_nanos) "
+                        "FROM usage_rollup WHERE project = :p AND bucket >= :s AND bucket < :e "
+                        "GROUP BY model, status, kind, free, priced"
+                    ),
+                    {
+                        "p": PROJECT,
+                        "s": bounds[0].strftime("%Y-%m-%d %H:%M:%S.%f"),
+                        "e": bounds[-1].strftime("%Y-%m-%d %H:%M:%S.%f"),
+                    },
+                ).all()
 
         report()  # warm: pandas import, statement caches
         rt, rb = [], []
@@ -121,13 +127,16 @@ def _one_size(n: int, reps: int) -> dict[str, Any]:
 
         def export_sql() -> None:
             with engine.connect() as conn:
-                conn.execute(text(
-                    "SELECT project, route, book, coalesce(served_model, requested_model, ''), price_id, free, "
-                    "sum(coalesce(prompt_tokens, 0) - coalesce(cached_tokens, 0)), sum(coalesce(cached_tokens, 0)), "
-                    "sum(coalesce(completion_tokens, 0)), sum(coalesce(total_tokens, 0)), sum(cost_nanos) "
-                    "FROM events WHERE occurred_at >= :s AND occurred_at < :e AND cost_nanos IS NOT NULL "
-                    "GROUP BY project, route, book, coalesce(served_model, requested_model, ''), price_id, free"),
-                    {"s": "2025-03-01 00:00:00.000000", "e": "2025-04-01 00:00:00.000000"}).all()
+                conn.execute(
+                    text(
+                        "SELECT project, route, book, coalesce(served_model, requested_model, ''), price_id, free, "
+                        "sum(coalesce(prompt_tokens, 0) - coalesce(cached_tokens, 0)), sum(coalesce(cached_tokens, 0)), "
+                        "sum(coalesce(completion_tokens, 0)), sum(coalesce(total_tokens, 0)), sum(cost_nanos) "
+                        "FROM events WHERE occurred_at >= :s AND occurred_at < :e AND cost_nanos IS NOT NULL "
+                        "GROUP BY project, route, book, coalesce(served_model, requested_model, ''), price_id, free"
+                    ),
+                    {"s": "2025-03-01 00:00:00.000000", "e": "2025-04-01 00:00:00.000000"},
+                ).all()
 
         fb = _times(export_sql, 1)
         t0 = time.perf_counter()
@@ -148,10 +157,14 @@ def _one_size(n: int, reps: int) -> dict[str, Any]:
 
 def main(quick: bool) -> dict[str, Any]:
     fig = "5 reports"
-    present = {m: importlib.util.find_spec(m) is not None for m in ("ledger.reports.build", "ledger.exports.focus")}
+    present = {
+        m: importlib.util.find_spec(m) is not None for m in ("ledger.reports.build", "ledger.exports.focus")
+    }
     if not all(present.values()):
-        return {"rows": [row(fig, PENDING, value=None, unit="", verdict="pending", modules=present)],
-                "notes": {"modules": present}}
+        return {
+            "rows": [row(fig, PENDING, value=None, unit="", verdict="pending", modules=present)],
+            "notes": {"modules": present},
+        }
     big, small = (100_000, 10_000) if quick else (1_000_000, 100_000)
     reps = 3 if quick else 5
     notes: dict[str, Any] = {"backend": "SQLite only", "project": PROJECT, "zone": TZ}
@@ -163,24 +176,88 @@ def main(quick: bool) -> dict[str, Any]:
         import traceback
 
         notes["error"] = traceback.format_exc()
-        return {"rows": [row(fig, f"reports/FOCUS benchmark failed: {type(exc).__name__}: {exc}"[:160], value=None,
-                             unit="", verdict="ERROR")], "notes": notes}
+        return {
+            "rows": [
+                row(
+                    fig,
+                    f"reports/FOCUS benchmark failed: {type(exc).__name__}: {exc}"[:160],
+                    value=None,
+                    unit="",
+                    verdict="ERROR",
+                )
+            ],
+            "notes": notes,
+        }
     notes["small"], notes["big"] = s, b
     nb, ns = f"{big:,}", f"{small:,}"
-    rows.append(row(fig, f"per-project report (build + HTML + JSON), month of {nb} events", value=b["report_s"],
-                    unit="s", baseline_name="bare SQL GROUP BY on usage_rollup", baseline=b["report_sql_s"],
-                    usage_rollup_rows=b["usage_rollup_rows"]))
-    rows.append(row(fig, f"per-project report time, {nb} vs {ns} events", value=b["report_s"], unit="s",
-                    baseline_name=f"same on {ns}", baseline=s["report_s"]))
-    rows.append(row(fig, f"per-project report peak memory, {nb} vs {ns} events", value=b["report_peak_mib"],
-                    unit="MiB", baseline_name=f"same on {ns}", baseline=s["report_peak_mib"], target=FLAT,
-                    ok=_flat(b["report_peak_mib"], s["report_peak_mib"]), note="tracemalloc peak"))
-    rows.append(row(fig, f"FOCUS export (CSV), first issue, month of {nb} events", value=b["focus_first_s"], unit="s",
-                    baseline_name="bare SQL GROUP BY on the month's events", baseline=b["focus_sql_s"],
-                    focus_rows=b["focus_rows"], reexport_s=b["focus_reexport_s"], file_bytes=b["focus_file_bytes"]))
-    rows.append(row(fig, f"FOCUS export time, {nb} vs {ns} events", value=b["focus_first_s"], unit="s",
-                    baseline_name=f"same on {ns}", baseline=s["focus_first_s"]))
-    rows.append(row(fig, f"FOCUS export peak memory, {nb} vs {ns} events", value=b["focus_peak_mib"], unit="MiB",
-                    baseline_name=f"same on {ns}", baseline=s["focus_peak_mib"], target=FLAT,
-                    ok=_flat(b["focus_peak_mib"], s["focus_peak_mib"]), note="tracemalloc peak of a re-export"))
+    rows.append(
+        row(
+            fig,
+            f"per-project report (build + HTML + JSON), month of {nb} events",
+            value=b["report_s"],
+            unit="s",
+            baseline_name="bare SQL GROUP BY on usage_rollup",
+            baseline=b["report_sql_s"],
+            usage_rollup_rows=b["usage_rollup_rows"],
+        )
+    )
+    rows.append(
+        row(
+            fig,
+            f"per-project report time, {nb} vs {ns} events",
+            value=b["report_s"],
+            unit="s",
+            baseline_name=f"same on {ns}",
+            baseline=s["report_s"],
+        )
+    )
+    rows.append(
+        row(
+            fig,
+            f"per-project report peak memory, {nb} vs {ns} events",
+            value=b["report_peak_mib"],
+            unit="MiB",
+            baseline_name=f"same on {ns}",
+            baseline=s["report_peak_mib"],
+            target=FLAT,
+            ok=_flat(b["report_peak_mib"], s["report_peak_mib"]),
+            note="tracemalloc peak",
+        )
+    )
+    rows.append(
+        row(
+            fig,
+            f"FOCUS export (CSV), first issue, month of {nb} events",
+            value=b["focus_first_s"],
+            unit="s",
+            baseline_name="bare SQL GROUP BY on the month's events",
+            baseline=b["focus_sql_s"],
+            focus_rows=b["focus_rows"],
+            reexport_s=b["focus_reexport_s"],
+            file_bytes=b["focus_file_bytes"],
+        )
+    )
+    rows.append(
+        row(
+            fig,
+            f"FOCUS export time, {nb} vs {ns} events",
+            value=b["focus_first_s"],
+            unit="s",
+            baseline_name=f"same on {ns}",
+            baseline=s["focus_first_s"],
+        )
+    )
+    rows.append(
+        row(
+            fig,
+            f"FOCUS export peak memory, {nb} vs {ns} events",
+            value=b["focus_peak_mib"],
+            unit="MiB",
+            baseline_name=f"same on {ns}",
+            baseline=s["focus_peak_mib"],
+            target=FLAT,
+            ok=_flat(b["focus_peak_mib"], s["focus_peak_mib"]),
+            note="tracemalloc peak of a re-export",
+        )
+    )
     return {"rows": rows, "notes": notes}

@@ -56,7 +56,10 @@ def _copy_tables(engine: Any) -> tuple[Any, Any]:
 
     md = MetaData()
     out = []
-    for src, name in ((UsageRollupRow.__table__, "bench_usage_rollup"), (TagRollupRow.__table__, "bench_tag_rollup")):
+    for src, name in (
+        (UsageRollupRow.__table__, "bench_usage_rollup"),
+        (TagRollupRow.__table__, "bench_tag_rollup"),
+    ):
         out.append(Table(name, md, *[Column(c.name, c.type, primary_key=c.primary_key) for c in src.columns]))
     md.create_all(engine)
     return out[0], out[1]
@@ -76,11 +79,27 @@ class _Ledger:
     def fill(self, n: int, *, prefix: str, rolled_up: bool, tags: bool = True, first: int = 0) -> float:
         t0 = time.perf_counter()
         if self.sqlite:
-            fill_sqlite(self.path, self.synth, n, first, batch_size=BATCH, id_prefix=prefix, rolled_up=rolled_up,
-                        tags=tags)
+            fill_sqlite(
+                self.path,
+                self.synth,
+                n,
+                first,
+                batch_size=BATCH,
+                id_prefix=prefix,
+                rolled_up=rolled_up,
+                tags=tags,
+            )
         else:
-            fill_pg(self.dsn, self.synth, n, first, batch_size=BATCH, id_prefix=prefix, rolled_up=rolled_up,
-                    tags=tags)
+            fill_pg(
+                self.dsn,
+                self.synth,
+                n,
+                first,
+                batch_size=BATCH,
+                id_prefix=prefix,
+                rolled_up=rolled_up,
+                tags=tags,
+            )
         self.size += n
         return time.perf_counter() - t0
 
@@ -113,13 +132,17 @@ class _Ledger:
             p = next(letters)
             take = min(base_n, total - self.size)
             cols = ", ".join(EVENT_COLUMNS)
-            sel = ", ".join(f"'{p}' || substr({c}, 2)" if c in ("event_id", "batch_id") else c for c in EVENT_COLUMNS)
+            sel = ", ".join(
+                f"'{p}' || substr({c}, 2)" if c in ("event_id", "batch_id") else c for c in EVENT_COLUMNS
+            )
             # the base batches 'ab0000000…' up to the one holding row take-1 (fixed-width hex: the
             # comparison means the same in any collation)
             where = f"substr(batch_id, 1, 2) = 'ab' AND substr(batch_id, 3, 7) <= '{(take - 1) // BATCH:07x}'"
-            self.raw(f"INSERT INTO ingest_batches (batch_id, created_at, source, rolled_up) "
-                     f"SELECT '{p}' || substr(batch_id, 2), created_at, source, {true} FROM ingest_batches "
-                     f"WHERE {where}")
+            self.raw(
+                f"INSERT INTO ingest_batches (batch_id, created_at, source, rolled_up) "
+                f"SELECT '{p}' || substr(batch_id, 2), created_at, source, {true} FROM ingest_batches "
+                f"WHERE {where}"
+            )
             self.raw(f"INSERT INTO events ({cols}) SELECT {sel} FROM events WHERE {where}")
             self.size += take
         if not self.sqlite:
@@ -156,9 +179,13 @@ def _bench(backend: str, n: int, big: int, reps: int, noops: int, schema: str | 
     engine = store.make_engine(lg.url)
     try:
         cu, ct = _copy_tables(engine)
-        base_usage = insert(cu).from_select([*ROLLUP_KEY, *ROLLUP_MEASURES], _nowhere(rollup._usage_select(["-"])))
-        base_tag = insert(ct).from_select(["bucket", "project", "key", "value", "events", "total_tokens", "cost_nanos"],
-                                          _nowhere(rollup._tag_select(["-"])))
+        base_usage = insert(cu).from_select(
+            [*ROLLUP_KEY, *ROLLUP_MEASURES], _nowhere(rollup._usage_select(["-"]))
+        )
+        base_tag = insert(ct).from_select(
+            ["bucket", "project", "key", "value", "events", "total_tokens", "cost_nanos"],
+            _nowhere(rollup._tag_select(["-"])),
+        )
 
         def baseline() -> float:
             with store.write_transaction(engine) as conn:
@@ -193,10 +220,14 @@ def _bench(backend: str, n: int, big: int, reps: int, noops: int, schema: str | 
         with engine.connect() as conn:
             out["usage_rollup_rows"] = conn.execute(text("SELECT count(*) FROM usage_rollup")).scalar_one()
             out["tag_rollup_rows"] = conn.execute(text("SELECT count(*) FROM tag_rollup")).scalar_one()
-            same = conn.execute(text("SELECT (SELECT count(*) FROM bench_usage_rollup), "
-                                     "(SELECT coalesce(sum(cost_nanos), 0) FROM bench_usage_rollup), "
-                                     "(SELECT coalesce(sum(cost_nanos), 0) FROM usage_rollup)")).one()
-            out["baseline_matches_ledger"] = (same[0] == out["usage_rollup_rows"] and same[1] == same[2])
+            same = conn.execute(
+                text(
+                    "SELECT (SELECT count(*) FROM bench_usage_rollup), "
+                    "(SELECT coalesce(sum(cost_nanos), 0) FROM bench_usage_rollup), "
+                    "(SELECT coalesce(sum(cost_nanos), 0) FROM usage_rollup)"
+                )
+            ).one()
+            out["baseline_matches_ledger"] = same[0] == out["usage_rollup_rows"] and same[1] == same[2]
 
         def sizes(tag: str) -> None:
             rollup.rollup(engine)  # warm
@@ -247,34 +278,81 @@ def main(quick: bool) -> dict[str, Any]:
         if backend == "SQLite":
             r = _bench(backend, n, big, reps, 30, None)
         else:
+
             def run_pg(big: int = big, reps: int = reps) -> dict[str, Any]:
                 with pg_schema("rollup") as schema:
                     return _bench("PostgreSQL", n, big, reps, 30, schema)
 
             got = with_pg_retry(run_pg, "rollup", notes)
             if got is None:
-                rows.append(row(fig, "PostgreSQL rollups", value=None, unit="", verdict="ERROR",
-                                why="PostgreSQL went away twice (stopped by another test?)"))
+                rows.append(
+                    row(
+                        fig,
+                        "PostgreSQL rollups",
+                        value=None,
+                        unit="",
+                        verdict="ERROR",
+                        why="PostgreSQL went away twice (stopped by another test?)",
+                    )
+                )
                 continue
             r = got
         notes[backend] = r
         led, bl = median(r["ledger_runs_s"]), median(r["baseline_runs_s"])
-        rows.append(row(fig, f"incremental rollup of {n:,} new events ({backend})", value=led, unit="s",
-                        baseline_name="bare INSERT…SELECT…GROUP BY", baseline=bl, target="≤ 1.5×",
-                        ok=led / bl <= 1.5, ledger_runs_s=r["ledger_runs_s"], baseline_runs_s=r["baseline_runs_s"],
-                        usage_rollup_rows=r["usage_rollup_rows"], tag_rollup_rows=r["tag_rollup_rows"],
-                        baseline_matches_ledger=r["baseline_matches_ledger"]))
+        rows.append(
+            row(
+                fig,
+                f"incremental rollup of {n:,} new events ({backend})",
+                value=led,
+                unit="s",
+                baseline_name="bare INSERT…SELECT…GROUP BY",
+                baseline=bl,
+                target="≤ 1.5×",
+                ok=led / bl <= 1.5,
+                ledger_runs_s=r["ledger_runs_s"],
+                baseline_runs_s=r["baseline_runs_s"],
+                usage_rollup_rows=r["usage_rollup_rows"],
+                tag_rollup_rows=r["tag_rollup_rows"],
+                baseline_matches_ledger=r["baseline_matches_ledger"],
+            )
+        )
         s, b = r["size_small"], r["size_big"]
-        rows.append(row(fig, f"no-op rollup on {s:,} events ({backend})", value=r["noop_small_s"], unit="s",
-                        baseline_name="SELECT count(*) FROM events", baseline=r["count_small_s"],
-                        note="a scan of events would cost about the baseline"))
-        rows.append(row(fig, f"no-op rollup on {b:,} vs {s:,} events ({backend})", value=r["noop_big_s"], unit="s",
-                        baseline_name=f"no-op on {s:,}", baseline=r["noop_small_s"], target="≤ 1.5× (flat)",
-                        ok=r["noop_big_s"] / r["noop_small_s"] <= 1.5, count_big_s=r["count_big_s"],
-                        grow_s=r["grow_s"], note="grown rows are copies marked rolled up, without tags"))
-        rows.append(row(fig, f"rollup of 1 new batch (2000 ev) on {b:,} vs {s:,} events ({backend})",
-                        value=r["inc_batch_big_s"], unit="s", baseline_name=f"same on {s:,}",
-                        baseline=r["inc_batch_small_s"]))
+        rows.append(
+            row(
+                fig,
+                f"no-op rollup on {s:,} events ({backend})",
+                value=r["noop_small_s"],
+                unit="s",
+                baseline_name="SELECT count(*) FROM events",
+                baseline=r["count_small_s"],
+                note="a scan of events would cost about the baseline",
+            )
+        )
+        rows.append(
+            row(
+                fig,
+                f"no-op rollup on {b:,} vs {s:,} events ({backend})",
+                value=r["noop_big_s"],
+                unit="s",
+                baseline_name=f"no-op on {s:,}",
+                baseline=r["noop_small_s"],
+                target="≤ 1.5× (flat)",
+                ok=r["noop_big_s"] / r["noop_small_s"] <= 1.5,
+                count_big_s=r["count_big_s"],
+                grow_s=r["grow_s"],
+                note="grown rows are copies marked rolled up, without tags",
+            )
+        )
+        rows.append(
+            row(
+                fig,
+                f"rollup of 1 new batch (2000 ev) on {b:,} vs {s:,} events ({backend})",
+                value=r["inc_batch_big_s"],
+                unit="s",
+                baseline_name=f"same on {s:,}",
+                baseline=r["inc_batch_small_s"],
+            )
+        )
     if pg_why is not None:
         rows.append(row(fig, "PostgreSQL rollups", value=None, unit="", verdict="skipped", why=pg_why))
     return {"rows": rows, "notes": notes}

@@ -44,8 +44,12 @@ def profile_call(calls: int) -> None:
 
     tmp = scratch("prof")
     os.environ["LEDGER_HOME"] = tmp
-    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "_standin.py")], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(HERE, "_standin.py")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None and proc.stdin is not None
     url = proc.stdout.readline().strip()
     try:
@@ -69,13 +73,19 @@ def profile_call(calls: int) -> None:
             a, b = result["bare"], result["instrumented"]
             tot_a = sum(v[1] for v in a.values()) / calls * 1e6
             tot_b = sum(v[1] for v in b.values()) / calls * 1e6
-            print(f"\n== SDK {'stream' if stream else 'non-stream'} call, main thread under cProfile: "
-                  f"{tot_a:.0f} µs/call without instrument(), {tot_b:.0f} with (+{tot_b - tot_a:.0f})")
-            diff = sorted(((b.get(k, (0, 0, 0))[1] - a.get(k, (0, 0, 0))[1]) / calls * 1e6, k) for k in set(a) | set(b))
+            print(
+                f"\n== SDK {'stream' if stream else 'non-stream'} call, main thread under cProfile: "
+                f"{tot_a:.0f} µs/call without instrument(), {tot_b:.0f} with (+{tot_b - tot_a:.0f})"
+            )
+            diff = sorted(
+                ((b.get(k, (0, 0, 0))[1] - a.get(k, (0, 0, 0))[1]) / calls * 1e6, k) for k in set(a) | set(b)
+            )
             print("  own time grown most (µs/call, ncalls/call with instrument):")
             for d, k in reversed(diff[-18:]):
                 print(f"  {d:8.1f}  {b.get(k, (0, 0, 0))[0] / calls:6.1f}  {_name(k)}")
-            ledger_cum = sorted(((v[2] / calls * 1e6, k) for k, v in b.items() if "/ledger/" in k[0]), reverse=True)
+            ledger_cum = sorted(
+                ((v[2] / calls * 1e6, k) for k, v in b.items() if "/ledger/" in k[0]), reverse=True
+            )
             print("  ledger functions by cumulative time (µs/call):")
             for c, k in ledger_cum[:12]:
                 print(f"  {c:8.1f}  {_name(k)}")
@@ -108,7 +118,7 @@ def profile_writer(n: int) -> None:
             prof = cProfile.Profile()
             prof.enable()
             for i in range(2000, n + 2000, 2000):
-                journal.writer.write_lines(sink, reject, lines[i:i + 2000])
+                journal.writer.write_lines(sink, reject, lines[i : i + 2000])
             prof.disable()
             sink.dispose()
         finally:
@@ -121,7 +131,9 @@ def profile_writer(n: int) -> None:
         for k, v in sorted(st.items(), key=lambda kv: -kv[1][1])[:14]:
             print(f"  {v[1] / n * 1e6:8.2f}  {v[0] / n:6.2f}  {_name(k)}")
         print("  ledger functions by cumulative time (µs/event):")
-        for k, v in sorted(((k, v) for k, v in st.items() if "/ledger/" in k[0]), key=lambda kv: -kv[1][2])[:14]:
+        for k, v in sorted(((k, v) for k, v in st.items() if "/ledger/" in k[0]), key=lambda kv: -kv[1][2])[
+            :14
+        ]:
             print(f"  {v[2] / n * 1e6:8.2f}  {_name(k)}")
 
 

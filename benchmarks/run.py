@@ -29,8 +29,13 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 FIGURES = ("overhead", "import", "ingest", "rollup", "reports")
-MODULES = {"overhead": "bench_overhead", "import": "bench_import", "ingest": "bench_ingest",
-           "rollup": "bench_rollup", "reports": "bench_reports"}
+MODULES = {
+    "overhead": "bench_overhead",
+    "import": "bench_import",
+    "ingest": "bench_ingest",
+    "rollup": "bench_rollup",
+    "reports": "bench_reports",
+}
 
 
 def machine() -> dict[str, Any]:
@@ -62,15 +67,30 @@ def machine() -> dict[str, Any]:
         except PackageNotFoundError:
             versions[pkg] = None
     try:
-        commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], check=False, capture_output=True,
-                                text=True, timeout=5).stdout.strip() or None
+        commit = (
+            subprocess.run(
+                ["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
+                check=False,
+                capture_output=True,
+                text=True,
+                timeout=5,
+            ).stdout.strip()
+            or None
+        )
     except Exception:  # noqa: BLE001
         commit = None
     return {
-        "cpu": cpu, "cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)), "ram_gib": ram,
-        "os": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
-        "python_impl": platform.python_implementation(), "sqlite": sqlite3.sqlite_version,
-        "postgresql": pg_version(), "packages": versions, "git_commit": commit,
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)),
+        "ram_gib": ram,
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "python_impl": platform.python_implementation(),
+        "sqlite": sqlite3.sqlite_version,
+        "postgresql": pg_version(),
+        "packages": versions,
+        "git_commit": commit,
         "load_avg_at_start": os.getloadavg(),
         "ledger_writer": os.environ.get("LEDGER_WRITER", "thread"),  # figures 1 and 3 (spool) depend on it
     }
@@ -102,15 +122,27 @@ def table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         base = ""
         if r.get("baseline_name"):
-            base = f"{r['baseline_name']}: {fmt_value(r.get('baseline'), r.get('baseline_unit') or r['unit'])}"
+            base = (
+                f"{r['baseline_name']}: {fmt_value(r.get('baseline'), r.get('baseline_unit') or r['unit'])}"
+            )
             if r.get("baseline") is None:
                 base = r["baseline_name"]
         ratio = "" if r.get("ratio") is None else f"{r['ratio']:.3f}×"
-        lines.append((f"{r['figure'].split(' ', 1)[0]}. {r['name']}", fmt_value(r.get("value"), r["unit"]), base,
-                      ratio, r.get("target", ""), r["verdict"]))
+        lines.append(
+            (
+                f"{r['figure'].split(' ', 1)[0]}. {r['name']}",
+                fmt_value(r.get("value"), r["unit"]),
+                base,
+                ratio,
+                r.get("target", ""),
+                r["verdict"],
+            )
+        )
     widths = [max(len(h), *(len(x[i]) for x in lines)) if lines else len(h) for i, h in enumerate(head)]
-    out = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)),
-           "  ".join("-" * w for w in widths)]
+    out = [
+        "  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)),
+        "  ".join("-" * w for w in widths),
+    ]
     out += ["  ".join(c.ljust(w) for c, w in zip(x, widths, strict=True)) for x in lines]
     return "\n".join(out)
 
@@ -129,9 +161,20 @@ def run_worker(name: str, quick: bool) -> dict[str, Any]:
         with open(path) as fh:
             result: dict[str, Any] = json.load(fh)
     except (OSError, ValueError):
-        result = {"rows": [{"figure": f"? {name}", "name": f"{name} failed (exit {proc.returncode})",
-                            "value": None, "unit": "", "verdict": "ERROR", "target": "", "detail": {}}],
-                  "notes": {"error": f"worker exited {proc.returncode}"}}
+        result = {
+            "rows": [
+                {
+                    "figure": f"? {name}",
+                    "name": f"{name} failed (exit {proc.returncode})",
+                    "value": None,
+                    "unit": "",
+                    "verdict": "ERROR",
+                    "target": "",
+                    "detail": {},
+                }
+            ],
+            "notes": {"error": f"worker exited {proc.returncode}"},
+        }
     finally:
         os.unlink(path)
     result.setdefault("notes", {})["seconds"] = round(took, 1)
@@ -142,7 +185,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("--quick", action="store_true", help="smaller sizes and fewer repetitions (~5 minutes)")
     ap.add_argument("--only", default="", help=f"comma-separated figures: {', '.join(FIGURES)}")
-    ap.add_argument("--out", default=os.path.join("benchmarks", "results.json"), help="where to write the JSON")
+    ap.add_argument(
+        "--out", default=os.path.join("benchmarks", "results.json"), help="where to write the JSON"
+    )
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -165,12 +210,17 @@ def main() -> int:
 
     stale = drop_stale_schemas()
     if stale:
-        print(f"dropped {len(stale)} PostgreSQL schema(s) left by earlier interrupted runs: {', '.join(stale)}")
+        print(
+            f"dropped {len(stale)} PostgreSQL schema(s) left by earlier interrupted runs: {', '.join(stale)}"
+        )
     info = machine()
     print(f"cerebras-ledger benchmarks ({'quick' if args.quick else 'full'}): {', '.join(only)}")
-    print(f"machine: {info['cpu']}, {info['cores']} cores, {info['ram_gib']} GiB RAM, Python {info['python']}, "
-          f"SQLite {info['sqlite']}, PostgreSQL {info['postgresql'] or 'not reachable'}; "
-          f"load average {', '.join(f'{x:.2f}' for x in info['load_avg_at_start'])}", flush=True)
+    print(
+        f"machine: {info['cpu']}, {info['cores']} cores, {info['ram_gib']} GiB RAM, Python {info['python']}, "
+        f"SQLite {info['sqlite']}, PostgreSQL {info['postgresql'] or 'not reachable'}; "
+        f"load average {', '.join(f'{x:.2f}' for x in info['load_avg_at_start'])}",
+        flush=True,
+    )
     rows: list[dict[str, Any]] = []
     notes: dict[str, Any] = {}
     for name in only:
@@ -180,16 +230,25 @@ def main() -> int:
         notes[name] = result.get("notes", {})
         print(table(result["rows"]), flush=True)
     info["load_avg_at_end"] = os.getloadavg()
-    doc = {"suite": "cerebras-ledger benchmarks", "mode": "quick" if args.quick else "full", "figures": only,
-           "command": " ".join(["benchmarks/run.py", *sys.argv[1:]]), "started": started.isoformat(),
-           "seconds": round((datetime.now(UTC) - started).total_seconds(), 1), "machine": info, "rows": rows,
-           "notes": notes}
+    doc = {
+        "suite": "cerebras-ledger benchmarks",
+        "mode": "quick" if args.quick else "full",
+        "figures": only,
+        "command": " ".join(["benchmarks/run.py", *sys.argv[1:]]),
+        "started": started.isoformat(),
+        "seconds": round((datetime.now(UTC) - started).total_seconds(), 1),
+        "machine": info,
+        "rows": rows,
+        "notes": notes,
+    }
     print()
     print(table(rows))
     met = sum(r["verdict"] == "met" for r in rows)
     missed = [r for r in rows if r["verdict"] == "MISSED"]
-    print(f"\ntargets met: {met}, missed: {len(missed)}" + (
-        "  (" + "; ".join(r["name"] for r in missed) + ")" if missed else ""))
+    print(
+        f"\ntargets met: {met}, missed: {len(missed)}"
+        + ("  (" + "; ".join(r["name"] for r in missed) + ")" if missed else "")
+    )
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as fh:
         json.dump(doc, fh, indent=1, default=str, ensure_ascii=False)

@@ -58,15 +58,31 @@ class Budgets:
     def __init__(self, ledger: Ledger) -> None:
         self._ledger = ledger
 
-    def set(self, project: str, *, monthly: str | Money | None = None, daily: str | Money | None = None,
-            thresholds: str | Iterable[int] = "50,80,100", timezone: str = "UTC", free_only: bool = False,
-            hard: bool = False) -> Budget:
+    def set(
+        self,
+        project: str,
+        *,
+        monthly: str | Money | None = None,
+        daily: str | Money | None = None,
+        thresholds: str | Iterable[int] = "50,80,100",
+        timezone: str = "UTC",
+        free_only: bool = False,
+        hard: bool = False,
+    ) -> Budget:
         """Create or replace ``project``'s budget; amounts are decimal USD strings (exact).
         Bad input raises :class:`ConfigError` with one line."""
         from ledger.budgets import budgets
 
-        return budgets.set_budget(self._ledger.engine, project, monthly=monthly, daily=daily, thresholds=thresholds,
-                                 timezone=timezone, free_only=free_only, hard=hard)
+        return budgets.set_budget(
+            self._ledger.engine,
+            project,
+            monthly=monthly,
+            daily=daily,
+            thresholds=thresholds,
+            timezone=timezone,
+            free_only=free_only,
+            hard=hard,
+        )
 
     def list(self) -> list[Budget]:
         """Every budget, by project."""
@@ -96,8 +112,17 @@ class Prices:
             points = store.load_price_book(conn).points()
         return [p for p in points if book is None or p.book == book]
 
-    def add(self, book: str, model: str, input: str, output: str, *,  # noqa: A002 - the CLI's --input
-            cached: str | None = None, free: bool = False, effective_from: When | None = None) -> PricePoint:
+    def add(
+        self,
+        book: str,
+        model: str,
+        input: str,  # noqa: A002 - the CLI's --input
+        output: str,
+        *,
+        cached: str | None = None,
+        free: bool = False,
+        effective_from: When | None = None,
+    ) -> PricePoint:
         """Add a dated point; rates are decimal USD per million tokens. Events already priced keep
         their price. Raises :class:`ConfigError` (one line) for bad input or an existing point."""
         from ledger import store
@@ -108,7 +133,9 @@ class Prices:
         with store.write_transaction(self._ledger.engine) as conn:
             added = store.insert_prices(conn, [point])
         if not added:
-            raise ConfigError(f"a price for {book}/{model} at {point.effective_from.isoformat()} already exists")
+            raise ConfigError(
+                f"a price for {book}/{model} at {point.effective_from.isoformat()} already exists"
+            )
         return point
 
     def check(self) -> builtins.list[Unpriced]:
@@ -118,8 +145,15 @@ class Prices:
         with self._ledger.engine.connect() as conn:
             return unpriced(conn)
 
-    def reprice(self, since: When, until: When, project: str | None = None, *, dry_run: bool = False,
-                include_imported: bool = False) -> RepriceResult:
+    def reprice(
+        self,
+        since: When,
+        until: When,
+        project: str | None = None,
+        *,
+        dry_run: bool = False,
+        include_imported: bool = False,
+    ) -> RepriceResult:
         """Re-price [since, until) with today's book, writing correction rows (never updates)."""
         from ledger import store
         from ledger.reports.frame import span
@@ -183,8 +217,9 @@ class Ledger:
         except SQLAlchemyError as exc:
             engine.dispose()
             why = first_line(exc.orig if hasattr(exc, "orig") else exc)
-            raise ConfigError(f"database {redact_url(self.url)} unreachable or unusable: "
-                              f"{redact(why, self.url)}") from None
+            raise ConfigError(
+                f"database {redact_url(self.url)} unreachable or unusable: {redact(why, self.url)}"
+            ) from None
         except BaseException:
             engine.dispose()
             raise
@@ -200,8 +235,9 @@ class Ledger:
     def __enter__(self) -> Ledger:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     # -- operations ------------------------------------------------------------------------------
@@ -213,8 +249,14 @@ class Ledger:
 
         return (rollup.rebuild if rebuild else rollup.rollup)(self.engine, progress)
 
-    def report(self, project: str | None, period: str, tz: str = "UTC", *,
-               progress: Callable[[int], None] | None = None) -> Report:
+    def report(
+        self,
+        project: str | None,
+        period: str,
+        tz: str = "UTC",
+        *,
+        progress: Callable[[int], None] | None = None,
+    ) -> Report:
         """The spend report the CLI renders (:class:`ledger.reports.build.Report`) for ``project``
         (``None``: all) over ``period`` (``2026-11-27``, ``2026-W48`` or ``2026-11``) in the IANA
         zone ``tz``; rolls up first. Write it with ``ledger.reports.files.write_report``/``render``."""
@@ -227,8 +269,9 @@ class Ledger:
             check_project(project)
         return reports.build_report(self.engine, spec, zone, project, progress=progress)
 
-    def export_billing(self, month: str, out: str | os.PathLike[str] | None = None,
-                       fmt: str = "csv") -> BillingExport:
+    def export_billing(
+        self, month: str, out: str | os.PathLike[str] | None = None, fmt: str = "csv"
+    ) -> BillingExport:
         """Issue ``month`` (``YYYY-MM``, UTC, ended) as FOCUS 1.2 rows, written whole to ``out``
         (``csv`` or ``parquet``) when given. Running it again reproduces the same file."""
         from ledger.exports.billing import export_billing
@@ -277,8 +320,15 @@ class Ledger:
 
     # -- the analyst's frame ---------------------------------------------------------------------
 
-    def frame(self, since: When, until: When, by: Sequence[str] | str = ("project", "model"),
-              tz: str | tzinfo = "UTC", *, refresh: bool = True) -> Any:
+    def frame(
+        self,
+        since: When,
+        until: When,
+        by: Sequence[str] | str = ("project", "model"),
+        tz: str | tzinfo = "UTC",
+        *,
+        refresh: bool = True,
+    ) -> Any:
         """A pandas DataFrame of usage in [since, until), one row per combination of ``by``.
 
         ``by`` takes any of ``project``, ``model``, ``route``, ``book``, ``status``, ``free``,
@@ -310,4 +360,6 @@ class Ledger:
         """
         from ledger.reports.frame import usage_frame
 
-        return usage_frame(lambda: self.engine, since, until, by, tz, refresh=self.rollup if refresh else None)
+        return usage_frame(
+            lambda: self.engine, since, until, by, tz, refresh=self.rollup if refresh else None
+        )

@@ -168,17 +168,24 @@ def parse_instant(value: str | date | datetime, name: str, tz: tzinfo = UTC) -> 
     if isinstance(value, str):
         text = value.strip()
         try:
-            parsed: datetime | date = (date.fromisoformat(text) if len(text) == 10
-                                       else datetime.fromisoformat(text.replace("Z", "+00:00")))
+            parsed: datetime | date = (
+                date.fromisoformat(text)
+                if len(text) == 10
+                else datetime.fromisoformat(text.replace("Z", "+00:00"))
+            )
         except ValueError:
-            raise CalendarError(f"{name}: {value!r} is not a date (YYYY-MM-DD) or ISO 8601 timestamp") from None
+            raise CalendarError(
+                f"{name}: {value!r} is not a date (YYYY-MM-DD) or ISO 8601 timestamp"
+            ) from None
         if isinstance(parsed, datetime) and parsed.tzinfo is None:
             raise CalendarError(f"{name}: {value!r} needs a time zone (e.g. Z)")
         value = parsed
     try:
         if isinstance(value, datetime):
             if value.tzinfo is None or value.utcoffset() is None:
-                raise CalendarError(f"{name}: {value.isoformat()!r} is naive; give a time zone (e.g. tzinfo=UTC)")
+                raise CalendarError(
+                    f"{name}: {value.isoformat()!r} is naive; give a time zone (e.g. tzinfo=UTC)"
+                )
             return value.astimezone(UTC)
         if isinstance(value, date):
             return datetime.combine(value, time(0), tzinfo=tz).astimezone(UTC)

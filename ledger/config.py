@@ -123,7 +123,7 @@ def _split_userinfo(rest: str) -> tuple[str, str, str] | None:
         return None
     creds = rest[:at]
     user, colon, password = creds.partition(":")
-    return (user, password, rest[at + 1:]) if colon else None
+    return (user, password, rest[at + 1 :]) if colon else None
 
 
 def url_secrets(url: str) -> list[str]:
@@ -185,10 +185,17 @@ def redact(text: str, url: str | None = None) -> str:
     ``'password': '...'``) lose their values, and the secrets of ``url`` and of every URL
     given to :func:`remember_secrets` are replaced wherever they appear."""
     text = _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
-    text = _TEXT_PAIR.sub(lambda m: f"{m.group(1)}{m.group(2)}***" if _TEXT_SECRET_NAME.search(m.group(1))
-                          else m.group(0), text)
-    text = _DICT_PAIR.sub(lambda m: f"{m.group(1)}{m.group(2)}{m.group(1)}{m.group(3)}'***'"
-                          if _TEXT_SECRET_NAME.search(m.group(2)) else m.group(0), text)
+    text = _TEXT_PAIR.sub(
+        lambda m: f"{m.group(1)}{m.group(2)}***" if _TEXT_SECRET_NAME.search(m.group(1)) else m.group(0), text
+    )
+    text = _DICT_PAIR.sub(
+        lambda m: (
+            f"{m.group(1)}{m.group(2)}{m.group(1)}{m.group(3)}'***'"
+            if _TEXT_SECRET_NAME.search(m.group(2))
+            else m.group(0)
+        ),
+        text,
+    )
     secrets = set(_known_secrets)
     if url:
         secrets.update(url_secrets(url))
@@ -232,17 +239,23 @@ def spool_folder(path: Path, *, create: bool = True) -> Path:
     if not stat.S_ISDIR(st.st_mode):
         raise ConfigError(f"spool folder {path} is not a folder")
     if st.st_uid != os.geteuid():
-        raise ConfigError(f"spool folder {path} belongs to uid {st.st_uid}, not to this user "
-                          f"(uid {os.geteuid()}); refusing to use it: set LEDGER_SPOOL_DIR to a folder of your own")
+        raise ConfigError(
+            f"spool folder {path} belongs to uid {st.st_uid}, not to this user "
+            f"(uid {os.geteuid()}); refusing to use it: set LEDGER_SPOOL_DIR to a folder of your own"
+        )
     if st.st_mode & 0o077:
         os.chmod(path, 0o700)
-        log.warning("ledger: spool folder %s was open to others (mode %04o); made it owner-only (0700)",
-                    path, stat.S_IMODE(st.st_mode))
+        log.warning(
+            "ledger: spool folder %s was open to others (mode %04o); made it owner-only (0700)",
+            path,
+            stat.S_IMODE(st.st_mode),
+        )
     return path
 
 
-def spool_dir(url: str, explicit: str | os.PathLike[str] | None = None,
-              env: Mapping[str, str] | None = None) -> Path:
+def spool_dir(
+    url: str, explicit: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
+) -> Path:
     """Where events wait before the database has them; one folder per ledger URL."""
     chosen = explicit or _env(env).get("LEDGER_SPOOL_DIR")
     if chosen:
@@ -265,8 +278,9 @@ def check_project(name: object) -> str:
     if not name.isprintable():
         raise ConfigError("project name has control or non-printable characters")
     if name[0] in FORMULA_START:
-        raise ConfigError("project name may not begin with =, +, - or @ "
-                          "(a spreadsheet would read it as a formula)")
+        raise ConfigError(
+            "project name may not begin with =, +, - or @ (a spreadsheet would read it as a formula)"
+        )
     return name
 
 

@@ -63,9 +63,19 @@ MAX_TAGS = 100
 MAX_TAG_KEY = 200
 MAX_TAG_VALUE = 1000
 TEXT_LIMITS: tuple[tuple[str, int], ...] = (
-    ("project", 200), ("book", 32), ("requested_model", 200), ("served_model", 200), ("error_type", 100),
-    ("error_code", 100), ("upstream_id", 200), ("lava_request_id", 200), ("source", 16), ("note", 200),
-    ("endpoint", 32), ("service_tier", 32), ("finish_reason", 32),
+    ("project", 200),
+    ("book", 32),
+    ("requested_model", 200),
+    ("served_model", 200),
+    ("error_type", 100),
+    ("error_code", 100),
+    ("upstream_id", 200),
+    ("lava_request_id", 200),
+    ("source", 16),
+    ("note", 200),
+    ("endpoint", 32),
+    ("service_tier", 32),
+    ("finish_reason", 32),
 )
 ID_LIMIT = 64  # event ids are the ledger's own (36 characters); a longer one is cut, never a megabyte
 
@@ -127,6 +137,7 @@ def json_encoder(*, sort_keys: bool = False, compact: bool = False) -> Callable[
 
     def encode(value: Any) -> str:
         return "".join(fast(value, 0))
+
     return encode
 
 
@@ -248,12 +259,18 @@ def _clipped_tags(tags: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], .
         return None  # not what normalize_tags makes: the writer sets the record aside
     if len(tags) <= MAX_TAGS:
         for pair in tags:
-            if type(pair) is tuple and any(type(x) is str and len(x) > limit for x, limit in zip(pair, _TAG_LIMITS, strict=False)):
+            if type(pair) is tuple and any(
+                type(x) is str and len(x) > limit for x, limit in zip(pair, _TAG_LIMITS, strict=False)
+            ):
                 break
         else:
             return None
-    return tuple(tuple(x[:limit] if type(x) is str else x for x, limit in zip(pair, _TAG_LIMITS, strict=False))
-                 if type(pair) is tuple else pair for pair in tags[:MAX_TAGS])  # type: ignore[misc]
+    return tuple(
+        tuple(x[:limit] if type(x) is str else x for x, limit in zip(pair, _TAG_LIMITS, strict=False))  # type: ignore[misc]
+        if type(pair) is tuple
+        else pair
+        for pair in tags[:MAX_TAGS]
+    )
 
 
 _TAG_LIMITS = (MAX_TAG_KEY, MAX_TAG_VALUE)
@@ -309,6 +326,9 @@ def bounded(event: CallEvent) -> CallEvent:
     global _clip_said
     if not _clip_said:  # once a process: a caller that always over-tags must not flood the log
         _clip_said = True
-        log.warning("ledger: an event of project %r was cut to the ledger's limits (%s); later ones are cut "
-                    "silently", event.project[:200], ", ".join(sorted(changes)))
+        log.warning(
+            "ledger: an event of project %r was cut to the ledger's limits (%s); later ones are cut silently",
+            event.project[:200],
+            ", ".join(sorted(changes)),
+        )
     return replace(event, **changes)

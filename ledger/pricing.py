@@ -122,8 +122,16 @@ def _point(book: str, model: str, input_per_m: str, output_per_m: str) -> PriceP
             raise ValueError(f"built-in rate {s} is not a whole nano-dollar per token")
         return Money(usd(s).nanos // 1_000_000)
 
-    return PricePoint(make_price_id(book, model, BUILTIN_SINCE), book, model, BUILTIN_SINCE,
-                      per_token(input_per_m), None, per_token(output_per_m), free)
+    return PricePoint(
+        make_price_id(book, model, BUILTIN_SINCE),
+        book,
+        model,
+        BUILTIN_SINCE,
+        per_token(input_per_m),
+        None,
+        per_token(output_per_m),
+        free,
+    )
 
 
 BUILTIN_PRICES: tuple[PricePoint, ...] = (
@@ -228,14 +236,26 @@ def charge(event: CallEvent, book: PriceBook) -> Charge:
     """Price one event by the point in force at its ``occurred_at``."""
     u = event.usage
     tokens = None if u is None else (u.prompt_tokens, u.cached_tokens, u.completion_tokens)
-    price_id, cost, list_cost, free, priced = charge_nanos(book, event.book, event.model, event.occurred_at,
-                                                           event.status, tokens)
-    return Charge(price_id, None if cost is None else Money(cost), free, priced,
-                  None if list_cost is None else Money(list_cost))
+    price_id, cost, list_cost, free, priced = charge_nanos(
+        book, event.book, event.model, event.occurred_at, event.status, tokens
+    )
+    return Charge(
+        price_id,
+        None if cost is None else Money(cost),
+        free,
+        priced,
+        None if list_cost is None else Money(list_cost),
+    )
 
 
-def charge_nanos(book: PriceBook, book_name: str, model: str | None, at: datetime, status: str,
-                 tokens: tuple[int, int, int] | None) -> tuple[str | None, int | None, int | None, bool, bool]:
+def charge_nanos(
+    book: PriceBook,
+    book_name: str,
+    model: str | None,
+    at: datetime,
+    status: str,
+    tokens: tuple[int, int, int] | None,
+) -> tuple[str | None, int | None, int | None, bool, bool]:
     """The one pricing rule, as plain values: ``(price_id, cost, list_cost, free, priced)``
     with amounts in nano-dollars. The writer calls this for every spooled event."""
     point = book.price_for(book_name, model, at)

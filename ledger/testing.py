@@ -56,31 +56,89 @@ from urllib.parse import parse_qs, unquote, urlsplit
 __all__ = ["SCENARIOS", "Served", "StandIn", "StandInHandler", "usage_for"]
 
 SCENARIOS = (
-    "ok", "rate_limit", "token_quota", "server_error", "wrong_key", "not_found", "no_done",
-    "stream_error", "cut", "no_usage", "malformed", "non_utf8", "negative_usage", "gzip", "slow",
-    "hang", "cached", "reset", "absurd_usage", "stall", "truncated", "stream_error_text", "absurd_status",
+    "ok",
+    "rate_limit",
+    "token_quota",
+    "server_error",
+    "wrong_key",
+    "not_found",
+    "no_done",
+    "stream_error",
+    "cut",
+    "no_usage",
+    "malformed",
+    "non_utf8",
+    "negative_usage",
+    "gzip",
+    "slow",
+    "hang",
+    "cached",
+    "reset",
+    "absurd_usage",
+    "stall",
+    "truncated",
+    "stream_error_text",
+    "absurd_status",
 )
 
 ABSURD_TOKENS = 10**15  # "absurd_usage": far beyond any real completion
 ABSURD_STATUS = 2**64  # "absurd_status": the status_code of its in-stream error event (fits no SQL integer)
 STALL_LIMIT = 30.0  # seconds a "hang" or "stall" handler waits for the client to hang up
 
-DEFAULT_FEED: dict[str, Any] = {"object": "list", "data": [
-    {"id": "gpt-oss-120b", "object": "model", "pricing": {"prompt": "0.00000035", "completion": "0.00000075"},
-     "deprecated": False, "preview": False},
-]}
+DEFAULT_FEED: dict[str, Any] = {
+    "object": "list",
+    "data": [
+        {
+            "id": "gpt-oss-120b",
+            "object": "model",
+            "pricing": {"prompt": "0.00000035", "completion": "0.00000075"},
+            "deprecated": False,
+            "preview": False,
+        },
+    ],
+}
 
 ERRORS: dict[str, tuple[int, dict[str, Any]]] = {
-    "wrong_key": (401, {"message": "Wrong API Key", "type": "invalid_request_error", "param": "api_key",
-                        "code": "wrong_api_key"}),
-    "not_found": (404, {"message": "Model does not exist or you do not have access to it.",
-                        "type": "not_found_error", "param": "model", "code": "model_not_found"}),
-    "rate_limit": (429, {"message": "We're experiencing high traffic right now! Please try again soon.",
-                         "type": "too_many_requests_error", "param": "queue", "code": "queue_exceeded"}),
-    "token_quota": (429, {"message": "Tokens per minute limit exceeded - too many tokens processed.",
-                          "type": "too_many_tokens_error", "param": "quota", "code": "token_quota_exceeded"}),
-    "server_error": (500, {"message": "Internal server error", "type": "server_error", "param": "",
-                           "code": "internal_error"}),
+    "wrong_key": (
+        401,
+        {
+            "message": "Wrong API Key",
+            "type": "invalid_request_error",
+            "param": "api_key",
+            "code": "wrong_api_key",
+        },
+    ),
+    "not_found": (
+        404,
+        {
+            "message": "Model does not exist or you do not have access to it.",
+            "type": "not_found_error",
+            "param": "model",
+            "code": "model_not_found",
+        },
+    ),
+    "rate_limit": (
+        429,
+        {
+            "message": "We're experiencing high traffic right now! Please try again soon.",
+            "type": "too_many_requests_error",
+            "param": "queue",
+            "code": "queue_exceeded",
+        },
+    ),
+    "token_quota": (
+        429,
+        {
+            "message": "Tokens per minute limit exceeded - too many tokens processed.",
+            "type": "too_many_tokens_error",
+            "param": "quota",
+            "code": "token_quota_exceeded",
+        },
+    ),
+    "server_error": (
+        500,
+        {"message": "Internal server error", "type": "server_error", "param": "", "code": "internal_error"},
+    ),
 }
 
 
@@ -110,18 +168,35 @@ def usage_for(body: dict[str, Any], scenario: str) -> dict[str, Any]:
     model = str(body.get("model", ""))
     reasoning = completion // 3 if model.startswith("gpt-oss") else 0
     cached = prompt // 2 if scenario == "cached" else 0
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": cached},
-            "completion_tokens_details": {"accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0,
-                                          "reasoning_tokens": reasoning}}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached},
+        "completion_tokens_details": {
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+            "reasoning_tokens": reasoning,
+        },
+    }
 
 
 def _time_info(scenario: str = "ok") -> dict[str, float]:
     if scenario == "absurd_usage":
-        return {"queue_time": -1.0, "prompt_time": 1e300, "completion_time": 10.0**15,
-                "total_time": 2.0**70, "created": time.time()}
-    return {"queue_time": 0.000533844, "prompt_time": 0.00128098, "completion_time": 0.003694258,
-            "total_time": 0.007519960403442383, "created": time.time()}
+        return {
+            "queue_time": -1.0,
+            "prompt_time": 1e300,
+            "completion_time": 10.0**15,
+            "total_time": 2.0**70,
+            "created": time.time(),
+        }
+    return {
+        "queue_time": 0.000533844,
+        "prompt_time": 0.00128098,
+        "completion_time": 0.003694258,
+        "total_time": 0.007519960403442383,
+        "created": time.time(),
+    }
 
 
 def _scenario_usage(body: dict[str, Any], scenario: str) -> dict[str, Any]:
@@ -130,8 +205,9 @@ def _scenario_usage(body: dict[str, Any], scenario: str) -> dict[str, Any]:
     if scenario == "negative_usage":
         usage["prompt_tokens"] = -5
     elif scenario == "absurd_usage":
-        usage.update(prompt_tokens=ABSURD_TOKENS, completion_tokens=ABSURD_TOKENS,
-                     total_tokens=2 * ABSURD_TOKENS)
+        usage.update(
+            prompt_tokens=ABSURD_TOKENS, completion_tokens=ABSURD_TOKENS, total_tokens=2 * ABSURD_TOKENS
+        )
     return usage
 
 
@@ -147,8 +223,9 @@ class StandInHandler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature  # never log requests (they hold keys)
         pass
 
-    def _send_json(self, status: int, body: Any, headers: dict[str, str] | None = None,
-                   raw: bytes | None = None) -> None:
+    def _send_json(
+        self, status: int, body: Any, headers: dict[str, str] | None = None, raw: bytes | None = None
+    ) -> None:
         data = raw if raw is not None else json.dumps(body).encode()
         gz = headers and headers.pop("x-gzip", None)
         if gz:
@@ -181,7 +258,9 @@ class StandInHandler(BaseHTTPRequestHandler):
         if parts.path == "/v1/forward":
             target = unquote((parse_qs(parts.query).get("u") or [""])[0])
             if not target.endswith("/v1/chat/completions"):
-                return self._send_json(400, {"message": "unsupported forward target", "type": "invalid_request_error"})
+                return self._send_json(
+                    400, {"message": "unsupported forward target", "type": "invalid_request_error"}
+                )
             headers["x-lava-request-id"] = f"req_{uuid.uuid4().hex[:24]}"
             via_lava = True
         elif parts.path != "/v1/chat/completions":
@@ -192,8 +271,16 @@ class StandInHandler(BaseHTTPRequestHandler):
             body = json.loads(raw)
             assert isinstance(body, dict)
         except Exception:  # noqa: BLE001 - any bad body is a 400, as upstream
-            return self._send_json(400, {"message": "invalid JSON body", "type": "invalid_request_error",
-                                         "param": "", "code": "bad_request"}, headers)
+            return self._send_json(
+                400,
+                {
+                    "message": "invalid JSON body",
+                    "type": "invalid_request_error",
+                    "param": "",
+                    "code": "bad_request",
+                },
+                headers,
+            )
         scenario = self.headers.get("x-standin-scenario") or self.server.owner.next_scenario()
         self.server.owner.requests += 1
         if scenario in ERRORS:
@@ -220,10 +307,18 @@ class StandInHandler(BaseHTTPRequestHandler):
         cid = f"chatcmpl-{uuid.uuid4()}"
         payload: dict[str, Any] = {
             "id": cid,
-            "choices": [{"finish_reason": "stop", "index": 0,
-                         "message": {"role": "assistant", "content": "word " * words}}],
-            "created": int(time.time()), "model": model, "object": "chat.completion",
-            "system_fingerprint": "fp_standin", "time_info": _time_info(scenario),
+            "choices": [
+                {
+                    "finish_reason": "stop",
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "word " * words},
+                }
+            ],
+            "created": int(time.time()),
+            "model": model,
+            "object": "chat.completion",
+            "system_fingerprint": "fp_standin",
+            "time_info": _time_info(scenario),
         }
         if scenario != "no_usage":
             payload["usage"] = usage
@@ -270,8 +365,13 @@ class StandInHandler(BaseHTTPRequestHandler):
         model = str(body.get("model"))
         usage = _scenario_usage(body, scenario)
         cid = f"chatcmpl-{uuid.uuid4()}"
-        base = {"id": cid, "created": int(time.time()), "model": model, "system_fingerprint": "fp_standin",
-                "object": "chat.completion.chunk"}
+        base = {
+            "id": cid,
+            "created": int(time.time()),
+            "model": model,
+            "system_fingerprint": "fp_standin",
+            "object": "chat.completion.chunk",
+        }
         self.send_response(200)
         self.send_header("content-type", "text/event-stream")
         self.send_header("transfer-encoding", "chunked")
@@ -299,8 +399,11 @@ class StandInHandler(BaseHTTPRequestHandler):
                     self._chunk(b"")  # a clean end of the body, before the final chunk
                     return
                 if scenario in ("malformed", "non_utf8") and i >= n // 2:
-                    bad = b'{"id": "chatcmpl-broken", "choices": [' if scenario == "malformed" \
+                    bad = (
+                        b'{"id": "chatcmpl-broken", "choices": ['
+                        if scenario == "malformed"
                         else b'{"id": \x80\x81}'
+                    )
                     self._chunk(b"data: " + bad + b"\n\n")
                     self._chunk(b"")
                     return
@@ -313,13 +416,26 @@ class StandInHandler(BaseHTTPRequestHandler):
                     self._chunk(b"")
                     return
                 if scenario in ("stream_error", "absurd_status") and i >= n // 2:
-                    event({"error": {"id": cid, "code": "internal_error", "message": "stream failed",
-                                     "param": "", "type": "server_error"},
-                           "status_code": 500 if scenario == "stream_error" else ABSURD_STATUS})
+                    event(
+                        {
+                            "error": {
+                                "id": cid,
+                                "code": "internal_error",
+                                "message": "stream failed",
+                                "param": "",
+                                "type": "server_error",
+                            },
+                            "status_code": 500 if scenario == "stream_error" else ABSURD_STATUS,
+                        }
+                    )
                     self._chunk(b"")
                     return
-            final: dict[str, Any] = {**base, "choices": [{"delta": {}, "finish_reason": "stop", "index": 0}],
-                                     "usage": usage, "time_info": _time_info(scenario)}
+            final: dict[str, Any] = {
+                **base,
+                "choices": [{"delta": {}, "finish_reason": "stop", "index": 0}],
+                "usage": usage,
+                "time_info": _time_info(scenario),
+            }
             if scenario == "no_usage":
                 del final["usage"]
             event(final)
@@ -379,10 +495,18 @@ class StandIn:
 
     def record(self, cid: str, model: str, usage: dict[str, Any], *, stream: bool, via_lava: bool) -> None:
         with self._lock:
-            self.served.append(Served(cid, model, usage["prompt_tokens"],
-                                      usage["prompt_tokens_details"]["cached_tokens"],
-                                      usage["completion_tokens"],
-                                      usage["completion_tokens_details"]["reasoning_tokens"], stream, via_lava))
+            self.served.append(
+                Served(
+                    cid,
+                    model,
+                    usage["prompt_tokens"],
+                    usage["prompt_tokens_details"]["cached_tokens"],
+                    usage["completion_tokens"],
+                    usage["completion_tokens_details"]["reasoning_tokens"],
+                    stream,
+                    via_lava,
+                )
+            )
 
     def start(self) -> StandIn:
         self._thread.start()

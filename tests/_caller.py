@@ -43,7 +43,9 @@ def run_threads(base_url: str, workers: int, deadline: float) -> None:
 
 
 async def run_tasks(base_url: str, workers: int, deadline: float) -> None:
-    async with ledger.AsyncCerebrasClient("kill9", api_key="sk-test", base_url=base_url, max_retries=0) as client:
+    async with ledger.AsyncCerebrasClient(
+        "kill9", api_key="sk-test", base_url=base_url, max_retries=0
+    ) as client:
 
         async def loop() -> None:
             while time.monotonic() < deadline:

@@ -67,7 +67,7 @@ def say(obj: dict[str, Any]) -> None:
     with _out:
         view = memoryview(data)
         while view:
-            view = view[os.write(1, view):]
+            view = view[os.write(1, view) :]
 
 
 def digest_of(upstream_id: str) -> int:
@@ -149,15 +149,24 @@ class Tally:
 
 
 def usage_list(u: dict[str, Any]) -> list[int]:
-    return [int(u["prompt_tokens"]), int((u.get("prompt_tokens_details") or {}).get("cached_tokens") or 0),
-            int(u["completion_tokens"]),
-            int((u.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0),
-            int(u["total_tokens"])]
+    return [
+        int(u["prompt_tokens"]),
+        int((u.get("prompt_tokens_details") or {}).get("cached_tokens") or 0),
+        int(u["completion_tokens"]),
+        int((u.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0),
+        int(u["total_tokens"]),
+    ]
 
 
 def request_args(p: dict[str, Any]) -> dict[str, Any]:
-    args: dict[str, Any] = {"model": p["model"], "messages": p["messages"], "max_tokens": p["max_tokens"],
-                            "project": p["project"], "tags": {"feature": p["tag"]}, "stream": p["stream"]}
+    args: dict[str, Any] = {
+        "model": p["model"],
+        "messages": p["messages"],
+        "max_tokens": p["max_tokens"],
+        "project": p["project"],
+        "tags": {"feature": p["tag"]},
+        "stream": p["stream"],
+    }
     if p["cached"]:
         args["extra_headers"] = {"x-standin-scenario": "cached"}
     return args
@@ -172,8 +181,10 @@ def client_kwargs(base_url: str, lava: bool) -> dict[str, Any]:
 
 def run_threads(args: argparse.Namespace, plan: Plan, tally: Tally, more: Callable[[], bool]) -> None:
     pacer = Pacer(args.rate)
-    clients = {lava: ledger.CerebrasClient("load-default", **client_kwargs(args.base_url, lava))
-               for lava in (False, True)}
+    clients = {
+        lava: ledger.CerebrasClient("load-default", **client_kwargs(args.base_url, lava))
+        for lava in (False, True)
+    }
 
     def one() -> None:
         p = plan.next()
@@ -211,8 +222,10 @@ def run_threads(args: argparse.Namespace, plan: Plan, tally: Tally, more: Callab
 
 async def run_tasks(args: argparse.Namespace, plan: Plan, tally: Tally, more: Callable[[], bool]) -> None:
     pacer = Pacer(args.rate)
-    clients = {lava: ledger.AsyncCerebrasClient("load-default", **client_kwargs(args.base_url, lava))
-               for lava in (False, True)}
+    clients = {
+        lava: ledger.AsyncCerebrasClient("load-default", **client_kwargs(args.base_url, lava))
+        for lava in (False, True)
+    }
 
     async def one() -> None:
         p = plan.next()
@@ -246,8 +259,9 @@ async def run_tasks(args: argparse.Namespace, plan: Plan, tally: Tally, more: Ca
 FIREHOSE_MODELS = ("gpt-oss-120b", "llama3.1-8b", "qwen-3-235b-instruct", "llama-3.3-70b", "mystery-model")
 
 
-def run_firehose(args: argparse.Namespace, jr: journal.Journal, tally: Tally,
-                 more: Callable[[], bool]) -> None:
+def run_firehose(
+    args: argparse.Namespace, jr: journal.Journal, tally: Tally, more: Callable[[], bool]
+) -> None:
     """Append synthetic call events at ``args.rate`` a second until ``more()`` says stop."""
     import uuid
     from datetime import UTC, datetime
@@ -271,18 +285,36 @@ def run_firehose(args: argparse.Namespace, jr: journal.Journal, tally: Tally,
             reasoning = completion // 3 if model.startswith("gpt-oss") else 0
             upstream_id = f"chatcmpl-{uuid.uuid4()}"
             event = CallEvent(
-                event_id=new_event_id(), occurred_at=datetime.now(UTC), project=project,
+                event_id=new_event_id(),
+                occurred_at=datetime.now(UTC),
+                project=project,
                 route=route,  # type: ignore[arg-type]
-                book=route, requested_model=model, served_model=model, status="ok", http_status=200,
-                error_type=None, error_code=None, stream=rng.random() < 0.3,
+                book=route,
+                requested_model=model,
+                served_model=model,
+                status="ok",
+                http_status=200,
+                error_type=None,
+                error_code=None,
+                stream=rng.random() < 0.3,
                 usage=Usage(prompt, cached, completion, reasoning, prompt + completion),
-                latency_us=rng.randint(500, 5000), ttft_us=None, time_info=TimeInfo(533, 1280, 3694, 7519),
-                upstream_id=upstream_id, lava_request_id=None,
-                tags=(("feature", rng.choice(("chat", "search", "batch"))),), source="wrapper")
+                latency_us=rng.randint(500, 5000),
+                ttft_us=None,
+                time_info=TimeInfo(533, 1280, 3694, 7519),
+                upstream_id=upstream_id,
+                lava_request_id=None,
+                tags=(("feature", rng.choice(("chat", "search", "batch"))),),
+                source="wrapper",
+            )
             jr.append(event)
             made += 1
-            tally.add(upstream_id, project, route, model,
-                      [prompt, cached, completion, reasoning, prompt + completion])
+            tally.add(
+                upstream_id,
+                project,
+                route,
+                model,
+                [prompt, cached, completion, reasoning, prompt + completion],
+            )
             if not more():
                 break
         time.sleep(step)
@@ -300,9 +332,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--report", choices=("ids", "totals"), default="ids")
     ap.add_argument("--status-every", type=float, default=2.0)
-    ap.add_argument("--rate", type=float, default=0.0,
-                    help="calls (firehose: events) a second for the whole process; "
-                         "0: unpaced (firehose: 1000)")
+    ap.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="calls (firehose: events) a second for the whole process; 0: unpaced (firehose: 1000)",
+    )
     args = ap.parse_args()
     if args.mode == "firehose" and not args.seconds:
         ap.error("firehose needs --seconds")
@@ -334,8 +369,16 @@ def main() -> None:
 
     def status() -> None:
         while not stop.wait(args.status_every):
-            say({"status": {"t": time.time(), "calls": tally.calls, "pending": jr.pending(),
-                            "rss_kib": rss_kib()}})
+            say(
+                {
+                    "status": {
+                        "t": time.time(),
+                        "calls": tally.calls,
+                        "pending": jr.pending(),
+                        "rss_kib": rss_kib(),
+                    }
+                }
+            )
 
     if args.report == "totals":
         threading.Thread(target=status, name="status", daemon=True).start()
@@ -350,8 +393,15 @@ def main() -> None:
     if args.report == "totals":
         say({"totals": [[*k, *v] for k, v in sorted(tally.sums.items())], "digest": tally.digest})
     flushed = jr.flush(300)
-    say({"done": tally.calls, "flushed": flushed, "pending": jr.pending(), "errors": tally.errors,
-         "rss_kib": rss_kib()})
+    say(
+        {
+            "done": tally.calls,
+            "flushed": flushed,
+            "pending": jr.pending(),
+            "errors": tally.errors,
+            "rss_kib": rss_kib(),
+        }
+    )
 
 
 if __name__ == "__main__":

@@ -55,8 +55,11 @@ class Answer:
     @classmethod
     def recorded(cls, rid: str, **kw: Any) -> Answer:
         meta = json.loads((RECORDED / rid / "meta.json").read_text())
-        headers = [(k, v) for k, v in meta["response"]["headers"]
-                   if k.lower() not in ("content-length", "transfer-encoding", "content-encoding", "connection")]
+        headers = [
+            (k, v)
+            for k, v in meta["response"]["headers"]
+            if k.lower() not in ("content-length", "transfer-encoding", "content-encoding", "connection")
+        ]
         return cls(meta["response"]["status"], headers, (RECORDED / rid / "body.bin").read_bytes(), **kw)
 
 
@@ -68,7 +71,7 @@ def pieces(data: bytes, sizes: list[int]) -> Iterator[bytes]:
     at, i = 0, 0
     while at < len(data):
         n = sizes[i % len(sizes)]
-        yield data[at:at + n]
+        yield data[at : at + n]
         at, i = at + n, i + 1
 
 

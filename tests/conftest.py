@@ -120,7 +120,13 @@ def ledger_env(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     }
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    for k in ("LEDGER_PROJECT", "CEREBRAS_API_KEY", "LAVA_FORWARD_TOKEN", "CEREBRAS_BASE_URL", "LAVA_BASE_URL"):
+    for k in (
+        "LEDGER_PROJECT",
+        "CEREBRAS_API_KEY",
+        "LAVA_FORWARD_TOKEN",
+        "CEREBRAS_BASE_URL",
+        "LAVA_BASE_URL",
+    ):
         monkeypatch.delenv(k, raising=False)
     yield env
     journal.close_all(5.0)
@@ -162,10 +168,19 @@ def reliability(request: pytest.FixtureRequest) -> Iterator[Any]:
     """
     rows: list[dict[str, Any]] = []
 
-    def record(*, load: str, fault: str, inputs: str = "-", expected: object, recorded: object,
-               lost: object = 0) -> None:
-        rows.append({"load": load, "fault": fault, "inputs": inputs, "expected": str(expected),
-                     "recorded": str(recorded), "lost": str(lost)})
+    def record(
+        *, load: str, fault: str, inputs: str = "-", expected: object, recorded: object, lost: object = 0
+    ) -> None:
+        rows.append(
+            {
+                "load": load,
+                "fault": fault,
+                "inputs": inputs,
+                "expected": str(expected),
+                "recorded": str(recorded),
+                "lost": str(lost),
+            }
+        )
 
     yield record
     out = os.environ.get("LEDGER_RELIABILITY_OUT")
@@ -173,8 +188,13 @@ def reliability(request: pytest.FixtureRequest) -> Iterator[Any]:
     if out and rows:
         import json as _json
 
-        status = ("xfailed" if hasattr(failed, "wasxfail") else
-                  "failed" if failed is not None and failed.failed else "passed")
+        status = (
+            "xfailed"
+            if hasattr(failed, "wasxfail")
+            else "failed"
+            if failed is not None and failed.failed
+            else "passed"
+        )
         with open(out, "a", encoding="utf-8") as fh:
             for row in rows:
                 fh.write(_json.dumps({"test": request.node.nodeid, "status": status, **row}) + "\n")

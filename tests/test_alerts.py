@@ -763,10 +763,14 @@ def test_cli_end_to_end(
         spend(eng, "web", [(datetime(2026, 11, 5, 9, tzinfo=UTC), 5 * 10**9)])
     finally:
         eng.dispose()
-    code, out, err = run(capsys, db_url, "alerts", "check", "--now", now, "--spike-min", "1000", "--no-deliver")
+    code, out, err = run(
+        capsys, db_url, "alerts", "check", "--now", now, "--spike-min", "1000", "--no-deliver"
+    )
     assert code == 0, err
-    assert ("hard budget spent: 'web' (10.000000000 of 10.000000000 USD in 2026-11); paid-model calls refused "
-            "until 2026-11-30T23:00:00Z") in out
+    assert (
+        "hard budget spent: 'web' (10.000000000 of 10.000000000 USD in 2026-11); paid-model calls refused "
+        "until 2026-11-30T23:00:00Z"
+    ) in out
     code, out, _ = run(capsys, db_url, "budget", "list", "--format", "json")
     month_end = datetime(2026, 11, 30, 23, tzinfo=UTC)  # budget list shows stops in force now
     expected = "2026-11-30T23:00:00Z" if datetime.now(UTC) < month_end else None

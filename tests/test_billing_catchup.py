@@ -97,19 +97,29 @@ CHILD = textwrap.dedent("""
 """)
 
 
-def test_a_crash_between_commit_and_rename_is_retried(engine: sa.Engine, db_url: str, tmp_path: Path,
-                                                       reliability: Any) -> None:
+def test_a_crash_between_commit_and_rename_is_retried(
+    engine: sa.Engine, db_url: str, tmp_path: Path, reliability: Any
+) -> None:
     folder = tmp_path / "billing"
     write(engine, [event(at(AUG, 10), "alpha"), event(at(SEP, 3), "beta")])
     now = at(OCT, 1, 6)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    child = subprocess.run([sys.executable, "-c", CHILD, db_url, now.isoformat(), str(folder)], env=env,
-                           capture_output=True, text=True, timeout=120)
+    child = subprocess.run(
+        [sys.executable, "-c", CHILD, db_url, now.isoformat(), str(folder)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert child.returncode == -signal.SIGKILL, child.stderr
     # August was committed as issued, but its file never got its name: only the temporary file is there
     assert issued(engine) == [AUG]
     leftovers = sorted(p.name for p in folder.iterdir())
-    assert len(leftovers) == 1 and leftovers[0].startswith(".focus-2026-08.csv.") and leftovers[0].endswith(".part")
+    assert (
+        len(leftovers) == 1
+        and leftovers[0].startswith(".focus-2026-08.csv.")
+        and leftovers[0].endswith(".part")
+    )
     assert billing.months_due(engine, now, folder) == [AUG, SEP]
 
     done = billing.catch_up(engine, now, folder)  # the next run
@@ -120,9 +130,14 @@ def test_a_crash_between_commit_and_rename_is_retried(engine: sa.Engine, db_url:
     # the rewritten file is the one the month was issued with
     billing.export_billing(engine, AUG, tmp_path / "aug-again.csv", now=now)
     assert (tmp_path / "aug-again.csv").read_bytes() == (folder / "focus-2026-08.csv").read_bytes()
-    reliability(load="2 months of events, scheduler billing run", fault="SIGKILL between commit and rename",
-                inputs="none", expected=2, recorded=len([m for m in issued(engine)
-                                                         if (folder / f"focus-{m}.csv").is_file()]), lost=0)
+    reliability(
+        load="2 months of events, scheduler billing run",
+        fault="SIGKILL between commit and rename",
+        inputs="none",
+        expected=2,
+        recorded=len([m for m in issued(engine) if (folder / f"focus-{m}.csv").is_file()]),
+        lost=0,
+    )
 
 
 def test_the_scheduler_job_catches_up(engine: sa.Engine, db_url: str, tmp_path: Path) -> None:
@@ -144,8 +159,9 @@ def _read(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     return read_csv(path)
 
 
-def test_cli_export_billing_due(ledger_env: dict[str, str], tmp_path: Path,
-                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_export_billing_due(
+    ledger_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from ledger.cli.main import main
 
     eng = store.make_engine(ledger_env["LEDGER_DATABASE_URL"])
@@ -159,13 +175,20 @@ def test_cli_export_billing_due(ledger_env: dict[str, str], tmp_path: Path,
     assert main(["export", "billing", "--due", str(folder)]) == 0
     err = capsys.readouterr().err
     months = sorted(p.name for p in folder.iterdir())
-    assert months[0] == "focus-2026-09.csv" and months[-1] == f"focus-{billing.last_month(datetime.now(UTC))}.csv"
+    assert (
+        months[0] == "focus-2026-09.csv"
+        and months[-1] == f"focus-{billing.last_month(datetime.now(UTC))}.csv"
+    )
     assert err.count("issued ") == len(months) and "issued 2026-09: 2 row(s)" in err
     assert "1 event(s) with usage but no price are not billed" in err
     assert main(["export", "billing", "--due", str(folder)]) == 0
     assert "nothing due" in capsys.readouterr().err
-    for args in (["--due", str(folder), "--month", SEP], ["--due", str(folder), "--out", str(tmp_path / "x.csv")],
-                 [], ["--due", str(folder / "focus-2026-09.csv")]):
+    for args in (
+        ["--due", str(folder), "--month", SEP],
+        ["--due", str(folder), "--out", str(tmp_path / "x.csv")],
+        [],
+        ["--due", str(folder / "focus-2026-09.csv")],
+    ):
         code = main(["export", "billing", *args])
         lines = capsys.readouterr().err.splitlines()
         assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (args, lines)

@@ -902,7 +902,9 @@ def test_pricing_an_unpriced_model_then_reprice(
     (event,) = fetch_events(db_url, "kind = 'usage'")
     expected = event["prompt_tokens"] * 2000 + event["completion_tokens"] * 4000
     # a correction is a reversal (the unpriced charge, negated) plus a restatement at the new price
-    reversal, restatement = sorted(fetch_events(db_url, "kind = 'correction'"), key=lambda r: r["note"] != "reversal")
+    reversal, restatement = sorted(
+        fetch_events(db_url, "kind = 'correction'"), key=lambda r: r["note"] != "reversal"
+    )
     assert reversal["note"] == "reversal" and restatement["note"] == "restatement"
     assert reversal["corrects_event_id"] == restatement["corrects_event_id"] == event["event_id"]
     assert reversal["cost_nanos"] is None and not reversal["priced"]
@@ -1002,7 +1004,9 @@ def test_reprice_writes_corrections_once(
         for eid, r in original.items()
         if r["route"] == "cerebras" and r["served_model"] == "gpt-oss-120b" and r["usage_known"]
     }
-    assert {f["corrects_event_id"] for f in fixes} == targets and len(fixes) == 4  # reversal + restatement each
+    assert {f["corrects_event_id"] for f in fixes} == targets and len(
+        fixes
+    ) == 4  # reversal + restatement each
     total = 0
     for f in fixes:
         o = original[f["corrects_event_id"]]
@@ -1172,7 +1176,9 @@ def test_db_upgrade_current_downgrade(
     assert ok(capsys, db_url, "db", "upgrade").strip().endswith(f"is at revision {SCHEMA_REVISION}")
     assert ok(capsys, db_url, "db", "current").strip() == SCHEMA_REVISION
     assert {"events", "prices"} <= _tables(db_url)
-    assert ok(capsys, db_url, "db", "upgrade").strip().endswith(f"is at revision {SCHEMA_REVISION}")  # idempotent
+    assert (
+        ok(capsys, db_url, "db", "upgrade").strip().endswith(f"is at revision {SCHEMA_REVISION}")
+    )  # idempotent
     assert ok(capsys, db_url, "db", "downgrade", "base").strip().endswith("is at revision base")
     assert not {"events", "prices"} & _tables(db_url)
     assert ok(capsys, db_url, "db", "current").strip() == "base (empty)"

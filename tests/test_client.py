@@ -19,8 +19,14 @@ MSG = [{"role": "user", "content": "count to three please"}]
 
 def _client(upstream: StandIn, route: str, cls: type = ledger.CerebrasClient, **kw: object) -> object:
     if route == "lava":
-        return cls("proj-a", lava_forward_token="aks_live_test", lava_base_url=upstream.base_url,
-                   base_url="https://api.cerebras.ai", max_retries=0, **kw)
+        return cls(
+            "proj-a",
+            lava_forward_token="aks_live_test",
+            lava_base_url=upstream.base_url,
+            base_url="https://api.cerebras.ai",
+            max_retries=0,
+            **kw,
+        )
     return cls("proj-a", api_key="sk-test", base_url=upstream.base_url, max_retries=0, **kw)
 
 
@@ -31,10 +37,13 @@ def _expected_cost_nanos(served: object, input_rate: int, output_rate: int) -> i
 
 @pytest.mark.parametrize("route", ["cerebras", "lava"])
 @pytest.mark.parametrize("stream", [False, True])
-def test_sync_call_leaves_one_priced_event(ledger_env: dict[str, str], upstream: StandIn, route: str,
-                                           stream: bool) -> None:
+def test_sync_call_leaves_one_priced_event(
+    ledger_env: dict[str, str], upstream: StandIn, route: str, stream: bool
+) -> None:
     with _client(upstream, route) as client:  # type: ignore[attr-defined]
-        reply = client.chat.completions.create(model="gpt-oss-120b", messages=MSG, stream=stream, max_tokens=30)
+        reply = client.chat.completions.create(
+            model="gpt-oss-120b", messages=MSG, stream=stream, max_tokens=30
+        )
         chunks = list(reply) if stream else [reply]
         assert client.flush(10)
     assert chunks and all(isinstance(c, dict) for c in chunks)
@@ -43,7 +52,10 @@ def test_sync_call_leaves_one_priced_event(ledger_env: dict[str, str], upstream:
     assert row["status"] == "ok" and row["route"] == route and bool(row["stream"]) is stream
     assert row["book"] == route  # a bare Lava key is managed mode: Lava's book
     assert row["upstream_id"] == served.upstream_id
-    assert (row["prompt_tokens"], row["completion_tokens"]) == (served.prompt_tokens, served.completion_tokens)
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (
+        served.prompt_tokens,
+        served.completion_tokens,
+    )
     assert row["reasoning_tokens"] == served.reasoning_tokens
     assert row["total_tokens"] == served.prompt_tokens + served.completion_tokens
     # gpt-oss-120b is $0.35 / $0.75 per 1M tokens in both books: 350 and 750 nano-dollars per token
@@ -58,8 +70,9 @@ def test_sync_call_leaves_one_priced_event(ledger_env: dict[str, str], upstream:
 
 @pytest.mark.parametrize("route", ["cerebras", "lava"])
 @pytest.mark.parametrize("stream", [False, True])
-def test_async_call_leaves_one_priced_event(ledger_env: dict[str, str], upstream: StandIn, route: str,
-                                            stream: bool) -> None:
+def test_async_call_leaves_one_priced_event(
+    ledger_env: dict[str, str], upstream: StandIn, route: str, stream: bool
+) -> None:
     async def go() -> list[dict[str, object]]:
         async with _client(upstream, route, ledger.AsyncCerebrasClient) as client:  # type: ignore[attr-defined]
             reply = await client.chat.completions.create(model="llama3.1-8b", messages=MSG, stream=stream)
@@ -75,13 +88,20 @@ def test_async_call_leaves_one_priced_event(ledger_env: dict[str, str], upstream
     if route == "lava":  # free through Lava
         assert bool(row["free"]) and row["cost_nanos"] == 0 and bool(row["priced"])
     else:  # $0.10 / $0.10 per 1M direct
-        assert not bool(row["free"]) and row["cost_nanos"] == 100 * (served.prompt_tokens + served.completion_tokens)
+        assert not bool(row["free"]) and row["cost_nanos"] == 100 * (
+            served.prompt_tokens + served.completion_tokens
+        )
 
 
-def test_lava_with_own_provider_key_uses_cerebras_rates(ledger_env: dict[str, str], upstream: StandIn) -> None:
-    token = base64.b64encode(json.dumps({"secret_key": "aks_live_x", "provider_key": "csk-own"}).encode()).decode()
-    with ledger.CerebrasClient("p", lava_forward_token=token, lava_base_url=upstream.base_url,
-                               max_retries=0) as client:
+def test_lava_with_own_provider_key_uses_cerebras_rates(
+    ledger_env: dict[str, str], upstream: StandIn
+) -> None:
+    token = base64.b64encode(
+        json.dumps({"secret_key": "aks_live_x", "provider_key": "csk-own"}).encode()
+    ).decode()
+    with ledger.CerebrasClient(
+        "p", lava_forward_token=token, lava_base_url=upstream.base_url, max_retries=0
+    ) as client:
         client.chat.completions.create(model="llama3.1-8b", messages=MSG)
         assert client.flush(10)
     (row,) = fetch_events(ledger_env["LEDGER_DATABASE_URL"])
@@ -89,15 +109,19 @@ def test_lava_with_own_provider_key_uses_cerebras_rates(ledger_env: dict[str, st
     assert row["cost_nanos"] > 0
 
 
-@pytest.mark.parametrize(("scenario", "exc", "status", "code"), [
-    ("wrong_key", ledger.AuthenticationError, 401, "wrong_api_key"),
-    ("not_found", ledger.NotFoundError, 404, "model_not_found"),
-    ("rate_limit", ledger.RateLimitError, 429, "queue_exceeded"),
-    ("token_quota", ledger.RateLimitError, 429, "token_quota_exceeded"),
-    ("server_error", ledger.InternalServerError, 500, "internal_error"),
-])
-def test_upstream_error_is_recorded_then_raised(ledger_env: dict[str, str], upstream: StandIn, scenario: str,
-                                                exc: type[Exception], status: int, code: str) -> None:
+@pytest.mark.parametrize(
+    ("scenario", "exc", "status", "code"),
+    [
+        ("wrong_key", ledger.AuthenticationError, 401, "wrong_api_key"),
+        ("not_found", ledger.NotFoundError, 404, "model_not_found"),
+        ("rate_limit", ledger.RateLimitError, 429, "queue_exceeded"),
+        ("token_quota", ledger.RateLimitError, 429, "token_quota_exceeded"),
+        ("server_error", ledger.InternalServerError, 500, "internal_error"),
+    ],
+)
+def test_upstream_error_is_recorded_then_raised(
+    ledger_env: dict[str, str], upstream: StandIn, scenario: str, exc: type[Exception], status: int, code: str
+) -> None:
     upstream.queue(scenario)
     with _client(upstream, "cerebras") as client:  # type: ignore[attr-defined]
         with pytest.raises(exc) as info:
@@ -121,8 +145,9 @@ def test_retries_leave_one_event_per_attempt(ledger_env: dict[str, str], upstrea
 
 
 @pytest.mark.parametrize("route", ["cerebras", "lava"])
-def test_cut_stream_is_incomplete_with_unknown_usage(ledger_env: dict[str, str], upstream: StandIn,
-                                                     route: str) -> None:
+def test_cut_stream_is_incomplete_with_unknown_usage(
+    ledger_env: dict[str, str], upstream: StandIn, route: str
+) -> None:
     upstream.queue("cut")
     got = []
     with _client(upstream, route) as client:  # type: ignore[attr-defined]
@@ -161,7 +186,9 @@ def test_stream_without_done_marker_is_ok(ledger_env: dict[str, str], upstream: 
 
 def test_abandoned_stream_is_incomplete(ledger_env: dict[str, str], upstream: StandIn) -> None:
     with _client(upstream, "cerebras") as client:  # type: ignore[attr-defined]
-        stream = client.chat.completions.create(model="gpt-oss-120b", messages=MSG, stream=True, max_tokens=50)
+        stream = client.chat.completions.create(
+            model="gpt-oss-120b", messages=MSG, stream=True, max_tokens=50
+        )
         next(iter(stream))
         stream.close()
         assert client.flush(10)
@@ -180,14 +207,17 @@ def test_unknown_model_is_unpriced_not_free(ledger_env: dict[str, str], upstream
 
 def test_tags_and_project_per_call(ledger_env: dict[str, str], upstream: StandIn) -> None:
     with _client(upstream, "cerebras", tags={"env": "prod"}) as client:  # type: ignore[attr-defined]
-        client.chat.completions.create(model="gpt-oss-120b", messages=MSG, tags={"user": "ana"}, project="other")
+        client.chat.completions.create(
+            model="gpt-oss-120b", messages=MSG, tags={"user": "ana"}, project="other"
+        )
         assert client.flush(10)
     (row,) = fetch_events(ledger_env["LEDGER_DATABASE_URL"])
     assert row["project"] == "other" and json.loads(row["tags"]) == {"env": "prod", "user": "ana"}
 
 
-def test_project_from_environment(ledger_env: dict[str, str], upstream: StandIn,
-                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_project_from_environment(
+    ledger_env: dict[str, str], upstream: StandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("LEDGER_PROJECT", "from-env")
     with ledger.CerebrasClient(api_key="k", base_url=upstream.base_url) as client:
         assert client.project == "from-env"
@@ -232,10 +262,13 @@ def test_connection_refused_is_recorded_and_raised(ledger_env: dict[str, str]) -
 def test_request_is_built_as_httpx_client_would_send_it() -> None:
     """The client sends through its transport, without httpx.Client: the request carries what
     the Client layer would have added (host, length, timeout) plus our own agent and encodings."""
-    client = ledger.CerebrasClient("p", api_key="sk-x", base_url="http://127.0.0.1:9", timeout=7.5,
-                                   database_url="sqlite:///:memory:")
+    client = ledger.CerebrasClient(
+        "p", api_key="sk-x", base_url="http://127.0.0.1:9", timeout=7.5, database_url="sqlite:///:memory:"
+    )
     try:
-        req = client._settings.build("m", MSG, False, {"x-extra": "1"}, client._timeout, None, None, {"seed": 3})
+        req = client._settings.build(
+            "m", MSG, False, {"x-extra": "1"}, client._timeout, None, None, {"seed": 3}
+        )
         assert req.method == "POST" and str(req.url) == "http://127.0.0.1:9/v1/chat/completions"
         assert req.headers["host"] == "127.0.0.1:9" and int(req.headers["content-length"]) == len(req.content)
         assert req.headers["user-agent"].startswith("cerebras-ledger/")
@@ -244,7 +277,9 @@ def test_request_is_built_as_httpx_client_would_send_it() -> None:
         assert json.loads(req.content) == {"model": "m", "messages": MSG, "seed": 3}
         assert req.extensions["timeout"] == {"connect": 7.5, "read": 7.5, "write": 7.5, "pool": 7.5}
         stream = client._settings.build("m", MSG, True, None, {"read": 1.0}, None, None, {})
-        assert stream.headers["accept"] == "text/event-stream" and json.loads(stream.content)["stream"] is True
+        assert (
+            stream.headers["accept"] == "text/event-stream" and json.loads(stream.content)["stream"] is True
+        )
     finally:
         client.close()
 

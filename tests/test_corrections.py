@@ -37,11 +37,25 @@ NEW_IN, NEW_OUT = 500, 1000  # nano-dollars per token: 0.50 / 1.00 USD per milli
 def _event(i: int, tags: tuple[tuple[str, str], ...] = (("feature", "chat"),)) -> CallEvent:
     prompt, completion = 100 + i, 50 + 2 * i
     return CallEvent(
-        event_id=new_event_id(), occurred_at=T0 + timedelta(minutes=i), project="alpha", route="cerebras",
-        book="cerebras", requested_model="gpt-oss-120b", served_model="gpt-oss-120b", status="ok",
-        http_status=200, error_type=None, error_code=None, stream=False,
-        usage=Usage(prompt, 0, completion, 0, prompt + completion), latency_us=1000, ttft_us=None,
-        time_info=None, upstream_id=None, lava_request_id=None, tags=tags,
+        event_id=new_event_id(),
+        occurred_at=T0 + timedelta(minutes=i),
+        project="alpha",
+        route="cerebras",
+        book="cerebras",
+        requested_model="gpt-oss-120b",
+        served_model="gpt-oss-120b",
+        status="ok",
+        http_status=200,
+        error_type=None,
+        error_code=None,
+        stream=False,
+        usage=Usage(prompt, 0, completion, 0, prompt + completion),
+        latency_us=1000,
+        ttft_us=None,
+        time_info=None,
+        upstream_id=None,
+        lava_request_id=None,
+        tags=tags,
     )
 
 
@@ -51,16 +65,20 @@ def _write(engine: sa.Engine, events: list[CallEvent]) -> None:
 
 def _new_price(engine: sa.Engine) -> None:
     with store.write_transaction(engine) as conn:
-        store.insert_prices(conn, [pricedb.new_point("cerebras", "gpt-oss-120b", "0.50", "1.00",
-                                                     effective_from=SINCE)])
+        store.insert_prices(
+            conn, [pricedb.new_point("cerebras", "gpt-oss-120b", "0.50", "1.00", effective_from=SINCE)]
+        )
 
 
 def _net(engine: sa.Engine) -> dict[str, tuple[int, int]]:
     """event id -> (net cost, number of correction rows)."""
     with engine.connect() as conn:
-        rows = conn.execute(sa.text(
-            "SELECT COALESCE(corrects_event_id, event_id), SUM(cost_nanos), "
-            "SUM(CASE WHEN kind = 'correction' THEN 1 ELSE 0 END) FROM events GROUP BY 1")).all()
+        rows = conn.execute(
+            sa.text(
+                "SELECT COALESCE(corrects_event_id, event_id), SUM(cost_nanos), "
+                "SUM(CASE WHEN kind = 'correction' THEN 1 ELSE 0 END) FROM events GROUP BY 1"
+            )
+        ).all()
     return {r[0]: (int(r[1]), int(r[2])) for r in rows}
 
 
@@ -73,8 +91,9 @@ def _blocked(url: str, probe: sa.Engine, other: dict[str, Any]) -> bool:
     if "pid" not in other:
         return False
     with probe.connect() as conn:
-        wait = conn.execute(sa.text("SELECT wait_event_type FROM pg_stat_activity WHERE pid = :p"),
-                            {"p": other["pid"]}).scalar()
+        wait = conn.execute(
+            sa.text("SELECT wait_event_type FROM pg_stat_activity WHERE pid = :p"), {"p": other["pid"]}
+        ).scalar()
     return wait == "Lock"
 
 
@@ -118,20 +137,28 @@ def _race(url: str, *, allow: type[BaseException] | None = None, **kw: Any) -> l
     return [r.get("result", r.get("error")) for r in runs]
 
 
-def test_two_reprice_runs_at_once_correct_each_event_once(db_url: str, engine: sa.Engine, reliability: Any) -> None:
+def test_two_reprice_runs_at_once_correct_each_event_once(
+    db_url: str, engine: sa.Engine, reliability: Any
+) -> None:
     events = [_event(i) for i in range(200)]
     _write(engine, events)
     before = _net(engine)
     _new_price(engine)
     results = _race(db_url)
-    want = {e.event_id: e.usage.prompt_tokens * NEW_IN + e.usage.completion_tokens * NEW_OUT  # type: ignore[union-attr]
-            for e in events}
+    want = {
+        e.event_id: e.usage.prompt_tokens * NEW_IN + e.usage.completion_tokens * NEW_OUT  # type: ignore[union-attr]
+        for e in events
+    }
     net = _net(engine)
     once = sum(1 for k, v in net.items() if v == (want[k], 2))
-    reliability(load="two `prices reprice` runs at once, each on its own engine",
-                fault="both held in their transactions until the other re-priced or waits on a lock",
-                inputs="200 events, one back-dated price", expected=len(events), recorded=once,
-                lost=len(events) - once)
+    reliability(
+        load="two `prices reprice` runs at once, each on its own engine",
+        fault="both held in their transactions until the other re-priced or waits on a lock",
+        inputs="200 events, one back-dated price",
+        expected=len(events),
+        recorded=once,
+        lost=len(events) - once,
+    )
     assert {k: v[0] for k, v in net.items()} == want  # each event at the new price, exactly once
     assert all(v[1] == 2 for v in net.values())  # one reversal and one restatement each
     assert sorted(r.corrections for r in results) == [0, len(events)]
@@ -144,7 +171,8 @@ def test_two_reprice_runs_at_once_correct_each_event_once(db_url: str, engine: s
 
 
 def test_without_the_lock_the_unique_key_still_stops_a_second_set(
-        db_url: str, engine: sa.Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    db_url: str, engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The lock switched off (as a writer that skips it would be): on PostgreSQL the second run's
     insert waits on the first one's unique key, then fails whole with RepriceConflict (its
     transaction rolls back); on SQLite BEGIN IMMEDIATE still serializes the runs."""
@@ -181,8 +209,10 @@ def test_the_schema_refuses_a_second_correction_set_of_one_generation(engine: sa
 
 def _corrections(conn: sa.Connection) -> list[dict[str, Any]]:
     t = EventRow.__table__
-    return [dict(r._mapping) for r in conn.execute(
-        sa.select(t).where(t.c.kind == "correction").order_by(t.c.event_id))]
+    return [
+        dict(r._mapping)
+        for r in conn.execute(sa.select(t).where(t.c.kind == "correction").order_by(t.c.event_id))
+    ]
 
 
 def _doubled(engine: sa.Engine) -> str:
@@ -195,7 +225,9 @@ def _doubled(engine: sa.Engine) -> str:
     with engine.begin() as conn:
         rows = _corrections(conn)
         top = max(r["correction_seq"] for r in rows)
-        copies = [{**r, "event_id": new_event_id(), "correction_seq": r["correction_seq"] + top} for r in rows]
+        copies = [
+            {**r, "event_id": new_event_id(), "correction_seq": r["correction_seq"] + top} for r in rows
+        ]
         conn.execute(sa.insert(EventRow.__table__), copies)
     return str(rows[0]["corrects_event_id"])
 
@@ -207,8 +239,9 @@ def test_verify_reports_a_doubled_correction_set(engine: sa.Engine) -> None:
     assert len(findings) == 1 and eid in findings[0].problem, findings
 
 
-def test_verify_cli_reports_a_doubled_correction_set(engine: sa.Engine, db_url: str,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_verify_cli_reports_a_doubled_correction_set(
+    engine: sa.Engine, db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     eid = _doubled(engine)
     capsys.readouterr()
     code = main(["--database-url", db_url, "verify"])
@@ -222,12 +255,20 @@ def test_verify_is_quiet_after_honest_repricing_twice(engine: sa.Engine) -> None
     with store.write_transaction(engine) as conn:
         pricedb.reprice(conn, SINCE, UNTIL)
     with store.write_transaction(engine) as conn:  # and back to a third price: a second generation
-        store.insert_prices(conn, [pricedb.new_point("cerebras", "gpt-oss-120b", "0.70", "1.40",
-                                                     effective_from=SINCE + timedelta(days=1))])
+        store.insert_prices(
+            conn,
+            [
+                pricedb.new_point(
+                    "cerebras", "gpt-oss-120b", "0.70", "1.40", effective_from=SINCE + timedelta(days=1)
+                )
+            ],
+        )
         assert pricedb.reprice(conn, SINCE, UNTIL).corrections == 5
     with engine.connect() as conn:
         assert [f for f in verify(conn) if f.check == "corrections"] == []
-        seqs = sorted(conn.execute(sa.text("SELECT correction_seq FROM events WHERE kind = 'correction'")).scalars())
+        seqs = sorted(
+            conn.execute(sa.text("SELECT correction_seq FROM events WHERE kind = 'correction'")).scalars()
+        )
     assert seqs == sorted([1, 2, 3, 4] * 5)
 
 
@@ -238,14 +279,17 @@ def _import(tmp_path: Path, db_url: str, capsys: pytest.CaptureFixture[str], cos
         "event_id,occurred_at,project,route,model,status,http_status,stream,prompt_tokens,cached_tokens,"
         "completion_tokens,reasoning_tokens,total_tokens,cost_usd,free,priced,upstream_id,tags\n"
         f"{eid},2026-10-05T12:00:00Z,alpha,cerebras,gpt-oss-120b,ok,200,false,1000,0,500,0,1500,{cost},"
-        "false,true,,{}\n", encoding="utf-8")
+        "false,true,,{}\n",
+        encoding="utf-8",
+    )
     capsys.readouterr()
     assert main(["--database-url", db_url, "events", "import", str(path)]) == 0
     return eid
 
 
 def test_reprice_leaves_an_imported_cost_alone_unless_asked(
-        engine: sa.Engine, db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    engine: sa.Engine, db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     imported = _import(tmp_path, db_url, capsys, "12.50")
     _write(engine, [_event(7)])
     _new_price(engine)
@@ -287,19 +331,29 @@ def test_migration_numbers_existing_corrections_and_verify_finds_an_old_doubled_
                 assert u is not None and c0.cost is not None
                 for _ in range(sets):  # each set reverses the original, as two racing runs did
                     neg = Usage(-u.prompt_tokens, 0, -u.completion_tokens, 0, -u.total_tokens)
-                    rows.append(store.event_row(
-                        pricedb._event_of(_Row(e), neg, "reversal"),
-                        Charge(c0.price_id, -c0.cost, False, True), now, kind="correction", corrects=e.event_id))
-                    rows.append(store.event_row(
-                        pricedb._event_of(_Row(e), u, "restatement"),
-                        Charge(point.price_id, pricedb.Money(cost), False, True), now, kind="correction",
-                        corrects=e.event_id))
+                    rows.append(
+                        store.event_row(
+                            pricedb._event_of(_Row(e), neg, "reversal"),
+                            Charge(c0.price_id, -c0.cost, False, True),
+                            now,
+                            kind="correction",
+                            corrects=e.event_id,
+                        )
+                    )
+                    rows.append(
+                        store.event_row(
+                            pricedb._event_of(_Row(e), u, "restatement"),
+                            Charge(point.price_id, pricedb.Money(cost), False, True),
+                            now,
+                            kind="correction",
+                            corrects=e.event_id,
+                        )
+                    )
             keep = {c.name for c in events.columns}
             conn.execute(sa.insert(events), [{k: v for k, v in r.items() if k in keep} for r in rows])
         store.upgrade(eng)
         with eng.connect() as conn:
-            seqs = dict(conn.execute(sa.text(
-                "SELECT event_id, correction_seq FROM events")).all())
+            seqs = dict(conn.execute(sa.text("SELECT event_id, correction_seq FROM events")).all())
             findings = [f for f in verify(conn) if f.check == "corrections"]
         by_event: dict[str, list[int]] = {}
         for r in rows:

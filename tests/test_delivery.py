@@ -53,8 +53,13 @@ class Hostile:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 with outer.arrived:
-                    outer.requests.append({"path": self.path, "body": body,
-                                           "headers": {k.lower(): v for k, v in self.headers.items()}})
+                    outer.requests.append(
+                        {
+                            "path": self.path,
+                            "body": body,
+                            "headers": {k.lower(): v for k, v in self.headers.items()},
+                        }
+                    )
                     outer.arrived.notify_all()
                 self.close_connection = True
                 sent = 0
@@ -98,8 +103,10 @@ class Hostile:
             self.release.wait(60)
             write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
         elif self.mode == "redirect":
-            write(f"HTTP/1.1 307 Temporary Redirect\r\nLocation: {self.location}\r\nContent-Length: 0\r\n"
-                  "Connection: close\r\n\r\n".encode())
+            write(
+                f"HTTP/1.1 307 Temporary Redirect\r\nLocation: {self.location}\r\nContent-Length: 0\r\n"
+                "Connection: close\r\n\r\n".encode()
+            )
         elif self.mode == "huge":
             write(f"HTTP/1.1 200 OK\r\nContent-Length: {HUGE}\r\nConnection: close\r\n\r\n".encode())
             chunk = b"x" * 65536
@@ -176,9 +183,14 @@ def test_a_trickling_receiver_ends_the_attempt_at_its_deadline(engine: sa.Engine
     assert row["last_error"] == "deadline exceeded (2 s)"
     assert as_utc(row["next_attempt_at"]) == NOW + timedelta(seconds=30)  # retried later, never lost
     assert rx.requests[0]["headers"]["idempotency-key"] == alert.alert_id
-    reliability(load="1 alert", fault="receiver trickles one byte a second, for ever",
-                inputs="2 s deadline", expected="attempt ends at the deadline, retried later",
-                recorded=row["last_error"], lost=0)
+    reliability(
+        load="1 alert",
+        fault="receiver trickles one byte a second, for ever",
+        inputs="2 s deadline",
+        expected="attempt ends at the deadline, retried later",
+        recorded=row["last_error"],
+        lost=0,
+    )
 
 
 def test_an_answer_whose_body_trickles_counts_once_its_status_is_in(engine: sa.Engine) -> None:
@@ -201,12 +213,31 @@ def test_alerts_check_on_a_trickling_receiver_returns(db_url: str, tmp_path: Pat
     make_alerts(eng)
     eng.dispose()
     with Hostile("trickle") as rx:
-        env = {**os.environ, "LEDGER_DATABASE_URL": db_url, "LEDGER_HOME": str(tmp_path / "home"),
-               "LEDGER_SPOOL_DIR": str(tmp_path / "spool"), "LEDGER_ALERT_WEBHOOK_URL": rx.url,
-               "LEDGER_ALERT_WEBHOOK_TIMEOUT": "2"}
-        proc = subprocess.run([sys.executable, "-m", "ledger", "alerts", "check", "--now", NOW.isoformat(),
-                               "--spike-min", "1000000"],
-                              env=env, capture_output=True, text=True, timeout=120)
+        env = {
+            **os.environ,
+            "LEDGER_DATABASE_URL": db_url,
+            "LEDGER_HOME": str(tmp_path / "home"),
+            "LEDGER_SPOOL_DIR": str(tmp_path / "spool"),
+            "LEDGER_ALERT_WEBHOOK_URL": rx.url,
+            "LEDGER_ALERT_WEBHOOK_TIMEOUT": "2",
+        }
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "ledger",
+                "alerts",
+                "check",
+                "--now",
+                NOW.isoformat(),
+                "--spike-min",
+                "1000000",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert proc.returncode == 0, proc.stderr
     assert "0 delivered, 1 failed" in proc.stdout
     assert "T0SECRETPATH" not in proc.stdout + proc.stderr
@@ -256,12 +287,29 @@ def test_every_post_carries_the_alert_id_as_idempotency_key(engine: sa.Engine) -
 # -- configuration ---------------------------------------------------------------------------------
 
 BAD_URLS = [
-    "ftp://example.com/hook", "file:///etc/passwd", "javascript:alert(1)", "gopher://example.com/",
-    "http://", "https:///only/a/path", "//example.com/hook", "example.com/hook", "http:example.com",
-    "http://exa mple.com/hook", "http://example.com/ho\x00ok", "http://example.com/\nX-Injected: 1",
-    "http://[::1/hook", "http://example.com:99999/", "http://example.com:-1/", "not a url",
-    "https://user:p@ss@/x", "ws://example.com/socket", "data:text/plain,hi", "http://example.com/\u2028x",
-    "http://exa\u200bmple.com/hook", "http://example.com\ud800/", "\x1b[31mhttp://example.com/",
+    "ftp://example.com/hook",
+    "file:///etc/passwd",
+    "javascript:alert(1)",
+    "gopher://example.com/",
+    "http://",
+    "https:///only/a/path",
+    "//example.com/hook",
+    "example.com/hook",
+    "http:example.com",
+    "http://exa mple.com/hook",
+    "http://example.com/ho\x00ok",
+    "http://example.com/\nX-Injected: 1",
+    "http://[::1/hook",
+    "http://example.com:99999/",
+    "http://example.com:-1/",
+    "not a url",
+    "https://user:p@ss@/x",
+    "ws://example.com/socket",
+    "data:text/plain,hi",
+    "http://example.com/\u2028x",
+    "http://exa\u200bmple.com/hook",
+    "http://example.com\ud800/",
+    "\x1b[31mhttp://example.com/",
 ]
 
 
@@ -285,14 +333,22 @@ def test_a_bad_webhook_timeout_is_refused(value: str) -> None:
 
 
 def test_good_webhook_urls_are_kept() -> None:
-    for url in ("https://hooks.slack.com/services/T0/B0/x", "HTTP://Example.COM:8080/a?b=c",
-                "http://user:pw@127.0.0.1:9/x", "https://[::1]:8443/hook", "https://bücher.example/hook"):
+    for url in (
+        "https://hooks.slack.com/services/T0/B0/x",
+        "HTTP://Example.COM:8080/a?b=c",
+        "http://user:pw@127.0.0.1:9/x",
+        "https://[::1]:8443/hook",
+        "https://bücher.example/hook",
+    ):
         assert outbox.Webhook(url).url == url
 
 
 @pytest.mark.parametrize("command", [("alerts", "check"), ("scheduler", "--list")])
 def test_a_bad_webhook_url_stops_the_command_with_one_line(
-    db_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    db_url: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
     command: tuple[str, ...],
 ) -> None:
     monkeypatch.setenv("LEDGER_SPOOL_DIR", str(tmp_path / "spool"))
@@ -306,8 +362,9 @@ def test_a_bad_webhook_url_stops_the_command_with_one_line(
 # -- two deliverers, one slow receiver -------------------------------------------------------------
 
 
-def _deliver_in_thread(db_url: str, hook: outbox.Webhook, errors: list[BaseException],
-                       **kwargs: Any) -> threading.Thread:
+def _deliver_in_thread(
+    db_url: str, hook: outbox.Webhook, errors: list[BaseException], **kwargs: Any
+) -> threading.Thread:
     def go() -> None:
         eng = store.make_engine(db_url)
         try:
@@ -345,8 +402,13 @@ def test_a_deliverer_whose_clock_runs_ahead_does_not_resend_a_slow_delivery(
     assert sorted(ids) == sorted(x.alert_id for x in created), ids
     rows = alert_rows(engine)
     assert all(r["delivered_at"] is not None and r["attempts"] == 1 for r in rows)
-    reliability(load="2 deliverers, 3 alerts", fault="slow receiver; one host clock 10 min ahead",
-                expected=3, recorded=len(set(ids)), lost=3 - len(set(ids)))
+    reliability(
+        load="2 deliverers, 3 alerts",
+        fault="slow receiver; one host clock 10 min ahead",
+        expected=3,
+        recorded=len(set(ids)),
+        lost=3 - len(set(ids)),
+    )
 
 
 def test_two_alerts_check_processes_at_once_send_each_alert_once(
@@ -356,13 +418,29 @@ def test_two_alerts_check_processes_at_once_send_each_alert_once(
     time over every answer: each alert reaches it exactly once."""
     created = make_alerts(engine, 4)
     with Hostile("hold") as rx:
-        env = {**os.environ, "LEDGER_DATABASE_URL": db_url, "LEDGER_HOME": str(tmp_path / "home"),
-               "LEDGER_SPOOL_DIR": str(tmp_path / "spool"), "LEDGER_ALERT_WEBHOOK_URL": rx.url,
-               "LEDGER_ALERT_WEBHOOK_TIMEOUT": "60"}
-        args = [sys.executable, "-m", "ledger", "alerts", "check", "--now", NOW.isoformat(),
-                "--spike-min", "1000000"]
-        procs = [subprocess.Popen(args, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-                 for _ in range(2)]
+        env = {
+            **os.environ,
+            "LEDGER_DATABASE_URL": db_url,
+            "LEDGER_HOME": str(tmp_path / "home"),
+            "LEDGER_SPOOL_DIR": str(tmp_path / "spool"),
+            "LEDGER_ALERT_WEBHOOK_URL": rx.url,
+            "LEDGER_ALERT_WEBHOOK_TIMEOUT": "60",
+        }
+        args = [
+            sys.executable,
+            "-m",
+            "ledger",
+            "alerts",
+            "check",
+            "--now",
+            NOW.isoformat(),
+            "--spike-min",
+            "1000000",
+        ]
+        procs = [
+            subprocess.Popen(args, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            for _ in range(2)
+        ]
         try:
             assert rx.wait_for(2, 90)  # both processes have an alert in flight at the slow receiver
             rx.release.set()

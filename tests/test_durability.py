@@ -46,11 +46,25 @@ ROUNDS = 3
 
 def _event(project: str = "durability") -> CallEvent:
     return CallEvent(
-        event_id=new_event_id(), occurred_at=datetime.now(UTC), project=project, route="cerebras",
-        book="cerebras", requested_model="gpt-oss-120b", served_model="gpt-oss-120b", status="ok",
-        http_status=200, error_type=None, error_code=None, stream=False, usage=Usage(20, 0, 8, 2, 28),
-        latency_us=1234, ttft_us=None, time_info=TimeInfo(1, 2, 3, 4), upstream_id=f"chatcmpl-{uuid.uuid4()}",
-        lava_request_id=None, tags=(("k", "v"),),
+        event_id=new_event_id(),
+        occurred_at=datetime.now(UTC),
+        project=project,
+        route="cerebras",
+        book="cerebras",
+        requested_model="gpt-oss-120b",
+        served_model="gpt-oss-120b",
+        status="ok",
+        http_status=200,
+        error_type=None,
+        error_code=None,
+        stream=False,
+        usage=Usage(20, 0, 8, 2, 28),
+        latency_us=1234,
+        ttft_us=None,
+        time_info=TimeInfo(1, 2, 3, 4),
+        upstream_id=f"chatcmpl-{uuid.uuid4()}",
+        lava_request_id=None,
+        tags=(("k", "v"),),
     )
 
 
@@ -76,8 +90,9 @@ def _assert_exactly_once(url: str, expected_ids: set[str]) -> list[dict[str, Any
     rows = fetch_events(url)
     ids = Counter(r["event_id"] for r in rows)
     assert not [i for i, n in ids.items() if n > 1], "duplicated event_id"
-    assert set(ids) == expected_ids, (f"missing {len(expected_ids - set(ids))}, "
-                                      f"unexpected {len(set(ids) - expected_ids)}")
+    assert set(ids) == expected_ids, (
+        f"missing {len(expected_ids - set(ids))}, unexpected {len(set(ids) - expected_ids)}"
+    )
     return rows
 
 
@@ -92,9 +107,14 @@ def _kill_round(upstream: StandIn, mode: str, workers: int, rng: random.Random, 
     """Start a caller child, SIGKILL it at a random moment after some calls returned; the ids it printed."""
     printed: list[str] = []
     with open(log, "ab") as err:
-        proc = subprocess.Popen([sys.executable, str(CALLER), upstream.base_url, mode, str(workers), "60"],
-                                stdout=subprocess.PIPE, stderr=err, env=dict(os.environ))
+        proc = subprocess.Popen(
+            [sys.executable, str(CALLER), upstream.base_url, mode, str(workers), "60"],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            env=dict(os.environ),
+        )
     try:
+
         def read() -> None:
             assert proc.stdout is not None
             for raw in proc.stdout:
@@ -122,8 +142,9 @@ def _kill_round(upstream: StandIn, mode: str, workers: int, rng: random.Random, 
 
 
 @pytest.mark.parametrize(("mode", "workers"), [("threads", 4), ("async", 8)])
-def test_kill9_loses_no_returned_call(ledger_env: dict[str, str], upstream: StandIn, tmp_path: Path,
-                                      mode: str, workers: int, reliability: Any) -> None:
+def test_kill9_loses_no_returned_call(
+    ledger_env: dict[str, str], upstream: StandIn, tmp_path: Path, mode: str, workers: int, reliability: Any
+) -> None:
     url, spool = ledger_env["LEDGER_DATABASE_URL"], Path(ledger_env["LEDGER_SPOOL_DIR"])
     seed = int.from_bytes(os.urandom(4))
     rng = random.Random(seed)
@@ -137,8 +158,14 @@ def test_kill9_loses_no_returned_call(ledger_env: dict[str, str], upstream: Stan
     if mode == "threads":
         assert journal.recover(url) == 0  # no segment has a live owner
     else:  # any CLI command recovers first
-        out = subprocess.run([sys.executable, "-m", "ledger", "summary", "--format", "json"], check=False,
-                             capture_output=True, text=True, timeout=120, env=dict(os.environ))
+        out = subprocess.run(
+            [sys.executable, "-m", "ledger", "summary", "--format", "json"],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=dict(os.environ),
+        )
         assert out.returncode == 0, out.stderr
     assert _spool_files(spool, journal.SEGMENT_SUFFIX) == []
 
@@ -167,11 +194,14 @@ def test_kill9_loses_no_returned_call(ledger_env: dict[str, str], upstream: Stan
         (summary,) = json.loads(out.stdout)
         assert summary["project"] == "kill9" and summary["calls"] == len(rows)
     returned_recorded = sum(1 for c in printed if in_db[c] == 1)
-    reliability(load=f"{ROUNDS} child processes in turn, {workers} {mode} each, calls back to back",
-                fault=f"kill -9 at a random moment ({ROUNDS} times, seed {seed}); recovery on restart",
-                expected=f"{len(printed)} returned calls", recorded=returned_recorded,
-                lost=f"{len(printed) - returned_recorded} (plus {len(served - set(in_db))} in flight at a kill, "
-                     f"never returned to the caller)")
+    reliability(
+        load=f"{ROUNDS} child processes in turn, {workers} {mode} each, calls back to back",
+        fault=f"kill -9 at a random moment ({ROUNDS} times, seed {seed}); recovery on restart",
+        expected=f"{len(printed)} returned calls",
+        recorded=returned_recorded,
+        lost=f"{len(printed) - returned_recorded} (plus {len(served - set(in_db))} in flight at a kill, "
+        f"never returned to the caller)",
+    )
 
 
 # -- 2. a torn last record -------------------------------------------------------------------------
@@ -193,15 +223,22 @@ def test_torn_last_record_is_set_aside(db_url: str, tmp_path: Path, reliability:
     assert journal.recover(db_url, spool) == 0  # again: nothing more, nothing twice
     again = _assert_exactly_once(db_url, {e.event_id for e in events})
     assert (spool / "rejected.jsonl").read_bytes() == torn + b"\n"
-    reliability(load="a dead process's segment: 5 whole records + half of a 6th", fault="torn last record",
-                inputs="torn JSON line", expected="5 events + 1 torn line set aside",
-                recorded=f"{len(again)} events, torn line in rejected.jsonl", lost=5 - len(again))
+    reliability(
+        load="a dead process's segment: 5 whole records + half of a 6th",
+        fault="torn last record",
+        inputs="torn JSON line",
+        expected="5 events + 1 torn line set aside",
+        recorded=f"{len(again)} events, torn line in rejected.jsonl",
+        lost=5 - len(again),
+    )
 
 
 # -- 3. crash between the database commit and the checkpoint ----------------------------------------
 
 
-def test_replay_after_crash_between_commit_and_checkpoint(db_url: str, tmp_path: Path, reliability: Any) -> None:
+def test_replay_after_crash_between_commit_and_checkpoint(
+    db_url: str, tmp_path: Path, reliability: Any
+) -> None:
     spool = tmp_path / "spool"
     # A live journal writes events; keep a copy of its segment as it was once committed.
     j = journal.Journal(db_url, spool)
@@ -233,17 +270,26 @@ def test_replay_after_crash_between_commit_and_checkpoint(db_url: str, tmp_path:
     assert _spool_files(spool, journal.SEGMENT_SUFFIX) == [] and _spool_files(spool, ".ckpt") == []
     assert not (spool / "rejected.jsonl").exists()
     n = len(fetch_events(db_url))
-    reliability(load="37 events; the committed segment replayed 3 times (zero, stale and no checkpoint)",
-                fault="writer crash between the database commit and the spool checkpoint",
-                expected=37, recorded=n, lost=37 - n)
+    reliability(
+        load="37 events; the committed segment replayed 3 times (zero, stale and no checkpoint)",
+        fault="writer crash between the database commit and the spool checkpoint",
+        expected=37,
+        recorded=n,
+        lost=37 - n,
+    )
 
 
 # -- 4. the database down ------------------------------------------------------------------------
 
 
 def _pg_ctl(action: str) -> None:
-    subprocess.run(f"pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql | head -n 1) main {action}",
-                   shell=True, check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        f"pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql | head -n 1) main {action}",
+        shell=True,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
 
 
 def _pg_accepts() -> bool:
@@ -276,7 +322,9 @@ def _calls(client: ledger.CerebrasClient, n: int) -> list[str]:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def outage_url(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def outage_url(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
     """Like ``ledger_env``, but the PostgreSQL schema is made and dropped without a pooled
     connection (a pooled one would not survive the server restart of the test)."""
     if request.param == "sqlite":
@@ -328,7 +376,9 @@ def _outage(outage_url: str, upstream: StandIn, seconds: float, reliability: Any
     during: list[float] = []
     with ledger.CerebrasClient("outage", api_key="k", base_url=upstream.base_url, max_retries=0) as client:
         j = client.transport.journal
-        ids = _steady_calls(client, 0.5, before)  # the ledger exists; the writer holds a (soon stale) connection
+        ids = _steady_calls(
+            client, 0.5, before
+        )  # the ledger exists; the writer holds a (soon stale) connection
         assert client.flush(30)
         if url.startswith("sqlite"):
             # SQLite: another connection holds the write lock.
@@ -362,27 +412,37 @@ def _outage(outage_url: str, upstream: StandIn, seconds: float, reliability: Any
     assert len({r["event_id"] for r in rows}) == len(rows) == len(ids)
     assert {s.upstream_id for s in upstream.served} == set(ids)
     assert all(r["status"] == "ok" and bool(r["priced"]) for r in rows)
-    reliability(load=f"1 thread, calls back to back: {len(before)} before, {len(during)} during the outage "
-                     f"(median {_median_ms(before)} ms before, {_median_ms(during)} ms during)",
-                fault=fault + "; backlog drained by itself after", expected=len(ids), recorded=len(rows),
-                lost=len(ids) - len(rows))
+    reliability(
+        load=f"1 thread, calls back to back: {len(before)} before, {len(during)} during the outage "
+        f"(median {_median_ms(before)} ms before, {_median_ms(during)} ms during)",
+        fault=fault + "; backlog drained by itself after",
+        expected=len(ids),
+        recorded=len(rows),
+        lost=len(ids) - len(rows),
+    )
 
 
-def test_calls_succeed_while_database_unavailable(outage_url: str, upstream: StandIn, reliability: Any) -> None:
+def test_calls_succeed_while_database_unavailable(
+    outage_url: str, upstream: StandIn, reliability: Any
+) -> None:
     _outage(outage_url, upstream, 2.0, reliability)
 
 
 @pytest.mark.soak
-def test_thirty_second_outage_under_steady_traffic(outage_url: str, upstream: StandIn, reliability: Any) -> None:
+def test_thirty_second_outage_under_steady_traffic(
+    outage_url: str, upstream: StandIn, reliability: Any
+) -> None:
     """The issue's figure: the database unavailable for 30 s under steady traffic (``pytest -m soak``)."""
     _outage(outage_url, upstream, 30.0, reliability)
 
 
 # -- 5. two processes recover the same dead segments at once ---------------------------------------
 
-_RECOVER = ("import sys, ledger.journal as j, ledger.store, sqlalchemy\n"
-            "sys.stdin.readline()\n"
-            "print(j.recover(sys.argv[1], sys.argv[2]))\n")
+_RECOVER = (
+    "import sys, ledger.journal as j, ledger.store, sqlalchemy\n"
+    "sys.stdin.readline()\n"
+    "print(j.recover(sys.argv[1], sys.argv[2]))\n"
+)
 
 
 def test_two_processes_recover_the_same_segments(db_url: str, tmp_path: Path, reliability: Any) -> None:
@@ -403,9 +463,17 @@ def test_two_processes_recover_the_same_segments(db_url: str, tmp_path: Path, re
             skipped |= {json.loads(line)[1] for line in head.splitlines()}
     assert len(skipped) == 30
 
-    procs = [subprocess.Popen([sys.executable, "-c", _RECOVER, db_url, str(spool)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _RECOVER, db_url, str(spool)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(os.environ),
+        )
+        for _ in range(2)
+    ]
     try:
         for p in procs:  # both have imported everything; let them go at once
             assert p.stdin is not None
@@ -423,29 +491,35 @@ def test_two_processes_recover_the_same_segments(db_url: str, tmp_path: Path, re
     rows = _assert_exactly_once(db_url, expected - skipped)
     assert _spool_files(spool, journal.SEGMENT_SUFFIX) == [] and _spool_files(spool, ".ckpt") == []
     assert not (spool / "rejected.jsonl").exists()
-    reliability(load="8 dead segments of 250 events (30 before checkpoints, already written)",
-                fault="two processes recover the same spool at the same moment",
-                expected=len(expected - skipped), recorded=len(rows), lost=len(expected - skipped) - len(rows))
+    reliability(
+        load="8 dead segments of 250 events (30 before checkpoints, already written)",
+        fault="two processes recover the same spool at the same moment",
+        expected=len(expected - skipped),
+        recorded=len(rows),
+        lost=len(expected - skipped) - len(rows),
+    )
 
 
 # -- files are owner-only ------------------------------------------------------------------------
 
 
-def test_spool_and_database_files_are_owner_only(ledger_env: dict[str, str], upstream: StandIn,
-                                                 tmp_path: Path) -> None:
+def test_spool_and_database_files_are_owner_only(
+    ledger_env: dict[str, str], upstream: StandIn, tmp_path: Path
+) -> None:
     url = ledger_env["LEDGER_DATABASE_URL"]
     spool = tmp_path / "deep" / "er" / "spool"
     old = os.umask(0)  # the most permissive umask: modes must come from the ledger itself
     try:
-        with ledger.CerebrasClient("perm", api_key="k", base_url=upstream.base_url, max_retries=0,
-                                   spool_dir=str(spool)) as client:
+        with ledger.CerebrasClient(
+            "perm", api_key="k", base_url=upstream.base_url, max_retries=0, spool_dir=str(spool)
+        ) as client:
             _calls(client, 3)
             assert client.flush(30)
             live = client.transport.journal.segment
             assert live.exists() and _mode(live) == 0o600
             assert _mode(live.with_suffix(".ckpt")) == 0o600
             # a dead segment with a corrupt line: recovery creates rejected.jsonl
-            _dead_segment(spool, encode(_event()) + b"[1, \"not an event\"]\n")
+            _dead_segment(spool, encode(_event()) + b'[1, "not an event"]\n')
             assert journal.recover(url, spool) == 1  # the live client's segment is busy
             assert _mode(spool / "rejected.jsonl") == 0o600
     finally:
@@ -465,7 +539,9 @@ def test_spool_and_database_files_are_owner_only(ledger_env: dict[str, str], ups
 # -- a recovery racing the creation of a live segment ------------------------------------------
 
 
-def test_recovery_never_takes_a_segment_being_created(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_recovery_never_takes_a_segment_being_created(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Another process scans the spool right after this one created its segment file but before
     it locked it: the scanner must not treat the new (empty, unlocked) segment as dead."""
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
@@ -500,7 +576,6 @@ def test_recovery_never_takes_a_segment_being_created(tmp_path: Path, monkeypatc
     _assert_exactly_once(url, {e.event_id})
 
 
-
 def test_steady_traffic_is_written_in_few_transactions(db_url: str, tmp_path: Path) -> None:
     """A writer round takes only what was spooled when it began, then lingers: under steady
     traffic it commits about one batch per linger. (It used to go on draining while calls kept
@@ -530,4 +605,6 @@ def test_steady_traffic_is_written_in_few_transactions(db_url: str, tmp_path: Pa
         engine.dispose()
     assert recorded == len(ids) + 1
     # one for the first event, one per linger while calls came, one for the flush at the end
-    assert batches <= 1 + elapsed / journal.thread.LINGER_S + 2, f"{batches} transactions for {len(ids)} events"
+    assert batches <= 1 + elapsed / journal.thread.LINGER_S + 2, (
+        f"{batches} transactions for {len(ids)} events"
+    )

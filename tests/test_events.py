@@ -34,13 +34,21 @@ UUID7 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-
 
 # "Odd" text: anything Unicode can encode (NUL, controls, RTL marks, U+2028, emoji, astral planes).
 odd_text = st.text(st.characters(codec="utf-8"), max_size=30) | st.sampled_from(
-    ["", "\x00", "\u2028\u2029", "\ufeff", "\u202e evil", "a\r\nb", '"\\', "🧾" * 5, "\U0010ffff", "é" * 3])
+    ["", "\x00", "\u2028\u2029", "\ufeff", "\u202e evil", "a\r\nb", '"\\', "🧾" * 5, "\U0010ffff", "é" * 3]
+)
 opt_text = st.none() | odd_text
 opt_int = st.none() | st.integers(-(2**63), 2**63 - 1)
 counts = st.integers(0, 2**62)
 
-zones = st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30)), timezone(-timedelta(hours=8)),
-                         timezone(timedelta(hours=14)), timezone(timedelta(seconds=-3599))])
+zones = st.sampled_from(
+    [
+        UTC,
+        timezone(timedelta(hours=5, minutes=30)),
+        timezone(-timedelta(hours=8)),
+        timezone(timedelta(hours=14)),
+        timezone(timedelta(seconds=-3599)),
+    ]
+)
 instants = st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(2200, 1, 1), timezones=zones)
 
 call_events = st.builds(
@@ -71,11 +79,27 @@ call_events = st.builds(
 
 def _sample_event(**changes: Any) -> CallEvent:
     base = CallEvent(
-        event_id=new_event_id(), occurred_at=datetime(2025, 1, 2, 3, 4, 5, 678901, tzinfo=UTC), project="p",
-        route="lava", book="lava", requested_model="gpt-oss-120b", served_model="gpt-oss-120b", status="ok",
-        http_status=200, error_type=None, error_code=None, stream=True, usage=Usage(22, 0, 3, 0, 25),
-        latency_us=1234, ttft_us=99, time_info=TimeInfo(534, 1281, 3694, 7520),
-        upstream_id="chatcmpl-1", lava_request_id="req_1", tags=(("team", "ml"),), source="wrapper", note=None,
+        event_id=new_event_id(),
+        occurred_at=datetime(2025, 1, 2, 3, 4, 5, 678901, tzinfo=UTC),
+        project="p",
+        route="lava",
+        book="lava",
+        requested_model="gpt-oss-120b",
+        served_model="gpt-oss-120b",
+        status="ok",
+        http_status=200,
+        error_type=None,
+        error_code=None,
+        stream=True,
+        usage=Usage(22, 0, 3, 0, 25),
+        latency_us=1234,
+        ttft_us=99,
+        time_info=TimeInfo(534, 1281, 3694, 7520),
+        upstream_id="chatcmpl-1",
+        lava_request_id="req_1",
+        tags=(("team", "ml"),),
+        source="wrapper",
+        note=None,
     )
     return CallEvent(**{**{f: getattr(base, f) for f in base.__dataclass_fields__}, **changes})
 
@@ -109,8 +133,11 @@ def test_a_version_1_record_from_an_older_ledger_still_decodes() -> None:
         v1[13] = v1[13][:5]
     back = decode(json.dumps(v1).encode() + b"\n")
     assert back.endpoint == "chat.completions" and back.service_tier is None and back.finish_reason is None
-    assert back.usage == (None if event.usage is None else replace(
-        event.usage, accepted_prediction_tokens=0, rejected_prediction_tokens=0, image_tokens=0))
+    assert back.usage == (
+        None
+        if event.usage is None
+        else replace(event.usage, accepted_prediction_tokens=0, rejected_prediction_tokens=0, image_tokens=0)
+    )
     assert back.event_id == event.event_id and back.tags == event.tags
 
 
@@ -143,7 +170,10 @@ def test_a_hundred_thousand_ids_are_uuid7_unique_and_increasing() -> None:
     end_ms = time.time_ns() // 1_000_000
     assert all(UUID7.match(i) for i in ids)
     parsed = [uuid.UUID(i) for i in ids]
-    assert all(u.version == 7 and u.variant == uuid.RFC_4122 and str(u) == i for u, i in zip(parsed, ids, strict=True))
+    assert all(
+        u.version == 7 and u.variant == uuid.RFC_4122 and str(u) == i
+        for u, i in zip(parsed, ids, strict=True)
+    )
     assert len(set(ids)) == len(ids)
     assert all(a < b for a, b in itertools.pairwise(ids))  # as strings: what the database sorts
     assert all(a.int < b.int for a, b in itertools.pairwise(parsed))
@@ -241,11 +271,13 @@ def test_a_record_with_one_field_replaced_by_json_noise_is_refused_or_decoded(da
     """Never an exception other than EventDecodeError, whatever a field holds."""
     row = json.loads(encode(_sample_event()))
     index = data.draw(st.integers(0, len(row) - 1))
-    row[index] = data.draw(st.recursive(
-        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
-        lambda c: st.lists(c, max_size=5) | st.dictionaries(st.text(max_size=3), c, max_size=3),
-        max_leaves=10,
-    ))
+    row[index] = data.draw(
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+            lambda c: st.lists(c, max_size=5) | st.dictionaries(st.text(max_size=3), c, max_size=3),
+            max_leaves=10,
+        )
+    )
     try:
         decode(json.dumps(row).encode())
     except EventDecodeError:

@@ -166,8 +166,14 @@ def _writes_held(url: str) -> Iterator[None]:
 
 
 def _client(upstream: StandIn, url: str, spool: Path) -> ledger.CerebrasClient:
-    return ledger.CerebrasClient("storage-faults", api_key="sk-test-key", base_url=upstream.base_url,
-                                 database_url=url, spool_dir=str(spool), max_retries=0)
+    return ledger.CerebrasClient(
+        "storage-faults",
+        api_key="sk-test-key",
+        base_url=upstream.base_url,
+        database_url=url,
+        spool_dir=str(spool),
+        max_retries=0,
+    )
 
 
 def _calls(client: ledger.CerebrasClient, n: int) -> list[str]:
@@ -215,8 +221,11 @@ def _assert_ledger_matches(url: str, expected: list[str]) -> list[dict[str, Any]
 
 
 def _records(caplog: pytest.LogCaptureFixture, level: int, text: str = "") -> list[logging.LogRecord]:
-    return [r for r in caplog.records
-            if r.name.startswith("ledger") and r.levelno >= level and text in r.getMessage()]
+    return [
+        r
+        for r in caplog.records
+        if r.name.startswith("ledger") and r.levelno >= level and text in r.getMessage()
+    ]
 
 
 def _count_write_attempts(monkeypatch: pytest.MonkeyPatch) -> list[int]:
@@ -234,16 +243,28 @@ def _count_write_attempts(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 @pytest.fixture
 def no_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for k in ("LEDGER_PROJECT", "CEREBRAS_API_KEY", "LAVA_FORWARD_TOKEN", "CEREBRAS_BASE_URL",
-              "LAVA_BASE_URL", "LEDGER_SPOOL_FSYNC"):
+    for k in (
+        "LEDGER_PROJECT",
+        "CEREBRAS_API_KEY",
+        "LAVA_FORWARD_TOKEN",
+        "CEREBRAS_BASE_URL",
+        "LAVA_BASE_URL",
+        "LEDGER_SPOOL_FSYNC",
+    ):
         monkeypatch.delenv(k, raising=False)
 
 
 # -- 1. the disk under the spool fills up ----------------------------------------------------------
 
 
-def test_disk_full_under_the_spool(db_url: str, tmpfs: Callable[[str, str], Path], upstream: StandIn,
-                                   caplog: pytest.LogCaptureFixture, reliability: Any, no_env: None) -> None:
+def test_disk_full_under_the_spool(
+    db_url: str,
+    tmpfs: Callable[[str, str], Path],
+    upstream: StandIn,
+    caplog: pytest.LogCaptureFixture,
+    reliability: Any,
+    no_env: None,
+) -> None:
     """Calls keep returning while the spool's disk is full; what no longer fits waits in memory
     and reaches the database; what was spooled before is not lost; once space is back, events
     spool again."""
@@ -300,15 +321,25 @@ def test_disk_full_under_the_spool(db_url: str, tmpfs: Callable[[str, str], Path
     assert sorted(served) == sorted(ids)
     rows = _assert_ledger_matches(db_url, served)
     assert len(rows) == len(served) == n_before + n_full + n_after
-    reliability(load=f"{len(ids)} calls, 1 thread ({n_before} before, {n_full} during, {n_after} after)",
-                fault=f"spool tmpfs 64k full (ENOSPC), database write-locked meanwhile; "
-                      f"{held} events held in memory, {len(spooled_during)} fit the last page",
-                expected=len(served), recorded=len(rows), lost=len(served) - len(rows))
+    reliability(
+        load=f"{len(ids)} calls, 1 thread ({n_before} before, {n_full} during, {n_after} after)",
+        fault=f"spool tmpfs 64k full (ENOSPC), database write-locked meanwhile; "
+        f"{held} events held in memory, {len(spooled_during)} fit the last page",
+        expected=len(served),
+        recorded=len(rows),
+        lost=len(served) - len(rows),
+    )
 
 
-def test_disk_full_and_memory_overflow_full(db_url: str, tmpfs: Callable[[str, str], Path], upstream: StandIn,
-                                           caplog: pytest.LogCaptureFixture, reliability: Any, no_env: None,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_disk_full_and_memory_overflow_full(
+    db_url: str,
+    tmpfs: Callable[[str, str], Path],
+    upstream: StandIn,
+    caplog: pytest.LogCaptureFixture,
+    reliability: Any,
+    no_env: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Past ``MAX_OVERFLOW`` events in memory, an event is lost: the caller still gets its
     response, each loss is logged CRITICAL with the event id, and the count is exact."""
     caplog.set_level(logging.INFO, logger="ledger")
@@ -351,18 +382,27 @@ def test_disk_full_and_memory_overflow_full(db_url: str, tmpfs: Callable[[str, s
     assert client.flush(30)
     rows = fetch_events(db_url)
     assert {r["upstream_id"] for r in rows} >= set(more) and len(rows) == cap + 2
-    reliability(load=f"{n} calls, 1 thread", fault=f"spool tmpfs full before the first append, database "
-                f"write-locked, MAX_OVERFLOW={cap}", expected=len(served), recorded=recorded,
-                lost=len(served) - recorded)
+    reliability(
+        load=f"{n} calls, 1 thread",
+        fault=f"spool tmpfs full before the first append, database write-locked, MAX_OVERFLOW={cap}",
+        expected=len(served),
+        recorded=recorded,
+        lost=len(served) - recorded,
+    )
 
 
 # -- 2. events still in memory when the process closes the ledger ------------------------------------
 
 
 @pytest.mark.parametrize("disk", ["space back", "still full"])
-def test_events_in_memory_at_close(tmpfs: Callable[[str, str], Path], upstream: StandIn,
-                                   caplog: pytest.LogCaptureFixture, reliability: Any, no_env: None,
-                                   disk: str) -> None:
+def test_events_in_memory_at_close(
+    tmpfs: Callable[[str, str], Path],
+    upstream: StandIn,
+    caplog: pytest.LogCaptureFixture,
+    reliability: Any,
+    no_env: None,
+    disk: str,
+) -> None:
     """The spool's disk filled and the database is read-only, then the process closes the ledger
     (exit): events held in memory go to the spool if it has room again (a later process writes
     them), otherwise each is logged CRITICAL as lost. None may vanish without a word."""
@@ -378,8 +418,10 @@ def test_events_in_memory_at_close(tmpfs: Callable[[str, str], Path], upstream: 
     filler = _fill(spool)
     ids = _calls(client, n)
     assert len(j._overflow) == n and len(_records(caplog, logging.ERROR, KEPT_IN_MEMORY)) == 1
-    _wait("the writer to report the read-only database",
-          lambda: bool(_records(caplog, logging.ERROR, "cannot write to")))
+    _wait(
+        "the writer to report the read-only database",
+        lambda: bool(_records(caplog, logging.ERROR, "cannot write to")),
+    )
     if disk == "space back":
         filler.unlink()
     assert j.close(0.5) is False  # the database still refuses: not everything was written
@@ -401,12 +443,18 @@ def test_events_in_memory_at_close(tmpfs: Callable[[str, str], Path], upstream: 
         assert all(r.levelno == logging.CRITICAL and str(spool) in r.getMessage() for r in lost)
         assert len({str(r.args[-1]) for r in lost if isinstance(r.args, tuple)}) == n  # each names its event
     assert len(rows) + len(lost) == n
-    reliability(load=f"{n} calls, 1 thread, then close", fault=f"spool tmpfs full, SQLite read-only, process "
-                f"closes the ledger with the disk {disk}", expected=n, recorded=len(rows), lost=n - len(rows))
+    reliability(
+        load=f"{n} calls, 1 thread, then close",
+        fault=f"spool tmpfs full, SQLite read-only, process closes the ledger with the disk {disk}",
+        expected=n,
+        recorded=len(rows),
+        lost=n - len(rows),
+    )
 
 
-def test_close_while_the_writer_waits_on_the_database(tmp_path: Path, upstream: StandIn, reliability: Any,
-                                                       no_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_close_while_the_writer_waits_on_the_database(
+    tmp_path: Path, upstream: StandIn, reliability: Any, no_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The process closes the ledger while the writer is stuck in a database call (a write lock
     held elsewhere): the writer must not be left with closed file descriptors, which the next
     files the process opens reuse (it would write its checkpoint into one of them). It finishes
@@ -436,16 +484,27 @@ def test_close_while_the_writer_waits_on_the_database(tmp_path: Path, upstream: 
     rows = _assert_ledger_matches(url, _served(upstream, len(ids)))
     assert len(rows) == len(ids) == 5
     assert not list(spool.glob("*" + journal.SEGMENT_SUFFIX)), "the drained segment was left behind"
-    reliability(load="5 calls, then close", fault="close while the writer waits on a SQLite write lock",
-                expected=len(ids), recorded=len(rows), lost=len(ids) - len(rows))
+    reliability(
+        load="5 calls, then close",
+        fault="close while the writer waits on a SQLite write lock",
+        expected=len(ids),
+        recorded=len(rows),
+        lost=len(ids) - len(rows),
+    )
 
 
 # -- 3. the database goes read-only ------------------------------------------------------------------
 
 
-def test_sqlite_read_only_filesystem(tmpfs: Callable[[str, str], Path], tmp_path: Path, upstream: StandIn,
-                                     caplog: pytest.LogCaptureFixture, reliability: Any, no_env: None,
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sqlite_read_only_filesystem(
+    tmpfs: Callable[[str, str], Path],
+    tmp_path: Path,
+    upstream: StandIn,
+    caplog: pytest.LogCaptureFixture,
+    reliability: Any,
+    no_env: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """The SQLite file's filesystem is remounted read-only: calls still succeed, the writer logs
     the problem once however often it retries, events wait in the spool, and once the
     filesystem is writable again they drain exactly once."""
@@ -487,8 +546,13 @@ def test_sqlite_read_only_filesystem(tmpfs: Callable[[str, str], Path], tmp_path
     served = _served(upstream, len(ids))
     rows = _assert_ledger_matches(url, served)
     assert len(rows) == len(served) == 5 + n
-    reliability(load=f"{len(ids)} calls, 1 thread", fault="SQLite file's tmpfs remounted read-only (EROFS), "
-                "then read-write", expected=len(served), recorded=len(rows), lost=len(served) - len(rows))
+    reliability(
+        load=f"{len(ids)} calls, 1 thread",
+        fault="SQLite file's tmpfs remounted read-only (EROFS), then read-write",
+        expected=len(served),
+        recorded=len(rows),
+        lost=len(served) - len(rows),
+    )
 
 
 @pytest.fixture
@@ -509,8 +573,10 @@ def pg_read_only_role() -> Iterator[tuple[str, str, sa.Engine]]:
     finally:
         journal.close_all(5.0)
         with admin.begin() as conn:
-            conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = :r"),
-                         {"r": role})
+            conn.execute(
+                sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = :r"),
+                {"r": role},
+            )
             conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
             conn.execute(sa.text(f'DROP OWNED BY "{role}"'))
             conn.execute(sa.text(f'DROP ROLE IF EXISTS "{role}"'))
@@ -519,13 +585,22 @@ def pg_read_only_role() -> Iterator[tuple[str, str, sa.Engine]]:
 
 def _sessions(admin: sa.Engine, role: str) -> int:
     with admin.connect() as conn:
-        return int(conn.execute(sa.text("SELECT count(*) FROM pg_stat_activity WHERE usename = :r"),
-                                {"r": role}).scalar_one())
+        return int(
+            conn.execute(
+                sa.text("SELECT count(*) FROM pg_stat_activity WHERE usename = :r"), {"r": role}
+            ).scalar_one()
+        )
 
 
-def test_postgresql_read_only(pg_read_only_role: tuple[str, str, sa.Engine], upstream: StandIn,
-                              tmp_path: Path, caplog: pytest.LogCaptureFixture, reliability: Any,
-                              no_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_postgresql_read_only(
+    pg_read_only_role: tuple[str, str, sa.Engine],
+    upstream: StandIn,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    reliability: Any,
+    no_env: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """PostgreSQL refuses the ledger's writes ("cannot execute INSERT in a read-only
     transaction"): calls succeed, the writer logs it once, events wait in the spool; when the
     setting is lifted the ledger reconnects by itself and the backlog drains exactly once."""
@@ -541,8 +616,13 @@ def test_postgresql_read_only(pg_read_only_role: tuple[str, str, sa.Engine], ups
 
     with admin.begin() as conn:
         conn.execute(sa.text(f'ALTER ROLE "{role}" SET default_transaction_read_only = on'))
-        cut = conn.execute(sa.text("SELECT count(*) FROM (SELECT pg_terminate_backend(pid) "
-                                   "FROM pg_stat_activity WHERE usename = :r) t"), {"r": role}).scalar_one()
+        cut = conn.execute(
+            sa.text(
+                "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) "
+                "FROM pg_stat_activity WHERE usename = :r) t"
+            ),
+            {"r": role},
+        ).scalar_one()
     assert cut >= 1, "the writer had no live session to cut"
     _wait("the role's sessions to end", lambda: _sessions(admin, role) == 0)
     probe = sa.create_engine(url, poolclass=NullPool)  # the fault is real: the role cannot write
@@ -574,10 +654,14 @@ def test_postgresql_read_only(pg_read_only_role: tuple[str, str, sa.Engine], ups
     served = _served(upstream, len(ids))
     rows = _assert_ledger_matches(url, served)
     assert len(rows) == len(served) == 3 + n
-    reliability(load=f"{len(ids)} calls, 1 thread",
-                fault="PostgreSQL role set default_transaction_read_only=on and its session cut, then the "
-                      "setting lifted", expected=len(served), recorded=len(rows),
-                lost=len(served) - len(rows))
+    reliability(
+        load=f"{len(ids)} calls, 1 thread",
+        fault="PostgreSQL role set default_transaction_read_only=on and its session cut, then the "
+        "setting lifted",
+        expected=len(served),
+        recorded=len(rows),
+        lost=len(served) - len(rows),
+    )
 
 
 def test_an_event_after_close_is_spooled_for_recovery(tmp_path: Path, reliability: Any) -> None:
@@ -590,16 +674,39 @@ def test_an_event_after_close_is_spooled_for_recovery(tmp_path: Path, reliabilit
     spool = tmp_path / "spool"
     j = jmod.Journal(url, spool)
     assert j.close(10)
-    late = [CallEvent(event_id=new_event_id(), occurred_at=datetime.now(UTC), project="late", route="cerebras",
-                      book="cerebras", requested_model="gpt-oss-120b", served_model=None, status="incomplete",
-                      http_status=200, error_type=None, error_code=None, stream=True, usage=None,
-                      latency_us=1, ttft_us=None, time_info=None, upstream_id=None, lava_request_id=None)
-            for _ in range(3)]
+    late = [
+        CallEvent(
+            event_id=new_event_id(),
+            occurred_at=datetime.now(UTC),
+            project="late",
+            route="cerebras",
+            book="cerebras",
+            requested_model="gpt-oss-120b",
+            served_model=None,
+            status="incomplete",
+            http_status=200,
+            error_type=None,
+            error_code=None,
+            stream=True,
+            usage=None,
+            latency_us=1,
+            ttft_us=None,
+            time_info=None,
+            upstream_id=None,
+            lava_request_id=None,
+        )
+        for _ in range(3)
+    ]
     for e in late:
         j.append(e)
     assert len(list(spool.glob("*.seg"))) == 3 and not list(spool.glob("*.new"))
     assert jmod.recover(url, str(spool)) == 0  # none left behind
     rows = fetch_events(url)
     assert sorted(r["event_id"] for r in rows) == sorted(e.event_id for e in late)
-    reliability(load="3 events appended after close()", fault="journal already closed (exit racing a call)",
-                expected=3, recorded=len(rows), lost=3 - len(rows))
+    reliability(
+        load="3 events appended after close()",
+        fault="journal already closed (exit racing a call)",
+        expected=3,
+        recorded=len(rows),
+        lost=3 - len(rows),
+    )

@@ -32,13 +32,46 @@ from ledger.store.schema import EventRow, UsageRollupRow
 
 AUG, SEP, OCT = "2026-08", "2026-09", "2026-10"
 EXPECTED_COLUMNS = [
-    "BilledCost", "BillingAccountId", "BillingAccountName", "BillingCurrency", "BillingPeriodEnd",
-    "BillingPeriodStart", "ChargeCategory", "ChargeClass", "ChargeDescription", "ChargeFrequency",
-    "ChargePeriodEnd", "ChargePeriodStart", "ConsumedQuantity", "ConsumedUnit", "ContractedCost",
-    "ContractedUnitPrice", "EffectiveCost", "InvoiceIssuerName", "ListCost", "ListUnitPrice",
-    "PricingCategory", "PricingQuantity", "PricingUnit", "ProviderName", "PublisherName", "ServiceCategory",
-    "ServiceName", "ServiceSubcategory", "SkuId", "SkuMeter", "SkuPriceDetails", "SkuPriceId", "SubAccountId",
-    "SubAccountName", "Tags", "x_Model", "x_TokenType", "x_Free", "x_Route", "x_FocusVersion",
+    "BilledCost",
+    "BillingAccountId",
+    "BillingAccountName",
+    "BillingCurrency",
+    "BillingPeriodEnd",
+    "BillingPeriodStart",
+    "ChargeCategory",
+    "ChargeClass",
+    "ChargeDescription",
+    "ChargeFrequency",
+    "ChargePeriodEnd",
+    "ChargePeriodStart",
+    "ConsumedQuantity",
+    "ConsumedUnit",
+    "ContractedCost",
+    "ContractedUnitPrice",
+    "EffectiveCost",
+    "InvoiceIssuerName",
+    "ListCost",
+    "ListUnitPrice",
+    "PricingCategory",
+    "PricingQuantity",
+    "PricingUnit",
+    "ProviderName",
+    "PublisherName",
+    "ServiceCategory",
+    "ServiceName",
+    "ServiceSubcategory",
+    "SkuId",
+    "SkuMeter",
+    "SkuPriceDetails",
+    "SkuPriceId",
+    "SubAccountId",
+    "SubAccountName",
+    "Tags",
+    "x_Model",
+    "x_TokenType",
+    "x_Free",
+    "x_Route",
+    "x_FocusVersion",
 ]
 MONEY = ("BilledCost", "ContractedCost", "EffectiveCost", "ListCost")
 
@@ -47,15 +80,37 @@ def at(month: str, day: int, hour: int = 12, minute: int = 0) -> datetime:
     return datetime(int(month[:4]), int(month[5:]), day, hour, minute, tzinfo=UTC)
 
 
-def event(when: datetime, project: str = "alpha", route: str = "lava", model: str = "gpt-oss-120b",
-          prompt: int = 1000, cached: int = 0, completion: int = 500, status: str = "ok",
-          book: str | None = None) -> CallEvent:
+def event(
+    when: datetime,
+    project: str = "alpha",
+    route: str = "lava",
+    model: str = "gpt-oss-120b",
+    prompt: int = 1000,
+    cached: int = 0,
+    completion: int = 500,
+    status: str = "ok",
+    book: str | None = None,
+) -> CallEvent:
     usage = Usage(prompt, cached, completion, 0, prompt + completion) if status == "ok" else None
     return CallEvent(
-        event_id=new_event_id(), occurred_at=when, project=project, route=route,  # type: ignore[arg-type]
-        book=book or route, requested_model=model, served_model=None, status=status,  # type: ignore[arg-type]
-        http_status=200 if status != "error" else 429, error_type=None, error_code=None, stream=False,
-        usage=usage, latency_us=1000, ttft_us=None, time_info=None, upstream_id=None, lava_request_id=None,
+        event_id=new_event_id(),
+        occurred_at=when,
+        project=project,
+        route=route,  # type: ignore[arg-type]
+        book=book or route,
+        requested_model=model,
+        served_model=None,
+        status=status,  # type: ignore[arg-type]
+        http_status=200 if status != "error" else 429,
+        error_type=None,
+        error_code=None,
+        stream=False,
+        usage=usage,
+        latency_us=1000,
+        ttft_us=None,
+        time_info=None,
+        upstream_id=None,
+        lava_request_id=None,
         tags=(("feature", "chat"),),
     )
 
@@ -64,14 +119,19 @@ def write(engine: sa.Engine, events: list[CallEvent], charges: list[Charge] | No
     with store.write_transaction(engine) as conn:
         book = store.load_price_book(conn)
         now = datetime.now(UTC)
-        rows = [store.event_row(e, charges[i] if charges else charge(e, book), now) for i, e in enumerate(events)]
+        rows = [
+            store.event_row(e, charges[i] if charges else charge(e, book), now) for i, e in enumerate(events)
+        ]
         store.insert_events(conn, rows)
 
 
-def add_point(engine: sa.Engine, book: str, model: str, inp: str, out: str, when: datetime,
-              cached: str | None = None) -> None:
+def add_point(
+    engine: sa.Engine, book: str, model: str, inp: str, out: str, when: datetime, cached: str | None = None
+) -> None:
     with store.write_transaction(engine) as conn:
-        store.insert_prices(conn, [pricedb.new_point(book, model, inp, out, cached_per_m=cached, effective_from=when)])
+        store.insert_prices(
+            conn, [pricedb.new_point(book, model, inp, out, cached_per_m=cached, effective_from=when)]
+        )
 
 
 def export(engine: sa.Engine, month: str, path: Path, fmt: str = "csv", **kw: Any) -> billing.BillingExport:
@@ -94,12 +154,20 @@ def raw_by_project(engine: sa.Engine, since: datetime, until: datetime) -> dict[
     e = EventRow.__table__.c
     with engine.connect() as conn:
         rows = conn.execute(
-            sa.select(e.project, sa.func.sum(e.cost_nanos),
-                      sa.func.sum(sa.case((e.free.is_(True), e.cost_nanos),
-                                          else_=sa.func.coalesce(e.list_cost_nanos, e.cost_nanos))),
-                      sa.func.coalesce(sa.func.sum(e.total_tokens), 0))
+            sa.select(
+                e.project,
+                sa.func.sum(e.cost_nanos),
+                sa.func.sum(
+                    sa.case(
+                        (e.free.is_(True), e.cost_nanos),
+                        else_=sa.func.coalesce(e.list_cost_nanos, e.cost_nanos),
+                    )
+                ),
+                sa.func.coalesce(sa.func.sum(e.total_tokens), 0),
+            )
             .where(e.occurred_at >= since, e.occurred_at < until, e.cost_nanos.is_not(None))
-            .group_by(e.project)).all()
+            .group_by(e.project)
+        ).all()
     return {r[0]: (int(r[1]), int(r[2]), int(r[3])) for r in rows}
 
 
@@ -108,17 +176,41 @@ def nanos(value: str | Decimal) -> int:
 
 
 def mixed_month(month: str, rng: random.Random, n: int = 240) -> list[CallEvent]:
-    models = ("gpt-oss-120b", "qwen-3-235b-instruct", "llama3.1-8b", "deepseek-r1-distill-llama-70b", "mystery-model")
+    models = (
+        "gpt-oss-120b",
+        "qwen-3-235b-instruct",
+        "llama3.1-8b",
+        "deepseek-r1-distill-llama-70b",
+        "mystery-model",
+    )
     out = []
     for _ in range(n):
         route = rng.choice(("lava", "cerebras"))
-        model = rng.choice(models if route == "lava" else ("gpt-oss-120b", "zai-glm-4.7", "llama3.1-8b",
-                                                          "qwen-3-235b-a22b-instruct-2507", "mystery-model"))
+        model = rng.choice(
+            models
+            if route == "lava"
+            else (
+                "gpt-oss-120b",
+                "zai-glm-4.7",
+                "llama3.1-8b",
+                "qwen-3-235b-a22b-instruct-2507",
+                "mystery-model",
+            )
+        )
         prompt = rng.randint(1, 90_000)
         when = at(month, 1, 0) + timedelta(seconds=rng.randint(0, 27 * 86400))
-        out.append(event(when, rng.choice(("alpha", "beta", "gamma ünïcode")), route, model, prompt,
-                         rng.choice((0, rng.randint(0, prompt))), rng.randint(1, 40_000),
-                         rng.choices(("ok", "error", "incomplete"), (90, 5, 5))[0]))
+        out.append(
+            event(
+                when,
+                rng.choice(("alpha", "beta", "gamma ünïcode")),
+                route,
+                model,
+                prompt,
+                rng.choice((0, rng.randint(0, prompt))),
+                rng.randint(1, 40_000),
+                rng.choices(("ok", "error", "incomplete"), (90, 5, 5))[0],
+            )
+        )
     return out
 
 
@@ -145,32 +237,56 @@ def test_columns_in_order_and_null_rules(engine: sa.Engine, tmp_path: Path) -> N
         assert r["ChargeFrequency"] == "Usage-Based"
         assert (r["ServiceCategory"], r["ServiceSubcategory"]) == ("AI and Machine Learning", "Generative AI")
         assert r["ProviderName"] == r["PublisherName"] == "Cerebras"
-        assert (r["PricingUnit"], r["ConsumedUnit"]) == \
-            ("Charges" if r["x_TokenType"] == "total" else "1000000 Tokens", "Tokens")
-        assert r["SubAccountId"] == r["SubAccountName"] and r["SubAccountId"] in ("alpha", "beta", "gamma ünïcode")
-        assert (r["BillingPeriodStart"], r["BillingPeriodEnd"]) == ("2026-09-01T00:00:00Z", "2026-10-01T00:00:00Z")
-        assert (r["ChargePeriodStart"], r["ChargePeriodEnd"]) == ("2026-09-01T00:00:00Z", "2026-10-01T00:00:00Z")
+        assert (r["PricingUnit"], r["ConsumedUnit"]) == (
+            "Charges" if r["x_TokenType"] == "total" else "1000000 Tokens",
+            "Tokens",
+        )
+        assert r["SubAccountId"] == r["SubAccountName"] and r["SubAccountId"] in (
+            "alpha",
+            "beta",
+            "gamma ünïcode",
+        )
+        assert (r["BillingPeriodStart"], r["BillingPeriodEnd"]) == (
+            "2026-09-01T00:00:00Z",
+            "2026-10-01T00:00:00Z",
+        )
+        assert (r["ChargePeriodStart"], r["ChargePeriodEnd"]) == (
+            "2026-09-01T00:00:00Z",
+            "2026-10-01T00:00:00Z",
+        )
         assert r["x_Free"] in ("true", "false")
         tags = json.loads(r["Tags"])
-        assert tags["ledger/route"] == r["x_Route"] and tags["ledger/free"] == r["x_Free"] and "ledger/book" in tags
+        assert (
+            tags["ledger/route"] == r["x_Route"]
+            and tags["ledger/free"] == r["x_Free"]
+            and "ledger/book" in tags
+        )
         assert tags["feature"] == "chat"  # the call's own tag, as given
     total = [r for r in rows if r["x_TokenType"] == "total"]
     assert len(total) == 1 and total[0]["BilledCost"] == total[0]["ListCost"] == "0.000123456"
     assert total[0]["ConsumedQuantity"] == "15.000000"
-    assert (total[0]["PricingQuantity"], total[0]["PricingUnit"], total[0]["ContractedUnitPrice"],
-            total[0]["ListUnitPrice"], total[0]["SkuPriceId"]) == \
-        ("1.000000", "Charges", "0.000123456", "0.000123456", "imported/some-import/total")
+    assert (
+        total[0]["PricingQuantity"],
+        total[0]["PricingUnit"],
+        total[0]["ContractedUnitPrice"],
+        total[0]["ListUnitPrice"],
+        total[0]["SkuPriceId"],
+    ) == ("1.000000", "Charges", "0.000123456", "0.000123456", "imported/some-import/total")
     assert {r["x_TokenType"] for r in rows} == {"input", "cached_input", "output", "total"}
     # one row per (project, model, token type, price point, list price, route)
-    keys = Counter((r["SubAccountId"], r["x_Model"], r["x_TokenType"], r["SkuPriceId"], r["ListUnitPrice"],
-                    r["x_Route"]) for r in rows)
+    keys = Counter(
+        (r["SubAccountId"], r["x_Model"], r["x_TokenType"], r["SkuPriceId"], r["ListUnitPrice"], r["x_Route"])
+        for r in rows
+    )
     assert max(keys.values()) == 1
     assert not any(r["x_Model"] == "mystery-model" for r in rows)  # unpriced usage is not billed
     assert result.unpriced > 0
 
 
 def test_row_arithmetic_is_exact(engine: sa.Engine, tmp_path: Path) -> None:
-    add_point(engine, "cerebras", "zai-glm-4.7", "2.25", "2.75", at(SEP, 1, 0) - timedelta(days=40), cached="0.50")
+    add_point(
+        engine, "cerebras", "zai-glm-4.7", "2.25", "2.75", at(SEP, 1, 0) - timedelta(days=40), cached="0.50"
+    )
     write(engine, mixed_month(SEP, random.Random(2), 150))
     out = tmp_path / "sep.csv"
     export(engine, SEP, out)
@@ -212,67 +328,112 @@ def test_totals_equal_raw_events_summary_and_rollup(engine: sa.Engine, tmp_path:
     assert result.billed == Money(sum(v[0] for v in raw.values()))
     with engine.connect() as conn:
         summaries = {s.project: s.paid_cost.nanos for s in project_summaries(conn, start, end)}
-        recorded = conn.execute(sa.text("SELECT rows, billed_nanos FROM billing_exports WHERE month = :m"),
-                                {"m": SEP}).one()
+        recorded = conn.execute(
+            sa.text("SELECT rows, billed_nanos FROM billing_exports WHERE month = :m"), {"m": SEP}
+        ).one()
     assert summaries == {p: v[0] for p, v in got.items()}  # free usage costs nothing, so paid = billed
     assert (int(recorded[0]), int(recorded[1])) == (len(rows), result.billed.nanos)
     rollup.rollup(engine)
     r = UsageRollupRow.__table__.c
     with engine.connect() as conn:
-        rolled = dict(conn.execute(sa.select(r.project, sa.func.sum(r.cost_nanos))
-                                   .where(r.bucket >= start, r.bucket < end).group_by(r.project)).all())
+        rolled = dict(
+            conn.execute(
+                sa.select(r.project, sa.func.sum(r.cost_nanos))
+                .where(r.bucket >= start, r.bucket < end)
+                .group_by(r.project)
+            ).all()
+        )
     assert {p: int(v) for p, v in rolled.items() if int(v)} == {p: v[0] for p, v in got.items() if v[0]}
 
 
 # -- prices and issuers ---------------------------------------------------------------------------
 
 
-def test_price_change_mid_month_keeps_the_sku_price_id_and_gives_two_rows(engine: sa.Engine, tmp_path: Path) -> None:
+def test_price_change_mid_month_keeps_the_sku_price_id_and_gives_two_rows(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
     add_point(engine, "lava", "gpt-oss-120b", "0.50", "1.00", at(SEP, 15, 0))
     add_point(engine, "cerebras", "gpt-oss-120b", "0.40", "0.80", at(SEP, 20, 0))  # the list price moves too
-    write(engine, [event(at(SEP, 5), prompt=1_000_000, completion=2_000_000),
-                   event(at(SEP, 17), prompt=3_000_000, completion=1),
-                   event(at(SEP, 25), prompt=5_000_000, completion=1)])
+    write(
+        engine,
+        [
+            event(at(SEP, 5), prompt=1_000_000, completion=2_000_000),
+            event(at(SEP, 17), prompt=3_000_000, completion=1),
+            event(at(SEP, 25), prompt=5_000_000, completion=1),
+        ],
+    )
     out = tmp_path / "sep.csv"
     export(engine, SEP, out)
     _, rows = read_csv(out)
-    inputs = sorted(((r["SkuPriceId"], r["ContractedUnitPrice"], r["ListUnitPrice"], r["ConsumedQuantity"],
-                      r["BilledCost"], r["ListCost"]) for r in rows if r["x_TokenType"] == "input"), key=str)
+    inputs = sorted(
+        (
+            (
+                r["SkuPriceId"],
+                r["ContractedUnitPrice"],
+                r["ListUnitPrice"],
+                r["ConsumedQuantity"],
+                r["BilledCost"],
+                r["ListCost"],
+            )
+            for r in rows
+            if r["x_TokenType"] == "input"
+        ),
+        key=str,
+    )
     assert inputs == [
         ("lava/gpt-oss-120b/input", "0.350", "0.350", "1000000.000000", "0.350000000", "0.350000000"),
         ("lava/gpt-oss-120b/input", "0.500", "0.350", "3000000.000000", "1.500000000", "1.050000000"),
         ("lava/gpt-oss-120b/input", "0.500", "0.400", "5000000.000000", "2.500000000", "2.000000000"),
     ]
     outputs = [r for r in rows if r["x_TokenType"] == "output"]
-    assert len({r["SkuPriceId"] for r in outputs}) == 1 and len({r["ContractedUnitPrice"] for r in outputs}) == 2
-    assert {json.loads(r["Tags"])["ledger/price_id"] for r in outputs} == \
-        {"lava/gpt-oss-120b@2024-01-01T00:00:00Z", "lava/gpt-oss-120b@2026-09-15T00:00:00Z"}
-    assert cents(rows) == Decimal("0.350") + Decimal("1.500") + Decimal("2.500") + Decimal("1.50") \
-        + Decimal("0.000001") * 2
+    assert (
+        len({r["SkuPriceId"] for r in outputs}) == 1 and len({r["ContractedUnitPrice"] for r in outputs}) == 2
+    )
+    assert {json.loads(r["Tags"])["ledger/price_id"] for r in outputs} == {
+        "lava/gpt-oss-120b@2024-01-01T00:00:00Z",
+        "lava/gpt-oss-120b@2026-09-15T00:00:00Z",
+    }
+    assert (
+        cents(rows)
+        == Decimal("0.350") + Decimal("1.500") + Decimal("2.500") + Decimal("1.50") + Decimal("0.000001") * 2
+    )
 
 
 def test_lava_and_direct_issuers_and_free_usage(engine: sa.Engine, tmp_path: Path) -> None:
-    write(engine, [
-        event(at(SEP, 2), route="lava", model="gpt-oss-120b"),
-        event(at(SEP, 2), route="cerebras", model="gpt-oss-120b"),
-        event(at(SEP, 3), route="lava", model="llama3.1-8b", prompt=2_000_000, completion=1_000_000),
-        event(at(SEP, 3), route="lava", model="deepseek-r1-distill-llama-70b"),
-        event(at(SEP, 4), route="lava", book="cerebras", model="qwen-3-32b"),  # Lava with your own provider key
-    ])
+    write(
+        engine,
+        [
+            event(at(SEP, 2), route="lava", model="gpt-oss-120b"),
+            event(at(SEP, 2), route="cerebras", model="gpt-oss-120b"),
+            event(at(SEP, 3), route="lava", model="llama3.1-8b", prompt=2_000_000, completion=1_000_000),
+            event(at(SEP, 3), route="lava", model="deepseek-r1-distill-llama-70b"),
+            event(
+                at(SEP, 4), route="lava", book="cerebras", model="qwen-3-32b"
+            ),  # Lava with your own provider key
+        ],
+    )
     out = tmp_path / "sep.csv"
     export(engine, SEP, out)
     _, rows = read_csv(out)
     by = {(r["x_Route"], r["x_Model"], r["x_TokenType"]): r for r in rows}
     lava, direct = by[("lava", "gpt-oss-120b", "output")], by[("cerebras", "gpt-oss-120b", "output")]
-    assert (lava["InvoiceIssuerName"], lava["BillingAccountName"], lava["BillingAccountId"]) == ("Lava", "Lava", "lava")
+    assert (lava["InvoiceIssuerName"], lava["BillingAccountName"], lava["BillingAccountId"]) == (
+        "Lava",
+        "Lava",
+        "lava",
+    )
     assert (direct["InvoiceIssuerName"], direct["BillingAccountName"]) == ("Cerebras", "Cerebras")
     assert lava["ChargeDescription"] == "gpt-oss-120b output tokens via Lava"
     assert direct["ChargeDescription"] == "gpt-oss-120b output tokens via Cerebras"
     assert json.loads(lava["Tags"])["ledger/route"] == "lava"
     assert json.loads(direct["Tags"])["ledger/book"] == "cerebras"
     free = by[("lava", "llama3.1-8b", "input")]
-    assert (free["x_Free"], free["BilledCost"], free["ListUnitPrice"], free["ListCost"]) == \
-        ("true", "0.000000000", "0.000", "0.000000000")  # every free model: listed at its own free price
+    assert (free["x_Free"], free["BilledCost"], free["ListUnitPrice"], free["ListCost"]) == (
+        "true",
+        "0.000000000",
+        "0.000",
+        "0.000000000",
+    )  # every free model: listed at its own free price
     no_list = by[("lava", "deepseek-r1-distill-llama-70b", "input")]
     assert (no_list["ListUnitPrice"], no_list["ListCost"]) == ("0.000", "0.000000000")  # its own (free) rate
     byok = by[("lava", "qwen-3-32b", "output")]
@@ -283,15 +444,21 @@ def test_lava_and_direct_issuers_and_free_usage(engine: sa.Engine, tmp_path: Pat
 # -- closed months and late usage -----------------------------------------------------------------
 
 
-def test_late_usage_is_billed_once_as_corrections_in_the_next_export(engine: sa.Engine, tmp_path: Path) -> None:
+def test_late_usage_is_billed_once_as_corrections_in_the_next_export(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
     write(engine, [event(at(AUG, 10), "alpha"), event(at(AUG, 11), "beta", "cerebras")])
     aug = export(engine, AUG, tmp_path / "aug-1.csv")
     first = (tmp_path / "aug-1.csv").read_bytes()
     assert not aug.reissued and aug.corrections == 0
 
-    late = event(at(AUG, 31, 23, 59), "alpha", prompt=7000, cached=3000, completion=900)  # arrives after Aug closed
+    late = event(
+        at(AUG, 31, 23, 59), "alpha", prompt=7000, cached=3000, completion=900
+    )  # arrives after Aug closed
     write(engine, [late, event(at(SEP, 2), "alpha")])
-    add_point(engine, "cerebras", "gpt-oss-120b", "9.00", "9.00", at(AUG, 1, 0))  # back-dated: Aug stays as issued
+    add_point(
+        engine, "cerebras", "gpt-oss-120b", "9.00", "9.00", at(AUG, 1, 0)
+    )  # back-dated: Aug stays as issued
     again = export(engine, AUG, tmp_path / "aug-2.csv")
     assert again.reissued and again.rows == aug.rows
     assert (tmp_path / "aug-2.csv").read_bytes() == first
@@ -301,10 +468,12 @@ def test_late_usage_is_billed_once_as_corrections_in_the_next_export(engine: sa.
     corrections = [r for r in rows if r["ChargeClass"] == "Correction"]
     regular = [r for r in rows if r["ChargeClass"] == ""]
     assert sep.corrections == len(corrections) == 3  # input, cached_input, output of the late event
-    assert {(r["ChargePeriodStart"], r["ChargePeriodEnd"]) for r in corrections} == \
-        {("2026-08-01T00:00:00Z", "2026-09-01T00:00:00Z")}
-    assert {(r["BillingPeriodStart"], r["BillingPeriodEnd"]) for r in rows} == \
-        {("2026-09-01T00:00:00Z", "2026-10-01T00:00:00Z")}
+    assert {(r["ChargePeriodStart"], r["ChargePeriodEnd"]) for r in corrections} == {
+        ("2026-08-01T00:00:00Z", "2026-09-01T00:00:00Z")
+    }
+    assert {(r["BillingPeriodStart"], r["BillingPeriodEnd"]) for r in rows} == {
+        ("2026-09-01T00:00:00Z", "2026-10-01T00:00:00Z")
+    }
     assert {r["ChargePeriodStart"] for r in regular} == {"2026-09-01T00:00:00Z"}
     assert all("(late usage from 2026-08)" in r["ChargeDescription"] for r in corrections)
     assert sum(nanos(r["BilledCost"]) for r in corrections) == charge_of(engine, late.event_id)
@@ -318,23 +487,35 @@ def test_late_usage_is_billed_once_as_corrections_in_the_next_export(engine: sa.
     assert export(engine, SEP, tmp_path / "sep-2.csv").reissued
     assert (tmp_path / "sep-2.csv").read_bytes() == sep_bytes
     with engine.connect() as conn:
-        billed = dict(conn.execute(sa.text("SELECT month, COUNT(*) FROM billed_batches GROUP BY month")).all())
+        billed = dict(
+            conn.execute(sa.text("SELECT month, COUNT(*) FROM billed_batches GROUP BY month")).all()
+        )
         months = [m for (m,) in conn.execute(sa.text("SELECT month FROM billing_exports ORDER BY month"))]
     assert months == [AUG, SEP, OCT]
-    assert {m: int(n) for m, n in billed.items()} == {AUG: 2, SEP: 1}  # the late batch holds an Aug and a Sep pair
+    assert {m: int(n) for m, n in billed.items()} == {
+        AUG: 2,
+        SEP: 1,
+    }  # the late batch holds an Aug and a Sep pair
 
 
 def charge_of(engine: sa.Engine, event_id: str) -> int:
     with engine.connect() as conn:
-        return int(conn.execute(sa.text("SELECT cost_nanos FROM events WHERE event_id = :e"), {"e": event_id})
-                   .scalar_one())
+        return int(
+            conn.execute(
+                sa.text("SELECT cost_nanos FROM events WHERE event_id = :e"), {"e": event_id}
+            ).scalar_one()
+        )
 
 
-def test_reprice_corrections_of_a_closed_month_follow_the_same_rule(engine: sa.Engine, tmp_path: Path) -> None:
+def test_reprice_corrections_of_a_closed_month_follow_the_same_rule(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
     write(engine, [event(at(AUG, d), "alpha", prompt=100_000 * d, completion=10_000 * d) for d in (3, 9, 27)])
     export(engine, AUG, tmp_path / "aug.csv")
     aug_bytes = (tmp_path / "aug.csv").read_bytes()
-    add_point(engine, "lava", "gpt-oss-120b", "0.70", "1.50", at(AUG, 1, 0))  # back-dated price, then re-priced
+    add_point(
+        engine, "lava", "gpt-oss-120b", "0.70", "1.50", at(AUG, 1, 0)
+    )  # back-dated price, then re-priced
     with store.write_transaction(engine) as conn:
         result = pricedb.reprice(conn, *focus.month_bounds(AUG))
     assert result.corrections == 3
@@ -356,7 +537,9 @@ def test_reprice_corrections_of_a_closed_month_follow_the_same_rule(engine: sa.E
     assert sum(nanos(r["BilledCost"]) for r in aug_rows + rows) == everything
 
 
-def test_reexport_is_idempotent_and_concurrent_exports_agree(engine: sa.Engine, db_url: str, tmp_path: Path) -> None:
+def test_reexport_is_idempotent_and_concurrent_exports_agree(
+    engine: sa.Engine, db_url: str, tmp_path: Path
+) -> None:
     write(engine, mixed_month(SEP, random.Random(4), 80))
     results: list[billing.BillingExport] = []
     errors: list[BaseException] = []
@@ -380,17 +563,22 @@ def test_reexport_is_idempotent_and_concurrent_exports_agree(engine: sa.Engine, 
     files = {(tmp_path / f"sep-{n}.csv").read_bytes() for n in range(3)}
     assert len(files) == 1
     with engine.connect() as conn:
-        before = conn.execute(sa.text("SELECT batch_id, month, billed_in FROM billed_batches ORDER BY 1, 2")).all()
+        before = conn.execute(
+            sa.text("SELECT batch_id, month, billed_in FROM billed_batches ORDER BY 1, 2")
+        ).all()
         issued = conn.execute(sa.text("SELECT exported_at FROM billing_exports")).all()
     again = export(engine, SEP, tmp_path / "sep-again.csv")
     with engine.connect() as conn:
-        after = conn.execute(sa.text("SELECT batch_id, month, billed_in FROM billed_batches ORDER BY 1, 2")).all()
+        after = conn.execute(
+            sa.text("SELECT batch_id, month, billed_in FROM billed_batches ORDER BY 1, 2")
+        ).all()
     assert again.reissued and after == before and len(issued) == 1
     assert (tmp_path / "sep-again.csv").read_bytes() in files
 
 
-def test_a_failed_export_records_nothing_and_leaves_no_file(engine: sa.Engine, tmp_path: Path,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_export_records_nothing_and_leaves_no_file(
+    engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     write(engine, [event(at(SEP, 4))])
     real = focusfiles.write_csv
 
@@ -419,7 +607,10 @@ def test_only_ended_months_and_real_months(engine: sa.Engine, tmp_path: Path) ->
     for bad in ("2026-13", "2026-00", "2026-9", "26-09", "2026/09", "", "1999-12"):
         with pytest.raises(focus.BillingError, match="YYYY-MM"):
             billing.parse_month(bad)
-    assert focus.month_bounds("2026-12") == (datetime(2026, 12, 1, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC))
+    assert focus.month_bounds("2026-12") == (
+        datetime(2026, 12, 1, tzinfo=UTC),
+        datetime(2027, 1, 1, tzinfo=UTC),
+    )
     assert not (tmp_path / "x.csv").exists()
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT COUNT(*) FROM billing_exports")).scalar_one() == 0
@@ -471,8 +662,9 @@ def test_parquet_round_trip_is_exact(engine: sa.Engine, tmp_path: Path) -> None:
     assert pq.read_table(tmp_path / "sep-2.parquet").equals(table)
 
 
-def test_parquet_without_pyarrow_is_one_line_and_records_nothing(engine: sa.Engine, tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_parquet_without_pyarrow_is_one_line_and_records_nothing(
+    engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     write(engine, [event(at(SEP, 4))])
     monkeypatch.setitem(sys.modules, "pyarrow", None)
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
@@ -507,19 +699,31 @@ def test_cli_help_has_examples(capsys: pytest.CaptureFixture[str]) -> None:
         assert code == 0 and "Example" in out and "export billing --month" in out
 
 
-def test_cli_end_to_end(ledger_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_end_to_end(
+    ledger_env: dict[str, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     eng = store.make_engine(ledger_env["LEDGER_DATABASE_URL"])
     try:
         store.ensure_schema(eng)
-        write(eng, [event(at(SEP, 4)), event(at(SEP, 5), "beta", "cerebras"),
-                    event(at(SEP, 6), model="mystery-model")])
+        write(
+            eng,
+            [
+                event(at(SEP, 4)),
+                event(at(SEP, 5), "beta", "cerebras"),
+                event(at(SEP, 6), model="mystery-model"),
+            ],
+        )
     finally:
         eng.dispose()
     out = tmp_path / "sep.csv"
     code, stdout, err = cli(capsys, "export", "billing", "--month", SEP, "--out", str(out))
     assert code == 0, err
-    assert "issued 2026-09: 4 row(s), 0 correction row(s)" in err and "1 event(s) with usage but no price" in err
+    assert (
+        "issued 2026-09: 4 row(s), 0 correction row(s)" in err and "1 event(s) with usage but no price" in err
+    )
     assert stdout == ""
     code, stdout, err = cli(capsys, "export", "billing", "--month", SEP)
     assert code == 0 and err.startswith("reissued 2026-09")
@@ -540,8 +744,17 @@ def test_cli_end_to_end(ledger_env: dict[str, str], tmp_path: Path, capsys: pyte
     code, _, err = cli(capsys, "export", "billing", "--month", SEP, "--out", str(tmp_path))
     one_error(code, err, 2)
     monkeypatch.setitem(sys.modules, "pyarrow", None)
-    code, _, err = cli(capsys, "export", "billing", "--month", "2026-10", "--format", "parquet",
-                       "--out", str(tmp_path / "oct.parquet"))
+    code, _, err = cli(
+        capsys,
+        "export",
+        "billing",
+        "--month",
+        "2026-10",
+        "--format",
+        "parquet",
+        "--out",
+        str(tmp_path / "oct.parquet"),
+    )
     assert "pyarrow" in one_error(code, err, 1)
     assert not (tmp_path / "oct.parquet").exists()
 
@@ -552,7 +765,9 @@ def test_months_issued_out_of_order_bill_each_event_once(engine: sa.Engine, tmp_
     assert {r["SubAccountId"] for r in oct_.rows} == {"beta"} and oct_.corrections == 0
     write(engine, [event(at(OCT, 30), "late-oct")])  # October is closed; a later month must bill this
     sep = export(engine, SEP, tmp_path / "sep.csv")
-    assert {r["SubAccountId"] for r in sep.rows} == {"alpha"} and sep.corrections == 0  # never billed backwards
+    assert {r["SubAccountId"] for r in sep.rows} == {
+        "alpha"
+    } and sep.corrections == 0  # never billed backwards
     with engine.connect() as conn:
         pairs = conn.execute(sa.text("SELECT month, billed_in FROM billed_batches ORDER BY 1")).all()
     assert [tuple(p) for p in pairs] == [(SEP, SEP), (OCT, OCT)]  # the late October batch is still unbilled

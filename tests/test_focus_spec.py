@@ -74,8 +74,12 @@ def validator() -> Iterator[Path]:
                 pytest.skip(problem)
             shutil.rmtree(venv, ignore_errors=True)
             subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
-            pip = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", VALIDATOR,
-                                  *VALIDATOR_PINS], capture_output=True, text=True, timeout=900)
+            pip = subprocess.run(
+                [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", VALIDATOR, *VALIDATOR_PINS],
+                capture_output=True,
+                text=True,
+                timeout=900,
+            )
             assert pip.returncode == 0, pip.stderr[-3000:]
             (venv / "ready").write_text(VALIDATOR + "\n")
     yield exe
@@ -84,8 +88,17 @@ def validator() -> Iterator[Path]:
 def validate(exe: Path, data: Path, out: Path, overrides: Path | None) -> dict[str, str]:
     """Run the validator on a CSV; each rule's outcome: ``passed``, ``failed`` or ``skipped``."""
     package = next((exe.parent.parent / "lib").glob("python3*/site-packages"))
-    args = [str(exe), "--data-file", str(data), "--validate-version", "1.0",
-            "--output-type", "unittest", "--output-destination", str(out)]
+    args = [
+        str(exe),
+        "--data-file",
+        str(data),
+        "--validate-version",
+        "1.0",
+        "--output-type",
+        "unittest",
+        "--output-destination",
+        str(out),
+    ]
     if overrides is not None:
         args += ["--override-file", str(overrides)]
     # it reads its currency-code list by a path relative to its own package folder
@@ -94,14 +107,22 @@ def validate(exe: Path, data: Path, out: Path, overrides: Path | None) -> dict[s
     outcome: dict[str, str] = {}
     for case in ET.parse(out).getroot().iter("testcase"):
         rule = case.get("name", "").split(" :: ")[0]
-        outcome[rule] = ("failed" if case.find("failure") is not None or case.find("error") is not None
-                         else "skipped" if case.find("skipped") is not None else "passed")
+        outcome[rule] = (
+            "failed"
+            if case.find("failure") is not None or case.find("error") is not None
+            else "skipped"
+            if case.find("skipped") is not None
+            else "passed"
+        )
     return outcome
 
 
 def overridden() -> set[str]:
-    return {line.strip()[2:] for line in OVERRIDES.read_text(encoding="utf-8").splitlines()
-            if line.startswith("  - ")}
+    return {
+        line.strip()[2:]
+        for line in OVERRIDES.read_text(encoding="utf-8").splitlines()
+        if line.startswith("  - ")
+    }
 
 
 def rich_export(engine: sa.Engine, tmp_path: Path) -> Path:
@@ -112,9 +133,15 @@ def rich_export(engine: sa.Engine, tmp_path: Path) -> Path:
     write(engine, [event(at(AUG, 20))])
     billing.export_billing(engine, AUG, tmp_path / "aug.csv")
     write(engine, [event(at(AUG, 30), prompt=5000, cached=1000)])  # late: Correction rows in September
-    imported = [event(at(SEP, 3), "beta", "lava", "some-import", 10, 0, 5),
-                event(at(SEP, 4), "beta", "cerebras", "other-import", 7, 0, 0)]
-    write(engine, imported, [Charge(None, usd("0.000123456"), False, True), Charge(None, usd("-0.25"), False, True)])
+    imported = [
+        event(at(SEP, 3), "beta", "lava", "some-import", 10, 0, 5),
+        event(at(SEP, 4), "beta", "cerebras", "other-import", 7, 0, 0),
+    ]
+    write(
+        engine,
+        imported,
+        [Charge(None, usd("0.000123456"), False, True), Charge(None, usd("-0.25"), False, True)],
+    )
     out = tmp_path / "sep.csv"
     billing.export_billing(engine, SEP, out)
     return out
@@ -123,7 +150,9 @@ def rich_export(engine: sa.Engine, tmp_path: Path) -> Path:
 def test_the_export_passes_focus_validator(engine: sa.Engine, tmp_path: Path, validator: Path) -> None:
     data = rich_export(engine, tmp_path)
     _, rows = read_csv(data)
-    assert {r["ChargeClass"] for r in rows} == {"", "Correction"} and {r["x_TokenType"] for r in rows} >= {"total"}
+    assert {r["ChargeClass"] for r in rows} == {"", "Correction"} and {r["x_TokenType"] for r in rows} >= {
+        "total"
+    }
     with_overrides = validate(validator, data, tmp_path / "with.xml", OVERRIDES)
     assert len(with_overrides) > 100
     assert {r for r, o in with_overrides.items() if o == "failed"} == set()
@@ -142,7 +171,9 @@ def test_the_validator_catches_a_broken_file(engine: sa.Engine, tmp_path: Path, 
         writer = csv.DictWriter(fh, header, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-    failed = {r for r, o in validate(validator, broken, tmp_path / "b.xml", OVERRIDES).items() if o == "failed"}
+    failed = {
+        r for r, o in validate(validator, broken, tmp_path / "b.xml", OVERRIDES).items() if o == "failed"
+    }
     assert {"BillingCurrency_IsCurrencyCode", "ChargeFrequency_Enum", "BilledCost_NotNull"} <= failed
 
 
@@ -196,16 +227,29 @@ def test_every_usage_row_is_priced_and_its_arithmetic_is_exact(engine: sa.Engine
     assert len(imported) == 2
     for r in rows:
         assert r["ChargeCategory"] == "Usage"
-        for c in ("SkuPriceId", "ListUnitPrice", "ContractedUnitPrice", "PricingQuantity", "ConsumedQuantity"):
+        for c in (
+            "SkuPriceId",
+            "ListUnitPrice",
+            "ContractedUnitPrice",
+            "PricingQuantity",
+            "ConsumedQuantity",
+        ):
             assert r[c] != "", (c, r)
         for c in ("ListUnitPrice", "ContractedUnitPrice"):
             assert Decimal(r[c]) >= 0 and "E" not in r[c].upper()
         qty = Decimal(r["PricingQuantity"])
         assert Decimal(r["ListUnitPrice"]) * qty == Decimal(r["ListCost"])
-        assert Decimal(r["ContractedUnitPrice"]) * qty == Decimal(r["ContractedCost"]) == Decimal(r["BilledCost"])
+        assert (
+            Decimal(r["ContractedUnitPrice"]) * qty
+            == Decimal(r["ContractedCost"])
+            == Decimal(r["BilledCost"])
+        )
     negative = next(r for r in imported if r["x_Model"] == "other-import")
-    assert (negative["BilledCost"], negative["PricingQuantity"], negative["ContractedUnitPrice"]) == \
-        ("-0.250000000", "-1.000000", "0.250000000")
+    assert (negative["BilledCost"], negative["PricingQuantity"], negative["ContractedUnitPrice"]) == (
+        "-0.250000000",
+        "-1.000000",
+        "0.250000000",
+    )
     assert negative["ConsumedQuantity"] == "7.000000" and negative["ConsumedUnit"] == "Tokens"
 
 
@@ -215,20 +259,34 @@ def test_tags_hold_the_users_tags_and_the_ledgers_under_its_prefix(engine: sa.En
         base.__class__(**{**_fields(base), "event_id": _id(), "tags": (("feature", "chat"), ("team", "ml"))}),
         base.__class__(**{**_fields(base), "event_id": _id(), "tags": (("feature", "search"),)}),
         base.__class__(**{**_fields(base), "event_id": _id(), "tags": ()}),
-        base.__class__(**{**_fields(base), "event_id": _id(),
-                          "tags": (("ledger/route", "spoofed"), ("Ünï code", "=1+1"))}),
+        base.__class__(
+            **{
+                **_fields(base),
+                "event_id": _id(),
+                "tags": (("ledger/route", "spoofed"), ("Ünï code", "=1+1")),
+            }
+        ),
     ]
     write(engine, calls)
     result = billing.export_billing(engine, SEP, tmp_path / "sep.csv")
     _, rows = read_csv(tmp_path / "sep.csv")
     outputs = [json.loads(r["Tags"]) for r in rows if r["x_TokenType"] == "output"]
     assert len(outputs) == 4  # one row per tag set
-    ledger = {"ledger/book": "lava", "ledger/free": "false", "ledger/route": "lava",
-              "ledger/price_id": "lava/gpt-oss-120b@2024-01-01T00:00:00Z"}
-    assert sorted(outputs, key=lambda t: json.dumps(t, sort_keys=True)) == sorted([
-        {"feature": "chat", "team": "ml", **ledger}, {"feature": "search", **ledger}, ledger,
-        {"Ünï code": "=1+1", **ledger},  # a user key under the ledger's prefix is reserved: left out
-    ], key=lambda t: json.dumps(t, sort_keys=True))
+    ledger = {
+        "ledger/book": "lava",
+        "ledger/free": "false",
+        "ledger/route": "lava",
+        "ledger/price_id": "lava/gpt-oss-120b@2024-01-01T00:00:00Z",
+    }
+    assert sorted(outputs, key=lambda t: json.dumps(t, sort_keys=True)) == sorted(
+        [
+            {"feature": "chat", "team": "ml", **ledger},
+            {"feature": "search", **ledger},
+            ledger,
+            {"Ünï code": "=1+1", **ledger},  # a user key under the ledger's prefix is reserved: left out
+        ],
+        key=lambda t: json.dumps(t, sort_keys=True),
+    )
     assert all(isinstance(v, str) for t in outputs for v in t.values())
     assert len(result.rows) == 8 and all(r["Tags"] for r in result.rows)
 
@@ -249,10 +307,15 @@ def test_version_and_custom_columns(engine: sa.Engine, tmp_path: Path) -> None:
 def test_free_models_all_follow_one_list_cost_rule(engine: sa.Engine, tmp_path: Path) -> None:
     # llama3.1-8b is free through Lava and has a Cerebras list price; deepseek is free and has none
     add_point(engine, "cerebras", "llama3.1-8b", "0.20", "0.20", at(SEP, 10, 0))  # its list price moves
-    write(engine, [event(at(SEP, 3), model="llama3.1-8b", prompt=2_000_000, completion=1_000_000),
-                   event(at(SEP, 20), model="llama3.1-8b", prompt=1_000_000, completion=1_000_000),
-                   event(at(SEP, 3), model="deepseek-r1-distill-llama-70b", prompt=2_000_000, completion=1),
-                   event(at(SEP, 4), route="cerebras", model="llama3.1-8b")])
+    write(
+        engine,
+        [
+            event(at(SEP, 3), model="llama3.1-8b", prompt=2_000_000, completion=1_000_000),
+            event(at(SEP, 20), model="llama3.1-8b", prompt=1_000_000, completion=1_000_000),
+            event(at(SEP, 3), model="deepseek-r1-distill-llama-70b", prompt=2_000_000, completion=1),
+            event(at(SEP, 4), route="cerebras", model="llama3.1-8b"),
+        ],
+    )
     _, rows = read_csv(_export(engine, tmp_path))
     free = [r for r in rows if r["x_Free"] == "true"]
     assert {r["x_Model"] for r in free} == {"llama3.1-8b", "deepseek-r1-distill-llama-70b"}
@@ -266,8 +329,15 @@ def test_free_models_all_follow_one_list_cost_rule(engine: sa.Engine, tmp_path: 
 
 
 def test_unpriced_usage_is_not_billed_and_is_counted(engine: sa.Engine, tmp_path: Path) -> None:
-    write(engine, [event(at(SEP, 3)), event(at(SEP, 4), model="mystery-model"),
-                   event(at(SEP, 5), model="mystery-model"), event(at(SEP, 6), model="mystery-model", status="error")])
+    write(
+        engine,
+        [
+            event(at(SEP, 3)),
+            event(at(SEP, 4), model="mystery-model"),
+            event(at(SEP, 5), model="mystery-model"),
+            event(at(SEP, 6), model="mystery-model", status="error"),
+        ],
+    )
     result = billing.export_billing(engine, SEP, tmp_path / "sep.csv")
     assert result.unpriced == 2  # usage events with no price; the failed call had no usage
     assert not any(r["x_Model"] == "mystery-model" for r in result.rows)
@@ -300,4 +370,3 @@ def _id() -> str:
     from ledger.events import new_event_id
 
     return new_event_id()
-

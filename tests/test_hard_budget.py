@@ -70,7 +70,9 @@ def test_stop_refuses_paid_and_unknown_models_not_free_ones(tmp_path: Path) -> N
     assert seen.refused("p", "lava", "no-such-model") is not None  # not known to be free
     assert seen.refused("p", "lava", None) is not None
     assert seen.refused("other", "cerebras", "gpt-oss-120b") is None
-    assert "'p'" in hit.message("gpt-oss-120b") and "12.500000000 of 10.000000000 USD" in hit.message("gpt-oss-120b")
+    assert "'p'" in hit.message("gpt-oss-120b") and "12.500000000 of 10.000000000 USD" in hit.message(
+        "gpt-oss-120b"
+    )
 
 
 def test_stop_lapses_at_month_end(tmp_path: Path) -> None:
@@ -101,17 +103,26 @@ def test_the_call_path_looks_at_most_once_per_interval(tmp_path: Path) -> None:
     assert seen.refused("p", "cerebras", "m") is not None
 
 
-@pytest.mark.parametrize("content", [b"", b"{", b"[]", b'{"version": 2, "stops": [], "free": {}}',
-                                     b'{"version": 1, "stops": [{"project": "p"}], "free": {}}',
-                                     b'{"version": 1, "stops": [{"project": "p", "period": "2026-11", '
-                                     b'"until": "2026-12-01T00:00:00", "budget_usd": "1", "spent_usd": "2"}], '
-                                     b'"free": {}}',
-                                     b'{"version": 1, "stops": [{"project": "p", "period": "2026-11", '
-                                     b'"until": "2099-12-01T00:00:00Z", "budget_usd": "1e999", "spent_usd": "2"}], '
-                                     b'"free": {}}',
-                                     b"\xff\xfe"])
-def test_an_unreadable_stop_file_enforces_nothing_and_says_so_once(tmp_path: Path, content: bytes,
-                                                                   caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b"{",
+        b"[]",
+        b'{"version": 2, "stops": [], "free": {}}',
+        b'{"version": 1, "stops": [{"project": "p"}], "free": {}}',
+        b'{"version": 1, "stops": [{"project": "p", "period": "2026-11", '
+        b'"until": "2026-12-01T00:00:00", "budget_usd": "1", "spent_usd": "2"}], '
+        b'"free": {}}',
+        b'{"version": 1, "stops": [{"project": "p", "period": "2026-11", '
+        b'"until": "2099-12-01T00:00:00Z", "budget_usd": "1e999", "spent_usd": "2"}], '
+        b'"free": {}}',
+        b"\xff\xfe",
+    ],
+)
+def test_an_unreadable_stop_file_enforces_nothing_and_says_so_once(
+    tmp_path: Path, content: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
     (tmp_path / stops.STOP_FILE).write_bytes(content)
     seen = StopList(tmp_path / stops.STOP_FILE, check_s=0)
     with caplog.at_level(logging.WARNING, logger="ledger"):
@@ -171,12 +182,16 @@ def test_check_stops_a_spent_hard_budget_and_only_that(db_url: str) -> None:
         assert r.until == datetime(2026, 12, 1, tzinfo=UTC)
         with engine.connect() as conn:
             (s,) = budget_stops.read_stops(conn, NOW)
-            assert s == Stop("hard-spent", "2026-11", datetime(2026, 12, 1, tzinfo=UTC), Money(700_000), Money(700_000))
+            assert s == Stop(
+                "hard-spent", "2026-11", datetime(2026, 12, 1, tzinfo=UTC), Money(700_000), Money(700_000)
+            )
             assert budget_stops.read_stops(conn, datetime(2026, 12, 1, tzinfo=UTC)) == []  # over at month end
         check.check(engine, now=NOW)  # idempotent
         assert set(_stop_rows(engine)) == {"hard-spent"}
 
-        budgets.set_budget(engine, "hard-spent", monthly="0.0014", hard=True, now=NOW)  # raised: lifted at once
+        budgets.set_budget(
+            engine, "hard-spent", monthly="0.0014", hard=True, now=NOW
+        )  # raised: lifted at once
         assert _stop_rows(engine) == {}
         check.check(engine, now=NOW)
         assert _stop_rows(engine) == {}
@@ -195,7 +210,9 @@ def test_stop_month_is_the_budgets_local_month(db_url: str) -> None:
     try:
         budgets.set_budget(engine, "k", monthly="0.0007", hard=True, timezone="Asia/Kolkata", now=NOW)
         late = datetime(2026, 11, 30, 19, 0, tzinfo=UTC)
-        spend(engine, "k", [(datetime(2026, 11, 30, 18, 0, tzinfo=UTC), 700_000)])  # still November in Kolkata
+        spend(
+            engine, "k", [(datetime(2026, 11, 30, 18, 0, tzinfo=UTC), 700_000)]
+        )  # still November in Kolkata
         check.check(engine, now=late)
         assert _stop_rows(engine) == {}  # December there: nothing spent yet
         check.check(engine, now=datetime(2026, 11, 30, 18, 15, tzinfo=UTC))
@@ -250,8 +267,9 @@ def _assert_refusal(row: dict[str, Any], model: str, route: str, source: str) ->
 
 
 @pytest.mark.parametrize("flavour", FLAVOURS, ids=lambda f: f.id)
-def test_sdk_paid_calls_are_refused_once_the_hard_budget_is_spent(ledger_env: dict[str, str], upstream: StandIn,
-                                                                  flavour: Flavour, fast_stops: None) -> None:
+def test_sdk_paid_calls_are_refused_once_the_hard_budget_is_spent(
+    ledger_env: dict[str, str], upstream: StandIn, flavour: Flavour, fast_stops: None
+) -> None:
     url = ledger_env["LEDGER_DATABASE_URL"]
 
     async def before(s: Session) -> None:
@@ -306,10 +324,13 @@ def test_sdk_paid_calls_are_refused_once_the_hard_budget_is_spent(ledger_env: di
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_wrapper_client_raises_budget_exceeded(ledger_env: dict[str, str], upstream: StandIn, stream: bool,
-                                               fast_stops: None) -> None:
+def test_wrapper_client_raises_budget_exceeded(
+    ledger_env: dict[str, str], upstream: StandIn, stream: bool, fast_stops: None
+) -> None:
     url = ledger_env["LEDGER_DATABASE_URL"]
-    with ledger.CerebrasClient("proj-hard", api_key="sk-test", base_url=upstream.base_url, max_retries=2) as c:
+    with ledger.CerebrasClient(
+        "proj-hard", api_key="sk-test", base_url=upstream.base_url, max_retries=2
+    ) as c:
         c.chat.completions.create(model="gpt-oss-120b", messages=MSG)
         assert c.flush(10)
         _spend_it(url, "proj-hard")
@@ -325,12 +346,15 @@ def test_wrapper_client_raises_budget_exceeded(ledger_env: dict[str, str], upstr
     _assert_refusal(row, "gpt-oss-120b", "cerebras", "wrapper")
 
 
-def test_async_wrapper_client_raises_budget_exceeded(ledger_env: dict[str, str], upstream: StandIn,
-                                                     fast_stops: None) -> None:
+def test_async_wrapper_client_raises_budget_exceeded(
+    ledger_env: dict[str, str], upstream: StandIn, fast_stops: None
+) -> None:
     url = ledger_env["LEDGER_DATABASE_URL"]
 
     async def go() -> BaseException:
-        async with ledger.AsyncCerebrasClient("proj-hard", api_key="sk-test", base_url=upstream.base_url) as c:
+        async with ledger.AsyncCerebrasClient(
+            "proj-hard", api_key="sk-test", base_url=upstream.base_url
+        ) as c:
             await c.chat.completions.create(model="gpt-oss-120b", messages=MSG)
             assert await c.flush(10)
             await asyncio.to_thread(_spend_it, url, "proj-hard")
@@ -345,8 +369,9 @@ def test_async_wrapper_client_raises_budget_exceeded(ledger_env: dict[str, str],
     assert upstream.requests == 1 and len(_refusals(url)) == 1
 
 
-def test_a_refusal_is_logged_once_per_project_and_month(ledger_env: dict[str, str], upstream: StandIn,
-                                                        fast_stops: None, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_refusal_is_logged_once_per_project_and_month(
+    ledger_env: dict[str, str], upstream: StandIn, fast_stops: None, caplog: pytest.LogCaptureFixture
+) -> None:
     url = ledger_env["LEDGER_DATABASE_URL"]
     with ledger.CerebrasClient("proj-hard", api_key="sk-secret-key", base_url=upstream.base_url) as c:
         c.chat.completions.create(model="gpt-oss-120b", messages=MSG)
@@ -366,8 +391,9 @@ def test_a_refusal_is_logged_once_per_project_and_month(ledger_env: dict[str, st
     assert "sk-secret-key" not in stored and "count to three" not in stored
 
 
-def test_a_broken_stop_list_never_breaks_a_call(ledger_env: dict[str, str], upstream: StandIn, fast_stops: None,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_broken_stop_list_never_breaks_a_call(
+    ledger_env: dict[str, str], upstream: StandIn, fast_stops: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def boom(*_: Any) -> Any:
         raise RuntimeError("stop list exploded")
 
@@ -387,20 +413,31 @@ def test_unchecked_projects_pay_one_dict_lookup(tmp_path: Path) -> None:
     assert seen._seen is None and seen._stops == {}
 
 
-def test_httpx_transport_answers_402_without_sending(ledger_env: dict[str, str], upstream: StandIn,
-                                                    fast_stops: None) -> None:
+def test_httpx_transport_answers_402_without_sending(
+    ledger_env: dict[str, str], upstream: StandIn, fast_stops: None
+) -> None:
     """A bare httpx client with instrument(): the refusal is an ordinary 402 response."""
     url = ledger_env["LEDGER_DATABASE_URL"]
-    with ledger.instrument(httpx.Client(headers={"authorization": "Bearer sk-test"}), project="proj-raw") as http:
-        ok = http.post(f"{upstream.base_url}/v1/chat/completions", json={"model": "gpt-oss-120b", "messages": MSG})
+    with ledger.instrument(
+        httpx.Client(headers={"authorization": "Bearer sk-test"}), project="proj-raw"
+    ) as http:
+        ok = http.post(
+            f"{upstream.base_url}/v1/chat/completions", json={"model": "gpt-oss-120b", "messages": MSG}
+        )
         assert ok.status_code == 200
         assert http._transport.journal.flush(10)
         _spend_it(url, "proj-raw")
         _wait("the writer to publish the stop", _stop_file(ledger_env).exists)
-        no = http.post(f"{upstream.base_url}/v1/chat/completions",
-                       json={"model": "gpt-oss-120b", "messages": MSG}, headers={"x-ledger-project": "proj-raw"})
-        other = http.post(f"{upstream.base_url}/v1/chat/completions",
-                          json={"model": "gpt-oss-120b", "messages": MSG}, headers={"x-ledger-project": "proj-b"})
+        no = http.post(
+            f"{upstream.base_url}/v1/chat/completions",
+            json={"model": "gpt-oss-120b", "messages": MSG},
+            headers={"x-ledger-project": "proj-raw"},
+        )
+        other = http.post(
+            f"{upstream.base_url}/v1/chat/completions",
+            json={"model": "gpt-oss-120b", "messages": MSG},
+            headers={"x-ledger-project": "proj-b"},
+        )
         assert http._transport.journal.flush(10)
     assert no.status_code == 402 and no.json()["type"] == "budget_exceeded_error"
     assert other.status_code == 200  # another project is not stopped
@@ -409,8 +446,9 @@ def test_httpx_transport_answers_402_without_sending(ledger_env: dict[str, str],
     _assert_refusal(row, "gpt-oss-120b", "cerebras", "transport")
 
 
-def test_writer_process_publishes_the_stop(ledger_env: dict[str, str], upstream: StandIn, fast_stops: None,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_writer_process_publishes_the_stop(
+    ledger_env: dict[str, str], upstream: StandIn, fast_stops: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """LEDGER_WRITER=process: the writer process, not the caller, reads the database and publishes
     the stop file. The budget is spent before this process starts: its first call goes through (no
     stop file yet on this machine), the writer publishes on its first round, later calls are refused."""
@@ -439,10 +477,13 @@ def test_writer_process_publishes_the_stop(ledger_env: dict[str, str], upstream:
 
 
 @settings(max_examples=200, deadline=None)
-@given(project=_NAMES, model=st.text(st.characters(codec=None, exclude_categories=()), max_size=40),
-       other=st.text(max_size=40))
+@given(
+    project=_NAMES,
+    model=st.text(st.characters(codec=None, exclude_categories=()), max_size=40),
+    other=st.text(max_size=40),
+)
 @example(project="'); DROP TABLE budget_stops;--", model="lone \ud800 surrogate", other="")
-@example(project="\u05d0 \U0001f680 \"quoted\"", model="\u202e", other="x")
+@example(project='\u05d0 \U0001f680 "quoted"', model="\u202e", other="x")
 def test_any_accepted_project_and_any_model_name_round_trip(project: str, model: str, other: str) -> None:
     """Hostile project names (any the ledger accepts) and model names (any text, lone surrogates
     included) come back from the stop file exactly, and only the named project is stopped."""

@@ -86,7 +86,7 @@ ACCEPTED: list[str] = [
     "'; DROP TABLE events; --",
     "Robert'); DROP TABLE budgets;--",
     "%_% ' OR '1'='1",
-    'quote "double" \'single\' `back`',
+    "quote \"double\" 'single' `back`",
     "comma, semicolon; pipe|",
     "cmd|' /C calc'!A0",  # the classic payload without its leading '=': inert text
     "'=cmd|' /C calc'!A0",  # starts with an apostrophe: a spreadsheet shows it as text
@@ -180,8 +180,36 @@ def test_check_project_accepts_and_refuses_in_one_line() -> None:
 # -- hypothesis: any text through check_project, report paths and every CSV writer -------------------
 
 _FRAGMENTS = st.sampled_from(
-    ["..", "/", "\\", "\x00", "\n", "\r\n", "'", '"', ",", ";", "--", "=", "+", "-", "@", "\t", "\u202e",
-     "\u200b", "\u0301", "\U0001f680", "\ud800", "CON", "NaN", " ", "%", "\ufeff", "\u05d0", "x" * 150]
+    [
+        "..",
+        "/",
+        "\\",
+        "\x00",
+        "\n",
+        "\r\n",
+        "'",
+        '"',
+        ",",
+        ";",
+        "--",
+        "=",
+        "+",
+        "-",
+        "@",
+        "\t",
+        "\u202e",
+        "\u200b",
+        "\u0301",
+        "\U0001f680",
+        "\ud800",
+        "CON",
+        "NaN",
+        " ",
+        "%",
+        "\ufeff",
+        "\u05d0",
+        "x" * 150,
+    ]
 )
 _NAMES = st.one_of(
     st.text(alphabet=st.characters(codec=None, exclude_categories=()), max_size=60),  # surrogates too
@@ -203,11 +231,15 @@ def _csv_cells(text: str) -> list[list[str]]:
     return list(csv.reader(io.StringIO(text, newline="")))
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                     HealthCheck.too_slow])
+@settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(name=_NAMES)
-def test_fuzzed_names_are_refused_or_survive_paths_and_csv(empty_ledger: sa.Engine, tmp_path: Path,
-                                                            name: str) -> None:
+def test_fuzzed_names_are_refused_or_survive_paths_and_csv(
+    empty_ledger: sa.Engine, tmp_path: Path, name: str
+) -> None:
     base = tmp_path / "reports"
     period = calendar.parse_period("2026-10-15")
     # Whatever the name, a report path stays inside the reports folder with a safe folder name.
@@ -218,8 +250,9 @@ def test_fuzzed_names_are_refused_or_survive_paths_and_csv(empty_ledger: sa.Engi
         accepted = check_project(name)
     except ConfigError as exc:
         _one_line(exc)
-        assert (not name.strip() or len(name) > 200 or not name.isprintable()
-                or name[0] in config.FORMULA_START)
+        assert (
+            not name.strip() or len(name) > 200 or not name.isprintable() or name[0] in config.FORMULA_START
+        )
         return
     assert accepted is name and 1 <= len(name) <= 200 and name.isprintable() and name[0] not in "=+-@"
     assert "\x00" not in name and not any(0xD800 <= ord(c) <= 0xDFFF for c in name)
@@ -352,13 +385,17 @@ def _make_calls(upstream: NotingStandIn) -> int:
     shared = ledger.CerebrasClient("shared", api_key=API_KEY, base_url=upstream.base_url, max_retries=0)
     with shared:
         for name in ACCEPTED:
-            with ledger.CerebrasClient(name, api_key=API_KEY, base_url=upstream.base_url, tags=TAGS,
-                                       max_retries=0, flush_timeout=0) as client:  # one flush, below
+            with ledger.CerebrasClient(
+                name, api_key=API_KEY, base_url=upstream.base_url, tags=TAGS, max_retries=0, flush_timeout=0
+            ) as client:  # one flush, below
                 assert client.project == name
                 reply = client.chat.completions.create(model="gpt-oss-120b", messages=MSG, max_tokens=9)
                 assert reply["id"].startswith("chatcmpl-")
-            chunks = list(shared.chat.completions.create(model="gpt-oss-120b", messages=MSG, stream=True,
-                                                         project=name, tags=TAGS))
+            chunks = list(
+                shared.chat.completions.create(
+                    model="gpt-oss-120b", messages=MSG, stream=True, project=name, tags=TAGS
+                )
+            )
             assert chunks[-1]["usage"]["total_tokens"] > 0
             calls += 2
         assert shared.flush(15)
@@ -368,14 +405,18 @@ def _make_calls(upstream: NotingStandIn) -> int:
     try:
         for name in ACCEPTED:
             if name.isascii():
-                reply = sdk.chat.completions.create(model="gpt-oss-120b", messages=MSG, max_tokens=7,
-                                                    extra_headers={"x-ledger-project": name,
-                                                                   "x-ledger-tags": tags_header})
+                reply = sdk.chat.completions.create(
+                    model="gpt-oss-120b",
+                    messages=MSG,
+                    max_tokens=7,
+                    extra_headers={"x-ledger-project": name, "x-ledger-tags": tags_header},
+                )
             else:
                 own = ledger.instrument(httpx.Client(), project=name, tags=TAGS)
                 own._transport.flush_timeout = 0  # type: ignore[attr-defined]  # one flush, below
-                with openai.OpenAI(api_key=API_KEY, base_url=f"{upstream.base_url}/v1", http_client=own,
-                                   max_retries=0) as other:
+                with openai.OpenAI(
+                    api_key=API_KEY, base_url=f"{upstream.base_url}/v1", http_client=own, max_retries=0
+                ) as other:
                     reply = other.chat.completions.create(model="gpt-oss-120b", messages=MSG, max_tokens=7)
             assert reply.id.startswith("chatcmpl-")
             calls += 1
@@ -385,8 +426,12 @@ def _make_calls(upstream: NotingStandIn) -> int:
     return calls
 
 
-def _refusals(upstream: NotingStandIn, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture,
-              tmp_path: Path) -> Counter[str]:
+def _refusals(
+    upstream: NotingStandIn,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+) -> Counter[str]:
     """Refused names: one line at the call site or on the command line, nothing sent for the wrapper,
     and never a broken call through the SDK headers. Returns how many refusals were checked, by where."""
     checked: Counter[str] = Counter()
@@ -407,12 +452,14 @@ def _refusals(upstream: NotingStandIn, capsys: pytest.CaptureFixture[str], caplo
     # Through the SDK, a refused x-ledger-project never breaks the call, never leaves the process,
     # and is said in the log.
     http = ledger.instrument(httpx.Client(), project=SDK_DEFAULT)
-    with openai.OpenAI(api_key=API_KEY, base_url=f"{upstream.base_url}/v1", http_client=http,
-                       max_retries=0) as sdk:
+    with openai.OpenAI(
+        api_key=API_KEY, base_url=f"{upstream.base_url}/v1", http_client=http, max_retries=0
+    ) as sdk:
         for name in REFUSED_HEADER_NAMES:
             caplog.clear()
-            reply = sdk.chat.completions.create(model="gpt-oss-120b", messages=MSG,
-                                                extra_headers={"x-ledger-project": name})
+            reply = sdk.chat.completions.create(
+                model="gpt-oss-120b", messages=MSG, extra_headers={"x-ledger-project": name}
+            )
             assert reply.choices[0].message.content
             assert "x-ledger-project" not in upstream.seen[-1]
             said = " ".join(r.getMessage() + (r.exc_text or "") for r in caplog.records if r.name == "ledger")
@@ -433,9 +480,17 @@ def _refusals(upstream: NotingStandIn, capsys: pytest.CaptureFixture[str], caplo
             assert word in _one_error(code, err, 1) and out == ""
             checked["CLI report/budget set/chat"] += 1
         row = {c: "" for c in eventio.COLUMNS} | {
-            "event_id": "01890000-0000-7000-8000-000000000001", "occurred_at": "2026-10-15T12:00:00Z",
-            "project": name, "route": "cerebras", "model": "gpt-oss-120b", "status": "ok", "stream": False,
-            "free": False, "priced": False, "tags": {}}
+            "event_id": "01890000-0000-7000-8000-000000000001",
+            "occurred_at": "2026-10-15T12:00:00Z",
+            "project": name,
+            "route": "cerebras",
+            "model": "gpt-oss-120b",
+            "status": "ok",
+            "stream": False,
+            "free": False,
+            "priced": False,
+            "tags": {},
+        }
         bad_file.write_text(json.dumps(row) + "\n", encoding="utf-8")
         code, out, err = _cli(capsys, "events", "import", str(bad_file))
         assert word in _one_error(code, err, 1) and "line 1" in err
@@ -446,8 +501,12 @@ def _refusals(upstream: NotingStandIn, capsys: pytest.CaptureFixture[str], caplo
 
 
 def test_hostile_names_through_every_stage(
-    ledger_env: dict[str, str], noting_upstream: NotingStandIn, tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture,
+    ledger_env: dict[str, str],
+    noting_upstream: NotingStandIn,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
     reliability: Any,
 ) -> None:
     caplog.set_level(logging.INFO)
@@ -500,8 +559,13 @@ def test_hostile_names_through_every_stage(
         folders.add(path.parent.name)
         if fmt == "csv":
             table = _read_csv(path)
-            assert {"section": "report", "item": "", "detail": "", "figure": "project",
-                    "value": name} in table
+            assert {
+                "section": "report",
+                "item": "",
+                "detail": "",
+                "figure": "project",
+                "value": name,
+            } in table
             assert {r["item"] for r in table if r["section"] == "project"} == {name}
             assert {r["value"] for r in table if r["section"] == "totals" and r["figure"] == "calls"} == {"3"}
             assert _pandas(path).query("figure == 'project'")["value"].tolist() == [name]
@@ -570,8 +634,19 @@ def test_hostile_names_through_every_stage(
     stored = Counter(r["project"] for r in everything)
     for fmt in ("csv", "jsonl"):
         first_file, again_file = exports / f"events.{fmt}", exports / f"events-again.{fmt}"
-        code, _, err = _cli(capsys, "events", "export", "--since", since, "--until", until, "--format", fmt,
-                            "--out", str(first_file))
+        code, _, err = _cli(
+            capsys,
+            "events",
+            "export",
+            "--since",
+            since,
+            "--until",
+            until,
+            "--format",
+            fmt,
+            "--out",
+            str(first_file),
+        )
         assert code == 0 and f"wrote {recorded_all} event(s)" in err, err
         if fmt == "csv":
             exported = _read_csv(first_file)
@@ -585,13 +660,37 @@ def test_hostile_names_through_every_stage(
             m.setenv("LEDGER_SPOOL_DIR", str(tmp_path / "spool2"))
             code, out, err = _cli(capsys, "--database-url", second, "events", "import", str(first_file))
             assert code == 0 and f"{recorded_all} row(s) read" in out, err
-            code, _, err = _cli(capsys, "--database-url", second, "events", "export", "--since", since,
-                                "--until", until, "--format", fmt, "--out", str(again_file))
+            code, _, err = _cli(
+                capsys,
+                "--database-url",
+                second,
+                "events",
+                "export",
+                "--since",
+                since,
+                "--until",
+                until,
+                "--format",
+                fmt,
+                "--out",
+                str(again_file),
+            )
             assert code == 0, err
         assert again_file.read_bytes() == first_file.read_bytes()
     for name in ACCEPTED[:3]:  # --project filters by the exact name (a bound parameter, never SQL text)
-        code, out, err = _cli(capsys, "events", "export", "--since", since, "--until", until,
-                              "--project", name, "--format", "jsonl")
+        code, out, err = _cli(
+            capsys,
+            "events",
+            "export",
+            "--since",
+            since,
+            "--until",
+            until,
+            "--project",
+            name,
+            "--format",
+            "jsonl",
+        )
         assert code == 0 and [json.loads(x)["project"] for x in out.splitlines()] == [name] * 3
 
     # -- budgets and signed webhook alerts ------------------------------------------------------------
@@ -599,13 +698,15 @@ def test_hostile_names_through_every_stage(
         monkeypatch.setenv("LEDGER_ALERT_WEBHOOK_URL", rx.url)
         monkeypatch.setenv("LEDGER_ALERT_WEBHOOK_SECRET", WEBHOOK_SECRET)
         for name in ACCEPTED:
-            code, out, err = _cli(capsys, "budget", "set", "--monthly", "0.000000001", "--thresholds", "100",
-                                  "--", name)
+            code, out, err = _cli(
+                capsys, "budget", "set", "--monthly", "0.000000001", "--thresholds", "100", "--", name
+            )
             assert code == 0, err
         code, out, err = _cli(capsys, "budget", "list", "--format", "json")
         assert sorted(b["project"] for b in json.loads(out)) == sorted(ACCEPTED)
-        code, out, err = _cli(capsys, "alerts", "check", "--now", day.strftime("%Y-%m-%dT18:00:00Z"),
-                              "--spike-min", "1000000")
+        code, out, err = _cli(
+            capsys, "alerts", "check", "--now", day.strftime("%Y-%m-%dT18:00:00Z"), "--spike-min", "1000000"
+        )
         assert code == 0 and f"{len(ACCEPTED)} new alert(s)" in out, out + err
         assert f"{len(ACCEPTED)} delivered, 0 failed" in out
     assert len(rx.requests) == len(ACCEPTED)
@@ -643,18 +744,27 @@ def test_hostile_names_through_every_stage(
         assert p.resolve().parent.parent == reports_dir.resolve(), p
         assert p.parent.name in folders | {"all-projects"} and re.fullmatch(r"[A-Za-z0-9_-]+", p.parent.name)
         assert not p.name.startswith(".")  # no temporary file left behind
-    assert {p.name for p in _files(exports)} == {f"focus-{month}.csv", "events.csv", "events-again.csv",
-                                                 "events.jsonl", "events-again.jsonl"}
+    assert {p.name for p in _files(exports)} == {
+        f"focus-{month}.csv",
+        "events.csv",
+        "events-again.csv",
+        "events.jsonl",
+        "events-again.jsonl",
+    }
     reliability(
         load=f"{calls} real calls (wrapper direct + streamed per call, openai SDK via headers/instrument)",
         fault="-",
-        inputs=(f"{len(ACCEPTED)} accepted hostile project names (path separators, .., SQL, quotes, "
-                f"combining marks, emoji, RTL scripts, 200 chars, apostrophe-formula) with {len(TAGS)} "
-                f"hostile tags (NUL, lone surrogate, 10,000 chars, newline, RTL override, formula); "
-                f"{len(REFUSED)} refused names (NUL, 10,000 chars, newline, RTL override, zero-width, "
-                "lone surrogate, =cmd formula) refused in one line: "
-                + ", ".join(f"{where} {n}" for where, n in refusals.items())),
-        expected=calls, recorded=recorded, lost=calls - recorded,
+        inputs=(
+            f"{len(ACCEPTED)} accepted hostile project names (path separators, .., SQL, quotes, "
+            f"combining marks, emoji, RTL scripts, 200 chars, apostrophe-formula) with {len(TAGS)} "
+            f"hostile tags (NUL, lone surrogate, 10,000 chars, newline, RTL override, formula); "
+            f"{len(REFUSED)} refused names (NUL, 10,000 chars, newline, RTL override, zero-width, "
+            "lone surrogate, =cmd formula) refused in one line: "
+            + ", ".join(f"{where} {n}" for where, n in refusals.items())
+        ),
+        expected=calls,
+        recorded=recorded,
+        lost=calls - recorded,
     )
 
 
@@ -663,8 +773,9 @@ def test_undecodable_argv_is_refused_in_one_line(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LEDGER_", "CEREBRAS_", "LAVA_"))}
     env |= {"LEDGER_HOME": str(tmp_path / "home"), "LC_ALL": "C.UTF-8"}
     args = [b"report", b"--period", b"2026-10", b"--project", b"bad-\xff\xed\xa0\x80-name"]
-    proc = subprocess.run([sys.executable.encode(), b"-m", b"ledger", *args], env=env, capture_output=True,
-                          timeout=60)
+    proc = subprocess.run(
+        [sys.executable.encode(), b"-m", b"ledger", *args], env=env, capture_output=True, timeout=60
+    )
     err = proc.stderr.decode("utf-8")
     assert proc.returncode == 1 and proc.stdout == b"", err
     assert err == "error: --project: project name has control or non-printable characters\n", err
@@ -690,15 +801,19 @@ def sqlite_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]
 
 def _sdk_call(upstream: NotingStandIn, headers: dict[str, str]) -> Any:
     http = ledger.instrument(httpx.Client(), project=SDK_DEFAULT)
-    with openai.OpenAI(api_key=API_KEY, base_url=f"{upstream.base_url}/v1", http_client=http,
-                       max_retries=0) as sdk:
+    with openai.OpenAI(
+        api_key=API_KEY, base_url=f"{upstream.base_url}/v1", http_client=http, max_retries=0
+    ) as sdk:
         reply = sdk.chat.completions.create(model="gpt-oss-120b", messages=MSG, extra_headers=headers)
         assert http._transport.journal.flush(10)  # type: ignore[attr-defined]
     return reply
 
 
 def test_refused_project_header_never_breaks_the_call(
-        sqlite_env: str, noting_upstream: NotingStandIn, caplog: pytest.LogCaptureFixture, reliability: Any,
+    sqlite_env: str,
+    noting_upstream: NotingStandIn,
+    caplog: pytest.LogCaptureFixture,
+    reliability: Any,
 ) -> None:
     """The call goes through, the refused header is not sent upstream, and the call is recorded
     under the client's own project."""
@@ -710,15 +825,20 @@ def test_refused_project_header_never_breaks_the_call(
     assert len(noting_upstream.served) == len(REFUSED_HEADER_NAMES)
     recorded = len(fetch_events(sqlite_env))
     assert recorded == len(REFUSED_HEADER_NAMES)
-    reliability(load=f"{len(REFUSED_HEADER_NAMES)} openai SDK calls through instrument()", fault="-",
-                inputs="x-ledger-project header refused by check_project (10,000 chars, tab, ESC, NUL, "
-                       "leading = + - @)",
-                expected=len(REFUSED_HEADER_NAMES), recorded=recorded,
-                lost=len(REFUSED_HEADER_NAMES) - recorded)
+    reliability(
+        load=f"{len(REFUSED_HEADER_NAMES)} openai SDK calls through instrument()",
+        fault="-",
+        inputs="x-ledger-project header refused by check_project (10,000 chars, tab, ESC, NUL, "
+        "leading = + - @)",
+        expected=len(REFUSED_HEADER_NAMES),
+        recorded=recorded,
+        lost=len(REFUSED_HEADER_NAMES) - recorded,
+    )
 
 
-def test_refused_project_header_still_records_the_call(sqlite_env: str,
-                                                       noting_upstream: NotingStandIn) -> None:
+def test_refused_project_header_still_records_the_call(
+    sqlite_env: str, noting_upstream: NotingStandIn
+) -> None:
     reply = _sdk_call(noting_upstream, {"x-ledger-project": "-rf", "x-ledger-tags": "team=search"})
     rows = fetch_events(sqlite_env)
     assert len(rows) == 1, "the call's event was lost"
@@ -727,21 +847,24 @@ def test_refused_project_header_still_records_the_call(sqlite_env: str,
     assert json.loads(row["tags"]) == {"team": "search"}
 
 
-def test_refused_project_header_never_sends_the_tags_header(sqlite_env: str,
-                                                            noting_upstream: NotingStandIn) -> None:
+def test_refused_project_header_never_sends_the_tags_header(
+    sqlite_env: str, noting_upstream: NotingStandIn
+) -> None:
     _sdk_call(noting_upstream, {"x-ledger-project": "tab\there", "x-ledger-tags": "team=search"})
     assert noting_upstream.leaked() == []
 
 
 def test_refused_project_header_with_a_newline_tag_does_not_fail_the_call(
-        sqlite_env: str, noting_upstream: NotingStandIn) -> None:
+    sqlite_env: str, noting_upstream: NotingStandIn
+) -> None:
     # today the tags header reaches h11, which refuses the newline: the SDK raises APIConnectionError
     reply = _sdk_call(noting_upstream, {"x-ledger-project": "tab\there", "x-ledger-tags": "a=1\nb=2"})
     assert reply.id.startswith("chatcmpl-")
 
 
-def test_malformed_tags_header_still_records_the_call(sqlite_env: str,
-                                                      noting_upstream: NotingStandIn) -> None:
+def test_malformed_tags_header_still_records_the_call(
+    sqlite_env: str, noting_upstream: NotingStandIn
+) -> None:
     reply = _sdk_call(noting_upstream, {"x-ledger-project": "search", "x-ledger-tags": '{"unclosed": '})
     rows = fetch_events(sqlite_env)
     assert len(rows) == 1, "the call's event was lost"
@@ -754,24 +877,45 @@ def test_requested_model_of_odd_request_bodies(sqlite_env: str, upstream: StandI
     the body is over 64 KiB; a body naming ``"model"`` more than once is parsed, so a nested
     ``"model"`` key before the top-level one is not taken for it. Errors (no served model)
     show what was read."""
-    nested_first = {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {
-        "type": "object", "properties": {"model": {"type": "string"}}, "default": {"model": "nested"}}}},
-        "model": "gpt-oss-120b", "messages": MSG}
+    nested_first = {
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {
+                "name": "x",
+                "schema": {
+                    "type": "object",
+                    "properties": {"model": {"type": "string"}},
+                    "default": {"model": "nested"},
+                },
+            },
+        },
+        "model": "gpt-oss-120b",
+        "messages": MSG,
+    }
     escaped = {"messages": [{"role": "user", "content": 'say "model": "fake" please'}], "model": "qwen-3-32b"}
     big = {"messages": [{"role": "user", "content": "x" * 70_000}], "model": "llama3.1-8b"}
     not_text = {"model": 7, "messages": MSG}
     # a value with escapes (read as JSON, not as its bytes), and one in raw UTF-8
     escaped_value = b'{"model": "gpt\\u002doss\\"q\\"", "messages": []}'
     utf8_value = '{"model": "modèle-ü", "messages": []}'.encode()
-    cases = [(nested_first, "gpt-oss-120b"), (escaped, "qwen-3-32b"), (big, "llama3.1-8b"), (not_text, None),
-             (escaped_value, 'gpt-oss"q"'), (utf8_value, "modèle-ü")]
+    cases = [
+        (nested_first, "gpt-oss-120b"),
+        (escaped, "qwen-3-32b"),
+        (big, "llama3.1-8b"),
+        (not_text, None),
+        (escaped_value, 'gpt-oss"q"'),
+        (utf8_value, "modèle-ü"),
+    ]
     http = ledger.instrument(httpx.Client(), project="odd-bodies")
     with http:
         for body, _ in cases:
             upstream.queue("not_found")
             content = body if isinstance(body, bytes) else json.dumps(body).encode()
-            r = http.post(f"{upstream.base_url}/v1/chat/completions", content=content,
-                          headers={"authorization": f"Bearer {API_KEY}", "content-type": "application/json"})
+            r = http.post(
+                f"{upstream.base_url}/v1/chat/completions",
+                content=content,
+                headers={"authorization": f"Bearer {API_KEY}", "content-type": "application/json"},
+            )
             assert r.status_code == 404
         assert http._transport.journal.flush(10)  # type: ignore[attr-defined]
     rows = sorted(fetch_events(sqlite_env), key=lambda row: row["event_id"])
@@ -782,8 +926,11 @@ def test_requested_model_of_odd_request_bodies(sqlite_env: str, upstream: StandI
 
 
 def test_webhook_signature_verifies_and_secret_is_never_logged(
-    ledger_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    ledger_env: dict[str, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)  # every logger, httpx and httpcore included
     name = "проект «бюджет» \U0001f4b8 ../'; --"
@@ -791,11 +938,26 @@ def test_webhook_signature_verifies_and_secret_is_never_logged(
     engine = store.make_engine(ledger_env["LEDGER_DATABASE_URL"])
     try:
         store.ensure_schema(engine)
-        event = CallEvent(event_id=new_event_id(), occurred_at=when, project=name, route="cerebras",
-                          book="cerebras", requested_model="gpt-oss-120b", served_model=None, status="ok",
-                          http_status=200, error_type=None, error_code=None, stream=False,
-                          usage=Usage(10, 0, 10, 0, 20), latency_us=1, ttft_us=None, time_info=None,
-                          upstream_id=None, lava_request_id=None)
+        event = CallEvent(
+            event_id=new_event_id(),
+            occurred_at=when,
+            project=name,
+            route="cerebras",
+            book="cerebras",
+            requested_model="gpt-oss-120b",
+            served_model=None,
+            status="ok",
+            http_status=200,
+            error_type=None,
+            error_code=None,
+            stream=False,
+            usage=Usage(10, 0, 10, 0, 20),
+            latency_us=1,
+            ttft_us=None,
+            time_info=None,
+            upstream_id=None,
+            lava_request_id=None,
+        )
         charge = Charge("p", Money(5 * 10**9), False, True, None)  # 5 USD
         with store.write_transaction(engine) as conn:
             store.insert_events(conn, [store.event_row(event, charge, when)])
@@ -806,12 +968,14 @@ def test_webhook_signature_verifies_and_secret_is_never_logged(
         secret_url = rx.url + f"?token={WEBHOOK_SECRET}-url"
         monkeypatch.setenv("LEDGER_ALERT_WEBHOOK_URL", secret_url)
         monkeypatch.setenv("LEDGER_ALERT_WEBHOOK_SECRET", WEBHOOK_SECRET)
-        code, out, err = _cli(capsys, "-v", "alerts", "check", "--now", "2026-10-15T13:00:00Z",
-                              "--spike-min", "1000000")
+        code, out, err = _cli(
+            capsys, "-v", "alerts", "check", "--now", "2026-10-15T13:00:00Z", "--spike-min", "1000000"
+        )
         assert code == 0 and "2 new alert(s)" in out and "1 delivered, 1 failed" in out, out + err
         # the failed one is due again 30 s later
-        code, out2, err2 = _cli(capsys, "-v", "alerts", "check", "--now", "2026-10-15T13:01:00Z",
-                                "--spike-min", "1000000")
+        code, out2, err2 = _cli(
+            capsys, "-v", "alerts", "check", "--now", "2026-10-15T13:01:00Z", "--spike-min", "1000000"
+        )
         assert code == 0 and "0 new alert(s)" in out2 and "1 delivered, 0 failed" in out2, out2 + err2
     assert len(rx.requests) == 3
     delivered = [r for r in rx.requests if r["status"] == 200]

@@ -14,14 +14,31 @@ from ledger.exports.eventfiles import COLUMNS
 from ledger.exports.eventimport import ImportError_, parse_file
 
 GOOD = {
-    "event_id": str(uuid.UUID(int=1)), "occurred_at": "2026-11-01T00:00:00Z", "project": "p", "route": "cerebras",
-    "model": "gpt-oss-120b", "status": "ok", "http_status": "200", "stream": "false", "prompt_tokens": "10",
-    "cached_tokens": "0", "completion_tokens": "5", "reasoning_tokens": "0", "total_tokens": "15",
-    "cost_usd": "", "free": "false", "priced": "false", "upstream_id": "", "tags": "{}",
+    "event_id": str(uuid.UUID(int=1)),
+    "occurred_at": "2026-11-01T00:00:00Z",
+    "project": "p",
+    "route": "cerebras",
+    "model": "gpt-oss-120b",
+    "status": "ok",
+    "http_status": "200",
+    "stream": "false",
+    "prompt_tokens": "10",
+    "cached_tokens": "0",
+    "completion_tokens": "5",
+    "reasoning_tokens": "0",
+    "total_tokens": "15",
+    "cost_usd": "",
+    "free": "false",
+    "priced": "false",
+    "upstream_id": "",
+    "tags": "{}",
 }
 
-cells = st.one_of(st.text(max_size=30), st.integers().map(str), st.sampled_from(["", "true", "1e999", "NaN", "-1",
-                                                                                 "{}", "[]", "\x00", "Z"]))
+cells = st.one_of(
+    st.text(max_size=30),
+    st.integers().map(str),
+    st.sampled_from(["", "true", "1e999", "NaN", "-1", "{}", "[]", "\x00", "Z"]),
+)
 
 
 def _parse(data: bytes, suffix: str) -> None:

@@ -101,8 +101,12 @@ def imports(module: str, path: Path) -> Iterator[tuple[str, list[str], bool, int
         elif isinstance(child, ast.ImportFrom):
             target = _resolve(module, is_package, child)
             names = [a.name for a in child.names]
-            submodules = [n for n in names if (PACKAGE.parent / (target.replace(".", "/") + f"/{n}.py")).exists()
-                          or (PACKAGE.parent / (target.replace(".", "/") + f"/{n}")).is_dir()]
+            submodules = [
+                n
+                for n in names
+                if (PACKAGE.parent / (target.replace(".", "/") + f"/{n}.py")).exists()
+                or (PACKAGE.parent / (target.replace(".", "/") + f"/{n}")).is_dir()
+            ]
             for n in submodules:
                 yield f"{target}.{n}", [], lazy, child.lineno
             rest = [n for n in names if n not in submodules]
@@ -151,20 +155,33 @@ def test_imports_point_back_along_the_flow(module: str, path: Path) -> None:
 STDLIB = set(sys.stdlib_module_names) | {"__future__"}
 
 
-@pytest.mark.parametrize(("module", "path"), [(m, p) for m, p in ALL if stage_of(m) in ("call", "foundation")],
-                         ids=[m for m, _ in ALL if stage_of(m) in ("call", "foundation")])
-def test_the_call_stage_and_foundations_import_only_httpx_and_the_standard_library(module: str,
-                                                                                  path: Path) -> None:
-    third = sorted({t.split(".")[0] for t, _n, lazy, _l in imports(module, path)
-                    if not lazy and t.split(".")[0] not in STDLIB | {"ledger", "httpx"}})
+@pytest.mark.parametrize(
+    ("module", "path"),
+    [(m, p) for m, p in ALL if stage_of(m) in ("call", "foundation")],
+    ids=[m for m, _ in ALL if stage_of(m) in ("call", "foundation")],
+)
+def test_the_call_stage_and_foundations_import_only_httpx_and_the_standard_library(
+    module: str, path: Path
+) -> None:
+    third = sorted(
+        {
+            t.split(".")[0]
+            for t, _n, lazy, _l in imports(module, path)
+            if not lazy and t.split(".")[0] not in STDLIB | {"ledger", "httpx"}
+        }
+    )
     assert third == []
 
 
 @pytest.mark.parametrize(("module", "path"), ALL, ids=[m for m, _ in ALL])
 def test_no_private_name_crosses_a_module(module: str, path: Path) -> None:
-    bad = [f"line {line}: {target}.{n}" for target, names, _lazy, line in imports(module, path)
-           if target.startswith("ledger") and target != module for n in names
-           if n.startswith("_") and not n.startswith("__")]
+    bad = [
+        f"line {line}: {target}.{n}"
+        for target, names, _lazy, line in imports(module, path)
+        if target.startswith("ledger") and target != module
+        for n in names
+        if n.startswith("_") and not n.startswith("__")
+    ]
     assert bad == []
 
 
@@ -173,15 +190,24 @@ def test_tests_import_no_private_name_from_the_package() -> None:
     for path in sorted((ROOT / "tests").glob("*.py")):
         for target, names, _lazy, line in imports("tests." + path.stem, path):
             if target.startswith("ledger"):
-                bad += [f"{path.name}:{line}: {target}.{n}" for n in names if n.startswith("_") and n != "__version__"]
+                bad += [
+                    f"{path.name}:{line}: {target}.{n}"
+                    for n in names
+                    if n.startswith("_") and n != "__version__"
+                ]
     assert bad == []
 
 
 @pytest.mark.parametrize("stage", sorted(s for s in STAGES if (PACKAGE / s).is_dir()))
 def test_each_stage_init_is_light_and_says_what_it_owns(stage: str) -> None:
     path = PACKAGE / stage / "__init__.py"
-    heavy = sorted({t.split(".")[0] for t, _n, lazy, _l in imports(f"ledger.{stage}", path)
-                    if not lazy and t.split(".")[0] in ("pandas", "alembic", "pyarrow", "apscheduler")})
+    heavy = sorted(
+        {
+            t.split(".")[0]
+            for t, _n, lazy, _l in imports(f"ledger.{stage}", path)
+            if not lazy and t.split(".")[0] in ("pandas", "alembic", "pyarrow", "apscheduler")
+        }
+    )
     assert heavy == []
     doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
     assert len(doc) > 80, f"ledger/{stage}/__init__.py needs a docstring saying what the stage owns"

@@ -35,14 +35,35 @@ NOV = datetime(2026, 11, 1, tzinfo=UTC)
 DEC = datetime(2026, 12, 1, tzinfo=UTC)
 
 
-def _event(when: datetime, project: str = "alpha", model: str = "gpt-oss-120b", status: str = "ok",
-           usage: Usage | None = None, tags: tuple[tuple[str, str], ...] = (), route: str = "cerebras") -> CallEvent:
+def _event(
+    when: datetime,
+    project: str = "alpha",
+    model: str = "gpt-oss-120b",
+    status: str = "ok",
+    usage: Usage | None = None,
+    tags: tuple[tuple[str, str], ...] = (),
+    route: str = "cerebras",
+) -> CallEvent:
     return CallEvent(
-        event_id=new_event_id(), occurred_at=when, project=project, route=route, book=route,
-        requested_model=model, served_model=None, status=status, http_status=429 if status == "error" else 200,
-        error_type=None, error_code=None, stream=False,
+        event_id=new_event_id(),
+        occurred_at=when,
+        project=project,
+        route=route,
+        book=route,
+        requested_model=model,
+        served_model=None,
+        status=status,
+        http_status=429 if status == "error" else 200,
+        error_type=None,
+        error_code=None,
+        stream=False,
         usage=(usage or Usage(1000, 100, 500, 0, 1500)) if status != "error" else None,
-        latency_us=1000, ttft_us=None, time_info=None, upstream_id=None, lava_request_id=None, tags=tags,
+        latency_us=1000,
+        ttft_us=None,
+        time_info=None,
+        upstream_id=None,
+        lava_request_id=None,
+        tags=tags,
     )
 
 
@@ -54,10 +75,12 @@ def _random(rng: random.Random, start: datetime, end: datetime) -> CallEvent:
         tags += (("feature", rng.choice(("chat", "search", "summarize"))),)
     return _event(
         start + timedelta(seconds=rng.randint(0, seconds - 1), microseconds=rng.randint(0, 999_999)),
-        rng.choice(("alpha", "beta", "gamma")), rng.choice(MODELS),
+        rng.choice(("alpha", "beta", "gamma")),
+        rng.choice(MODELS),
         rng.choices(("ok", "error", "incomplete"), weights=(85, 8, 7))[0],
         Usage(prompt, rng.randint(0, prompt), completion, rng.randint(0, completion), prompt + completion),
-        tuple(sorted(tags)), rng.choice(("cerebras", "lava")),
+        tuple(sorted(tags)),
+        rng.choice(("cerebras", "lava")),
     )
 
 
@@ -89,8 +112,9 @@ def _one_line(exc: pytest.ExceptionInfo[BaseException]) -> str:
 # -- opening -----------------------------------------------------------------------------------
 
 
-def test_the_url_is_resolved_as_the_cli_does_and_nothing_is_touched(tmp_path: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_url_is_resolved_as_the_cli_does_and_nothing_is_touched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("LEDGER_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("LEDGER_DATABASE_URL", raising=False)
     monkeypatch.delenv("LEDGER_SPOOL_DIR", raising=False)
@@ -147,8 +171,15 @@ def test_import_and_construction_stay_light_and_summary_needs_no_pandas(tmp_path
         calls = [s.calls for s in led.summary()]
         print(json.dumps({{"built": built, "calls": calls, "after": heavy()}}))
     """)
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=120, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out == {"built": [], "calls": [1], "after": ["sqlalchemy"]}
@@ -196,8 +227,9 @@ def _check_money(df: Any) -> None:
     assert not [c for c in df.columns if str(df[c].dtype).startswith("float")]
 
 
-def test_rollup_verify_summary_report_and_frame_agree_to_the_nano_dollar(db_url: str,
-                                                                         november: list[CallEvent]) -> None:
+def test_rollup_verify_summary_report_and_frame_agree_to_the_nano_dollar(
+    db_url: str, november: list[CallEvent]
+) -> None:
     with Ledger(db_url) as led:
         assert [f.check for f in led.verify()] == ["rollup"]  # written, not yet rolled up
         result = led.rollup()
@@ -209,27 +241,36 @@ def test_rollup_verify_summary_report_and_frame_agree_to_the_nano_dollar(db_url:
         repriced = led.prices.reprice(NOV, DEC)
         assert repriced.corrections > 0
         rows = list(led.events(NOV, DEC))
-        assert [r["event_id"] for r in rows] == [e.event_id for e in sorted(november, key=lambda e: (
-            e.occurred_at, e.event_id))]
+        assert [r["event_id"] for r in rows] == [
+            e.event_id for e in sorted(november, key=lambda e: (e.occurred_at, e.event_id))
+        ]
         by_pm = led.frame(NOV, DEC, by=["project", "model"])
         assert led.verify() == []  # frame rolled the corrections up
         summaries = led.summary(NOV, DEC)
         report = led.report(None, "2026-11")
         by_user = led.frame(NOV, DEC, by=["tag:user", "day"], tz="America/New_York")
     _check_money(by_user)  # a re-priced event's corrections count under its own tags
-    assert _frame_sums(by_user.groupby("tag:user", as_index=False, dropna=False)[
-        ["calls", "total_tokens", "cost_nanos"]].sum(), ["tag:user"]) == _expected(rows, lambda r: r["tags"]["user"])
+    assert _frame_sums(
+        by_user.groupby("tag:user", as_index=False, dropna=False)[
+            ["calls", "total_tokens", "cost_nanos"]
+        ].sum(),
+        ["tag:user"],
+    ) == _expected(rows, lambda r: r["tags"]["user"])
     _check_money(by_pm)
     assert list(by_pm.columns[:2]) == ["project", "model"]
     assert _frame_sums(by_pm, ["project", "model"]) == {
-        k: v for k, v in _expected(rows, lambda r: (r["project"], r["model"])).items()}
+        k: v for k, v in _expected(rows, lambda r: (r["project"], r["model"])).items()
+    }
     total_nanos = sum(int(n) for n in by_pm["cost_nanos"])
     assert sum(by_pm["cost_usd"], Decimal(0)) == Money(total_nanos).to_decimal()
     per_project = by_pm.groupby("project")[["calls", "total_tokens", "cost_nanos"]].sum()
     for s in summaries:  # the summary counts every attempt and sums paid cost (free models cost 0)
         got = per_project.loc[s.project]
         assert (int(got["calls"]), int(got["total_tokens"]), int(got["cost_nanos"])) == (
-            s.calls, s.tokens, s.paid_cost.nanos)
+            s.calls,
+            s.tokens,
+            s.paid_cost.nanos,
+        )
     assert report.totals["cost_nanos"] == total_nanos
     assert report.totals["calls"] == sum(int(c) for c in by_pm["calls"]) == len(november)
 
@@ -237,24 +278,39 @@ def test_rollup_verify_summary_report_and_frame_agree_to_the_nano_dollar(db_url:
 def test_frame_by_every_key_and_by_tag_adds_up(db_url: str, november: list[CallEvent]) -> None:
     with Ledger(db_url) as led:
         rows = list(led.events(NOV, DEC))
-        everything = led.frame(NOV, DEC, by=["project", "model", "route", "book", "status", "free", "priced", "day"])
+        everything = led.frame(
+            NOV, DEC, by=["project", "model", "route", "book", "status", "free", "priced", "day"]
+        )
         feature = led.frame(NOV, DEC, by=["project", "tag:feature"])
         by_day = led.frame("2026-11-01", "2026-12-01", by="day")
     _check_money(everything)
     assert everything["free"].dtype == bool and everything["priced"].dtype == bool
-    status = _frame_sums(everything.groupby("status", as_index=False)[["calls", "total_tokens", "cost_nanos"]].sum(),
-                         ["status"])
+    status = _frame_sums(
+        everything.groupby("status", as_index=False)[["calls", "total_tokens", "cost_nanos"]].sum(),
+        ["status"],
+    )
     assert status == _expected(rows, lambda r: r["status"])
-    routes = _frame_sums(everything.groupby("route", as_index=False)[["calls", "total_tokens", "cost_nanos"]].sum(),
-                         ["route"])
+    routes = _frame_sums(
+        everything.groupby("route", as_index=False)[["calls", "total_tokens", "cost_nanos"]].sum(), ["route"]
+    )
     assert routes == _expected(rows, lambda r: r["route"])
     _check_money(feature)
-    assert list(feature.columns) == ["project", "tag:feature", "calls", "total_tokens", "cost_nanos", "cost_usd"]
+    assert list(feature.columns) == [
+        "project",
+        "tag:feature",
+        "calls",
+        "total_tokens",
+        "cost_nanos",
+        "cost_usd",
+    ]
     # Events without the tag are the row whose value is None, so the frame adds up to the whole.
     assert _frame_sums(feature, ["project", "tag:feature"]) == _expected(
-        rows, lambda r: (r["project"], r["tags"].get("feature")))
+        rows, lambda r: (r["project"], r["tags"].get("feature"))
+    )
     assert all(type(d) is date for d in by_day["day"])
-    assert _frame_sums(by_day, ["day"]) == _expected(rows, lambda r: date.fromisoformat(r["occurred_at"][:10]))
+    assert _frame_sums(by_day, ["day"]) == _expected(
+        rows, lambda r: date.fromisoformat(r["occurred_at"][:10])
+    )
 
 
 def test_frame_days_in_kolkata_are_local_days(db_url: str) -> None:
@@ -267,12 +323,20 @@ def test_frame_days_in_kolkata_are_local_days(db_url: str) -> None:
         utc = led.frame("2026-11-10", "2026-11-12", by=["day"])
         from_local_midnight = led.frame(date(2026, 11, 11), date(2026, 11, 12), by="day", tz="Asia/Kolkata")
         ist = timezone(timedelta(hours=5, minutes=30))
-        same = led.frame(datetime(2026, 11, 11, tzinfo=ist), datetime(2026, 11, 12, tzinfo=ist), by="day",
-                         tz="Asia/Kolkata")
-    assert dict(zip(local["day"], local["calls"], strict=True)) == {date(2026, 11, 10): 1, date(2026, 11, 11): 2}
+        same = led.frame(
+            datetime(2026, 11, 11, tzinfo=ist),
+            datetime(2026, 11, 12, tzinfo=ist),
+            by="day",
+            tz="Asia/Kolkata",
+        )
+    assert dict(zip(local["day"], local["calls"], strict=True)) == {
+        date(2026, 11, 10): 1,
+        date(2026, 11, 11): 2,
+    }
     assert dict(zip(utc["day"], utc["calls"], strict=True)) == {date(2026, 11, 10): 3}
     assert dict(zip(from_local_midnight["day"], from_local_midnight["calls"], strict=True)) == {
-        date(2026, 11, 11): 2}
+        date(2026, 11, 11): 2
+    }
     assert same.equals(from_local_midnight)
 
 
@@ -280,8 +344,18 @@ def test_an_empty_frame_has_its_columns(db_url: str) -> None:
     with Ledger(db_url) as led:
         df = led.frame(NOV, DEC, by=["model", "day"])
     assert len(df) == 0
-    assert list(df.columns) == ["model", "day", "calls", "input_tokens", "cached_tokens", "output_tokens",
-                                "reasoning_tokens", "total_tokens", "cost_nanos", "cost_usd"]
+    assert list(df.columns) == [
+        "model",
+        "day",
+        "calls",
+        "input_tokens",
+        "cached_tokens",
+        "output_tokens",
+        "reasoning_tokens",
+        "total_tokens",
+        "cost_nanos",
+        "cost_usd",
+    ]
 
 
 def test_frame_with_no_keys_is_the_total_and_a_long_tag_key_is_found_as_stored(db_url: str) -> None:
@@ -295,32 +369,35 @@ def test_frame_with_no_keys_is_the_total_and_a_long_tag_key_is_found_as_stored(d
     assert list(tagged[f"tag:{long_key}"]) == ["v", None] and list(tagged["calls"]) == [1, 1]
 
 
-@pytest.mark.parametrize(("call", "expected"), [
-    (lambda led: led.frame(NOV, DEC, by=["project", "colour"]), "unknown key 'colour'"),
-    (lambda led: led.frame(NOV, DEC, by=["tag:"]), "needs a tag key"),
-    (lambda led: led.frame(NOV, DEC, by=["tag:a", "tag:b"]), "at most one tag"),
-    (lambda led: led.frame(NOV, DEC, by=["model", "tag:a"]), "combines only with project and day"),
-    (lambda led: led.frame(NOV, DEC, by=["day", "day"]), "repeats"),
-    (lambda led: led.frame(NOV, DEC, tz="Mars/Olympus"), "unknown time zone 'Mars/Olympus'"),
-    (lambda led: led.frame(NOV, DEC, tz="../../etc/passwd"), "unknown time zone"),
-    (lambda led: led.frame(datetime(2026, 11, 1), DEC), "naive"),
-    (lambda led: led.frame(NOV, datetime(2026, 12, 1, 0, 7, tzinfo=UTC)), "not on a quarter hour"),
-    (lambda led: led.frame(DEC, NOV), "until must be after since"),
-    (lambda led: led.frame("yesterday", DEC), "not a date"),
-    (lambda led: led.frame("0001-01-01", DEC, tz="Asia/Kolkata"), "out of range"),
-    (lambda led: led.frame(True, DEC), "expected a datetime"),
-    (lambda led: led.events(datetime(2026, 11, 1), DEC), "naive"),
-    (lambda led: led.summary(since=datetime(2026, 11, 1)), "naive"),
-    (lambda led: led.report(None, "2026-13"), "no such date"),
-    (lambda led: led.report(None, "2026-11", tz="Nowhere/City"), "unknown time zone"),
-    (lambda led: led.report("=cmd", "2026-11"), "may not begin"),
-    (lambda led: led.budgets.set("alpha", monthly="-5"), "more than zero"),
-    (lambda led: led.budgets.set("alpha", timezone="Mars/Olympus"), "unknown time zone"),
-    (lambda led: led.prices.add("cerebras", "m", "1", "x"), "output rate"),
-    (lambda led: led.prices.add("cerebras", "m", "1", "1", effective_from=datetime(2026, 1, 1)), "naive"),
-    (lambda led: led.export_billing("2026-13"), "2026-13"),
-    (lambda led: led.export_billing(f"{datetime.now(UTC):%Y-%m}"), "has not ended"),
-])
+@pytest.mark.parametrize(
+    ("call", "expected"),
+    [
+        (lambda led: led.frame(NOV, DEC, by=["project", "colour"]), "unknown key 'colour'"),
+        (lambda led: led.frame(NOV, DEC, by=["tag:"]), "needs a tag key"),
+        (lambda led: led.frame(NOV, DEC, by=["tag:a", "tag:b"]), "at most one tag"),
+        (lambda led: led.frame(NOV, DEC, by=["model", "tag:a"]), "combines only with project and day"),
+        (lambda led: led.frame(NOV, DEC, by=["day", "day"]), "repeats"),
+        (lambda led: led.frame(NOV, DEC, tz="Mars/Olympus"), "unknown time zone 'Mars/Olympus'"),
+        (lambda led: led.frame(NOV, DEC, tz="../../etc/passwd"), "unknown time zone"),
+        (lambda led: led.frame(datetime(2026, 11, 1), DEC), "naive"),
+        (lambda led: led.frame(NOV, datetime(2026, 12, 1, 0, 7, tzinfo=UTC)), "not on a quarter hour"),
+        (lambda led: led.frame(DEC, NOV), "until must be after since"),
+        (lambda led: led.frame("yesterday", DEC), "not a date"),
+        (lambda led: led.frame("0001-01-01", DEC, tz="Asia/Kolkata"), "out of range"),
+        (lambda led: led.frame(True, DEC), "expected a datetime"),
+        (lambda led: led.events(datetime(2026, 11, 1), DEC), "naive"),
+        (lambda led: led.summary(since=datetime(2026, 11, 1)), "naive"),
+        (lambda led: led.report(None, "2026-13"), "no such date"),
+        (lambda led: led.report(None, "2026-11", tz="Nowhere/City"), "unknown time zone"),
+        (lambda led: led.report("=cmd", "2026-11"), "may not begin"),
+        (lambda led: led.budgets.set("alpha", monthly="-5"), "more than zero"),
+        (lambda led: led.budgets.set("alpha", timezone="Mars/Olympus"), "unknown time zone"),
+        (lambda led: led.prices.add("cerebras", "m", "1", "x"), "output rate"),
+        (lambda led: led.prices.add("cerebras", "m", "1", "1", effective_from=datetime(2026, 1, 1)), "naive"),
+        (lambda led: led.export_billing("2026-13"), "2026-13"),
+        (lambda led: led.export_billing(f"{datetime.now(UTC):%Y-%m}"), "has not ended"),
+    ],
+)
 def test_bad_input_is_one_clear_value_error(db_url: str, call: Any, expected: str) -> None:
     with Ledger(db_url) as led, pytest.raises(ValueError) as exc:
         call(led)
@@ -333,10 +410,21 @@ def test_bad_input_is_one_clear_value_error(db_url: str, call: Any, expected: st
 def test_budgets_set_list_remove(db_url: str) -> None:
     with Ledger(db_url) as led:
         assert led.budgets.list() == []
-        b = led.budgets.set("search", monthly="500.00", daily="40", thresholds="80,50,100",
-                            timezone="Europe/Berlin", hard=True)
+        b = led.budgets.set(
+            "search",
+            monthly="500.00",
+            daily="40",
+            thresholds="80,50,100",
+            timezone="Europe/Berlin",
+            hard=True,
+        )
         assert (b.monthly, b.daily, b.thresholds, b.timezone, b.hard) == (
-            Money(500 * 10**9), Money(40 * 10**9), (50, 80, 100), "Europe/Berlin", True)
+            Money(500 * 10**9),
+            Money(40 * 10**9),
+            (50, 80, 100),
+            "Europe/Berlin",
+            True,
+        )
         led.budgets.set("alpha", daily="1")
         assert [x.project for x in led.budgets.list()] == ["alpha", "search"]
         assert led.budgets.list()[1].monthly == Money(500 * 10**9)
@@ -346,8 +434,13 @@ def test_budgets_set_list_remove(db_url: str) -> None:
 
 
 def test_prices_list_add_check_reprice(db_url: str) -> None:
-    _write(db_url, [_event(NOV + timedelta(hours=1), model="mystery-model"),
-                    _event(NOV + timedelta(hours=2), model="mystery-model")])
+    _write(
+        db_url,
+        [
+            _event(NOV + timedelta(hours=1), model="mystery-model"),
+            _event(NOV + timedelta(hours=2), model="mystery-model"),
+        ],
+    )
     with Ledger(db_url) as led:
         builtin = led.prices.list()
         assert builtin and {p.book for p in builtin} == {"cerebras", "lava"}

@@ -77,28 +77,56 @@ def test_independent_pricing_matches_the_published_rates() -> None:
 
 
 def child_env(db_url: str, tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("LEDGER_PROJECT", "CEREBRAS_API_KEY", "LAVA_FORWARD_TOKEN", "CEREBRAS_BASE_URL",
-                        "LAVA_BASE_URL", "LEDGER_SPOOL_FSYNC")}
-    env.update({"LEDGER_DATABASE_URL": db_url, "LEDGER_HOME": str(tmp_path / "home"),
-                "LEDGER_SPOOL_DIR": str(tmp_path / "spool"), "LEDGER_REPORTS_DIR": str(tmp_path / "reports"),
-                "PYTHONUNBUFFERED": "1", **extra})
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in (
+            "LEDGER_PROJECT",
+            "CEREBRAS_API_KEY",
+            "LAVA_FORWARD_TOKEN",
+            "CEREBRAS_BASE_URL",
+            "LAVA_BASE_URL",
+            "LEDGER_SPOOL_FSYNC",
+        )
+    }
+    env.update(
+        {
+            "LEDGER_DATABASE_URL": db_url,
+            "LEDGER_HOME": str(tmp_path / "home"),
+            "LEDGER_SPOOL_DIR": str(tmp_path / "spool"),
+            "LEDGER_REPORTS_DIR": str(tmp_path / "reports"),
+            "PYTHONUNBUFFERED": "1",
+            **extra,
+        }
+    )
     return env
 
 
-def spawn_worker(base_url: str, mode: str, workers: int, env: dict[str, str], log: Path,
-                 *args: str) -> subprocess.Popen[bytes]:
+def spawn_worker(
+    base_url: str, mode: str, workers: int, env: dict[str, str], log: Path, *args: str
+) -> subprocess.Popen[bytes]:
     err = open(log, "wb")  # noqa: SIM115 - closed below: the child has its own copy of the descriptor
     try:
-        return subprocess.Popen([sys.executable, str(WORKER), base_url, mode, str(workers), *args],
-                                stdout=subprocess.PIPE, stderr=err, env=env)
+        return subprocess.Popen(
+            [sys.executable, str(WORKER), base_url, mode, str(workers), *args],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            env=env,
+        )
     finally:
         err.close()
 
 
 def cli(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ledger", *args], capture_output=True, text=True, env=env,
-                          timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "ledger", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def assert_clean(what: str, code: int | None, stderr: str) -> None:
@@ -222,7 +250,8 @@ def raw_by_project_quarter(engine: sa.Engine) -> dict[tuple[str, datetime], tupl
     out: dict[tuple[str, datetime], list[int]] = defaultdict(lambda: [0, 0, 0])
     with engine.connect() as conn:
         result = conn.execution_options(yield_per=20_000).execute(
-            sa.select(e.project, e.occurred_at, e.kind, e.total_tokens, e.cost_nanos))
+            sa.select(e.project, e.occurred_at, e.kind, e.total_tokens, e.cost_nanos)
+        )
         for project, when, kind, tokens, cost in result:
             acc = out[(project, quarter(when))]
             acc[0] += kind == "usage"
@@ -234,9 +263,15 @@ def raw_by_project_quarter(engine: sa.Engine) -> dict[tuple[str, datetime], tupl
 def rolled_by_project_quarter(engine: sa.Engine) -> dict[tuple[str, datetime], tuple[int, int, int]]:
     r = UsageRollupRow.__table__.c
     with engine.connect() as conn:
-        rows = conn.execute(sa.select(
-            r.project, r.bucket, sa.func.sum(sa.case((r.kind == "usage", r.events), else_=0)),
-            sa.func.sum(r.total_tokens), sa.func.sum(r.cost_nanos)).group_by(r.project, r.bucket)).all()
+        rows = conn.execute(
+            sa.select(
+                r.project,
+                r.bucket,
+                sa.func.sum(sa.case((r.kind == "usage", r.events), else_=0)),
+                sa.func.sum(r.total_tokens),
+                sa.func.sum(r.cost_nanos),
+            ).group_by(r.project, r.bucket)
+        ).all()
     return {(p, b.astimezone(UTC)): (int(c), int(t or 0), int(n or 0)) for p, b, c, t, n in rows}
 
 
@@ -255,8 +290,9 @@ class Expected:
     by_project: dict[str, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0, 0, 0]))
     unpriced: int = 0
 
-    def add(self, upstream_id: str | None, project: str, book: str, model: str, calls: int,
-            usage: Iterable[int]) -> None:
+    def add(
+        self, upstream_id: str | None, project: str, book: str, model: str, calls: int, usage: Iterable[int]
+    ) -> None:
         prompt, cached, completion, _reasoning, total = usage
         cost = expected_cost(book, model, prompt, cached, completion)
         if upstream_id is not None:
@@ -278,10 +314,15 @@ class Expected:
 def db_by_project(engine: sa.Engine) -> dict[str, list[int]]:
     e = EventRow.__table__.c
     with engine.connect() as conn:
-        rows = conn.execute(sa.select(
-            e.project, sa.func.count(), sa.func.sum(e.total_tokens),
-            sa.func.coalesce(sa.func.sum(e.cost_nanos), 0), sa.func.sum(e.prompt_tokens),
-        ).group_by(e.project)).all()
+        rows = conn.execute(
+            sa.select(
+                e.project,
+                sa.func.count(),
+                sa.func.sum(e.total_tokens),
+                sa.func.coalesce(sa.func.sum(e.cost_nanos), 0),
+                sa.func.sum(e.prompt_tokens),
+            ).group_by(e.project)
+        ).all()
     return {p: [int(c), int(t or 0), int(n), int(pr or 0)] for p, c, t, n, pr in rows}
 
 
@@ -291,16 +332,30 @@ def db_by_project(engine: sa.Engine) -> dict[str, list[int]]:
 CALLS_PER_PROCESS = 300
 
 
-def test_processes_threads_and_tasks_write_one_ledger_exactly(db_url: str, tmp_path: Path, upstream: StandIn,
-                                                               reliability: Any) -> None:
+def test_processes_threads_and_tasks_write_one_ledger_exactly(
+    db_url: str, tmp_path: Path, upstream: StandIn, reliability: Any
+) -> None:
     env = child_env(db_url, tmp_path)
     # The schema first, as a deployment does (`db upgrade`); the children then race only on writes.
     # (Several processes creating a new ledger at once is tested in test_durability.)
     make_schema(db_url)
     plan = [("threads", 4, 11), ("async", 4, 12), ("threads", 3, 13)]
-    procs = [spawn_worker(upstream.base_url, mode, workers, env, tmp_path / f"w{i}.log",
-                          "--calls", str(CALLS_PER_PROCESS), "--projects", "6", "--seed", str(seed))
-             for i, (mode, workers, seed) in enumerate(plan)]
+    procs = [
+        spawn_worker(
+            upstream.base_url,
+            mode,
+            workers,
+            env,
+            tmp_path / f"w{i}.log",
+            "--calls",
+            str(CALLS_PER_PROCESS),
+            "--projects",
+            "6",
+            "--seed",
+            str(seed),
+        )
+        for i, (mode, workers, seed) in enumerate(plan)
+    ]
     # While they call: ad-hoc `rollup` and `verify` commands from other processes, and rollups
     # in this process, back to back.
     loop = CommandLoop(env, [["rollup", "--format", "json"], ["verify", "--format", "json"]]).start()
@@ -336,8 +391,9 @@ def test_processes_threads_and_tasks_write_one_ledger_exactly(db_url: str, tmp_p
     for _, cmd, r in ran:
         if cmd[0] == "verify" and r.returncode == 1:
             findings = json.loads(r.stdout)
-            assert all(f["check"] == "rollup" and "not rolled up yet" in f["problem"]
-                       for f in findings), findings
+            assert all(f["check"] == "rollup" and "not rolled up yet" in f["problem"] for f in findings), (
+                findings
+            )
             assert_clean("verify", 0, r.stderr)
         else:
             assert_clean(" ".join(cmd), r.returncode, r.stderr)
@@ -370,12 +426,16 @@ def test_processes_threads_and_tasks_write_one_ledger_exactly(db_url: str, tmp_p
     finally:
         engine.dispose()
     assert not list((tmp_path / "spool").glob("*.seg"))
-    reliability(load=f"{len(plan)} processes (threads 4, asyncio 4, threads 3) x {CALLS_PER_PROCESS} calls, "
-                     f"6 projects, 2 routes, streams; concurrently {len(rollups)} `rollup` and "
-                     f"{len(ran) - len(rollups)} `verify` commands, {len(runs)} in-process rollups",
-                fault="none (concurrency: one database, one spool folder)", inputs="-",
-                expected=f"{total} events, ${expected.cost / 1e9:.9f}",
-                recorded=f"{len(rows)} events, ${sum(v[2] for v in raw.values()) / 1e9:.9f}", lost=0)
+    reliability(
+        load=f"{len(plan)} processes (threads 4, asyncio 4, threads 3) x {CALLS_PER_PROCESS} calls, "
+        f"6 projects, 2 routes, streams; concurrently {len(rollups)} `rollup` and "
+        f"{len(ran) - len(rollups)} `verify` commands, {len(runs)} in-process rollups",
+        fault="none (concurrency: one database, one spool folder)",
+        inputs="-",
+        expected=f"{total} events, ${expected.cost / 1e9:.9f}",
+        recorded=f"{len(rows)} events, ${sum(v[2] for v in raw.values()) / 1e9:.9f}",
+        lost=0,
+    )
 
 
 # -- 2. verify while rollups commit ------------------------------------------------------------------
@@ -410,9 +470,17 @@ def test_verify_during_writes_and_rollups_reports_no_false_mismatch(db_url: str)
 
     rng = random.Random(5)
     start = datetime(2026, 11, 3, tzinfo=UTC)
-    threads = [threading.Thread(target=keep, args=(lambda: _write(engine, [_event(
-                   start + timedelta(minutes=rng.randint(0, 9000)), rng) for _ in range(50)]),)),
-               threading.Thread(target=keep, args=(lambda: rollup.rollup(engine),))]
+    threads = [
+        threading.Thread(
+            target=keep,
+            args=(
+                lambda: _write(
+                    engine, [_event(start + timedelta(minutes=rng.randint(0, 9000)), rng) for _ in range(50)]
+                ),
+            ),
+        ),
+        threading.Thread(target=keep, args=(lambda: rollup.rollup(engine),)),
+    ]
     for t in threads:
         t.start()
     false: list[list[str]] = []
@@ -461,43 +529,94 @@ def _check_report(path: Path) -> dict[str, Any] | None:
 
 def _scheduler(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen[bytes]:
     with open(log, "wb") as err:
-        return subprocess.Popen([sys.executable, "-m", "ledger", "-v", "scheduler", *args], env=env,
-                                stdout=subprocess.DEVNULL, stderr=err)
+        return subprocess.Popen(
+            [sys.executable, "-m", "ledger", "-v", "scheduler", *args],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
 
 
 ROUNDS = 1  # each loop once through: `rollup` twice, `report` three times, all during the calls
 
 
-def test_two_schedulers_and_adhoc_rollup_and_report_keep_rollups_exact(db_url: str, tmp_path: Path,
-                                                                       upstream: StandIn,
-                                                                       reliability: Any) -> None:
+def test_two_schedulers_and_adhoc_rollup_and_report_keep_rollups_exact(
+    db_url: str, tmp_path: Path, upstream: StandIn, reliability: Any
+) -> None:
     env = child_env(db_url, tmp_path)
     make_schema(db_url)
     # One scheduler configured by a TOML file, the other by LEDGER_SCHEDULE_* variables.
     toml = tmp_path / "scheduler.toml"
-    toml.write_text("[scheduler]\nrollup_seconds = 1\nlease_seconds = 30\n"
-                    f'reports_dir = "{tmp_path / "sched-a"}"\n')
-    env_b = {**env, "LEDGER_SCHEDULE_ROLLUP_SECONDS": "1", "LEDGER_SCHEDULE_LEASE_SECONDS": "30",
-             "LEDGER_SCHEDULE_REPORTS_DIR": str(tmp_path / "sched-b")}
-    schedulers = [_scheduler(env, tmp_path / "sched-a.log", "--config", str(toml)),
-                  _scheduler(env_b, tmp_path / "sched-b.log")]
+    toml.write_text(
+        f'[scheduler]\nrollup_seconds = 1\nlease_seconds = 30\nreports_dir = "{tmp_path / "sched-a"}"\n'
+    )
+    env_b = {
+        **env,
+        "LEDGER_SCHEDULE_ROLLUP_SECONDS": "1",
+        "LEDGER_SCHEDULE_LEASE_SECONDS": "30",
+        "LEDGER_SCHEDULE_REPORTS_DIR": str(tmp_path / "sched-b"),
+    }
+    schedulers = [
+        _scheduler(env, tmp_path / "sched-a.log", "--config", str(toml)),
+        _scheduler(env_b, tmp_path / "sched-b.log"),
+    ]
     month = datetime.now(UTC).strftime("%Y-%m")
     day = datetime.now(UTC).strftime("%Y-%m-%d")
     out = tmp_path / "adhoc"
     out.mkdir()
     # Callers run until told to stop (SIGTERM: they finish the calls in flight, flush and exit 0).
-    callers = [spawn_worker(upstream.base_url, mode, 3, env, tmp_path / f"c{i}.log", "--seconds", "600",
-                            "--projects", "8", "--seed", str(20 + i))
-               for i, mode in enumerate(("threads", "async"))]
+    callers = [
+        spawn_worker(
+            upstream.base_url,
+            mode,
+            3,
+            env,
+            tmp_path / f"c{i}.log",
+            "--seconds",
+            "600",
+            "--projects",
+            "8",
+            "--seed",
+            str(20 + i),
+        )
+        for i, mode in enumerate(("threads", "async"))
+    ]
     loops = [
-        CommandLoop(env, [["rollup", "--format", "json"],
-                          ["report", "--period", month, "--format", "json",
-                           "--out", str(out / "all-{n}.json")]]),
-        CommandLoop(env, [["report", "--period", month, "--tz", "Asia/Kathmandu", "--format", "csv",
-                           "--out", str(out / "ktm-{n}.csv")],
-                          ["report", "--project", "proj-001", "--period", day, "--format", "html",
-                           "--out", str(out / "p1-{n}.html")],
-                          ["rollup"]]),
+        CommandLoop(
+            env,
+            [
+                ["rollup", "--format", "json"],
+                ["report", "--period", month, "--format", "json", "--out", str(out / "all-{n}.json")],
+            ],
+        ),
+        CommandLoop(
+            env,
+            [
+                [
+                    "report",
+                    "--period",
+                    month,
+                    "--tz",
+                    "Asia/Kathmandu",
+                    "--format",
+                    "csv",
+                    "--out",
+                    str(out / "ktm-{n}.csv"),
+                ],
+                [
+                    "report",
+                    "--project",
+                    "proj-001",
+                    "--period",
+                    day,
+                    "--format",
+                    "html",
+                    "--out",
+                    str(out / "p1-{n}.html"),
+                ],
+                ["rollup"],
+            ],
+        ),
     ]
     for loop in loops:
         loop.start()
@@ -515,8 +634,19 @@ def test_two_schedulers_and_adhoc_rollup_and_report_keep_rollups_exact(db_url: s
         # The last word goes to the schedulers: under load the ad-hoc rollups may take every batch
         # first, so a final burst of calls arrives with no ad-hoc command running, and a scheduler
         # rollup must take it.
-        tail = spawn_worker(upstream.base_url, "threads", 2, env, tmp_path / "c2.log", "--calls", "20",
-                            "--projects", "8", "--seed", "40")
+        tail = spawn_worker(
+            upstream.base_url,
+            "threads",
+            2,
+            env,
+            tmp_path / "c2.log",
+            "--calls",
+            "20",
+            "--projects",
+            "8",
+            "--seed",
+            "40",
+        )
         callers.append(tail)
         outputs.append(tail.communicate(timeout=300)[0])
         engine = engine_for(db_url)
@@ -554,8 +684,10 @@ def test_two_schedulers_and_adhoc_rollup_and_report_keep_rollups_exact(db_url: s
         err = (tmp_path / f"sched-{name}.log").read_text()
         assert_clean(f"scheduler {name}", p.returncode, err)
         assert "SIGTERM received, shutting down" in err and "scheduler: stopped" in err
-    rolled_by = {name: [int(x) for x in _rollup_counts((tmp_path / f"sched-{name}.log").read_text())]
-                 for name in ("a", "b")}
+    rolled_by = {
+        name: [int(x) for x in _rollup_counts((tmp_path / f"sched-{name}.log").read_text())]
+        for name in ("a", "b")
+    }
     assert any(sum(v) for v in rolled_by.values()), "neither scheduler rolled anything up"
 
     kinds = Counter()
@@ -588,22 +720,30 @@ def test_two_schedulers_and_adhoc_rollup_and_report_keep_rollups_exact(db_url: s
 
     engine = engine_for(db_url)
     try:
-        built = reports.build_report(engine, calendar.parse_period(month), calendar.parse_zone("UTC"),
-                                     refresh=False)
+        built = reports.build_report(
+            engine, calendar.parse_period(month), calendar.parse_zone("UTC"), refresh=False
+        )
     finally:
         engine.dispose()
     data = _check_report(report_files.write_report(built, "json", out=tmp_path / "final.json"))
     assert data is not None
-    in_month = [k for k in raw if data["period"]["start_utc"] <= k[1].isoformat().replace("+00:00", "Z")
-                < data["period"]["end_utc"]]
+    in_month = [
+        k
+        for k in raw
+        if data["period"]["start_utc"] <= k[1].isoformat().replace("+00:00", "Z") < data["period"]["end_utc"]
+    ]
     assert data["totals"]["calls"] == sum(raw[k][0] for k in in_month)
     assert data["totals"]["cost_usd"] == f"{sum(raw[k][2] for k in in_month) / 10**9:.9f}"
-    reliability(load=f"2 schedulers (rollup every 1 s) + {len(ran)} ad-hoc commands ({dict(kinds)}) while "
-                     f"2 caller processes x 3 workers made calls for {load_seconds:.0f} s, 8 projects",
-                fault="none (concurrency); then SIGTERM to the callers and both schedulers", inputs="-",
-                expected=f"{expected.calls} events; rollup = raw per project and quarter hour",
-                recorded=f"{sum(v[0] for v in raw.values())} events; equal (scheduler rollups of events: "
-                         f"a={sum(rolled_by['a'])}, b={sum(rolled_by['b'])})", lost=0)
+    reliability(
+        load=f"2 schedulers (rollup every 1 s) + {len(ran)} ad-hoc commands ({dict(kinds)}) while "
+        f"2 caller processes x 3 workers made calls for {load_seconds:.0f} s, 8 projects",
+        fault="none (concurrency); then SIGTERM to the callers and both schedulers",
+        inputs="-",
+        expected=f"{expected.calls} events; rollup = raw per project and quarter hour",
+        recorded=f"{sum(v[0] for v in raw.values())} events; equal (scheduler rollups of events: "
+        f"a={sum(rolled_by['a'])}, b={sum(rolled_by['b'])})",
+        lost=0,
+    )
 
 
 def _rollup_counts(log: str) -> list[str]:

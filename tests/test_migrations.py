@@ -84,16 +84,24 @@ def test_constraints_follow_the_naming_convention(engine: sa.Engine) -> None:
         insp = inspect(conn)
         assert insp.get_pk_constraint("events")["name"] == "pk_events"
         assert insp.get_pk_constraint("prices")["name"] == "pk_prices"
-        assert {u["name"] for u in insp.get_unique_constraints("prices")} == {"uq_prices_book_model_effective_from"}
+        assert {u["name"] for u in insp.get_unique_constraints("prices")} == {
+            "uq_prices_book_model_effective_from"
+        }
         assert {c["name"] for c in insp.get_check_constraints("events")} == {
-            "ck_events_status_known", "ck_events_kind_known"}
+            "ck_events_status_known",
+            "ck_events_kind_known",
+        }
         assert {c["name"] for c in insp.get_check_constraints("prices")} == {"ck_prices_rates_not_negative"}
         assert sorted(f["name"] for f in insp.get_foreign_keys("events")) == [
-            "fk_events_batch_id_ingest_batches", "fk_events_corrects_event_id_events"]
+            "fk_events_batch_id_ingest_batches",
+            "fk_events_corrects_event_id_events",
+        ]
         assert insp.get_pk_constraint("usage_rollup")["name"] == "pk_usage_rollup"
         assert [f["name"] for f in insp.get_foreign_keys("event_tags")] == ["fk_event_tags_event_id_events"]
         assert {i["name"] for i in insp.get_indexes("events")} >= {
-            "ix_events_occurred_at", "ix_events_project_occurred_at"}
+            "ix_events_occurred_at",
+            "ix_events_project_occurred_at",
+        }
 
 
 def _book_of(engine: sa.Engine) -> PriceBook:
@@ -115,7 +123,9 @@ def test_ensure_schema_twice_seeds_builtin_prices_once(engine: sa.Engine) -> Non
     assert _count(engine, PriceRow) == len(BUILTIN_PRICES)
     assert _same_points(_book_of(engine))
     with engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalars().all() == [SCHEMA_REVISION]
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalars().all() == [
+            SCHEMA_REVISION
+        ]
 
 
 def _ensure_schema_at_once(urls: list[str]) -> list[BaseException]:
@@ -158,8 +168,10 @@ def test_two_different_ledgers_migrated_at_once_in_one_process(db_url: str, tmp_
     # module-global, so without a process-wide lock one migration ran in the other's database
     # ("index ... already exists", "no such table", KeyError: 'config').
     for attempt in range(3):
-        urls = [db_url if attempt == 0 else f"sqlite:///{tmp_path / f'a{attempt}.db'}",
-                f"sqlite:///{tmp_path / f'b{attempt}.db'}"]
+        urls = [
+            db_url if attempt == 0 else f"sqlite:///{tmp_path / f'a{attempt}.db'}",
+            f"sqlite:///{tmp_path / f'b{attempt}.db'}",
+        ]
         assert _ensure_schema_at_once(urls) == []
         for url in urls:
             eng = store.make_engine(url)
@@ -216,12 +228,27 @@ INDIA = timezone(timedelta(hours=5, minutes=30))
 
 def _event(occurred_at: datetime, **kw: Any) -> CallEvent:
     values: dict[str, Any] = {
-        "event_id": new_event_id(), "occurred_at": occurred_at, "project": "proj-ü", "route": "cerebras",
-        "book": "cerebras", "requested_model": "gpt-oss-120b", "served_model": "gpt-oss-120b", "status": "ok",
-        "http_status": 200, "error_type": None, "error_code": None, "stream": False,
-        "usage": Usage(69, 0, 59, 0, 128), "latency_us": 50_000, "ttft_us": None,
-        "time_info": TimeInfo(4628, 3838, 40404, 50132), "upstream_id": "chatcmpl-x", "lava_request_id": None,
-        "tags": (("team", "ml"),), "source": "wrapper", "note": None,
+        "event_id": new_event_id(),
+        "occurred_at": occurred_at,
+        "project": "proj-ü",
+        "route": "cerebras",
+        "book": "cerebras",
+        "requested_model": "gpt-oss-120b",
+        "served_model": "gpt-oss-120b",
+        "status": "ok",
+        "http_status": 200,
+        "error_type": None,
+        "error_code": None,
+        "stream": False,
+        "usage": Usage(69, 0, 59, 0, 128),
+        "latency_us": 50_000,
+        "ttft_us": None,
+        "time_info": TimeInfo(4628, 3838, 40404, 50132),
+        "upstream_id": "chatcmpl-x",
+        "lava_request_id": None,
+        "tags": (("team", "ml"),),
+        "source": "wrapper",
+        "note": None,
     }
     values.update(kw)
     return CallEvent(**values)
@@ -235,7 +262,9 @@ def test_timestamps_round_trip_as_aware_utc(engine: sa.Engine) -> None:
     store.ensure_schema(engine)
     book = PriceBook(BUILTIN_PRICES)
     late_local = _event(datetime(2025, 1, 1, 0, 30, 0, 123456, tzinfo=PACIFIC))  # 08:30:00.123456Z
-    early_utc = _event(datetime(2025, 1, 1, 5, 0, 0, 1, tzinfo=UTC))  # 05:00Z: earlier, though "later" as text
+    early_utc = _event(
+        datetime(2025, 1, 1, 5, 0, 0, 1, tzinfo=UTC)
+    )  # 05:00Z: earlier, though "later" as text
     recorded = datetime(2025, 1, 1, 14, 0, 0, 999999, tzinfo=INDIA)
     rows = [_row(e, book, recorded) for e in (late_local, early_utc)]
     with store.write_transaction(engine) as conn:
@@ -245,10 +274,20 @@ def test_timestamps_round_trip_as_aware_utc(engine: sa.Engine) -> None:
     with engine.connect() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(sa.text("SET TIME ZONE 'Asia/Kolkata'"))  # the session zone must not leak out
-        got = conn.execute(select(EventRow.event_id, EventRow.occurred_at, EventRow.recorded_at)
-                           .order_by(EventRow.occurred_at)).all()
-        since = conn.execute(select(EventRow.event_id).where(
-            EventRow.occurred_at >= datetime(2025, 1, 1, 6, 0, tzinfo=UTC))).scalars().all()
+        got = conn.execute(
+            select(EventRow.event_id, EventRow.occurred_at, EventRow.recorded_at).order_by(
+                EventRow.occurred_at
+            )
+        ).all()
+        since = (
+            conn.execute(
+                select(EventRow.event_id).where(
+                    EventRow.occurred_at >= datetime(2025, 1, 1, 6, 0, tzinfo=UTC)
+                )
+            )
+            .scalars()
+            .all()
+        )
         prices = conn.execute(select(PriceRow.effective_from, PriceRow.created_at)).all()
     assert [g.event_id for g in got] == [early_utc.event_id, late_local.event_id]
     for g, e in zip(got, (early_utc, late_local), strict=True):
@@ -257,7 +296,9 @@ def test_timestamps_round_trip_as_aware_utc(engine: sa.Engine) -> None:
             assert value.tzinfo is not None and value.utcoffset() == timedelta(0)
     assert got[1].occurred_at.replace(tzinfo=None) == datetime(2025, 1, 1, 8, 30, 0, 123456)
     assert since == [late_local.event_id]
-    assert prices and all(p.effective_from.utcoffset() == timedelta(0) and p.created_at.tzinfo for p in prices)
+    assert prices and all(
+        p.effective_from.utcoffset() == timedelta(0) and p.created_at.tzinfo for p in prices
+    )
 
 
 def test_event_rows_read_back_as_written(engine: sa.Engine) -> None:
@@ -309,11 +350,26 @@ def test_read_snapshot_does_not_see_a_commit_made_meanwhile(engine: sa.Engine) -
     book = PriceBook(BUILTIN_PRICES)
 
     def event() -> CallEvent:
-        return CallEvent(event_id=new_event_id(), occurred_at=datetime.now(UTC), project="snap",
-                         route="cerebras", book="cerebras", requested_model="gpt-oss-120b",
-                         served_model="gpt-oss-120b", status="ok", http_status=200, error_type=None,
-                         error_code=None, stream=False, usage=Usage(10, 0, 5, 0, 15), latency_us=1, ttft_us=None,
-                         time_info=None, upstream_id=None, lava_request_id=None)
+        return CallEvent(
+            event_id=new_event_id(),
+            occurred_at=datetime.now(UTC),
+            project="snap",
+            route="cerebras",
+            book="cerebras",
+            requested_model="gpt-oss-120b",
+            served_model="gpt-oss-120b",
+            status="ok",
+            http_status=200,
+            error_type=None,
+            error_code=None,
+            stream=False,
+            usage=Usage(10, 0, 5, 0, 15),
+            latency_us=1,
+            ttft_us=None,
+            time_info=None,
+            upstream_id=None,
+            lava_request_id=None,
+        )
 
     def insert(e: CallEvent) -> None:
         with store.write_transaction(engine) as conn:

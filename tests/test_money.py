@@ -77,22 +77,64 @@ def test_usd_refuses_every_float(value: float) -> None:
         usd(value)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("value", [
-    True, False, None, 1.5, 0.1, [], {}, b"1", bytearray(b"1"), complex(1, 0), object(),
-    "nan", "NaN", "-nan", "sNaN", "inf", "-Infinity", "Infinity", Decimal("NaN"), Decimal("sNaN"),
-    Decimal("Infinity"), Decimal("-Infinity"),
-    "", " ", "abc", "1.2.3", "$1", "1,000", "0x10", "1e", "e5", "--1", "1 2", "½",
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        True,
+        False,
+        None,
+        1.5,
+        0.1,
+        [],
+        {},
+        b"1",
+        bytearray(b"1"),
+        complex(1, 0),
+        object(),
+        "nan",
+        "NaN",
+        "-nan",
+        "sNaN",
+        "inf",
+        "-Infinity",
+        "Infinity",
+        Decimal("NaN"),
+        Decimal("sNaN"),
+        Decimal("Infinity"),
+        Decimal("-Infinity"),
+        "",
+        " ",
+        "abc",
+        "1.2.3",
+        "$1",
+        "1,000",
+        "0x10",
+        "1e",
+        "e5",
+        "--1",
+        "1 2",
+        "½",
+    ],
+)
 def test_usd_refuses_non_money(value: object) -> None:
     with pytest.raises(MoneyError):
         usd(value)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("value", [
-    "0.0000000001", "1e-10", "-0.0000000005", "1.0000000001", Decimal("1e-10"), "0.3333333333",
-    # so small that scaling by 1e9 underflows the default decimal context to zero
-    "1e-1000036", "-1e-2000000",
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "0.0000000001",
+        "1e-10",
+        "-0.0000000005",
+        "1.0000000001",
+        Decimal("1e-10"),
+        "0.3333333333",
+        # so small that scaling by 1e9 underflows the default decimal context to zero
+        "1e-1000036",
+        "-1e-2000000",
+    ],
+)
 def test_usd_refuses_sub_nano_amounts(value: object) -> None:
     with pytest.raises(MoneyError):
         usd(value)  # type: ignore[arg-type]

@@ -20,18 +20,33 @@ from ledger.outfile import OutFile, OutFileError, write_bytes
 
 COMMANDS = {
     "events export": ["events", "export", "--since", "2026-11-01", "--until", "2026-12-01", "--out"],
-    "events export jsonl": ["events", "export", "--since", "2026-11-01", "--until", "2026-12-01",
-                            "--format", "jsonl", "--out"],
+    "events export jsonl": [
+        "events",
+        "export",
+        "--since",
+        "2026-11-01",
+        "--until",
+        "2026-12-01",
+        "--format",
+        "jsonl",
+        "--out",
+    ],
     "report": ["report", "--period", "2026-11", "--format", "json", "--out"],
     "export billing": ["export", "billing", "--month", "2026-10", "--out"],
 }
 
 
 def _cli(args: list[str], db_url: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, LEDGER_DATABASE_URL=db_url, LEDGER_SPOOL_DIR=str(tmp_path / "spool"),
-               LEDGER_HOME=str(tmp_path / "home"), LEDGER_REPORTS_DIR=str(tmp_path / "reports"))
-    return subprocess.run([sys.executable, "-m", "ledger", *args], env=env, capture_output=True, text=True,
-                          timeout=120)
+    env = dict(
+        os.environ,
+        LEDGER_DATABASE_URL=db_url,
+        LEDGER_SPOOL_DIR=str(tmp_path / "spool"),
+        LEDGER_HOME=str(tmp_path / "home"),
+        LEDGER_REPORTS_DIR=str(tmp_path / "reports"),
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "ledger", *args], env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def _target(tmp_path: Path, kind: str) -> Path:

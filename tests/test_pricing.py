@@ -68,24 +68,60 @@ def _book(name: str) -> dict[str, PricePoint]:
 USAGE = Usage(1000, 0, 500, 0, 1500)
 
 
-def _event(model: str | None = "gpt-oss-120b", *, book: str = "cerebras", status: str = "ok",
-           usage: Usage | None = USAGE, at: datetime = WHEN,
-           served: str | None = None) -> CallEvent:
+def _event(
+    model: str | None = "gpt-oss-120b",
+    *,
+    book: str = "cerebras",
+    status: str = "ok",
+    usage: Usage | None = USAGE,
+    at: datetime = WHEN,
+    served: str | None = None,
+) -> CallEvent:
     return CallEvent(
-        event_id=new_event_id(), occurred_at=at, project="p", route="cerebras", book=book,
-        requested_model=model, served_model=served, status=status,  # type: ignore[arg-type]
-        http_status=200 if status == "ok" else 500, error_type=None, error_code=None, stream=False,
-        usage=usage, latency_us=None, ttft_us=None, time_info=None, upstream_id=None, lava_request_id=None,
+        event_id=new_event_id(),
+        occurred_at=at,
+        project="p",
+        route="cerebras",
+        book=book,
+        requested_model=model,
+        served_model=served,
+        status=status,  # type: ignore[arg-type]
+        http_status=200 if status == "ok" else 500,
+        error_type=None,
+        error_code=None,
+        stream=False,
+        usage=usage,
+        latency_us=None,
+        ttft_us=None,
+        time_info=None,
+        upstream_id=None,
+        lava_request_id=None,
     )
 
 
-def _point(book: str, model: str, since: datetime, input_per_m: str, output_per_m: str,
-           cached_per_m: str | None = None, free: bool = False) -> PricePoint:
+def _point(
+    book: str,
+    model: str,
+    since: datetime,
+    input_per_m: str,
+    output_per_m: str,
+    cached_per_m: str | None = None,
+    free: bool = False,
+) -> PricePoint:
     def rate(s: str) -> Money:
         return Money(usd(s).nanos // 1_000_000)
 
-    return PricePoint(make_price_id(book, model, since), book, model, since, rate(input_per_m),
-                      None if cached_per_m is None else rate(cached_per_m), rate(output_per_m), free, "manual")
+    return PricePoint(
+        make_price_id(book, model, since),
+        book,
+        model,
+        since,
+        rate(input_per_m),
+        None if cached_per_m is None else rate(cached_per_m),
+        rate(output_per_m),
+        free,
+        "manual",
+    )
 
 
 # -- the built-in books -------------------------------------------------------------------------
@@ -101,11 +137,20 @@ def test_lava_book_is_exactly_the_seed_table() -> None:
     lava = _book("lava")
     assert sorted(lava) == sorted(SEED)
     assert {m: _per_million(p) for m, p in lava.items()} == {m: _as_rates(r) for m, r in SEED.items()}
-    assert lava["qwen-3-235b-instruct"].input == Money(600) and lava["qwen-3-235b-instruct"].output == Money(1200)
+    assert lava["qwen-3-235b-instruct"].input == Money(600) and lava["qwen-3-235b-instruct"].output == Money(
+        1200
+    )
     assert lava["gpt-oss-120b"].input == Money(350) and lava["gpt-oss-120b"].output == Money(750)
     free = sorted(m for m, p in lava.items() if p.free)
-    assert free == sorted(["llama3.1-8b", "llama-3.3-70b", "deepseek-r1-distill-llama-70b",
-                           "llama-4-scout-17b-16e-instruct", "qwen-3-32b"])
+    assert free == sorted(
+        [
+            "llama3.1-8b",
+            "llama-3.3-70b",
+            "deepseek-r1-distill-llama-70b",
+            "llama-4-scout-17b-16e-instruct",
+            "qwen-3-32b",
+        ]
+    )
     assert all(p.input == ZERO and p.output == ZERO for p in lava.values() if p.free)
 
 
@@ -123,8 +168,10 @@ def test_builtin_points_are_well_formed() -> None:
     for p in BUILTIN_PRICES:
         assert p.price_id == make_price_id(p.book, p.model, p.effective_from)
         assert p.effective_from.utcoffset() == timedelta(0) and p.source == "builtin" and p.cached is None
-    assert make_price_id("lava", "gpt-oss-120b", datetime(2024, 1, 1, tzinfo=UTC)) == \
-        "lava/gpt-oss-120b@2024-01-01T00:00:00Z"
+    assert (
+        make_price_id("lava", "gpt-oss-120b", datetime(2024, 1, 1, tzinfo=UTC))
+        == "lava/gpt-oss-120b@2024-01-01T00:00:00Z"
+    )
 
 
 def test_a_million_tokens_cost_the_listed_price() -> None:
@@ -134,8 +181,7 @@ def test_a_million_tokens_cost_the_listed_price() -> None:
             assert point is not None and point.book == name
             prompt_only = cost_of(Usage(1_000_000, 0, 0, 0, 1_000_000), point)
             completion_only = cost_of(Usage(0, 0, 1_000_000, 0, 1_000_000), point)
-            assert (prompt_only, completion_only) == (
-                (ZERO, ZERO) if inp == "free" else (usd(inp), usd(out)))
+            assert (prompt_only, completion_only) == ((ZERO, ZERO) if inp == "free" else (usd(inp), usd(out)))
 
 
 # -- aliases ------------------------------------------------------------------------------------
@@ -184,7 +230,9 @@ def test_a_price_change_mid_period_applies_from_its_own_date() -> None:
         assert charge(_event(usage=usage, at=at), book) == Charge(price_id, cost, False, True, cost), at
     # a later point never rewrites earlier events, and the book lists both points in date order
     assert [p.price_id for p in book.points() if p.model == "gpt-oss-120b" and p.book == "cerebras"] == [
-        old_id, new.price_id]
+        old_id,
+        new.price_id,
+    ]
 
 
 def test_points_given_out_of_order_are_sorted() -> None:
@@ -228,7 +276,8 @@ def test_unknown_model_is_unpriced(status: str) -> None:
     list_point = BOOK.price_for("cerebras", "gpt-oss-120b", WHEN)
     assert list_point is not None
     assert charge(_event("gpt-oss-120b", book="no-such-book", status=status), BOOK) == Charge(
-        None, None, False, False, cost_of(USAGE, list_point))
+        None, None, False, False, cost_of(USAGE, list_point)
+    )
 
 
 def test_no_model_at_all_is_unpriced() -> None:
@@ -288,22 +337,36 @@ def test_free_model_costs_zero_and_says_free() -> None:
 def usages(draw: st.DrawFn) -> Usage:
     prompt = draw(st.integers(0, 10**8))
     completion = draw(st.integers(0, 10**8))
-    return Usage(prompt, draw(st.integers(0, prompt)), completion, draw(st.integers(0, completion)),
-                 prompt + completion)
+    return Usage(
+        prompt,
+        draw(st.integers(0, prompt)),
+        completion,
+        draw(st.integers(0, completion)),
+        prompt + completion,
+    )
 
 
 rates = st.integers(0, 10**5).map(Money)
 points = st.builds(
     lambda i, c, o, free: PricePoint("x", "cerebras", "m", WHEN, i, c, o, free),
-    rates, st.none() | rates, rates, st.booleans(),
+    rates,
+    st.none() | rates,
+    rates,
+    st.booleans(),
 )
 
 
 def _add(a: Usage, b: Usage) -> Usage:
-    return Usage(*(x + y for x, y in zip(
-        (a.prompt_tokens, a.cached_tokens, a.completion_tokens, a.reasoning_tokens, a.total_tokens),
-        (b.prompt_tokens, b.cached_tokens, b.completion_tokens, b.reasoning_tokens, b.total_tokens),
-        strict=True)))
+    return Usage(
+        *(
+            x + y
+            for x, y in zip(
+                (a.prompt_tokens, a.cached_tokens, a.completion_tokens, a.reasoning_tokens, a.total_tokens),
+                (b.prompt_tokens, b.cached_tokens, b.completion_tokens, b.reasoning_tokens, b.total_tokens),
+                strict=True,
+            )
+        )
+    )
 
 
 @settings(max_examples=300, deadline=None)

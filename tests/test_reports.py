@@ -540,7 +540,10 @@ def test_html_escapes_project_model_and_tag_values(engine: sa.Engine) -> None:
         [_event(when, script, img, usage=Usage(10, 0, 10, 0, 20), tags=(("who", img), (script, script)))],
     )
     period = calendar.parse_period("2026-11-05")
-    esc_script, esc_img = "&lt;script&gt;alert(1)&lt;/script&gt;", "&quot;&gt;&lt;img src=x onerror=alert(1)&gt;"
+    esc_script, esc_img = (
+        "&lt;script&gt;alert(1)&lt;/script&gt;",
+        "&quot;&gt;&lt;img src=x onerror=alert(1)&gt;",
+    )
     for project in (script, None):
         page = report_html.to_html(reports.build_report(engine, period, ZoneInfo("UTC"), project))
         assert "<script" not in page and "<img" not in page and "onerror=alert(1)>" not in page
@@ -592,9 +595,7 @@ def test_daily_reports_for_the_scheduler(engine: sa.Engine, tmp_path: Path) -> N
     assert {(p.parent.name, p.name) for p in paths} == {
         (f, f"2026-11-05_Europe-Berlin.{fmt}") for f in names for fmt in ("html", "json")
     }
-    data = json.loads(
-        (tmp_path / files.project_folder("beta") / "2026-11-05_Europe-Berlin.json").read_text()
-    )
+    data = json.loads((tmp_path / files.project_folder("beta") / "2026-11-05_Europe-Berlin.json").read_text())
     assert (
         _json_figures(data["totals"])
         == expect(engine, calendar.parse_period("2026-11-05"), ZoneInfo("Europe/Berlin"), "beta")["totals"]
@@ -643,9 +644,7 @@ def test_cli_report_end_to_end(
         )
         assert code == 0, err
         path = Path(out.strip())
-        assert (
-            path == base / files.project_folder("alpha") / "2026-11_Europe-Berlin.json" and path.is_file()
-        )
+        assert path == base / files.project_folder("alpha") / "2026-11_Europe-Berlin.json" and path.is_file()
         assert "report 2026-11" in err  # the progress bar of a long period, on stderr
         data = json.loads(path.read_text(encoding="utf-8"))
         want = expect(eng, calendar.parse_period("2026-11"), tz, "alpha")
@@ -668,9 +667,7 @@ def test_cli_report_end_to_end(
             capsys, "report", "--period", "2026-W45", "--project", "alpha", "--out", str(tmp_path / "folder")
         )
         assert code == 0, err
-        assert (
-            Path(out.strip()) == tmp_path / "folder" / f"{files.project_folder('alpha')}_2026-W45_UTC.html"
-        )
+        assert Path(out.strip()) == tmp_path / "folder" / f"{files.project_folder('alpha')}_2026-W45_UTC.html"
         code, out, err = _cli(capsys, "report", "--period", "2026-W45", "--project", "../../x")
         assert code == 0, err
         assert Path(out.strip()).resolve().parent.parent == base.resolve()

@@ -31,11 +31,25 @@ def _event(when: datetime, rng: random.Random, project: str | None = None) -> Ca
     status = rng.choices(("ok", "error", "incomplete"), weights=(90, 5, 5))[0]
     usage = Usage(prompt, rng.randint(0, prompt), completion, rng.randint(0, completion), prompt + completion)
     return CallEvent(
-        event_id=new_event_id(), occurred_at=when, project=project or rng.choice(("alpha", "beta", "gamma")),
-        route=route, book=route, requested_model=rng.choice(MODELS), served_model=None, status=status,
-        http_status=200 if status != "error" else 429, error_type=None, error_code=None, stream=rng.random() < .5,
-        usage=usage if status == "ok" else None, latency_us=1000, ttft_us=None, time_info=None,
-        upstream_id=None, lava_request_id=None, tags=(("feature", rng.choice(("chat", "search"))),),
+        event_id=new_event_id(),
+        occurred_at=when,
+        project=project or rng.choice(("alpha", "beta", "gamma")),
+        route=route,
+        book=route,
+        requested_model=rng.choice(MODELS),
+        served_model=None,
+        status=status,
+        http_status=200 if status != "error" else 429,
+        error_type=None,
+        error_code=None,
+        stream=rng.random() < 0.5,
+        usage=usage if status == "ok" else None,
+        latency_us=1000,
+        ttft_us=None,
+        time_info=None,
+        upstream_id=None,
+        lava_request_id=None,
+        tags=(("feature", rng.choice(("chat", "search"))),),
     )
 
 
@@ -54,24 +68,31 @@ def engine(db_url: str) -> sa.Engine:
 def _raw_by_key(engine: sa.Engine) -> dict[tuple[str, str], tuple[int, int, int]]:
     """(project, model) -> (usage rows, total tokens, cost) straight from the events table."""
     with engine.connect() as conn:
-        rows = conn.execute(sa.text(
-            "SELECT project, COALESCE(served_model, requested_model, ''), "
-            "SUM(CASE WHEN kind = 'usage' THEN 1 ELSE 0 END), COALESCE(SUM(total_tokens), 0), "
-            "COALESCE(SUM(cost_nanos), 0) FROM events GROUP BY 1, 2")).all()
+        rows = conn.execute(
+            sa.text(
+                "SELECT project, COALESCE(served_model, requested_model, ''), "
+                "SUM(CASE WHEN kind = 'usage' THEN 1 ELSE 0 END), COALESCE(SUM(total_tokens), 0), "
+                "COALESCE(SUM(cost_nanos), 0) FROM events GROUP BY 1, 2"
+            )
+        ).all()
     return {(r[0], r[1]): (int(r[2]), int(r[3]), int(r[4])) for r in rows}
 
 
 def _rolled_by_key(engine: sa.Engine) -> dict[tuple[str, str], tuple[int, int, int]]:
     with engine.connect() as conn:
-        rows = conn.execute(sa.text(
-            "SELECT project, model, SUM(CASE WHEN kind = 'usage' THEN events ELSE 0 END), SUM(total_tokens), "
-            "SUM(cost_nanos) FROM usage_rollup GROUP BY 1, 2")).all()
+        rows = conn.execute(
+            sa.text(
+                "SELECT project, model, SUM(CASE WHEN kind = 'usage' THEN events ELSE 0 END), SUM(total_tokens), "
+                "SUM(cost_nanos) FROM usage_rollup GROUP BY 1, 2"
+            )
+        ).all()
     return {(r[0], r[1]): (int(r[2]), int(r[3]), int(r[4])) for r in rows}
 
 
 @pytest.mark.parametrize("big", [False, True], ids=["by-index", "big-chunk"])
-def test_rollup_equals_raw_events_incrementally(engine: sa.Engine, monkeypatch: pytest.MonkeyPatch,
-                                                big: bool) -> None:
+def test_rollup_equals_raw_events_incrementally(
+    engine: sa.Engine, monkeypatch: pytest.MonkeyPatch, big: bool
+) -> None:
     """Also with every chunk taken for a big one (on PostgreSQL: summed as the planner sees fit)."""
     lifted: list[bool] = []
     by_index = rollup._by_index
@@ -79,6 +100,7 @@ def test_rollup_equals_raw_events_incrementally(engine: sa.Engine, monkeypatch: 
     def spy(conn: sa.Connection, on: bool = True) -> None:
         lifted.append(not on)
         by_index(conn, on)
+
     monkeypatch.setattr(rollup, "_by_index", spy)
     if big:
         monkeypatch.setattr(rollup, "BIG_CHUNK_EVENTS", 1)
@@ -101,24 +123,41 @@ def test_late_events_and_corrections_count(engine: sa.Engine) -> None:
     rollup.rollup(engine)
     _write(engine, [_event(old + timedelta(minutes=7), rng, "alpha")])  # arrives after its day was rolled up
     with store.write_transaction(engine) as conn:  # a price change back-dated, then re-priced: corrections
-        store.insert_prices(conn, [pricedb.new_point("cerebras", "gpt-oss-120b", "1.00", "2.00",
-                                                     effective_from=old - timedelta(days=1))])
-        store.insert_prices(conn, [pricedb.new_point(b, "mystery-model", "0.10", "0.20",
-                                                     effective_from=old - timedelta(days=1)) for b in ("cerebras", "lava")])
+        store.insert_prices(
+            conn,
+            [
+                pricedb.new_point(
+                    "cerebras", "gpt-oss-120b", "1.00", "2.00", effective_from=old - timedelta(days=1)
+                )
+            ],
+        )
+        store.insert_prices(
+            conn,
+            [
+                pricedb.new_point(b, "mystery-model", "0.10", "0.20", effective_from=old - timedelta(days=1))
+                for b in ("cerebras", "lava")
+            ],
+        )
         result = pricedb.reprice(conn, old - timedelta(days=1), old + timedelta(days=5))
     assert result.corrections > 0
     rollup.rollup(engine)
     assert _rolled_by_key(engine) == _raw_by_key(engine)
     with engine.connect() as conn:  # the re-priced model is no longer unpriced in the rollup
-        unpriced = conn.execute(sa.text(
-            "SELECT COALESCE(SUM(total_tokens), 0) FROM usage_rollup WHERE priced = :f AND model = 'mystery-model' "
-            "AND status = 'ok'"), {"f": False}).scalar_one()
+        unpriced = conn.execute(
+            sa.text(
+                "SELECT COALESCE(SUM(total_tokens), 0) FROM usage_rollup WHERE priced = :f AND model = 'mystery-model' "
+                "AND status = 'ok'"
+            ),
+            {"f": False},
+        ).scalar_one()
     assert int(unpriced) == 0
 
 
 def test_crash_midway_counts_once(engine: sa.Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     rng = random.Random(3)
-    _write(engine, [_event(datetime(2026, 11, 5, tzinfo=UTC) + timedelta(minutes=i), rng) for i in range(200)])
+    _write(
+        engine, [_event(datetime(2026, 11, 5, tzinfo=UTC) + timedelta(minutes=i), rng) for i in range(200)]
+    )
     real = rollup._upsert
     calls = []
 
@@ -140,8 +179,13 @@ def test_crash_midway_counts_once(engine: sa.Engine, monkeypatch: pytest.MonkeyP
 def test_two_rollups_at_once_count_each_event_once(engine: sa.Engine, db_url: str) -> None:
     rng = random.Random(4)
     for _ in range(20):  # many small batches so both runners have work to fight over
-        _write(engine, [_event(datetime(2026, 11, 9, tzinfo=UTC) + timedelta(minutes=rng.randint(0, 9000)), rng)
-                        for _ in range(25)])
+        _write(
+            engine,
+            [
+                _event(datetime(2026, 11, 9, tzinfo=UTC) + timedelta(minutes=rng.randint(0, 9000)), rng)
+                for _ in range(25)
+            ],
+        )
     errors: list[BaseException] = []
 
     def run() -> None:
@@ -167,10 +211,17 @@ def test_two_rollups_at_once_count_each_event_once(engine: sa.Engine, db_url: st
 def test_two_processes_roll_up_at_once(engine: sa.Engine, db_url: str, tmp_path: Path) -> None:
     rng = random.Random(5)
     for _ in range(30):
-        _write(engine, [_event(datetime(2026, 11, 12, tzinfo=UTC) + timedelta(minutes=rng.randint(0, 9000)), rng)
-                        for _ in range(20)])
-    code = ("import sys; from ledger import store; from ledger.store import rollup; e = store.make_engine(sys.argv[1]);\n"
-            "while rollup.rollup_once(e, max_batches=2).batches: pass")
+        _write(
+            engine,
+            [
+                _event(datetime(2026, 11, 12, tzinfo=UTC) + timedelta(minutes=rng.randint(0, 9000)), rng)
+                for _ in range(20)
+            ],
+        )
+    code = (
+        "import sys; from ledger import store; from ledger.store import rollup; e = store.make_engine(sys.argv[1]);\n"
+        "while rollup.rollup_once(e, max_batches=2).batches: pass"
+    )
     procs = [subprocess.Popen([sys.executable, "-c", code, db_url]) for _ in range(2)]
     assert [p.wait(120) for p in procs] == [0, 0]
     assert _rolled_by_key(engine) == _raw_by_key(engine)
@@ -178,7 +229,10 @@ def test_two_processes_roll_up_at_once(engine: sa.Engine, db_url: str, tmp_path:
 
 def test_rebuild_gives_the_same_rollup(engine: sa.Engine) -> None:
     rng = random.Random(6)
-    _write(engine, [_event(datetime(2026, 11, 20, tzinfo=UTC) + timedelta(minutes=i * 3), rng) for i in range(400)])
+    _write(
+        engine,
+        [_event(datetime(2026, 11, 20, tzinfo=UTC) + timedelta(minutes=i * 3), rng) for i in range(400)],
+    )
     rollup.rollup(engine)
     before = _rolled_by_key(engine)
     seen: list[int] = []
@@ -187,20 +241,38 @@ def test_rebuild_gives_the_same_rollup(engine: sa.Engine) -> None:
     assert _rolled_by_key(engine) == before == _raw_by_key(engine)
 
 
-@pytest.mark.parametrize(("zone", "start", "end"), [
-    ("Asia/Kolkata", datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 11, 8, tzinfo=UTC)),  # +05:30
-    ("Asia/Kathmandu", datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 11, 8, tzinfo=UTC)),  # +05:45
-    ("America/New_York", datetime(2026, 10, 30, tzinfo=UTC), datetime(2026, 11, 4, tzinfo=UTC)),  # DST ends Nov 1
-    ("America/New_York", datetime(2026, 3, 6, tzinfo=UTC), datetime(2026, 3, 11, tzinfo=UTC)),  # DST starts Mar 8
-])
-def test_daily_totals_are_exact_in_any_zone(engine: sa.Engine, zone: str, start: datetime, end: datetime) -> None:
+@pytest.mark.parametrize(
+    ("zone", "start", "end"),
+    [
+        ("Asia/Kolkata", datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 11, 8, tzinfo=UTC)),  # +05:30
+        ("Asia/Kathmandu", datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 11, 8, tzinfo=UTC)),  # +05:45
+        (
+            "America/New_York",
+            datetime(2026, 10, 30, tzinfo=UTC),
+            datetime(2026, 11, 4, tzinfo=UTC),
+        ),  # DST ends Nov 1
+        (
+            "America/New_York",
+            datetime(2026, 3, 6, tzinfo=UTC),
+            datetime(2026, 3, 11, tzinfo=UTC),
+        ),  # DST starts Mar 8
+    ],
+)
+def test_daily_totals_are_exact_in_any_zone(
+    engine: sa.Engine, zone: str, start: datetime, end: datetime
+) -> None:
     rng = random.Random(zone)
     tz = ZoneInfo(zone)
     events = []
     seconds = int((end - start).total_seconds())
     for _ in range(600):
-        events.append(_event(start + timedelta(seconds=rng.randint(0, seconds - 1),
-                                               microseconds=rng.randint(0, 999_999)), rng, "alpha"))
+        events.append(
+            _event(
+                start + timedelta(seconds=rng.randint(0, seconds - 1), microseconds=rng.randint(0, 999_999)),
+                rng,
+                "alpha",
+            )
+        )
     # and a cluster right around each local midnight, where a wrong bucket would show
     day = start.astimezone(tz).date()
     while day <= end.astimezone(tz).date():
@@ -235,5 +307,10 @@ def test_a_zone_off_the_quarter_hour_is_refused(engine: sa.Engine) -> None:
         # Amsterdam kept +00:19:32 local mean time until 1937; move the ledger's clock there by asking
         # for the bucket in a zone that has such an offset today: none does, so use a fixed odd offset.
         from datetime import timezone
-        rollup.daily_totals(conn, timezone(timedelta(minutes=20)), datetime(2026, 10, 1, tzinfo=UTC),
-                            datetime(2026, 12, 1, tzinfo=UTC))
+
+        rollup.daily_totals(
+            conn,
+            timezone(timedelta(minutes=20)),
+            datetime(2026, 10, 1, tzinfo=UTC),
+            datetime(2026, 12, 1, tzinfo=UTC),
+        )

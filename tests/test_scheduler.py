@@ -40,22 +40,28 @@ def test_schedule_from_toml_and_environment(tmp_path: Path) -> None:
     assert s.billing_dir.endswith("billing")
 
 
-@pytest.mark.parametrize(("text", "env", "message"), [
-    ("[scheduler]\nrollup_seconds = 0\n", {}, "rollup_seconds"),
-    ("[scheduler]\nreport_tz = 'Mars/Base'\n", {}, "unknown time zone"),
-    ("[scheduler]\nno_such = 1\n", {}, "unknown scheduler setting"),
-    ("not toml [", {}, "not valid TOML"),
-    ("", {"LEDGER_SCHEDULE_REPORT_HOUR": "noon"}, "whole number"),
-])
-def test_bad_schedule_is_one_clear_error(tmp_path: Path, text: str, env: dict[str, str], message: str) -> None:
+@pytest.mark.parametrize(
+    ("text", "env", "message"),
+    [
+        ("[scheduler]\nrollup_seconds = 0\n", {}, "rollup_seconds"),
+        ("[scheduler]\nreport_tz = 'Mars/Base'\n", {}, "unknown time zone"),
+        ("[scheduler]\nno_such = 1\n", {}, "unknown scheduler setting"),
+        ("not toml [", {}, "not valid TOML"),
+        ("", {"LEDGER_SCHEDULE_REPORT_HOUR": "noon"}, "whole number"),
+    ],
+)
+def test_bad_schedule_is_one_clear_error(
+    tmp_path: Path, text: str, env: dict[str, str], message: str
+) -> None:
     cfg = tmp_path / "ledger.toml"
     cfg.write_text(text)
     with pytest.raises(ConfigError, match=message):
         load_schedule(cfg, env=env)
 
 
-def test_bad_schedule_on_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bad_schedule_on_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("LEDGER_SCHEDULE_ROLLUP_SECONDS", "-5")
     code = main(["--database-url", f"sqlite:///{tmp_path / 'l.db'}", "scheduler", "--list"])
     err = capsys.readouterr().err
@@ -86,21 +92,38 @@ def test_a_lease_has_one_holder_until_it_expires(engine: sa.Engine) -> None:
 
 
 def _scheduler_proc(db_url: str, tmp_path: Path, name: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "LEDGER_DATABASE_URL": db_url, "LEDGER_HOME": str(tmp_path / name),
-           "LEDGER_SPOOL_DIR": str(tmp_path / f"spool-{name}"), "LEDGER_SCHEDULE_ROLLUP_SECONDS": "1",
-           "LEDGER_SCHEDULE_LEASE_SECONDS": "30", "LEDGER_REPORTS_DIR": str(tmp_path / "reports")}
-    return subprocess.Popen([sys.executable, "-m", "ledger", "-v", "scheduler"], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    env = {
+        **os.environ,
+        "LEDGER_DATABASE_URL": db_url,
+        "LEDGER_HOME": str(tmp_path / name),
+        "LEDGER_SPOOL_DIR": str(tmp_path / f"spool-{name}"),
+        "LEDGER_SCHEDULE_ROLLUP_SECONDS": "1",
+        "LEDGER_SCHEDULE_LEASE_SECONDS": "30",
+        "LEDGER_REPORTS_DIR": str(tmp_path / "reports"),
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "ledger", "-v", "scheduler"],
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
-def test_two_schedulers_roll_up_exactly_once_and_stop_on_sigterm(engine: sa.Engine, db_url: str,
-                                                                 tmp_path: Path) -> None:
+def test_two_schedulers_roll_up_exactly_once_and_stop_on_sigterm(
+    engine: sa.Engine, db_url: str, tmp_path: Path
+) -> None:
     rng = random.Random(11)
     procs = [_scheduler_proc(db_url, tmp_path, n) for n in ("one", "two")]
     try:
         for _ in range(8):  # events keep arriving while both schedulers run
-            _write(engine, [_event(datetime(2026, 11, 3, tzinfo=UTC) + timedelta(minutes=rng.randint(0, 9000)),
-                                   rng) for _ in range(40)])
+            _write(
+                engine,
+                [
+                    _event(datetime(2026, 11, 3, tzinfo=UTC) + timedelta(minutes=rng.randint(0, 9000)), rng)
+                    for _ in range(40)
+                ],
+            )
             time.sleep(0.3)
         deadline = time.monotonic() + 60
         while rollup.pending(engine)[0] and time.monotonic() < deadline:

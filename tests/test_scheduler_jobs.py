@@ -104,9 +104,14 @@ def test_a_hung_delivery_does_not_stop_rollups_alerts_or_hard_budget_stops(
             sched.shutdown(wait=False)
             runner.join(30)
     rolled = rollup.pending(engine) == (0, 0)
-    reliability(load="scheduler, 1 s rollups", fault="webhook delivery hung (trickling receiver)",
-                inputs="hard budget crossed during the hang", expected="rolled up, stopped",
-                recorded="rolled up, stopped" if rolled and "capped" in stops(engine) else "starved", lost=0)
+    reliability(
+        load="scheduler, 1 s rollups",
+        fault="webhook delivery hung (trickling receiver)",
+        inputs="hard budget crossed during the hang",
+        expected="rolled up, stopped",
+        recorded="rolled up, stopped" if rolled and "capped" in stops(engine) else "starved",
+        lost=0,
+    )
 
 
 def test_each_job_has_a_worker_of_its_own(engine: sa.Engine) -> None:
@@ -126,12 +131,23 @@ def test_sigterm_stops_the_scheduler_with_a_delivery_in_flight(
     budgets.set_budget(engine, "hook", free_only=True, now=now - timedelta(days=1))
     spend(engine, "hook", [(now - timedelta(minutes=1), 750)])
     with Hostile("trickle") as rx:
-        env = {**os.environ, "LEDGER_DATABASE_URL": db_url, "LEDGER_HOME": str(tmp_path / "home"),
-               "LEDGER_SPOOL_DIR": str(tmp_path / "spool"), "LEDGER_SCHEDULE_ROLLUP_SECONDS": "1",
-               "LEDGER_REPORTS_DIR": str(tmp_path / "reports"), "LEDGER_ALERT_WEBHOOK_URL": rx.url,
-               "LEDGER_ALERT_WEBHOOK_TIMEOUT": "300"}  # the deadline alone would not end it in time
-        proc = subprocess.Popen([sys.executable, "-m", "ledger", "-v", "scheduler"], env=env, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        env = {
+            **os.environ,
+            "LEDGER_DATABASE_URL": db_url,
+            "LEDGER_HOME": str(tmp_path / "home"),
+            "LEDGER_SPOOL_DIR": str(tmp_path / "spool"),
+            "LEDGER_SCHEDULE_ROLLUP_SECONDS": "1",
+            "LEDGER_REPORTS_DIR": str(tmp_path / "reports"),
+            "LEDGER_ALERT_WEBHOOK_URL": rx.url,
+            "LEDGER_ALERT_WEBHOOK_TIMEOUT": "300",
+        }  # the deadline alone would not end it in time
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ledger", "-v", "scheduler"],
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         try:
             assert rx.wait_for(1, 90), "the scheduler never delivered"
             proc.send_signal(signal.SIGTERM)
@@ -167,8 +183,13 @@ run_scheduler(engine, Schedule(rollup_seconds=1, shutdown_grace_seconds=1).check
 
 def test_sigterm_stops_the_scheduler_even_with_a_job_hung_for_ever(db_url: str, tmp_path: Path) -> None:
     env = {**os.environ, "LEDGER_HOME": str(tmp_path / "home"), "LEDGER_SPOOL_DIR": str(tmp_path / "spool")}
-    proc = subprocess.Popen([sys.executable, "-c", HUNG_JOB, db_url], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HUNG_JOB, db_url],
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         assert proc.stderr is not None
         for line in proc.stderr:  # wait until the job is running

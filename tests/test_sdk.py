@@ -75,11 +75,17 @@ class Flavour:
     def sdk_client(self, base_url: str, api_key: str, http_client: Any, max_retries: int, warm: bool) -> Any:
         if self.sdk == "cerebras":  # base_url without /v1
             cls = cerebras_sdk.AsyncCerebras if self.is_async else cerebras_sdk.Cerebras
-            return cls(api_key=api_key, base_url=base_url, http_client=http_client, max_retries=max_retries,
-                       warm_tcp_connection=warm)
+            return cls(
+                api_key=api_key,
+                base_url=base_url,
+                http_client=http_client,
+                max_retries=max_retries,
+                warm_tcp_connection=warm,
+            )
         cls = openai.AsyncOpenAI if self.is_async else openai.OpenAI  # base_url with /v1
-        return cls(api_key=api_key, base_url=f"{base_url}/v1", http_client=http_client,
-                   max_retries=max_retries)
+        return cls(
+            api_key=api_key, base_url=f"{base_url}/v1", http_client=http_client, max_retries=max_retries
+        )
 
 
 FLAVOURS = [
@@ -120,8 +126,17 @@ async def _drain(stream: Any) -> list[Any]:
 class Session:
     """One SDK client on one (by default instrumented) http client, on the direct or the Lava route."""
 
-    def __init__(self, flavour: Flavour, upstream: StandIn, route: str = "cerebras", *, max_retries: int = 0,
-                 instrumented: bool = True, warm: bool = False, tags: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        flavour: Flavour,
+        upstream: StandIn,
+        route: str = "cerebras",
+        *,
+        max_retries: int = 0,
+        instrumented: bool = True,
+        warm: bool = False,
+        tags: dict[str, str] | None = None,
+    ) -> None:
         self.flavour = flavour
         hooks = []
         if route == "lava":
@@ -160,8 +175,9 @@ def _run(flavour: Flavour, upstream: StandIn, body: Callable[[Session], Awaitabl
     return asyncio.run(main())
 
 
-def _raised(flavour: Flavour, upstream: StandIn, body: Callable[[Session], Awaitable[Any]],
-            **kw: Any) -> BaseException:
+def _raised(
+    flavour: Flavour, upstream: StandIn, body: Callable[[Session], Awaitable[Any]], **kw: Any
+) -> BaseException:
     """What ``body`` raises in a session (it must raise)."""
 
     async def catching(session: Session) -> BaseException:
@@ -234,8 +250,9 @@ def seen_upstream() -> Iterator[RecordingStandIn]:
 @each_flavour
 @pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
-def test_call_leaves_one_priced_event(ledger_env: dict[str, str], upstream: StandIn, flavour: Flavour,
-                                      route: str, stream: bool) -> None:
+def test_call_leaves_one_priced_event(
+    ledger_env: dict[str, str], upstream: StandIn, flavour: Flavour, route: str, stream: bool
+) -> None:
     async def body(s: Session) -> list[Any]:
         return await s.stream(max_tokens=30) if stream else [await s.create(max_tokens=30)]
 
@@ -253,8 +270,9 @@ def test_call_leaves_one_priced_event(ledger_env: dict[str, str], upstream: Stan
 
 @each_flavour
 @pytest.mark.parametrize("route", ROUTES)
-def test_llama_is_free_through_lava_only(ledger_env: dict[str, str], upstream: StandIn, flavour: Flavour,
-                                         route: str) -> None:
+def test_llama_is_free_through_lava_only(
+    ledger_env: dict[str, str], upstream: StandIn, flavour: Flavour, route: str
+) -> None:
     async def body(s: Session) -> Any:
         return await s.create("llama3.1-8b")
 
@@ -269,8 +287,9 @@ def test_llama_is_free_through_lava_only(ledger_env: dict[str, str], upstream: S
 
 
 @each_flavour
-def test_sdk_retry_leaves_one_event_per_attempt(ledger_env: dict[str, str], upstream: StandIn,
-                                                flavour: Flavour) -> None:
+def test_sdk_retry_leaves_one_event_per_attempt(
+    ledger_env: dict[str, str], upstream: StandIn, flavour: Flavour
+) -> None:
     upstream.queue("rate_limit")
 
     async def body(s: Session) -> Any:
@@ -287,7 +306,8 @@ def test_sdk_retry_leaves_one_event_per_attempt(ledger_env: dict[str, str], upst
 
 @each_flavour
 def test_exhausted_retries_raise_the_sdk_error_and_record_every_attempt(
-        ledger_env: dict[str, str], upstream: StandIn, flavour: Flavour) -> None:
+    ledger_env: dict[str, str], upstream: StandIn, flavour: Flavour
+) -> None:
     upstream.queue("rate_limit", "token_quota")
 
     async def body(s: Session) -> Any:
@@ -301,7 +321,9 @@ def test_exhausted_retries_raise_the_sdk_error_and_record_every_attempt(
     assert upstream.requests == 2 and not upstream.served
     rows = _rows(ledger_env)
     assert [(r["status"], r["http_status"], r["error_code"]) for r in rows] == [
-        ("error", 429, "queue_exceeded"), ("error", 429, "token_quota_exceeded")]
+        ("error", 429, "queue_exceeded"),
+        ("error", 429, "token_quota_exceeded"),
+    ]
     assert all(r["cost_nanos"] == 0 and r["source"] == "transport" for r in rows)
 
 
@@ -310,8 +332,9 @@ def test_exhausted_retries_raise_the_sdk_error_and_record_every_attempt(
 
 @each_flavour
 @pytest.mark.parametrize("route", ROUTES)
-def test_cut_stream_is_one_incomplete_event(ledger_env: dict[str, str], upstream: StandIn, flavour: Flavour,
-                                            route: str) -> None:
+def test_cut_stream_is_one_incomplete_event(
+    ledger_env: dict[str, str], upstream: StandIn, flavour: Flavour, route: str
+) -> None:
     got: list[Any] = []
 
     async def body(s: Session) -> None:
@@ -338,8 +361,9 @@ def test_cut_stream_is_one_incomplete_event(ledger_env: dict[str, str], upstream
 
 
 @each_flavour
-def test_error_event_inside_stream_is_one_error_event(ledger_env: dict[str, str], upstream: StandIn,
-                                                      flavour: Flavour) -> None:
+def test_error_event_inside_stream_is_one_error_event(
+    ledger_env: dict[str, str], upstream: StandIn, flavour: Flavour
+) -> None:
     async def body(s: Session) -> Any:
         return await s.stream()
 
@@ -350,7 +374,11 @@ def test_error_event_inside_stream_is_one_error_event(ledger_env: dict[str, str]
     assert isinstance(exc, flavour.errors.APIError) and "stream failed" in str(exc)
     (row,) = _rows(ledger_env)
     assert (row["status"], row["http_status"], row["error_type"], row["error_code"]) == (
-        "error", 500, "server_error", "internal_error")
+        "error",
+        500,
+        "server_error",
+        "internal_error",
+    )
     assert row["prompt_tokens"] is None and row["source"] == "transport"
 
 
@@ -358,11 +386,12 @@ def test_error_event_inside_stream_is_one_error_event(ledger_env: dict[str, str]
 
 
 @each_flavour
-@pytest.mark.parametrize("tags_header", ["team=search, user=ana", '{"team": "search", "user": "ana"}'],
-                         ids=["pairs", "json"])
+@pytest.mark.parametrize(
+    "tags_header", ["team=search, user=ana", '{"team": "search", "user": "ana"}'], ids=["pairs", "json"]
+)
 def test_project_and_tags_headers_are_recorded_and_stripped(
-        ledger_env: dict[str, str], seen_upstream: RecordingStandIn, flavour: Flavour,
-        tags_header: str) -> None:
+    ledger_env: dict[str, str], seen_upstream: RecordingStandIn, flavour: Flavour, tags_header: str
+) -> None:
     async def body(s: Session) -> Any:
         await s.create(extra_headers={"x-ledger-project": "other", "x-ledger-tags": tags_header})
         return await s.create()  # and one with the defaults
@@ -381,8 +410,9 @@ def test_project_and_tags_headers_are_recorded_and_stripped(
 
 
 @each_flavour
-def test_non_chat_requests_record_nothing(ledger_env: dict[str, str], seen_upstream: RecordingStandIn,
-                                          flavour: Flavour) -> None:
+def test_non_chat_requests_record_nothing(
+    ledger_env: dict[str, str], seen_upstream: RecordingStandIn, flavour: Flavour
+) -> None:
     async def body(s: Session) -> None:
         with pytest.raises(flavour.errors.NotFoundError):  # the stand-in has no /v1/models
             await _maybe(s.sdk.models.list())

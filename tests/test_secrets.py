@@ -46,13 +46,17 @@ def _database_text(url: str) -> str:
         engine.dispose()
 
 
-def test_no_secret_or_content_is_stored(ledger_env: dict[str, str], upstream: StandIn, tmp_path: Path,
-                                        caplog: pytest.LogCaptureFixture) -> None:
+def test_no_secret_or_content_is_stored(
+    ledger_env: dict[str, str], upstream: StandIn, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     messages = [{"role": "user", "content": PROMPT}]
-    with ledger.CerebrasClient("p", api_key=API_KEY, base_url=upstream.base_url, max_retries=0) as direct, \
-            ledger.CerebrasClient("p", lava_forward_token=FORWARD_TOKEN, lava_base_url=upstream.base_url,
-                                  max_retries=0) as lava:
+    with (
+        ledger.CerebrasClient("p", api_key=API_KEY, base_url=upstream.base_url, max_retries=0) as direct,
+        ledger.CerebrasClient(
+            "p", lava_forward_token=FORWARD_TOKEN, lava_base_url=upstream.base_url, max_retries=0
+        ) as lava,
+    ):
         for client in (direct, lava):
             client.chat.completions.create(model="gpt-oss-120b", messages=messages)
             list(client.chat.completions.create(model="gpt-oss-120b", messages=messages, stream=True))
@@ -86,16 +90,28 @@ COMPLETION = "COMPLETION-plugh-the-launch-code-is-0000"
 WEBHOOK_SECRET = "whsec_SIGNINGSECRET-91e0c4"
 PROVIDER_KEY = "csk-PROVIDERKEY-byok-3b8d"
 BYOK_TOKEN = base64.b64encode(  # a Lava token carrying the caller's own provider key
-    json.dumps({"secret_key": "aks_live_BYOKSECRET-77aa", "provider_key": PROVIDER_KEY}).encode()).decode()
-ALL_NEEDLES = (API_KEY, FORWARD_TOKEN, PROMPT, "swordfish", COMPLETION, "launch-code", WEBHOOK_SECRET,
-               PROVIDER_KEY, "BYOKSECRET", BYOK_TOKEN)
+    json.dumps({"secret_key": "aks_live_BYOKSECRET-77aa", "provider_key": PROVIDER_KEY}).encode()
+).decode()
+ALL_NEEDLES = (
+    API_KEY,
+    FORWARD_TOKEN,
+    PROMPT,
+    "swordfish",
+    COMPLETION,
+    "launch-code",
+    WEBHOOK_SECRET,
+    PROVIDER_KEY,
+    "BYOKSECRET",
+    BYOK_TOKEN,
+)
 
 
 class _ContentHandler(StandInHandler):
     """The stand-in, answering with a distinctive completion text (so a leak of it can be found)."""
 
-    def _send_json(self, status: int, body: Any, headers: dict[str, str] | None = None,
-                   raw: bytes | None = None) -> None:
+    def _send_json(
+        self, status: int, body: Any, headers: dict[str, str] | None = None, raw: bytes | None = None
+    ) -> None:
         if isinstance(body, dict):
             for choice in body.get("choices") or []:
                 message = choice.get("message") or {}
@@ -120,15 +136,24 @@ def _exception_text(exc: BaseException) -> str:
     e: BaseException | None = exc
     while e is not None and id(e) not in seen:
         seen.add(id(e))
-        out += [str(e), repr(e), repr(getattr(e, "body", None)), repr(getattr(e, "request", None)),
-                repr(e.args)]
+        out += [
+            str(e),
+            repr(e),
+            repr(getattr(e, "body", None)),
+            repr(getattr(e, "request", None)),
+            repr(e.args),
+        ]
         e = e.__cause__ or e.__context__
     return "\n".join(out)
 
 
 def test_no_secret_or_content_anywhere_after_a_whole_run(
-    ledger_env: dict[str, str], tmp_path: Path, caplog: pytest.LogCaptureFixture,
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, reliability: Any,
+    ledger_env: dict[str, str],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    reliability: Any,
 ) -> None:
     """Calls on every route (successes and 401, 500, a cut stream, connection refused), then every
     later stage; then every file under the test's folder, every cell of the database, every log record
@@ -183,39 +208,56 @@ def test_no_secret_or_content_anywhere_after_a_whole_run(
                 with ledger.CerebrasClient("secrets", max_retries=0, **kwargs) as client:
                     reply = client.chat.completions.create(model="gpt-oss-120b", messages=messages)
                     assert COMPLETION in reply["choices"][0]["message"]["content"]  # it really was there
-                    chunks = list(client.chat.completions.create(model="gpt-oss-120b", messages=messages,
-                                                                 stream=True))
+                    chunks = list(
+                        client.chat.completions.create(model="gpt-oss-120b", messages=messages, stream=True)
+                    )
                     assert any(COMPLETION in json.dumps(c) for c in chunks)
-                    for scenario, kind in (("wrong_key", ledger.AuthenticationError),
-                                           ("server_error", ledger.InternalServerError),
-                                           ("cut", ledger.APIConnectionError)):
+                    for scenario, kind in (
+                        ("wrong_key", ledger.AuthenticationError),
+                        ("server_error", ledger.InternalServerError),
+                        ("cut", ledger.APIConnectionError),
+                    ):
                         upstream.queue(scenario)
-                        expect_raise(kind, lambda cut=scenario == "cut": list(client.chat.completions.create(
-                            model="gpt-oss-120b", messages=messages, stream=cut)))
+                        expect_raise(
+                            kind,
+                            lambda cut=scenario == "cut": list(
+                                client.chat.completions.create(
+                                    model="gpt-oss-120b", messages=messages, stream=cut
+                                )
+                            ),
+                        )
                     made += 5
                     assert client.flush(10)
                 refused = {**kwargs, ("base_url" if route == "direct" else "lava_base_url"): dead}
                 with ledger.CerebrasClient("secrets", max_retries=0, **refused) as client:
-                    expect_raise(ledger.APIConnectionError, lambda: client.chat.completions.create(
-                        model="gpt-oss-120b", messages=messages))
+                    expect_raise(
+                        ledger.APIConnectionError,
+                        lambda: client.chat.completions.create(model="gpt-oss-120b", messages=messages),
+                    )
                     made += 1
             # the official SDK through instrument(): a call, a wrong key, an upstream 500
             http = ledger.instrument(httpx.Client(), project="secrets")
-            with openai.OpenAI(api_key=API_KEY, base_url=f"{upstream.base_url}/v1", http_client=http,
-                               max_retries=0) as sdk:
+            with openai.OpenAI(
+                api_key=API_KEY, base_url=f"{upstream.base_url}/v1", http_client=http, max_retries=0
+            ) as sdk:
                 sdk.chat.completions.create(model="gpt-oss-120b", messages=messages)  # type: ignore[arg-type]
-                for scenario, kind in (("wrong_key", openai.AuthenticationError),
-                                       ("server_error", openai.InternalServerError)):
+                for scenario, kind in (
+                    ("wrong_key", openai.AuthenticationError),
+                    ("server_error", openai.InternalServerError),
+                ):
                     upstream.queue(scenario)
-                    expect_raise(kind, lambda: sdk.chat.completions.create(
-                        model="gpt-oss-120b", messages=messages))  # type: ignore[arg-type]
+                    expect_raise(
+                        kind, lambda: sdk.chat.completions.create(model="gpt-oss-120b", messages=messages)
+                    )  # type: ignore[arg-type]
                 made += 3
                 assert http._transport.journal.flush(10)  # type: ignore[attr-defined]
             # the chat command, with the key and then the token in the environment, both failing
             monkeypatch.setenv("CEREBRAS_BASE_URL", upstream.base_url)
             monkeypatch.setenv("LAVA_BASE_URL", upstream.base_url)
-            for var, value, scenario in (("CEREBRAS_API_KEY", API_KEY, "wrong_key"),
-                                         ("LAVA_FORWARD_TOKEN", FORWARD_TOKEN, "not_found")):  # no retries
+            for var, value, scenario in (
+                ("CEREBRAS_API_KEY", API_KEY, "wrong_key"),
+                ("LAVA_FORWARD_TOKEN", FORWARD_TOKEN, "not_found"),
+            ):  # no retries
                 monkeypatch.setenv(var, value)
                 upstream.queue(scenario)
                 code, out, err = cli("-v", "chat", "-m", "gpt-oss-120b", "-p", PROMPT, "--project", "secrets")
@@ -236,8 +278,21 @@ def test_no_secret_or_content_anywhere_after_a_whole_run(
         assert cli("report", "--period", month, "--format", fmt)[0] == 0
     assert cli("export", "billing", "--month", month, "--out", str(exports / "focus.csv"))[0] == 0
     for fmt in ("csv", "jsonl"):
-        assert cli("events", "export", "--since", since, "--until", until, "--format", fmt,
-                   "--out", str(exports / f"events.{fmt}"))[0] == 0
+        assert (
+            cli(
+                "events",
+                "export",
+                "--since",
+                since,
+                "--until",
+                until,
+                "--format",
+                fmt,
+                "--out",
+                str(exports / f"events.{fmt}"),
+            )[0]
+            == 0
+        )
     for fmt in ("table", "csv", "json"):
         assert cli("summary", "--format", fmt)[0] == 0
     with Receiver([500]) as rx:
@@ -269,8 +324,11 @@ def test_no_secret_or_content_anywhere_after_a_whole_run(
     assert len(raised) == 3 * 4 + 2 and log_file.stat().st_size > 0
     # the exceptions do carry the caller's own request (credentials included, as the SDK's do), so
     # finding no key in their str()/repr() below is not for want of one nearby
-    carried = [e.request.headers.get("authorization", "") for e in raised
-               if isinstance(getattr(e, "request", None), httpx.Request)]
+    carried = [
+        e.request.headers.get("authorization", "")
+        for e in raised
+        if isinstance(getattr(e, "request", None), httpx.Request)
+    ]
     assert any(API_KEY in h for h in carried) and any(FORWARD_TOKEN in h for h in carried)
     assert any(r.levelno == logging.DEBUG for r in caplog.records)
 
@@ -281,14 +339,20 @@ def test_no_secret_or_content_anywhere_after_a_whole_run(
     haystacks["log records"] = "\n".join(" ".join(r) for r in records).encode()
     haystacks["terminal (CLI stdout and stderr)"] = "\n".join(terminal).encode()
     haystacks["exceptions raised to the caller"] = "\n".join(_exception_text(e) for e in raised).encode()
-    found = [(needle, where) for where, data in haystacks.items() for needle in ALL_NEEDLES
-             if needle.encode() in data]
+    found = [
+        (needle, where)
+        for where, data in haystacks.items()
+        for needle in ALL_NEEDLES
+        if needle.encode() in data
+    ]
     assert found == []
     reliability(
         load=f"{made} calls (direct, Lava, Lava BYOK, openai SDK, `chat`), then rollup, reports, billing, "
-             "events export, summary, budget, alerts with a webhook (one failed delivery), verify",
+        "events export, summary, budget, alerts with a webhook (one failed delivery), verify",
         fault="401 wrong key, upstream 500, stream cut, connection refused (direct and Lava)",
         inputs=f"{len(ALL_NEEDLES)} secrets and contents searched in {len(files)} files, the database, "
-               f"{len(records)} log records, CLI output and {len(raised)} exceptions",
-        expected=made, recorded=len(rows), lost=made - len(rows),
+        f"{len(records)} log records, CLI output and {len(raised)} exceptions",
+        expected=made,
+        recorded=len(rows),
+        lost=made - len(rows),
     )

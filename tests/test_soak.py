@@ -158,10 +158,13 @@ def raw_by_project_quarter_sql(engine: sa.Engine) -> dict[tuple[str, int], tuple
     else:
         bucket = "CAST(floor(extract(epoch FROM occurred_at) / 900) AS BIGINT)"
     with engine.connect() as conn:
-        rows = conn.execute(sa.text(
-            f"SELECT project, {bucket} AS q, SUM(CASE WHEN kind = 'usage' THEN 1 ELSE 0 END), "
-            f"COALESCE(SUM(total_tokens), 0), COALESCE(SUM(cost_nanos), 0) "
-            f"FROM events GROUP BY project, q")).all()
+        rows = conn.execute(
+            sa.text(
+                f"SELECT project, {bucket} AS q, SUM(CASE WHEN kind = 'usage' THEN 1 ELSE 0 END), "
+                f"COALESCE(SUM(total_tokens), 0), COALESCE(SUM(cost_nanos), 0) "
+                f"FROM events GROUP BY project, q"
+            )
+        ).all()
     return {(p, int(q)): (int(c), int(t), int(n)) for p, q, c, t, n in rows}
 
 
@@ -169,8 +172,17 @@ def _backend(db_url: str) -> str:
     return "sqlite" if db_url.startswith("sqlite") else "postgresql"
 
 
-def run_soak(db_url: str, tmp_path: Path, seconds: float, reliability: Any, *, plateau: tuple[float, float],
-             window: float, rate_share: float = 1.0, rollup_every: float = ROLLUP_EVERY) -> None:
+def run_soak(
+    db_url: str,
+    tmp_path: Path,
+    seconds: float,
+    reliability: Any,
+    *,
+    plateau: tuple[float, float],
+    window: float,
+    rate_share: float = 1.0,
+    rollup_every: float = ROLLUP_EVERY,
+) -> None:
     """The soak: load for ``seconds``; RSS plateau is the max over ``plateau`` (seconds from the
     start), compared with the max over the last ``window`` seconds. The firehose rate is
     ``rate_share`` of the default (``LEDGER_SOAK_RATE`` wins)."""
@@ -189,13 +201,25 @@ def run_soak(db_url: str, tmp_path: Path, seconds: float, reliability: Any, *, p
     roll_errors: list[BaseException] = []
     stop = threading.Event()
     try:
-        common = ["--seconds", str(seconds), "--projects", str(PROJECTS), "--prefix", "soak",
-                  "--report", "totals", "--status-every", str(SAMPLE_EVERY)]
+        common = [
+            "--seconds",
+            str(seconds),
+            "--projects",
+            str(PROJECTS),
+            "--prefix",
+            "soak",
+            "--report",
+            "totals",
+            "--status-every",
+            str(SAMPLE_EVERY),
+        ]
         http_rate = str(HTTP_RATE * rate_share / 2)
-        specs = [("http-threads", "threads", 3, ["--seed", "1", "--rate", http_rate]),
-                 ("http-async", "async", 3, ["--seed", "2", "--rate", http_rate]),
-                 ("firehose-1", "firehose", 1, ["--seed", "3", "--rate", str(rate / 2)]),
-                 ("firehose-2", "firehose", 1, ["--seed", "4", "--rate", str(rate / 2)])]
+        specs = [
+            ("http-threads", "threads", 3, ["--seed", "1", "--rate", http_rate]),
+            ("http-async", "async", 3, ["--seed", "2", "--rate", http_rate]),
+            ("firehose-1", "firehose", 1, ["--seed", "3", "--rate", str(rate / 2)]),
+            ("firehose-2", "firehose", 1, ["--seed", "4", "--rate", str(rate / 2)]),
+        ]
         t0 = time.monotonic()
         t_start = time.time()
         for name, mode, workers, extra in specs:
@@ -209,8 +233,11 @@ def run_soak(db_url: str, tmp_path: Path, seconds: float, reliability: Any, *, p
         def sample() -> None:
             while not stop.wait(SAMPLE_EVERY):
                 now = time.monotonic() - t0
-                row: dict[str, Any] = {"t": now, "spool": _dir_bytes(spool),
-                                       "wal": wal.stat().st_size if wal is not None and wal.exists() else 0}
+                row: dict[str, Any] = {
+                    "t": now,
+                    "spool": _dir_bytes(spool),
+                    "wal": wal.stat().st_size if wal is not None and wal.exists() else 0,
+                }
                 for c in children:
                     if c.proc.poll() is None:
                         try:
@@ -283,10 +310,14 @@ def run_soak(db_url: str, tmp_path: Path, seconds: float, reliability: Any, *, p
         with engine.connect() as conn:
             found = verify(conn, spool)
             assert found == [], found
-            rows, distinct_ids, db_unpriced, not_ok = conn.execute(sa.select(
-                sa.func.count(), sa.func.count(sa.distinct(e.upstream_id)),
-                sa.func.sum(sa.case((e.priced.is_(False), 1), else_=0)),
-                sa.func.sum(sa.case(((e.status != "ok") | (e.kind != "usage"), 1), else_=0)))).one()
+            rows, distinct_ids, db_unpriced, not_ok = conn.execute(
+                sa.select(
+                    sa.func.count(),
+                    sa.func.count(sa.distinct(e.upstream_id)),
+                    sa.func.sum(sa.case((e.priced.is_(False), 1), else_=0)),
+                    sa.func.sum(sa.case(((e.status != "ok") | (e.kind != "usage"), 1), else_=0)),
+                )
+            ).one()
             for (upstream_id,) in conn.execution_options(yield_per=100_000).execute(sa.select(e.upstream_id)):
                 db_digest = (db_digest + digest_of(upstream_id)) % (1 << 128)
         assert rows == calls == distinct_ids and not_ok == 0
@@ -298,8 +329,9 @@ def run_soak(db_url: str, tmp_path: Path, seconds: float, reliability: Any, *, p
             for i in range(3):
                 by_project[project][i] += v[i]
         assert dict(by_project) == dict(expected)
-        rolled = {(p, int(b.timestamp()) // 900): v
-                  for (p, b), v in rolled_by_project_quarter(engine).items()}
+        rolled = {
+            (p, int(b.timestamp()) // 900): v for (p, b), v in rolled_by_project_quarter(engine).items()
+        }
         assert rolled == raw
     finally:
         engine.dispose()
@@ -317,32 +349,59 @@ def run_soak(db_url: str, tmp_path: Path, seconds: float, reliability: Any, *, p
     max_wal = max(s["wal"] for s in samples)
     cost = sum(v[2] for v in expected.values())
     reliability(
-        load=(f"{seconds:.0f} s, {PROJECTS} projects, {backend}: 2 HTTP callers (3 threads, 3 tasks) "
-              f"+ 2 firehose processes at {rate:.0f} ev/s target; achieved {calls / seconds:.0f} ev/s "
-              f"({sum(c.final['done'] for c in http) / seconds:.0f} HTTP calls/s); "
-              f"{len(rollups)} rollups meanwhile"),
+        load=(
+            f"{seconds:.0f} s, {PROJECTS} projects, {backend}: 2 HTTP callers (3 threads, 3 tasks) "
+            f"+ 2 firehose processes at {rate:.0f} ev/s target; achieved {calls / seconds:.0f} ev/s "
+            f"({sum(c.final['done'] for c in http) / seconds:.0f} HTTP calls/s); "
+            f"{len(rollups)} rollups meanwhile"
+        ),
         fault="none (soak)",
         inputs="-",
         expected=f"{calls} events, ${cost / 1e9:.9f}, {unpriced} unpriced",
-        recorded=(f"{rows} events, equal; RSS start->end MiB "
-                  + ", ".join(f"{n} {a / MIB:.1f}->{b / MIB:.1f}" for n, (a, b) in growth.items())
-                  + f"; max spool {max_spool / MIB:.2f} MiB, max backlog "
-                  + ", ".join(f"{n} {v / 1024:.0f} KiB" for n, v in max_pending.items())
-                  + (f"; max WAL {max_wal / MIB:.1f} MiB" if wal is not None else "")),
+        recorded=(
+            f"{rows} events, equal; RSS start->end MiB "
+            + ", ".join(f"{n} {a / MIB:.1f}->{b / MIB:.1f}" for n, (a, b) in growth.items())
+            + f"; max spool {max_spool / MIB:.2f} MiB, max backlog "
+            + ", ".join(f"{n} {v / 1024:.0f} KiB" for n, v in max_pending.items())
+            + (f"; max WAL {max_wal / MIB:.1f} MiB" if wal is not None else "")
+        ),
         lost=0,
     )
-    print(json.dumps({"seconds": seconds, "elapsed": elapsed, "events": calls, "rate": calls / seconds,
-                      "http_calls": sum(c.final["done"] for c in http), "rollups": rollups,
-                      "rollup_seconds": rollup_seconds,
-                      "final_rollup_events": final_rollup.events,
-                      "rss": {n: [a, b] for n, (a, b) in growth.items()}, "max_pending": max_pending,
-                      "max_spool": max_spool, "max_wal": max_wal, "samples": len(samples)}))
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "elapsed": elapsed,
+                "events": calls,
+                "rate": calls / seconds,
+                "http_calls": sum(c.final["done"] for c in http),
+                "rollups": rollups,
+                "rollup_seconds": rollup_seconds,
+                "final_rollup_events": final_rollup.events,
+                "rss": {n: [a, b] for n, (a, b) in growth.items()},
+                "max_pending": max_pending,
+                "max_spool": max_spool,
+                "max_wal": max_wal,
+                "samples": len(samples),
+            }
+        )
+    )
     out = os.environ.get("LEDGER_SOAK_OUT")
     if out:  # every sample, for a closer look
         with open(out, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps({"backend": backend, "seconds": seconds, "rate": rate, "samples": samples,
-                                 "rss": {c.name: c.rss for c in children},
-                                 "status": {c.name: c.status for c in children}}) + "\n")
+            fh.write(
+                json.dumps(
+                    {
+                        "backend": backend,
+                        "seconds": seconds,
+                        "rate": rate,
+                        "samples": samples,
+                        "rss": {c.name: c.rss for c in children},
+                        "status": {c.name: c.status for c in children},
+                    }
+                )
+                + "\n"
+            )
     # Flat memory is a trend, which only the long soak can show. A short run is mostly warm-up
     # (allocator arenas, statement caches, pools: +9-13 MiB seen in 18 s on a busy machine), so
     # it checks for a gross leak only; the numbers are recorded either way.
@@ -351,7 +410,9 @@ def run_soak(db_url: str, tmp_path: Path, seconds: float, reliability: Any, *, p
         assert end - start <= limit, f"{name}: RSS grew {start} -> {end} bytes"
     for name, pending in max_pending.items():
         assert pending <= BACKLOG_LIMIT, f"{name}: spool backlog reached {pending} bytes"
-    assert max_spool <= len(children) * (journal.sink.ROTATE_BYTES + BACKLOG_LIMIT), f"spool reached {max_spool}"
+    assert max_spool <= len(children) * (journal.sink.ROTATE_BYTES + BACKLOG_LIMIT), (
+        f"spool reached {max_spool}"
+    )
     if seconds >= 300:  # long enough for a trend: the last third must not sit above the middle third
         series = {c.name: [(st["t"] - t_start, st["pending"]) for st in c.status] for c in children}
         series["spool folder"] = [(row["t"], row["spool"]) for row in samples]
@@ -365,13 +426,27 @@ def run_soak(db_url: str, tmp_path: Path, seconds: float, reliability: Any, *, p
 
 def test_short_soak(db_url: str, tmp_path: Path, reliability: Any) -> None:
     # Half the soak's rate: this one runs in the default suite, beside everything else.
-    run_soak(db_url, tmp_path, SHORT_SECONDS, reliability, plateau=(6.0, 10.0), window=4.0, rate_share=0.5,
-             rollup_every=5.0)
+    run_soak(
+        db_url,
+        tmp_path,
+        SHORT_SECONDS,
+        reliability,
+        plateau=(6.0, 10.0),
+        window=4.0,
+        rate_share=0.5,
+        rollup_every=5.0,
+    )
 
 
 @pytest.mark.soak
 def test_soak(db_url: str, tmp_path: Path, reliability: Any) -> None:
     seconds = SOAK_SECONDS
     warm = min(60.0, seconds / 5)  # the first minute: imports, caches and pools fill up
-    run_soak(db_url, tmp_path, seconds, reliability, plateau=(warm, warm + min(60.0, seconds / 5)),
-             window=min(60.0, seconds / 5))
+    run_soak(
+        db_url,
+        tmp_path,
+        seconds,
+        reliability,
+        plateau=(warm, warm + min(60.0, seconds / 5)),
+        window=min(60.0, seconds / 5),
+    )

@@ -57,11 +57,22 @@ class _HostileHandler(BaseHTTPRequestHandler):
         if self.headers.get("x-hostile") == "error":
             status, body = 400, {"message": "no", "type": "t" * MEGA, "code": "c" * MEGA, "param": "p" * MEGA}
         else:
-            status, body = 200, {
-                "id": "chatcmpl-" + "i" * MEGA, "model": "m" * MEGA, "object": "chat.completion",
-                "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "x"}}],
-                "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
-            }
+            status, body = (
+                200,
+                {
+                    "id": "chatcmpl-" + "i" * MEGA,
+                    "model": "m" * MEGA,
+                    "object": "chat.completion",
+                    "choices": [
+                        {
+                            "index": 0,
+                            "finish_reason": "stop",
+                            "message": {"role": "assistant", "content": "x"},
+                        }
+                    ],
+                    "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+                },
+            )
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("content-type", "application/json")
@@ -83,13 +94,16 @@ def hostile() -> Iterator[str]:
         server.server_close()
 
 
-def test_an_event_with_1200_long_tags_never_stalls_the_writer(ledger_env: dict[str, str], upstream: StandIn,
-                                                              writer: str, reliability: Any) -> None:
+def test_an_event_with_1200_long_tags_never_stalls_the_writer(
+    ledger_env: dict[str, str], upstream: StandIn, writer: str, reliability: Any
+) -> None:
     url, spool = ledger_env["LEDGER_DATABASE_URL"], Path(ledger_env["LEDGER_SPOOL_DIR"])
     client = ledger.CerebrasClient("stall", api_key="k", base_url=upstream.base_url)
     big = client.chat.completions.create(model="gpt-oss-120b", messages=MSG, tags=BIG_TAGS)["id"]
-    later = [client.chat.completions.create(model="gpt-oss-120b", messages=MSG, tags={"n": str(i)})["id"]
-             for i in range(20)]
+    later = [
+        client.chat.completions.create(model="gpt-oss-120b", messages=MSG, tags={"n": str(i)})["id"]
+        for i in range(20)
+    ]
     assert client.flush(20), f"the writer ({writer}) stalled behind one event"
     rows = {r["upstream_id"]: r for r in fetch_events(url)}
     assert set(rows) == {big, *later}
@@ -99,13 +113,18 @@ def test_an_event_with_1200_long_tags_never_stalls_the_writer(ledger_env: dict[s
     assert rows[big]["cost_nanos"] > 0 and "tags clipped" in (rows[big]["note"] or "")
     client.close()
     assert _rejected(spool) == []
-    reliability(load=f"1 call with 1,200 tags of 999 characters, then 20 calls, writer {writer}",
-                fault="one event bigger than the spool's read window", expected=21, recorded=len(rows),
-                lost=21 - len(rows))
+    reliability(
+        load=f"1 call with 1,200 tags of 999 characters, then 20 calls, writer {writer}",
+        fault="one event bigger than the spool's read window",
+        expected=21,
+        recorded=len(rows),
+        lost=21 - len(rows),
+    )
 
 
-def test_a_hostile_upstream_with_a_1mb_model_never_stalls_the_writer(ledger_env: dict[str, str], hostile: str,
-                                                                     upstream: StandIn, writer: str) -> None:
+def test_a_hostile_upstream_with_a_1mb_model_never_stalls_the_writer(
+    ledger_env: dict[str, str], hostile: str, upstream: StandIn, writer: str
+) -> None:
     url = ledger_env["LEDGER_DATABASE_URL"]
     bad = ledger.CerebrasClient("stall", api_key="k", base_url=hostile)
     bad.chat.completions.create(model="gpt-oss-120b", messages=MSG)
@@ -115,23 +134,31 @@ def test_a_hostile_upstream_with_a_1mb_model_never_stalls_the_writer(ledger_env:
     later = [good.chat.completions.create(model="gpt-oss-120b", messages=MSG)["id"] for _ in range(10)]
     # a 1 MB requested model too (the caller's own body)
     with pytest.raises(ledger.call.errors.APIStatusError):
-        good.chat.completions.create(model="q" * MEGA, messages=MSG, extra_headers={"x-standin-scenario": "not_found"})
+        good.chat.completions.create(
+            model="q" * MEGA, messages=MSG, extra_headers={"x-standin-scenario": "not_found"}
+        )
     assert good.flush(20) and bad.flush(20), f"the writer ({writer}) stalled behind one event"
     rows = fetch_events(url)
     assert len(rows) == 13
     assert {r["upstream_id"] for r in rows} >= set(later)
     for r in rows:
-        for col, limit in (("requested_model", 200), ("served_model", 200), ("upstream_id", 200),
-                           ("lava_request_id", 200), ("error_type", 100), ("error_code", 100)):
+        for col, limit in (
+            ("requested_model", 200),
+            ("served_model", 200),
+            ("upstream_id", 200),
+            ("lava_request_id", 200),
+            ("error_type", 100),
+            ("error_code", 100),
+        ):
             assert r[col] is None or len(r[col]) <= limit, col
     assert any(r["served_model"] == "m" * 200 for r in rows)
     good.close()
     bad.close()
 
 
-def test_a_record_too_long_for_the_spool_is_set_aside_and_the_writer_goes_on(db_url: str, tmp_path: Path,
-                                                                            writer: str,
-                                                                            caplog: pytest.LogCaptureFixture) -> None:
+def test_a_record_too_long_for_the_spool_is_set_aside_and_the_writer_goes_on(
+    db_url: str, tmp_path: Path, writer: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """A record longer than the read window already in the live segment (another version wrote
     it, or a bug): set aside whole, loudly, and the writer (thread or process) goes on."""
     caplog.set_level(logging.ERROR, logger="ledger.journal")
@@ -152,8 +179,9 @@ def test_a_record_too_long_for_the_spool_is_set_aside_and_the_writer_goes_on(db_
     assert j.close(10)
 
 
-def test_an_oversize_line_is_never_spooled(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                           caplog: pytest.LogCaptureFixture) -> None:
+def test_an_oversize_line_is_never_spooled(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     """Should a clipped event still encode longer than the read window, it goes straight to
     ``rejected.jsonl`` with a loud line and never into the segment."""
     caplog.set_level(logging.ERROR, logger="ledger.journal")
@@ -171,19 +199,25 @@ def test_an_oversize_line_is_never_spooled(db_url: str, tmp_path: Path, monkeypa
     assert j.close(10)
 
 
-def test_summary_recovers_a_dead_segment_with_an_oversize_record(db_url: str, tmp_path: Path,
-                                                                 reliability: Any) -> None:
+def test_summary_recovers_a_dead_segment_with_an_oversize_record(
+    db_url: str, tmp_path: Path, reliability: Any
+) -> None:
     """``cerebras-ledger summary`` (a real subprocess) recovers a dead process's segment that
     holds a record longer than the read window, an unreadable one and good ones around them."""
     spool = tmp_path / "spool"
     before, after = _event("dead"), _event("dead")
     huge = b'[1,"' + b"x" * (journal.spool.READ_BYTES + 10) + b'"]\n'
     seg = _dead_segment(spool, encode(before) + huge + b"\x00\xff not json\n" + encode(after))
-    env = dict(os.environ, LEDGER_DATABASE_URL=db_url, LEDGER_SPOOL_DIR=str(spool),
-               LEDGER_HOME=str(tmp_path / "home"))
+    env = dict(
+        os.environ,
+        LEDGER_DATABASE_URL=db_url,
+        LEDGER_SPOOL_DIR=str(spool),
+        LEDGER_HOME=str(tmp_path / "home"),
+    )
     env.pop("LEDGER_WRITER", None)
-    proc = subprocess.run([sys.executable, "-m", "ledger", "summary"], env=env, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ledger", "summary"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     rows = fetch_events(db_url)
@@ -191,8 +225,13 @@ def test_summary_recovers_a_dead_segment_with_an_oversize_record(db_url: str, tm
     assert not seg.exists()
     assert _rejected(spool) == [huge.rstrip(b"\n"), b"\x00\xff not json"]
     assert "set aside" in proc.stderr
-    reliability(load="a dead segment: good, 1 MiB+ record, unreadable, good", fault="recovery by `summary`",
-                expected=2, recorded=len(rows), lost=2 - len(rows))
+    reliability(
+        load="a dead segment: good, 1 MiB+ record, unreadable, good",
+        fault="recovery by `summary`",
+        expected=2,
+        recorded=len(rows),
+        lost=2 - len(rows),
+    )
 
 
 def test_the_worst_bounded_event_fits_one_spool_read() -> None:
@@ -202,8 +241,16 @@ def test_the_worst_bounded_event_fits_one_spool_read() -> None:
     base = _event()
     fields = {name: worst * (limit * 10) for name, limit in events.TEXT_LIMITS}
     tags = tuple(sorted((f"{i:05d}" + worst * 5000, worst * 50_000) for i in range(5000)))
-    line = encode(events.CallEvent(**{**{f: getattr(base, f) for f in base.__dataclass_fields__}, **fields,
-                                      "event_id": worst * 10_000, "tags": tags}))
+    line = encode(
+        events.CallEvent(
+            **{
+                **{f: getattr(base, f) for f in base.__dataclass_fields__},
+                **fields,
+                "event_id": worst * 10_000,
+                "tags": tags,
+            }
+        )
+    )
     assert line.count(b"\n") == 1 and len(line) <= journal.sink.MAX_LINE
     assert len(json.loads(line)[journal.codec.F_TAGS]) == events.MAX_TAGS
 
@@ -216,16 +263,18 @@ OTHER_UID = 65534  # nobody
 def _cli(args: list[str], db_url: str, spool: Path, home: Path) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, LEDGER_DATABASE_URL=db_url, LEDGER_SPOOL_DIR=str(spool), LEDGER_HOME=str(home))
     env.pop("LEDGER_WRITER", None)
-    return subprocess.run([sys.executable, "-m", "ledger", *args], env=env, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "ledger", *args], env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def _mode(path: Path) -> int:
     return path.stat().st_mode & 0o777
 
 
-def test_a_spool_folder_others_may_write_is_made_ours_alone(db_url: str, tmp_path: Path,
-                                                            caplog: pytest.LogCaptureFixture) -> None:
+def test_a_spool_folder_others_may_write_is_made_ours_alone(
+    db_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.WARNING)
     spool = tmp_path / "spool"
     spool.mkdir()
@@ -252,10 +301,13 @@ def test_a_spool_folder_of_another_user_is_refused(db_url: str, tmp_path: Path) 
         journal.journal_for(db_url, spool)
     assert str(OTHER_UID) in str(info.value) and "\n" not in str(info.value)
     with pytest.raises(ledger.ConfigError):
-        ledger.CerebrasClient("p", api_key="k", base_url="http://127.0.0.1:9", database_url=db_url,
-                              spool_dir=str(spool))
+        ledger.CerebrasClient(
+            "p", api_key="k", base_url="http://127.0.0.1:9", database_url=db_url, spool_dir=str(spool)
+        )
     proc = _cli(["summary"], db_url, spool, tmp_path / "home")
-    assert proc.returncode == 1 and proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.returncode == 1 and proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, (
+        proc.stderr
+    )
     assert str(OTHER_UID) in proc.stderr
     assert seg.exists() and fetch_events(db_url) == []  # never ingested
 
@@ -284,8 +336,9 @@ def test_a_segment_not_ours_alone_is_never_ingested(db_url: str, tmp_path: Path,
 
 
 @pytest.mark.parametrize("foreign", ["other-uid", "world-writable", "symlink"])
-def test_a_stop_file_not_ours_alone_is_never_obeyed(ledger_env: dict[str, str], upstream: StandIn,
-                                                    foreign: str, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_stop_file_not_ours_alone_is_never_obeyed(
+    ledger_env: dict[str, str], upstream: StandIn, foreign: str, caplog: pytest.LogCaptureFixture
+) -> None:
     from datetime import UTC, datetime, timedelta
 
     from ledger.call import stops
@@ -319,14 +372,20 @@ def test_a_stop_file_not_ours_alone_is_never_obeyed(ledger_env: dict[str, str], 
 SECRET_URLS = [
     ("postgresql+psycopg://postgres:S3cr3t-userinfo@127.0.0.1:5432/test", ["S3cr3t-userinfo"]),
     ("postgresql+psycopg://postgres@127.0.0.1:5432/test?password=S3cr3t-query", ["S3cr3t-query"]),
-    ("postgresql://u:S3cr3t-a@h/db?sslmode=require&sslpassword=S3cr3t-b&PassWord=S3cr3t-c",
-     ["S3cr3t-a", "S3cr3t-b", "S3cr3t-c"]),
+    (
+        "postgresql://u:S3cr3t-a@h/db?sslmode=require&sslpassword=S3cr3t-b&PassWord=S3cr3t-c",
+        ["S3cr3t-a", "S3cr3t-b", "S3cr3t-c"],
+    ),
     ("postgresql://u:p%40ss%3FS3cr3t@h/db", ["p%40ss%3FS3cr3t", "S3cr3t"]),
     ("postgresql://u:p@ss?S3cr3t/x@h/db", ["p@ss?S3cr3t/x", "S3cr3t"]),
-    ("postgresql://h/db?pass%77ord=S3cr3t-enc&token=S3cr3t-tok&api_key=S3cr3t-k&secret=S3cr3t-s",
-     ["S3cr3t-enc", "S3cr3t-tok", "S3cr3t-k", "S3cr3t-s"]),
-    ("postgresql://h/db?pwd=S3cr3t-pwd;passwd=S3cr3t-pw2&key=S3cr3t-key&access_token=S3cr3t-at",
-     ["S3cr3t-pwd", "S3cr3t-pw2", "S3cr3t-key", "S3cr3t-at"]),
+    (
+        "postgresql://h/db?pass%77ord=S3cr3t-enc&token=S3cr3t-tok&api_key=S3cr3t-k&secret=S3cr3t-s",
+        ["S3cr3t-enc", "S3cr3t-tok", "S3cr3t-k", "S3cr3t-s"],
+    ),
+    (
+        "postgresql://h/db?pwd=S3cr3t-pwd;passwd=S3cr3t-pw2&key=S3cr3t-key&access_token=S3cr3t-at",
+        ["S3cr3t-pwd", "S3cr3t-pw2", "S3cr3t-key", "S3cr3t-at"],
+    ),
     ("sqlite:///tmp/x.db?password=S3cr3t-lite", ["S3cr3t-lite"]),
 ]
 
@@ -347,14 +406,18 @@ def test_redact_url_hides_every_credential(url: str, secrets: list[str]) -> None
 def test_redact_url_keeps_what_helps() -> None:
     from ledger.config import redact_url
 
-    assert redact_url("postgresql://u:pw@db.example:5432/ledger?sslmode=require&password=x") == \
-        "postgresql://u:***@db.example:5432/ledger?sslmode=require&password=***"
+    assert (
+        redact_url("postgresql://u:pw@db.example:5432/ledger?sslmode=require&password=x")
+        == "postgresql://u:***@db.example:5432/ledger?sslmode=require&password=***"
+    )
     assert redact_url("sqlite:////var/lib/ledger.db") == "sqlite:////var/lib/ledger.db"
 
 
 def test_cli_errors_never_print_a_database_password(tmp_path: Path) -> None:
-    bad = ("postgresql+psycopg://postgres:S3cr3t-a@127.0.0.1:5432/no_such_db_here"
-           "?password=S3cr3t-b&sslpassword=S3cr3t-c")
+    bad = (
+        "postgresql+psycopg://postgres:S3cr3t-a@127.0.0.1:5432/no_such_db_here"
+        "?password=S3cr3t-b&sslpassword=S3cr3t-c"
+    )
     for args in (["summary"], ["db", "upgrade"], ["events", "export"], ["alerts", "check"]):
         proc = _cli(args, bad, tmp_path / "spool", tmp_path / "home")
         out = proc.stdout + proc.stderr
@@ -376,8 +439,9 @@ def test_cli_output_never_prints_a_database_password(db_url: str, tmp_path: Path
         assert "S3cr3t" not in out, out
 
 
-def test_writer_logs_never_print_a_database_password(tmp_path: Path, writer: str, capfd: pytest.CaptureFixture[str],
-                                                     caplog: pytest.LogCaptureFixture) -> None:
+def test_writer_logs_never_print_a_database_password(
+    tmp_path: Path, writer: str, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO)
     url = "postgresql+psycopg://u:S3cr3t-a@127.0.0.1:1/db?password=S3cr3t-b&connect_timeout=2"
     j = journal.journal_for(url, tmp_path / "spool")
@@ -419,8 +483,9 @@ def test_a_planted_rejected_file_never_blocks_the_writer(db_url: str, tmp_path: 
     assert j.close(10)
 
 
-def test_events_of_wrong_types_or_absurd_values_never_stall_the_writer(db_url: str, tmp_path: Path,
-                                                                       writer: str) -> None:
+def test_events_of_wrong_types_or_absurd_values_never_stall_the_writer(
+    db_url: str, tmp_path: Path, writer: str
+) -> None:
     """Events built by hand (``Journal.append`` is public) with fields of the wrong type or
     values no column holds: ``append`` never raises, each one is written or set aside, and the
     writer (thread or process) goes on."""
@@ -432,10 +497,21 @@ def test_events_of_wrong_types_or_absurd_values_never_stall_the_writer(db_url: s
     spool = tmp_path / "spool"
     j = journal.journal_for(db_url, spool)
     odd: dict[str, Any] = dict(
-        latency_us=10**30, ttft_us=-10**25, http_status=2**70, usage=Usage(10**20, 0, 0, 0, 10**20),
-        time_info=TimeInfo(10**30, None, None, None), project=123, requested_model=["x"], tags=(("a", 5), 7),
-        note=7, occurred_at=datetime(1, 1, 1, tzinfo=UTC), book="no-such-book", stream=2, source="\x00" * 40,
-        error_type="\udc80" * 150, served_model={"m": 1},
+        latency_us=10**30,
+        ttft_us=-(10**25),
+        http_status=2**70,
+        usage=Usage(10**20, 0, 0, 0, 10**20),
+        time_info=TimeInfo(10**30, None, None, None),
+        project=123,
+        requested_model=["x"],
+        tags=(("a", 5), 7),
+        note=7,
+        occurred_at=datetime(1, 1, 1, tzinfo=UTC),
+        book="no-such-book",
+        stream=2,
+        source="\x00" * 40,
+        error_type="\udc80" * 150,
+        served_model={"m": 1},
     )
     for name, value in odd.items():
         j.append(dataclasses.replace(_event("odd"), **{name: value}))

@@ -21,10 +21,31 @@ from ledger.journal.codec import decode_fields, encode
 from ledger.pricing import BUILTIN_PRICES, PriceBook, charge
 from ledger.store.schema import EventRow
 
-ODD = ["", "plain", "ü-proj", "a\x00b", "\ud800x", "\u202eevil", "zero\u200bwidth", "e\u0301", "🧪" * 3,
-       "x" * 250, "y" * 1500, "'; DROP TABLE events; --", '=cmd|" /C calc"!A0', "line\nbreak", "tab\tq\"uote"]
-MODELS = ["gpt-oss-120b", "llama3.1-8b", "qwen-3-235b-instruct", "qwen-3-235b-a22b-instruct-2507",
-          "no-such-model", None]
+ODD = [
+    "",
+    "plain",
+    "ü-proj",
+    "a\x00b",
+    "\ud800x",
+    "\u202eevil",
+    "zero\u200bwidth",
+    "e\u0301",
+    "🧪" * 3,
+    "x" * 250,
+    "y" * 1500,
+    "'; DROP TABLE events; --",
+    '=cmd|" /C calc"!A0',
+    "line\nbreak",
+    'tab\tq"uote',
+]
+MODELS = [
+    "gpt-oss-120b",
+    "llama3.1-8b",
+    "qwen-3-235b-instruct",
+    "qwen-3-235b-a22b-instruct-2507",
+    "no-such-model",
+    None,
+]
 
 
 def _events(n: int, seed: int) -> list[CallEvent]:
@@ -32,27 +53,53 @@ def _events(n: int, seed: int) -> list[CallEvent]:
     zones = [UTC, timezone(timedelta(hours=5, minutes=30)), timezone(-timedelta(hours=8))]
     out = []
     for _ in range(n):
-        when = datetime(2026, rnd.randint(1, 12), rnd.randint(1, 28), rnd.randint(0, 23), rnd.randint(0, 59),
-                        rnd.randint(0, 59), rnd.choice([0, rnd.randint(0, 999_999)]), tzinfo=rnd.choice(zones))
+        when = datetime(
+            2026,
+            rnd.randint(1, 12),
+            rnd.randint(1, 28),
+            rnd.randint(0, 23),
+            rnd.randint(0, 59),
+            rnd.randint(0, 59),
+            rnd.choice([0, rnd.randint(0, 999_999)]),
+            tzinfo=rnd.choice(zones),
+        )
         status = rnd.choice(STATUSES)
         usage = None if rnd.random() < 0.3 else Usage(*(rnd.randint(0, 10**7) for _ in range(5)))
         opt = lambda: rnd.choice(ODD + [None] * 5)  # noqa: E731
-        out.append(CallEvent(
-            event_id=new_event_id(), occurred_at=when, project=rnd.choice(ODD[1:]), route=rnd.choice(ROUTES),
-            book=rnd.choice(["cerebras", "lava"]), requested_model=rnd.choice(MODELS),
-            served_model=rnd.choice(MODELS), status=status, http_status=rnd.choice([None, 200, 429, 500]),
-            error_type=opt(), error_code=opt(), stream=rnd.random() < 0.5, usage=usage,
-            latency_us=rnd.choice([None, rnd.randint(0, 10**8)]), ttft_us=rnd.choice([None, 1234]),
-            time_info=rnd.choice([None, TimeInfo(1, None, 3, 4)]), upstream_id=opt(), lava_request_id=opt(),
-            tags=normalize_tags({rnd.choice(ODD): rnd.choice(ODD) for _ in range(rnd.randint(0, 4))}),
-            source=rnd.choice(["wrapper", "transport", "x" * 30]), note=opt()))
+        out.append(
+            CallEvent(
+                event_id=new_event_id(),
+                occurred_at=when,
+                project=rnd.choice(ODD[1:]),
+                route=rnd.choice(ROUTES),
+                book=rnd.choice(["cerebras", "lava"]),
+                requested_model=rnd.choice(MODELS),
+                served_model=rnd.choice(MODELS),
+                status=status,
+                http_status=rnd.choice([None, 200, 429, 500]),
+                error_type=opt(),
+                error_code=opt(),
+                stream=rnd.random() < 0.5,
+                usage=usage,
+                latency_us=rnd.choice([None, rnd.randint(0, 10**8)]),
+                ttft_us=rnd.choice([None, 1234]),
+                time_info=rnd.choice([None, TimeInfo(1, None, 3, 4)]),
+                upstream_id=opt(),
+                lava_request_id=opt(),
+                tags=normalize_tags({rnd.choice(ODD): rnd.choice(ODD) for _ in range(rnd.randint(0, 4))}),
+                source=rnd.choice(["wrapper", "transport", "x" * 30]),
+                note=opt(),
+            )
+        )
     return out
 
 
 def _rows(engine: sa.Engine, ids: list[str]) -> tuple[list[dict[str, Any]], list[tuple[Any, ...]]]:
     with engine.connect() as conn:
-        events = [dict(r._mapping) for r in conn.execute(
-            sa.select(EventRow.__table__).where(EventRow.event_id.in_(ids)))]
+        events = [
+            dict(r._mapping)
+            for r in conn.execute(sa.select(EventRow.__table__).where(EventRow.event_id.in_(ids)))
+        ]
         tags = [tuple(r) for r in conn.execute(sa.text("SELECT event_id, key, value FROM event_tags"))]
     order = {e: i for i, e in enumerate(ids)}
     events.sort(key=lambda r: order[r["event_id"]])
@@ -62,8 +109,12 @@ def _rows(engine: sa.Engine, ids: list[str]) -> tuple[list[dict[str, Any]], list
 def test_fast_path_rows_equal_general_path_rows(engine: sa.Engine) -> None:
     book = PriceBook(BUILTIN_PRICES)
     events = _events(300, seed=7)
-    twins = [CallEvent(**{**{f: getattr(e, f) for f in CallEvent.__dataclass_fields__}, "event_id": new_event_id()})
-             for e in events]
+    twins = [
+        CallEvent(
+            **{**{f: getattr(e, f) for f in CallEvent.__dataclass_fields__}, "event_id": new_event_id()}
+        )
+        for e in events
+    ]
     now = datetime(2026, 11, 27, 12, 0, 0, 654321, tzinfo=UTC)
     with store.write_transaction(engine) as conn:
         store.insert_events(conn, [store.event_row(e, charge(e, book), now) for e in events])
@@ -87,9 +138,16 @@ def test_fast_path_rows_equal_general_path_rows(engine: sa.Engine) -> None:
 def test_a_batch_the_fast_path_refuses_is_set_aside_line_by_line(db_url: str, tmp_path: Any) -> None:
     """An amount beyond the ledger's range refuses only its own event; the rest are written."""
     good = _events(20, seed=3)
-    bad = CallEvent(**{**{f: getattr(good[0], f) for f in CallEvent.__dataclass_fields__},
-                       "event_id": new_event_id(), "book": "cerebras", "served_model": "zai-glm-4.7",
-                       "status": "ok", "usage": Usage(10**17, 0, 10**17, 0, 2 * 10**17)})
+    bad = CallEvent(
+        **{
+            **{f: getattr(good[0], f) for f in CallEvent.__dataclass_fields__},
+            "event_id": new_event_id(),
+            "book": "cerebras",
+            "served_model": "zai-glm-4.7",
+            "status": "ok",
+            "usage": Usage(10**17, 0, 10**17, 0, 2 * 10**17),
+        }
+    )
     sink = journal.writer.Sink(db_url)
     reject = journal.spool.Reject(tmp_path)
     try:

@@ -14,7 +14,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-SCRIPT = textwrap.dedent('''
+SCRIPT = textwrap.dedent("""
     from typing import Any, assert_type
 
     import httpx
@@ -50,7 +50,7 @@ SCRIPT = textwrap.dedent('''
 
 
     reveal_type(ledger.CerebrasClient)  # the ledger itself was found, not taken as Any
-''')
+""")
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,8 +59,22 @@ ROOT = Path(__file__).resolve().parents[1]
 def _mypy(script: Path) -> subprocess.CompletedProcess[str]:
     # MYPYPATH: mypy does not follow an editable install's import hook; it reads the package here
     env = {**os.environ, "MYPYPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "mypy", "--strict", "--no-incremental", "--ignore-missing-imports",
-                           str(script)], capture_output=True, text=True, timeout=600, cwd=script.parent, env=env)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--strict",
+            "--no-incremental",
+            "--ignore-missing-imports",
+            str(script),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=script.parent,
+        env=env,
+    )
 
 
 def test_the_public_api_types_as_a_user_sees_them(tmp_path: Path) -> None:
@@ -75,11 +89,13 @@ def test_the_public_api_types_as_a_user_sees_them(tmp_path: Path) -> None:
 def test_a_wrong_stream_type_is_caught(tmp_path: Path) -> None:
     """The overloads are not a blanket Any: using a stream as a dict is a type error."""
     script = tmp_path / "wrong.py"
-    script.write_text(textwrap.dedent('''
+    script.write_text(
+        textwrap.dedent("""
         import ledger
 
         def f(client: ledger.CerebrasClient) -> None:
             client.chat.completions.create(model="m", messages=[], stream=True).get("choices")
-    '''))
+    """)
+    )
     proc = _mypy(script)
     assert proc.returncode == 1 and '"Stream" has no attribute "get"' in proc.stdout, proc.stdout

@@ -107,20 +107,20 @@ NO_RESPONSE_NOTE = "no response from upstream"
 
 BUGS = {
     "B1": "fixed bug: an in-stream error event's status_code is stored as http_status unchecked; one that fits "
-          "no SQL integer (PostgreSQL INTEGER from 2**31, SQLite from 2**63) makes the database refuse "
-          "the row, so the attempt's event is set aside in rejected.jsonl: lost from the ledger "
-          "(fix: ledger/wire.py error_from accepts status_code only when 100 <= code <= 599)",
+    "no SQL integer (PostgreSQL INTEGER from 2**31, SQLite from 2**63) makes the database refuse "
+    "the row, so the attempt's event is set aside in rejected.jsonl: lost from the ledger "
+    "(fix: ledger/wire.py error_from accepts status_code only when 100 <= code <= 599)",
     "B2": "fixed bug: a stream whose body ends cleanly before any usage, finish_reason or [DONE] is recorded "
-          "ok ('no usage in response') instead of incomplete: Attempt._read_completion sets that note on "
-          "the first chunk, so _BodyTap.end()'s 'stream ended before usage arrived' branch never runs "
-          "(fix in ledger/transport.py)",
+    "ok ('no usage in response') instead of incomplete: Attempt._read_completion sets that note on "
+    "the first chunk, so _BodyTap.end()'s 'stream ended before usage arrived' branch never runs "
+    "(fix in ledger/transport.py)",
     "B3": "fixed bug: CerebrasClient raises a plain APIError for an in-stream error event, not the "
-          "APIStatusError subclass (InternalServerError for status_code 500) that ledger/errors.py "
-          "documents and the SDK raises (fix: ledger/client.py _stream_error)",
+    "APIStatusError subclass (InternalServerError for status_code 500) that ledger/errors.py "
+    "documents and the SDK raises (fix: ledger/client.py _stream_error)",
     "B4": "fixed bug: an in-stream error event whose 'error' is not an object ({'error': '<text>'}) is an "
-          "error to the SDKs (they raise APIStatusError) but not to the ledger: the transport records "
-          "incomplete/ok instead of error, and CerebrasClient yields it as a chunk and raises nothing "
-          "(fix: ledger/transport.py Attempt.read_event and ledger/client.py _payload)",
+    "error to the SDKs (they raise APIStatusError) but not to the ledger: the transport records "
+    "incomplete/ok instead of error, and CerebrasClient yields it as a chunk and raises nothing "
+    "(fix: ledger/transport.py Attempt.read_event and ledger/client.py _payload)",
 }
 
 
@@ -158,8 +158,15 @@ class Case:
         return LEDGER_CALLERS + SDK_CALLERS + (OPENAI_CALLERS if self.openai else ())
 
 
-def _case(scenario: str, stream: bool, fault: str, status: str, http_status: int | None,
-          raises: type[BaseException] | None, **kw: Any) -> Case:
+def _case(
+    scenario: str,
+    stream: bool,
+    fault: str,
+    status: str,
+    http_status: int | None,
+    raises: type[BaseException] | None,
+    **kw: Any,
+) -> Case:
     return Case(scenario, stream, fault, status, http_status, raises, **kw)
 
 
@@ -169,55 +176,221 @@ CASES = [
     _case("ok", J, "none (control)", "ok", 200, None, usage_known=True, openai=True),
     _case("ok", S, "none (control)", "ok", 200, None, usage_known=True, openai=True),
     # timeouts
-    _case("slow", J, f"read timeout before the response (answer {SLOW_SECONDS:g} s late, caller timeout 0.1 s)",
-          "error", None, ledger.APITimeoutError, error_type="ReadTimeout", note=NO_RESPONSE_NOTE, timeout=0.1),
-    _case("slow", S, f"read timeout before the response (answer {SLOW_SECONDS:g} s late, caller timeout 0.1 s)",
-          "error", None, ledger.APITimeoutError, error_type="ReadTimeout", note=NO_RESPONSE_NOTE, timeout=0.1),
-    _case("hang", J, "upstream never answers (caller timeout 0.05 s)", "error", None,
-          ledger.APITimeoutError, error_type="ReadTimeout", note=NO_RESPONSE_NOTE, timeout=0.05, openai=True),
-    _case("hang", S, f"never-ending stream (a chunk every 50 ms; caller stops after {BUDGET} chunks)",
-          "incomplete", 200, None, openai=True),
-    _case("stall", J, f"body stalls halfway (caller timeout {STALL_TIMEOUT:g} s)", "incomplete", 200,
-          ledger.APITimeoutError, timeout=STALL_TIMEOUT),
-    _case("stall", S, f"stream stalls halfway, never ends (caller timeout {STALL_TIMEOUT:g} s)", "incomplete", 200,
-          ledger.APITimeoutError, timeout=STALL_TIMEOUT),
+    _case(
+        "slow",
+        J,
+        f"read timeout before the response (answer {SLOW_SECONDS:g} s late, caller timeout 0.1 s)",
+        "error",
+        None,
+        ledger.APITimeoutError,
+        error_type="ReadTimeout",
+        note=NO_RESPONSE_NOTE,
+        timeout=0.1,
+    ),
+    _case(
+        "slow",
+        S,
+        f"read timeout before the response (answer {SLOW_SECONDS:g} s late, caller timeout 0.1 s)",
+        "error",
+        None,
+        ledger.APITimeoutError,
+        error_type="ReadTimeout",
+        note=NO_RESPONSE_NOTE,
+        timeout=0.1,
+    ),
+    _case(
+        "hang",
+        J,
+        "upstream never answers (caller timeout 0.05 s)",
+        "error",
+        None,
+        ledger.APITimeoutError,
+        error_type="ReadTimeout",
+        note=NO_RESPONSE_NOTE,
+        timeout=0.05,
+        openai=True,
+    ),
+    _case(
+        "hang",
+        S,
+        f"never-ending stream (a chunk every 50 ms; caller stops after {BUDGET} chunks)",
+        "incomplete",
+        200,
+        None,
+        openai=True,
+    ),
+    _case(
+        "stall",
+        J,
+        f"body stalls halfway (caller timeout {STALL_TIMEOUT:g} s)",
+        "incomplete",
+        200,
+        ledger.APITimeoutError,
+        timeout=STALL_TIMEOUT,
+    ),
+    _case(
+        "stall",
+        S,
+        f"stream stalls halfway, never ends (caller timeout {STALL_TIMEOUT:g} s)",
+        "incomplete",
+        200,
+        ledger.APITimeoutError,
+        timeout=STALL_TIMEOUT,
+    ),
     # resets
-    _case("reset", J, "connection reset before the response", "error", None, ledger.APIConnectionError,
-          error_type="RemoteProtocolError", note=NO_RESPONSE_NOTE),
-    _case("reset", S, "connection reset before the response", "error", None, ledger.APIConnectionError,
-          error_type="RemoteProtocolError", note=NO_RESPONSE_NOTE, openai=True),
-    _case("cut", J, "connection reset halfway through the body", "incomplete", 200, ledger.APIConnectionError),
+    _case(
+        "reset",
+        J,
+        "connection reset before the response",
+        "error",
+        None,
+        ledger.APIConnectionError,
+        error_type="RemoteProtocolError",
+        note=NO_RESPONSE_NOTE,
+    ),
+    _case(
+        "reset",
+        S,
+        "connection reset before the response",
+        "error",
+        None,
+        ledger.APIConnectionError,
+        error_type="RemoteProtocolError",
+        note=NO_RESPONSE_NOTE,
+        openai=True,
+    ),
+    _case(
+        "cut", J, "connection reset halfway through the body", "incomplete", 200, ledger.APIConnectionError
+    ),
     _case("cut", S, "connection reset mid-stream", "incomplete", 200, ledger.APIConnectionError, openai=True),
-    _case("truncated", S, "stream ends cleanly halfway (no final chunk, no usage, no [DONE])", "incomplete", 200,
-          None, openai=True),
+    _case(
+        "truncated",
+        S,
+        "stream ends cleanly halfway (no final chunk, no usage, no [DONE])",
+        "incomplete",
+        200,
+        None,
+        openai=True,
+    ),
     # bodies that are not what they should be
-    _case("malformed", J, "200 with truncated JSON", "ok", 200, ledger.APIResponseValidationError,
-          note=NOT_JSON_NOTE, openai=True),
-    _case("malformed", S, "malformed JSON event mid-stream", "incomplete", 200, ledger.APIResponseValidationError),
-    _case("non_utf8", J, "200 with a non-UTF-8 body", "ok", 200, ledger.APIResponseValidationError,
-          note=NOT_JSON_NOTE),
-    _case("non_utf8", S, "non-UTF-8 event mid-stream", "incomplete", 200, ledger.APIResponseValidationError,
-          openai=True),
+    _case(
+        "malformed",
+        J,
+        "200 with truncated JSON",
+        "ok",
+        200,
+        ledger.APIResponseValidationError,
+        note=NOT_JSON_NOTE,
+        openai=True,
+    ),
+    _case(
+        "malformed",
+        S,
+        "malformed JSON event mid-stream",
+        "incomplete",
+        200,
+        ledger.APIResponseValidationError,
+    ),
+    _case(
+        "non_utf8",
+        J,
+        "200 with a non-UTF-8 body",
+        "ok",
+        200,
+        ledger.APIResponseValidationError,
+        note=NOT_JSON_NOTE,
+    ),
+    _case(
+        "non_utf8",
+        S,
+        "non-UTF-8 event mid-stream",
+        "incomplete",
+        200,
+        ledger.APIResponseValidationError,
+        openai=True,
+    ),
     _case("no_usage", J, "200 with no usage", "ok", 200, None, note=NO_USAGE_NOTE, openai=True),
-    _case("no_usage", S, "stream with no usage on its final chunk", "ok", 200, None, note=NO_USAGE_NOTE,
-          openai=True),
+    _case(
+        "no_usage",
+        S,
+        "stream with no usage on its final chunk",
+        "ok",
+        200,
+        None,
+        note=NO_USAGE_NOTE,
+        openai=True,
+    ),
     _case("negative_usage", J, "usage with prompt_tokens -5", "ok", 200, None, note=USAGE_UNKNOWN_NOTE),
     _case("negative_usage", S, "usage with prompt_tokens -5", "ok", 200, None, note=USAGE_UNKNOWN_NOTE),
-    _case("absurd_usage", J, "usage of 10**15 tokens each way, nonsense time_info", "ok", 200, None,
-          note=USAGE_UNKNOWN_NOTE, openai=True),
-    _case("absurd_usage", S, "usage of 10**15 tokens each way, nonsense time_info", "ok", 200, None,
-          note=USAGE_UNKNOWN_NOTE),
+    _case(
+        "absurd_usage",
+        J,
+        "usage of 10**15 tokens each way, nonsense time_info",
+        "ok",
+        200,
+        None,
+        note=USAGE_UNKNOWN_NOTE,
+        openai=True,
+    ),
+    _case(
+        "absurd_usage",
+        S,
+        "usage of 10**15 tokens each way, nonsense time_info",
+        "ok",
+        200,
+        None,
+        note=USAGE_UNKNOWN_NOTE,
+    ),
     # errors
-    _case("server_error", J, "HTTP 500", "error", 500, ledger.InternalServerError, error_type="server_error",
-          error_code="internal_error"),
-    _case("server_error", S, "HTTP 500 to a stream request", "error", 500, ledger.InternalServerError,
-          error_type="server_error", error_code="internal_error"),
-    _case("stream_error", S, "error event (status_code 500) mid-stream", "error", 500, ledger.InternalServerError,
-          error_type="server_error", error_code="internal_error", openai=True),
-    _case("absurd_status", S, "error event mid-stream with status_code 2**64", "error", ANY_VALID_STATUS,
-          ledger.APIStatusError, error_type="server_error", error_code="internal_error"),
-    _case("stream_error_text", S, 'error event mid-stream as {"error": "<text>"}', "error", 200,
-          ledger.APIStatusError),
+    _case(
+        "server_error",
+        J,
+        "HTTP 500",
+        "error",
+        500,
+        ledger.InternalServerError,
+        error_type="server_error",
+        error_code="internal_error",
+    ),
+    _case(
+        "server_error",
+        S,
+        "HTTP 500 to a stream request",
+        "error",
+        500,
+        ledger.InternalServerError,
+        error_type="server_error",
+        error_code="internal_error",
+    ),
+    _case(
+        "stream_error",
+        S,
+        "error event (status_code 500) mid-stream",
+        "error",
+        500,
+        ledger.InternalServerError,
+        error_type="server_error",
+        error_code="internal_error",
+        openai=True,
+    ),
+    _case(
+        "absurd_status",
+        S,
+        "error event mid-stream with status_code 2**64",
+        "error",
+        ANY_VALID_STATUS,
+        ledger.APIStatusError,
+        error_type="server_error",
+        error_code="internal_error",
+    ),
+    _case(
+        "stream_error_text",
+        S,
+        'error event mid-stream as {"error": "<text>"}',
+        "error",
+        200,
+        ledger.APIStatusError,
+    ),
 ]
 
 
@@ -227,8 +400,9 @@ def _params(cases: list[Case]) -> list[Any]:
         marks = []
         if case.bugs:
             ids = sorted(set(case.bugs.values()))
-            marks.append(pytest.mark.xfail(strict=True, raises=StillBuggy,
-                                           reason="; ".join(BUGS[b] for b in ids)))
+            marks.append(
+                pytest.mark.xfail(strict=True, raises=StillBuggy, reason="; ".join(BUGS[b] for b in ids))
+            )
         out.append(pytest.param(case, id=case.id, marks=marks))
     return out
 
@@ -254,7 +428,13 @@ def sqlite_env(matrix_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     }
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    for k in ("LEDGER_PROJECT", "CEREBRAS_API_KEY", "LAVA_FORWARD_TOKEN", "CEREBRAS_BASE_URL", "LAVA_BASE_URL"):
+    for k in (
+        "LEDGER_PROJECT",
+        "CEREBRAS_API_KEY",
+        "LAVA_FORWARD_TOKEN",
+        "CEREBRAS_BASE_URL",
+        "LAVA_BASE_URL",
+    ):
         monkeypatch.delenv(k, raising=False)
     yield env
     journal.close_all(5.0)
@@ -291,7 +471,11 @@ class Outcome:
 
     def brief(self) -> str:
         """A short account for a failure message."""
-        what = "returned" if self.exc is None else f"raised {type(self.exc).__module__}.{type(self.exc).__name__}"
+        what = (
+            "returned"
+            if self.exc is None
+            else f"raised {type(self.exc).__module__}.{type(self.exc).__name__}"
+        )
         text = "" if self.exc is None else f" {str(self.exc)[:80]!r}"
         return f"[{what}{text} after {len(self.chunks)} chunks]"
 
@@ -300,8 +484,14 @@ class Outcome:
         exc = self.exc
         if exc is None:
             return ("returned", _norm(self.returned), _norm(self.chunks))
-        return ("raised", type(exc), str(exc), getattr(exc, "status_code", None), _norm(getattr(exc, "body", None)),
-                _norm(self.chunks))
+        return (
+            "raised",
+            type(exc),
+            str(exc),
+            getattr(exc, "status_code", None),
+            _norm(getattr(exc, "body", None)),
+            _norm(self.chunks),
+        )
 
 
 def _norm(obj: Any) -> Any:
@@ -339,8 +529,14 @@ def _sdk_client(caller: str, base_url: str, http: Any, timeout: float) -> Any:
     is_async = caller.endswith("async")
     if caller.startswith("cerebras"):
         cls: Any = cerebras_sdk.AsyncCerebras if is_async else cerebras_sdk.Cerebras
-        return cls(api_key="sk-test", base_url=base_url, http_client=http, max_retries=0, timeout=timeout,
-                   warm_tcp_connection=False)
+        return cls(
+            api_key="sk-test",
+            base_url=base_url,
+            http_client=http,
+            max_retries=0,
+            timeout=timeout,
+            warm_tcp_connection=False,
+        )
     cls = openai.AsyncOpenAI if is_async else openai.OpenAI
     return cls(api_key="sk-test", base_url=f"{base_url}/v1", http_client=http, max_retries=0, timeout=timeout)
 
@@ -357,7 +553,9 @@ def _http_client(caller: str) -> Any:
     return mod.AsyncClient(verify=_tls()) if caller.endswith("async") else mod.Client(verify=_tls())
 
 
-async def _call(caller: str, upstream: StandIn, case: Case, *, instrumented: bool = True) -> tuple[Outcome, Any]:
+async def _call(
+    caller: str, upstream: StandIn, case: Case, *, instrumented: bool = True
+) -> tuple[Outcome, Any]:
     """One call by ``caller`` in ``case``; returns how it ended and the journal it recorded into.
 
     Closing a client normally waits for the journal to reach the database (its ``flush_timeout``);
@@ -366,12 +564,24 @@ async def _call(caller: str, upstream: StandIn, case: Case, *, instrumented: boo
     headers = {"x-standin-scenario": case.scenario}
     budget = BUDGET if case.scenario == "hang" and case.stream else None
     out = Outcome(chunks=[])
-    kw: dict[str, Any] = {"model": MODEL, "messages": MSG, "stream": case.stream, "extra_headers": headers,
-                          "max_tokens": MAX_TOKENS_ASKED}
+    kw: dict[str, Any] = {
+        "model": MODEL,
+        "messages": MSG,
+        "stream": case.stream,
+        "extra_headers": headers,
+        "max_tokens": MAX_TOKENS_ASKED,
+    }
     if caller in LEDGER_CALLERS:
         cls: Any = ledger.AsyncCerebrasClient if caller == "ledger-async" else ledger.CerebrasClient
-        client = cls(PROJECT, api_key="sk-test", base_url=upstream.base_url, max_retries=0,
-                     timeout=httpx.Timeout(case.timeout), tags={"caller": caller}, flush_timeout=0.0)
+        client = cls(
+            PROJECT,
+            api_key="sk-test",
+            base_url=upstream.base_url,
+            max_retries=0,
+            timeout=httpx.Timeout(case.timeout),
+            tags={"caller": caller},
+            flush_timeout=0.0,
+        )
         try:
             reply = await _maybe(client.chat.completions.create(**kw))
             if case.stream:
@@ -433,7 +643,12 @@ def _check_documented(check: Checks, caller: str, case: Case, out: Outcome) -> N
     else:
         exact = case.raises in (ledger.APIConnectionError, ledger.APIResponseValidationError)
         ok = type(out.exc) is case.raises if exact else isinstance(out.exc, case.raises)
-        check(ok, caller, f"raised {type(out.exc).__name__}: {out.exc}, expected {case.raises.__name__}", "raise")
+        check(
+            ok,
+            caller,
+            f"raised {type(out.exc).__name__}: {out.exc}, expected {case.raises.__name__}",
+            "raise",
+        )
         if ok and case.raises is ledger.InternalServerError:
             check(out.exc.status_code == 500, caller, "status_code is not 500", "raise")  # type: ignore[union-attr]
     if case.scenario in ("negative_usage", "absurd_usage", "no_usage", "ok"):
@@ -444,11 +659,24 @@ def _check_documented(check: Checks, caller: str, case: Case, out: Outcome) -> N
         if case.scenario == "no_usage":
             check(usage is None, caller, f"usage appeared: {usage}")
         elif want is not None:
-            check(isinstance(usage, dict) and usage.get("prompt_tokens") == want, caller,
-                  f"usage changed on its way to the caller: {usage}")
-    if case.stream and case.scenario in ("cut", "stall", "malformed", "non_utf8", "stream_error", "truncated"):
-        check(len(out.chunks) == MAX_TOKENS_ASKED // 2 + 2, caller,
-              f"{len(out.chunks)} chunks arrived before the failure, expected {MAX_TOKENS_ASKED // 2 + 2}")
+            check(
+                isinstance(usage, dict) and usage.get("prompt_tokens") == want,
+                caller,
+                f"usage changed on its way to the caller: {usage}",
+            )
+    if case.stream and case.scenario in (
+        "cut",
+        "stall",
+        "malformed",
+        "non_utf8",
+        "stream_error",
+        "truncated",
+    ):
+        check(
+            len(out.chunks) == MAX_TOKENS_ASKED // 2 + 2,
+            caller,
+            f"{len(out.chunks)} chunks arrived before the failure, expected {MAX_TOKENS_ASKED // 2 + 2}",
+        )
 
 
 def _check_row(check: Checks, caller: str, case: Case, rows: list[dict[str, Any]]) -> None:
@@ -456,11 +684,18 @@ def _check_row(check: Checks, caller: str, case: Case, rows: list[dict[str, Any]
     if not check(len(rows) == 1, caller, f"{len(rows)} events for one attempt", "count"):
         return
     (row,) = rows
-    check(row["status"] == case.status, caller, f"status {row['status']!r} ({row['note']}), expected {case.status!r}",
-          "status")
+    check(
+        row["status"] == case.status,
+        caller,
+        f"status {row['status']!r} ({row['note']}), expected {case.status!r}",
+        "status",
+    )
     if case.http_status == ANY_VALID_STATUS:
-        check(row["http_status"] is None or 100 <= row["http_status"] <= 599, caller,
-              f"http_status {row['http_status']} is not an HTTP status")
+        check(
+            row["http_status"] is None or 100 <= row["http_status"] <= 599,
+            caller,
+            f"http_status {row['http_status']} is not an HTTP status",
+        )
     else:
         check(row["http_status"] == case.http_status, caller, f"http_status {row['http_status']}")
     if case.error_type is not None:
@@ -473,8 +708,10 @@ def _check_row(check: Checks, caller: str, case: Case, rows: list[dict[str, Any]
         check(bool(row["stream"]) is case.stream, caller, "stream flag")
     check(row["requested_model"] == MODEL and row["project"] == PROJECT, caller, "model or project")
     check(row["source"] == ("wrapper" if caller in LEDGER_CALLERS else "transport"), caller, "source")
-    tokens = [row[k] for k in ("prompt_tokens", "cached_tokens", "completion_tokens", "reasoning_tokens",
-                               "total_tokens")]
+    tokens = [
+        row[k]
+        for k in ("prompt_tokens", "cached_tokens", "completion_tokens", "reasoning_tokens", "total_tokens")
+    ]
     cost = row["cost_nanos"]
     check(cost is None or 0 <= cost <= BIGINT_MAX, caller, f"cost {cost} out of range")
     check(row["list_cost_nanos"] is None or row["list_cost_nanos"] >= 0, caller, "negative list cost")
@@ -492,15 +729,24 @@ def _check_row(check: Checks, caller: str, case: Case, rows: list[dict[str, Any]
     else:  # a served completion of unknown usage is unpriced, never a silent $0
         check(cost is None and not bool(row["priced"]), caller, f"unknown usage cost {cost}")
     if case.scenario == "absurd_usage":
-        check([row[k] for k in ("queue_us", "prompt_us", "completion_us", "total_us")] == [None] * 4, caller,
-              "nonsense time_info was stored")
+        check(
+            [row[k] for k in ("queue_us", "prompt_us", "completion_us", "total_us")] == [None] * 4,
+            caller,
+            "nonsense time_info was stored",
+        )
 
 
 # -- one scenario group -------------------------------------------------------------------------
 
 
-def run_group(case: Case, upstream: StandIn, env: dict[str, str], reliability: Callable[..., None],
-              callers: tuple[str, ...] | None = None, db: str = "SQLite") -> None:
+def run_group(
+    case: Case,
+    upstream: StandIn,
+    env: dict[str, str],
+    reliability: Callable[..., None],
+    callers: tuple[str, ...] | None = None,
+    db: str = "SQLite",
+) -> None:
     """Every caller makes one call in ``case`` (SDK callers also an uninstrumented twin first);
     then the ledger must hold exactly one right event per instrumented call."""
     callers = callers or case.callers
@@ -533,11 +779,12 @@ def run_group(case: Case, upstream: StandIn, env: dict[str, str], reliability: C
     statuses = Counter(r["status"] for r in rows)
     reliability(
         load=f"1 call per caller × {len(callers)} callers ({', '.join(callers)}; SDK callers also 1 uninstrumented "
-             f"twin call each), max_retries=0, {db}",
+        f"twin call each), max_retries=0, {db}",
         # (the fixture records an xfail as "passed": say here when a known bug is expected to fail the group)
-        fault=case.fault + (f" [known bug {', '.join(sorted(set(case.bugs.values())))}: xfail]" if case.bugs else ""),
+        fault=case.fault
+        + (f" [known bug {', '.join(sorted(set(case.bugs.values())))}: xfail]" if case.bugs else ""),
         inputs=f"stand-in scenario {case.scenario!r}, {'stream' if case.stream else 'JSON'}, "
-               f"read timeout {case.timeout:g} s",
+        f"read timeout {case.timeout:g} s",
         expected=f"{len(callers)} events ({case.status})",
         recorded=f"{len(rows)} events ({', '.join(f'{s} ×{n}' for s, n in sorted(statuses.items()))})",
         lost=max(0, len(callers) - recorded),
@@ -545,34 +792,53 @@ def run_group(case: Case, upstream: StandIn, env: dict[str, str], reliability: C
 
     check(flushed, "journal", "did not flush")
     check(not strays, "ledger", f"{len(strays)} events from no caller (an uninstrumented twin was recorded?)")
-    check(upstream.requests == expected_requests, "upstream", f"{upstream.requests} requests, expected "
-          f"{expected_requests}: one attempt per call")
+    check(
+        upstream.requests == expected_requests,
+        "upstream",
+        f"{upstream.requests} requests, expected {expected_requests}: one attempt per call",
+    )
     for caller in callers:
         out, twin = outcomes[caller]
         if twin is None:
             _check_documented(check, caller, case, out)
         else:
-            check(out.summary() == twin.summary(), caller,
-                  f"instrumented {out.brief()} differs from uninstrumented {twin.brief()}", "raise")
+            check(
+                out.summary() == twin.summary(),
+                caller,
+                f"instrumented {out.brief()} differs from uninstrumented {twin.brief()}",
+                "raise",
+            )
         _check_row(check, caller, case, by_caller[caller])
     check.finish()
 
 
 @pytest.mark.parametrize("case", _params(CASES))
-def test_upstream_misbehaves(case: Case, sqlite_env: dict[str, str], upstream: StandIn,
-                             reliability: Callable[..., None]) -> None:
+def test_upstream_misbehaves(
+    case: Case, sqlite_env: dict[str, str], upstream: StandIn, reliability: Callable[..., None]
+) -> None:
     run_group(case, upstream, sqlite_env, reliability)
 
 
-SLICE = [c for c in CASES if (c.scenario, c.stream) in {
-    ("stall", S), ("reset", J), ("cut", S), ("absurd_usage", S), ("negative_usage", J), ("no_usage", S),
-    ("malformed", J),
-}]
+SLICE = [
+    c
+    for c in CASES
+    if (c.scenario, c.stream)
+    in {
+        ("stall", S),
+        ("reset", J),
+        ("cut", S),
+        ("absurd_usage", S),
+        ("negative_usage", J),
+        ("no_usage", S),
+        ("malformed", J),
+    }
+]
 
 
 @pytest.mark.parametrize("case", _params(SLICE))
-def test_slice_on_both_databases(case: Case, ledger_env: dict[str, str], upstream: StandIn,
-                                 reliability: Callable[..., None]) -> None:
+def test_slice_on_both_databases(
+    case: Case, ledger_env: dict[str, str], upstream: StandIn, reliability: Callable[..., None]
+) -> None:
     db = "PostgreSQL" if ledger_env["LEDGER_DATABASE_URL"].startswith("postgresql") else "SQLite"
     run_group(case, upstream, ledger_env, reliability, callers=("ledger-async", "cerebras-sync"), db=db)
 
@@ -580,7 +846,9 @@ def test_slice_on_both_databases(case: Case, ledger_env: dict[str, str], upstrea
 def test_largest_accepted_usage_cannot_overflow_the_cost_column() -> None:
     """Usage up to wire.MAX_TOKENS is believed, anything above is unknown: even the largest believed
     usage at the dearest built-in rate fits the BIGINT nano-dollar column, many times over."""
-    dearest = max(max(p.input.nanos, p.output.nanos, (p.cached.nanos if p.cached else 0)) for p in BUILTIN_PRICES)
+    dearest = max(
+        max(p.input.nanos, p.output.nanos, (p.cached.nanos if p.cached else 0)) for p in BUILTIN_PRICES
+    )
     assert 3 * MAX_TOKENS * dearest * 1000 < BIGINT_MAX
     assert ABSURD_TOKENS > MAX_TOKENS
 
@@ -588,52 +856,75 @@ def test_largest_accepted_usage_cannot_overflow_the_cost_column() -> None:
 # -- the known bugs, one minimal failing test each ----------------------------------------------
 
 
-def _one_call(upstream: StandIn, scenario: str) -> tuple[BaseException | None, list[Any], list[dict[str, Any]]]:
+def _one_call(
+    upstream: StandIn, scenario: str
+) -> tuple[BaseException | None, list[Any], list[dict[str, Any]]]:
     """One streamed CerebrasClient call: what it raised, the chunks it got, the events it left."""
     new_rows = NewRows(os.environ["LEDGER_DATABASE_URL"])
     got: list[Any] = []
     exc: BaseException | None = None
-    with ledger.CerebrasClient(PROJECT, api_key="sk-test", base_url=upstream.base_url, max_retries=0) as client:
+    with ledger.CerebrasClient(
+        PROJECT, api_key="sk-test", base_url=upstream.base_url, max_retries=0
+    ) as client:
         try:
-            got.extend(client.chat.completions.create(model=MODEL, messages=MSG, stream=True,
-                                                      extra_headers={"x-standin-scenario": scenario}))
+            got.extend(
+                client.chat.completions.create(
+                    model=MODEL, messages=MSG, stream=True, extra_headers={"x-standin-scenario": scenario}
+                )
+            )
         except ledger.APIError as caught:
             exc = caught
         assert client.flush(10)
     return exc, got, new_rows()
 
 
-def test_absurd_status_code_in_a_stream_error_keeps_the_event(ledger_env: dict[str, str],
-                                                                  upstream: StandIn) -> None:
+def test_absurd_status_code_in_a_stream_error_keeps_the_event(
+    ledger_env: dict[str, str], upstream: StandIn
+) -> None:
     exc, _, rows = _one_call(upstream, "absurd_status")
     assert exc is not None and "stream failed" in str(exc)
     assert len(rows) == 1, "the event was refused by the database (see rejected.jsonl in the spool)"
     assert rows[0]["status"] == "error" and rows[0]["http_status"] != ABSURD_STATUS
 
 
-def test_stream_ending_cleanly_before_usage_is_incomplete(sqlite_env: dict[str, str],
-                                                                    upstream: StandIn) -> None:
+def test_stream_ending_cleanly_before_usage_is_incomplete(
+    sqlite_env: dict[str, str], upstream: StandIn
+) -> None:
     exc, chunks, (row,) = _one_call(upstream, "truncated")
     assert exc is None and len(chunks) == MAX_TOKENS_ASKED // 2 + 2 and "usage" not in chunks[-1]
     assert row["status"] == "incomplete", f"recorded {row['status']!r}: {row['note']}"
 
 
-def test_stream_error_event_raises_the_sdk_status_error(sqlite_env: dict[str, str], upstream: StandIn) -> None:
+def test_stream_error_event_raises_the_sdk_status_error(
+    sqlite_env: dict[str, str], upstream: StandIn
+) -> None:
     exc, _, (row,) = _one_call(upstream, "stream_error")
     assert row["status"] == "error"
     assert isinstance(exc, ledger.InternalServerError), f"raised {type(exc).__name__}"
     assert exc.status_code == 500
 
 
-def test_text_stream_error_is_an_error_to_the_transport(sqlite_env: dict[str, str],
-                                                                upstream: StandIn) -> None:
+def test_text_stream_error_is_an_error_to_the_transport(
+    sqlite_env: dict[str, str], upstream: StandIn
+) -> None:
     new_rows = NewRows(sqlite_env["LEDGER_DATABASE_URL"])
     http = ledger.instrument(httpx.Client(), project=PROJECT)
-    sdk = cerebras_sdk.Cerebras(api_key="sk-test", base_url=upstream.base_url, http_client=http, max_retries=0,
-                                warm_tcp_connection=False)
+    sdk = cerebras_sdk.Cerebras(
+        api_key="sk-test",
+        base_url=upstream.base_url,
+        http_client=http,
+        max_retries=0,
+        warm_tcp_connection=False,
+    )
     with pytest.raises(cerebras_sdk.APIStatusError):  # the SDK sees an error event
-        list(sdk.chat.completions.create(model=MODEL, messages=MSG, stream=True,
-                                         extra_headers={"x-standin-scenario": "stream_error_text"}))
+        list(
+            sdk.chat.completions.create(
+                model=MODEL,
+                messages=MSG,
+                stream=True,
+                extra_headers={"x-standin-scenario": "stream_error_text"},
+            )
+        )
     sdk.close()
     assert http._transport.journal.flush(10)  # type: ignore[attr-defined]
     (row,) = new_rows()
@@ -642,4 +933,6 @@ def test_text_stream_error_is_an_error_to_the_transport(sqlite_env: dict[str, st
 
 def test_text_stream_error_is_raised_by_the_client(sqlite_env: dict[str, str], upstream: StandIn) -> None:
     exc, chunks, _ = _one_call(upstream, "stream_error_text")
-    assert isinstance(exc, ledger.APIStatusError), f"raised {exc!r}; last chunk {chunks[-1] if chunks else None}"
+    assert isinstance(exc, ledger.APIStatusError), (
+        f"raised {exc!r}; last chunk {chunks[-1] if chunks else None}"
+    )

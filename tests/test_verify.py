@@ -24,7 +24,9 @@ def engine(db_url: str) -> sa.Engine:
     eng = store.make_engine(db_url)
     store.ensure_schema(eng)
     rng = random.Random(9)
-    _write(eng, [_event(datetime(2026, 11, 2, tzinfo=UTC) + timedelta(minutes=i * 7), rng) for i in range(60)])
+    _write(
+        eng, [_event(datetime(2026, 11, 2, tzinfo=UTC) + timedelta(minutes=i * 7), rng) for i in range(60)]
+    )
     rollup.rollup(eng)
     yield eng  # type: ignore[misc]
     eng.dispose()
@@ -35,18 +37,25 @@ def _checks(engine: sa.Engine, spool: Path | None = None) -> list[str]:
         return [f.check for f in verify(conn, spool)]
 
 
-def test_a_healthy_ledger_has_no_findings(engine: sa.Engine, tmp_path: Path, db_url: str,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_healthy_ledger_has_no_findings(
+    engine: sa.Engine, tmp_path: Path, db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert _checks(engine, tmp_path) == []
     assert main(["--database-url", db_url, "verify"]) == 0
     assert "ledger is consistent" in capsys.readouterr().out
 
 
-def test_rollup_drift_and_pending_batches_are_found(engine: sa.Engine, db_url: str,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_rollup_drift_and_pending_batches_are_found(
+    engine: sa.Engine, db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     with store.write_transaction(engine) as conn:
-        conn.execute(sa.text("UPDATE usage_rollup SET cost_nanos = cost_nanos + 1 WHERE project = 'alpha' "
-                             "AND kind = 'usage' AND priced = :t"), {"t": True})
+        conn.execute(
+            sa.text(
+                "UPDATE usage_rollup SET cost_nanos = cost_nanos + 1 WHERE project = 'alpha' "
+                "AND kind = 'usage' AND priced = :t"
+            ),
+            {"t": True},
+        )
     assert "rollup" in _checks(engine)
     _write(engine, [_event(datetime(2026, 11, 3, tzinfo=UTC), random.Random(1))])
     with engine.connect() as conn:
@@ -58,8 +67,13 @@ def test_rollup_drift_and_pending_batches_are_found(engine: sa.Engine, db_url: s
 
 def test_unflagged_costs_are_found(engine: sa.Engine) -> None:
     with store.write_transaction(engine) as conn:
-        conn.execute(sa.text("UPDATE events SET priced = :f WHERE cost_nanos > 0 AND kind = 'usage' "
-                             "AND event_id = (SELECT MIN(event_id) FROM events WHERE cost_nanos > 0)"), {"f": False})
+        conn.execute(
+            sa.text(
+                "UPDATE events SET priced = :f WHERE cost_nanos > 0 AND kind = 'usage' "
+                "AND event_id = (SELECT MIN(event_id) FROM events WHERE cost_nanos > 0)"
+            ),
+            {"f": False},
+        )
     assert "pricing" in _checks(engine)
 
 
@@ -73,8 +87,11 @@ def test_spool_leftovers_are_found(engine: sa.Engine, tmp_path: Path) -> None:
 
 def test_ambiguous_prices_are_found(engine: sa.Engine) -> None:
     lava = next(p for p in BUILTIN_PRICES if p.book == "lava" and p.model == "qwen-3-235b-instruct")
-    twin = replace(lava, model="qwen-3-235b-a22b-instruct-2507",
-                   price_id=make_price_id("lava", "qwen-3-235b-a22b-instruct-2507", lava.effective_from))
+    twin = replace(
+        lava,
+        model="qwen-3-235b-a22b-instruct-2507",
+        price_id=make_price_id("lava", "qwen-3-235b-a22b-instruct-2507", lava.effective_from),
+    )
     with store.write_transaction(engine) as conn:
         store.insert_prices(conn, [twin])
     assert _checks(engine) == ["prices"]
@@ -87,10 +104,17 @@ def test_corrections_pointing_nowhere_are_found(engine: sa.Engine, db_url: str) 
     with raw.begin() as conn:
         from ledger.store import EVENT_COLUMNS
 
-        fixed = {"event_id": "'ffffffff-0000-7000-8000-000000000000'", "kind": "'correction'",
-                 "corrects_event_id": "'00000000-dead-7000-8000-000000000000'", "correction_seq": "1"}
-        conn.execute(sa.text(
-            f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) "
-            f"SELECT {', '.join(fixed.get(c, c) for c in EVENT_COLUMNS)} FROM events LIMIT 1"))
+        fixed = {
+            "event_id": "'ffffffff-0000-7000-8000-000000000000'",
+            "kind": "'correction'",
+            "corrects_event_id": "'00000000-dead-7000-8000-000000000000'",
+            "correction_seq": "1",
+        }
+        conn.execute(
+            sa.text(
+                f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) "
+                f"SELECT {', '.join(fixed.get(c, c) for c in EVENT_COLUMNS)} FROM events LIMIT 1"
+            )
+        )
     raw.dispose()
     assert "corrections" in _checks(engine)

@@ -41,7 +41,7 @@ def _expected_events(body: bytes) -> list[SSEEvent]:
         lines = [ln for ln in block.split("\n") if ln]
         if lines:
             assert all(ln.startswith("data: ") for ln in lines)
-            out.append(SSEEvent(None, "\n".join(ln[len("data: "):] for ln in lines)))
+            out.append(SSEEvent(None, "\n".join(ln[len("data: ") :] for ln in lines)))
     return out
 
 
@@ -99,11 +99,13 @@ def test_every_variant_decodes_like_the_capture(name: str) -> None:
 @given(st.sampled_from(sorted(VARIANTS)), st.data())
 def test_arbitrary_chunk_boundaries_give_the_same_events(name: str, data: st.DataObject) -> None:
     body = VARIANTS[name]
-    crlf_middles = [i + 1 for i in range(len(body) - 1) if body[i:i + 2] == b"\r\n"]
-    cuts = data.draw(st.lists(
-        st.integers(0, len(body)) | (st.sampled_from(crlf_middles) if crlf_middles else st.nothing()),
-        max_size=60,
-    ))
+    crlf_middles = [i + 1 for i in range(len(body) - 1) if body[i : i + 2] == b"\r\n"]
+    cuts = data.draw(
+        st.lists(
+            st.integers(0, len(body)) | (st.sampled_from(crlf_middles) if crlf_middles else st.nothing()),
+            max_size=60,
+        )
+    )
     assert _decode(_cut(body, cuts)) == _decode([body])
 
 
@@ -117,7 +119,7 @@ def test_chunks_with_empty_pieces_between_them(cuts: list[int], crlf: bool) -> N
 
 
 def test_comments_event_names_and_multiline_data() -> None:
-    body = b": keep-alive\r\nevent: error\r\ndata: {\"a\":\r\ndata: 1}\r\n\r\ndata:no-space\n\n"
+    body = b': keep-alive\r\nevent: error\r\ndata: {"a":\r\ndata: 1}\r\n\r\ndata:no-space\n\n'
     expected = [SSEEvent("error", '{"a":\n1}'), SSEEvent(None, "no-space")]
     assert _decode([body]) == expected
     assert _decode([bytes([b]) for b in body]) == expected
@@ -154,9 +156,13 @@ def test_usage_from_the_last_chunk_of_the_stream() -> None:
 
 
 def _usage(**changes: Any) -> dict[str, Any]:
-    u: dict[str, Any] = {"prompt_tokens": 100, "completion_tokens": 50, "total_tokens": 150,
-                         "prompt_tokens_details": {"cached_tokens": 40},
-                         "completion_tokens_details": {"reasoning_tokens": 20}}
+    u: dict[str, Any] = {
+        "prompt_tokens": 100,
+        "completion_tokens": 50,
+        "total_tokens": 150,
+        "prompt_tokens_details": {"cached_tokens": 40},
+        "completion_tokens_details": {"reasoning_tokens": 20},
+    }
     for k, v in changes.items():
         if v is _DROP:
             u.pop(k)
@@ -171,42 +177,49 @@ _DROP = object()
 def test_details_present_null_or_absent() -> None:
     assert usage_from(_usage()) == (Usage(100, 40, 50, 20, 150), None)
     assert usage_from(_usage(prompt_tokens_details=None, completion_tokens_details=None)) == (
-        Usage(100, 0, 50, 0, 150), None)
+        Usage(100, 0, 50, 0, 150),
+        None,
+    )
     assert usage_from(_usage(prompt_tokens_details={}, completion_tokens_details={})) == (
-        Usage(100, 0, 50, 0, 150), None)
+        Usage(100, 0, 50, 0, 150),
+        None,
+    )
     assert usage_from(_usage(total_tokens=_DROP)) == (Usage(100, 40, 50, 20, 150), None)
 
 
-@pytest.mark.parametrize("body", [
-    {},
-    {"usage": None},
-    {"usage": []},
-    {"usage": "100"},
-    _usage(prompt_tokens=-1, total_tokens=49),
-    _usage(completion_tokens=-50, total_tokens=50),
-    _usage(prompt_tokens=True),
-    _usage(completion_tokens=False, total_tokens=100),
-    _usage(prompt_tokens=100.0),
-    _usage(completion_tokens=50.5),
-    _usage(prompt_tokens="100"),
-    _usage(prompt_tokens=None),
-    _usage(prompt_tokens=_DROP),
-    _usage(completion_tokens=_DROP),
-    _usage(total_tokens=151),
-    _usage(total_tokens=149),
-    _usage(total_tokens="150"),
-    _usage(total_tokens=None),
-    _usage(prompt_tokens_details={"cached_tokens": 101}),
-    _usage(prompt_tokens_details={"cached_tokens": -1}),
-    _usage(prompt_tokens_details={"cached_tokens": 1.0}),
-    _usage(prompt_tokens_details={"cached_tokens": True}),
-    _usage(prompt_tokens_details=[40]),
-    _usage(completion_tokens_details={"reasoning_tokens": 51}),
-    _usage(completion_tokens_details="20"),
-    _usage(prompt_tokens=MAX_TOKENS + 1, total_tokens=MAX_TOKENS + 51),
-    _usage(completion_tokens=10**12, total_tokens=10**12 + 100),
-    _usage(prompt_tokens=MAX_TOKENS, completion_tokens=MAX_TOKENS, total_tokens=2 * MAX_TOKENS),
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"usage": None},
+        {"usage": []},
+        {"usage": "100"},
+        _usage(prompt_tokens=-1, total_tokens=49),
+        _usage(completion_tokens=-50, total_tokens=50),
+        _usage(prompt_tokens=True),
+        _usage(completion_tokens=False, total_tokens=100),
+        _usage(prompt_tokens=100.0),
+        _usage(completion_tokens=50.5),
+        _usage(prompt_tokens="100"),
+        _usage(prompt_tokens=None),
+        _usage(prompt_tokens=_DROP),
+        _usage(completion_tokens=_DROP),
+        _usage(total_tokens=151),
+        _usage(total_tokens=149),
+        _usage(total_tokens="150"),
+        _usage(total_tokens=None),
+        _usage(prompt_tokens_details={"cached_tokens": 101}),
+        _usage(prompt_tokens_details={"cached_tokens": -1}),
+        _usage(prompt_tokens_details={"cached_tokens": 1.0}),
+        _usage(prompt_tokens_details={"cached_tokens": True}),
+        _usage(prompt_tokens_details=[40]),
+        _usage(completion_tokens_details={"reasoning_tokens": 51}),
+        _usage(completion_tokens_details="20"),
+        _usage(prompt_tokens=MAX_TOKENS + 1, total_tokens=MAX_TOKENS + 51),
+        _usage(completion_tokens=10**12, total_tokens=10**12 + 100),
+        _usage(prompt_tokens=MAX_TOKENS, completion_tokens=MAX_TOKENS, total_tokens=2 * MAX_TOKENS),
+    ],
+)
 def test_invalid_usage_is_unknown_with_a_reason(body: dict[str, Any]) -> None:
     usage, reason = usage_from(body)
     assert usage is None
@@ -245,7 +258,9 @@ def test_time_info_absent_or_broken() -> None:
     assert time_info_from({"time_info": [1, 2]}) is None
     odd = {"queue_time": -1, "prompt_time": "0.1", "completion_time": True, "total_time": float("nan")}
     assert time_info_from({"time_info": odd}) == TimeInfo(None, None, None, None)
-    assert time_info_from({"time_info": {"queue_time": 0, "total_time": 2}}) == TimeInfo(0, None, None, 2_000_000)
+    assert time_info_from({"time_info": {"queue_time": 0, "total_time": 2}}) == TimeInfo(
+        0, None, None, 2_000_000
+    )
     assert time_info_from({"time_info": {"total_time": float("inf")}}) == TimeInfo(None, None, None, None)
 
 
@@ -267,8 +282,11 @@ def _message_of(record: dict[str, Any]) -> str:
     return str(inner.get("message") or inner.get("detail"))
 
 
-@pytest.mark.parametrize(("record", "expected"), list(zip(ERRORS, EXPECTED_ERRORS, strict=True)),
-                         ids=[f"{r['status']}-{i}" for i, r in enumerate(ERRORS)])
+@pytest.mark.parametrize(
+    ("record", "expected"),
+    list(zip(ERRORS, EXPECTED_ERRORS, strict=True)),
+    ids=[f"{r['status']}-{i}" for i, r in enumerate(ERRORS)],
+)
 def test_error_from_every_recorded_error(record: dict[str, Any], expected: WireError) -> None:
     body = record.get("body", record.get("stream_event"))
     err = error_from(record["status"], body)
@@ -290,7 +308,8 @@ def test_error_from_odd_bodies() -> None:
     assert error_from(None, [1, 2]) == WireError(None, None, None)
     assert error_from(404, {"detail": "Not Found"}) == WireError(404, None, None)
     assert error_from(200, {"error": {"type": "server_error"}, "status_code": "500"}) == WireError(
-        200, "server_error", None)
+        200, "server_error", None
+    )
     long = "x" * 5000
     err = error_from(400, {"type": long, "code": long, "message": "secret prompt text"})
     assert len(err.type or "") <= 100 and len(err.code or "") <= 100
@@ -299,35 +318,83 @@ def test_error_from_odd_bodies() -> None:
 
 # -- never raise --------------------------------------------------------------------------------
 
-USAGE_KEYS = ["usage", "prompt_tokens", "completion_tokens", "total_tokens", "prompt_tokens_details",
-              "completion_tokens_details", "cached_tokens", "reasoning_tokens", "time_info", "queue_time",
-              "prompt_time", "completion_time", "total_time", "error", "status_code", "detail", "type",
-              "code", "message"]
+USAGE_KEYS = [
+    "usage",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "prompt_tokens_details",
+    "completion_tokens_details",
+    "cached_tokens",
+    "reasoning_tokens",
+    "time_info",
+    "queue_time",
+    "prompt_time",
+    "completion_time",
+    "total_time",
+    "error",
+    "status_code",
+    "detail",
+    "type",
+    "code",
+    "message",
+]
 
 json_ish = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10)
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=10)
     | st.integers(-2, MAX_TOKENS + 2),
-    lambda children: st.lists(children, max_size=3)
-    | st.dictionaries(st.sampled_from(USAGE_KEYS) | st.text(max_size=5), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(st.sampled_from(USAGE_KEYS) | st.text(max_size=5), children, max_size=4)
+    ),
     max_leaves=12,
 )
-count_ish = st.integers(-2, 60) | st.sampled_from([MAX_TOKENS, MAX_TOKENS + 1, True, 1.0, "3", None]) | json_ish
-details = st.none() | json_ish | st.fixed_dictionaries(
-    {}, optional={"cached_tokens": count_ish, "reasoning_tokens": count_ish})
-usage_ish = st.fixed_dictionaries({}, optional={
-    "prompt_tokens": count_ish, "completion_tokens": count_ish, "total_tokens": count_ish,
-    "prompt_tokens_details": details, "completion_tokens_details": details})
-objects = st.fixed_dictionaries({}, optional={"usage": usage_ish | json_ish, "time_info": json_ish,
-                                              "error": json_ish, "status_code": json_ish, "detail": json_ish,
-                                              "type": json_ish, "code": json_ish})
+count_ish = (
+    st.integers(-2, 60) | st.sampled_from([MAX_TOKENS, MAX_TOKENS + 1, True, 1.0, "3", None]) | json_ish
+)
+details = (
+    st.none()
+    | json_ish
+    | st.fixed_dictionaries({}, optional={"cached_tokens": count_ish, "reasoning_tokens": count_ish})
+)
+usage_ish = st.fixed_dictionaries(
+    {},
+    optional={
+        "prompt_tokens": count_ish,
+        "completion_tokens": count_ish,
+        "total_tokens": count_ish,
+        "prompt_tokens_details": details,
+        "completion_tokens_details": details,
+    },
+)
+objects = st.fixed_dictionaries(
+    {},
+    optional={
+        "usage": usage_ish | json_ish,
+        "time_info": json_ish,
+        "error": json_ish,
+        "status_code": json_ish,
+        "detail": json_ish,
+        "type": json_ish,
+        "code": json_ish,
+    },
+)
 
 
 @settings(max_examples=400, deadline=None)
 @given(objects | st.dictionaries(st.text(max_size=5), json_ish, max_size=3), st.none() | st.integers())
-@example({"usage": {"prompt_tokens": 1, "completion_tokens": 1, "prompt_tokens_details": {"cached_tokens": 2}}},
-         None)
-@example({"usage": {"prompt_tokens": 3, "completion_tokens": 2, "prompt_tokens_details": {"cached_tokens": 2}}},
-         None)
+@example(
+    {"usage": {"prompt_tokens": 1, "completion_tokens": 1, "prompt_tokens_details": {"cached_tokens": 2}}},
+    None,
+)
+@example(
+    {"usage": {"prompt_tokens": 3, "completion_tokens": 2, "prompt_tokens_details": {"cached_tokens": 2}}},
+    None,
+)
 def test_parsers_never_raise_on_json_ish_input(body: dict[str, Any], status: int | None) -> None:
     usage, reason = usage_from(body)
     assert (usage is None) != (reason is None)
@@ -350,8 +417,12 @@ def test_error_from_never_raises_on_any_json(body: Any, status: int | None) -> N
 
 
 @settings(max_examples=500, deadline=None)
-@given(st.lists(st.binary(max_size=40) | st.sampled_from([b"\r", b"\n", b"\r\n", b"data:", b"event: ", b":"]),
-                max_size=30))
+@given(
+    st.lists(
+        st.binary(max_size=40) | st.sampled_from([b"\r", b"\n", b"\r\n", b"data:", b"event: ", b":"]),
+        max_size=30,
+    )
+)
 def test_sse_decoder_never_raises_on_arbitrary_bytes(chunks: list[bytes]) -> None:
     events = _decode(chunks)
     assert all(isinstance(e.data, str) and (e.event is None or isinstance(e.event, str)) for e in events)
@@ -359,8 +430,12 @@ def test_sse_decoder_never_raises_on_arbitrary_bytes(chunks: list[bytes]) -> Non
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.lists(st.binary(max_size=60) | st.sampled_from([b'"', b"\\", b'\\"', b"\n\n", b'{"a":"']), max_size=30),
-       st.integers(0, 8))
+@given(
+    st.lists(
+        st.binary(max_size=60) | st.sampled_from([b'"', b"\\", b'\\"', b"\n\n", b'{"a":"']), max_size=30
+    ),
+    st.integers(0, 8),
+)
 def test_the_skeleton_never_raises_and_never_grows(chunks: list[bytes], keep: int) -> None:
     """Hostile bytes (any quotes and backslashes, cut anywhere) go through the skeleton without an
     exception, and what comes out is never longer than what went in; in chunks or whole, the
@@ -377,11 +452,18 @@ def test_the_skeleton_never_raises_and_never_grows(chunks: list[bytes], keep: in
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=30),
-                    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=6), c, max_size=4),
-                    max_leaves=20), st.integers(0, 12), st.lists(st.integers(1, 50), min_size=1, max_size=5))
-def test_the_skeleton_of_json_is_that_json_with_its_long_strings_emptied(doc: Any, keep: int,
-                                                                          sizes: list[int]) -> None:
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=30),
+        lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=6), c, max_size=4),
+        max_leaves=20,
+    ),
+    st.integers(0, 12),
+    st.lists(st.integers(1, 50), min_size=1, max_size=5),
+)
+def test_the_skeleton_of_json_is_that_json_with_its_long_strings_emptied(
+    doc: Any, keep: int, sizes: list[int]
+) -> None:
     from ledger.call.wire import Skeleton
 
     def emptied(v: Any) -> Any:
@@ -396,7 +478,7 @@ def test_the_skeleton_of_json_is_that_json_with_its_long_strings_emptied(doc: An
     data = json.dumps(doc, ensure_ascii=False).encode()
     sk, at, i = Skeleton(keep), 0, 0
     while at < len(data):
-        sk.feed(data[at:at + sizes[i % len(sizes)]])
+        sk.feed(data[at : at + sizes[i % len(sizes)]])
         at, i = at + sizes[i % len(sizes)], i + 1
     try:
         want = emptied(doc)

@@ -36,8 +36,11 @@ PROJECT = "proj-wire"
 LAVA_TOKEN = "aks_live_test"
 SSE = [("content-type", "text/event-stream")]
 JSON_CT = [("content-type", "application/json")]
-RATE_LIMIT = [tuple(line.split(": ", 1)) for line in (WIRE / "rate_limit_headers.txt").read_text().splitlines()
-              if line.strip()]
+RATE_LIMIT = [
+    tuple(line.split(": ", 1))
+    for line in (WIRE / "rate_limit_headers.txt").read_text().splitlines()
+    if line.strip()
+]
 
 
 @pytest.fixture
@@ -53,8 +56,12 @@ def _flush() -> None:
 
 def _usage(body: dict[str, Any]) -> tuple[int, int, int, int]:
     u = body["usage"]
-    return (u["prompt_tokens"], (u.get("prompt_tokens_details") or {}).get("cached_tokens") or 0,
-            u["completion_tokens"], (u.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0)
+    return (
+        u["prompt_tokens"],
+        (u.get("prompt_tokens_details") or {}).get("cached_tokens") or 0,
+        u["completion_tokens"],
+        (u.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0,
+    )
 
 
 def _row_usage(row: dict[str, Any]) -> tuple[int, int, int, int]:
@@ -75,13 +82,21 @@ def stream_of(body: dict[str, Any], *, text: bool = False, done: bool = True, pi
     out = [] if text else [_event({**base, "choices": [{"delta": {"role": "assistant"}, "index": 0}]})]
     step = max(1, len(content) // pieces)
     for at in range(0, len(content), step):
-        part = content[at:at + step]
+        part = content[at : at + step]
         delta = {"text": part, "index": 0} if text else {"delta": {"content": part}, "index": 0}
         out.append(_event({**base, "choices": [delta]}))
     final = {"index": 0, "finish_reason": choice.get("finish_reason") or "stop"}
     final.update({"text": ""} if text else {"delta": {}})
-    out.append(_event({**base, "choices": [final], "usage": body["usage"],
-                       **({"time_info": body["time_info"]} if "time_info" in body else {})}))
+    out.append(
+        _event(
+            {
+                **base,
+                "choices": [final],
+                "usage": body["usage"],
+                **({"time_info": body["time_info"]} if "time_info" in body else {}),
+            }
+        )
+    )
     if done:
         out.append(b"data: [DONE]\n\n")
     return b"".join(out)
@@ -97,8 +112,11 @@ class Caller:
         self.kind, self.flavour = kind, flavour
         if flavour is None:  # the wrapper
             cls = ledger.AsyncCerebrasClient if kind == "wrapper-async" else ledger.CerebrasClient
-            creds: dict[str, Any] = ({"lava_forward_token": LAVA_TOKEN, "lava_base_url": base_url} if lava
-                                     else {"api_key": "sk-test"})
+            creds: dict[str, Any] = (
+                {"lava_forward_token": LAVA_TOKEN, "lava_base_url": base_url}
+                if lava
+                else {"api_key": "sk-test"}
+            )
             self.client: Any = cls(project=PROJECT, base_url=base_url, max_retries=0, **creds)
             return
         hooks = [_forward_hook(base_url, flavour)] if lava else []
@@ -145,8 +163,9 @@ def _run(coro: Any) -> Any:
 
 
 @each_caller
-def test_recorded_exchanges_through_every_caller(kind: str, flavour: Flavour | None, ledger_env: dict[str, str],
-                                                 replay: Replay, reliability: Any) -> None:
+def test_recorded_exchanges_through_every_caller(
+    kind: str, flavour: Flavour | None, ledger_env: dict[str, str], replay: Replay, reliability: Any
+) -> None:
     """All 26 recorded exchanges, as JSON and (the 200s) as streams, each event priced from the
     recorded usage, whatever content-encoding the caller's httpx asked for."""
     ids = recorded_ids()
@@ -167,8 +186,9 @@ def test_recorded_exchanges_through_every_caller(kind: str, flavour: Flavour | N
                     assert getattr(info.value, "status_code", None) == answer.status
                 else:
                     await caller.chat(model)
-                    replay.queue(Answer(200, SSE + answer.headers[:0], stream_of(bodies[rid]),
-                                        chunks=[3, 50, 11, 200]))
+                    replay.queue(
+                        Answer(200, SSE + answer.headers[:0], stream_of(bodies[rid]), chunks=[3, 50, 11, 200])
+                    )
                     chunks = await _drain(await caller.chat(model, stream=True))
                     assert chunks
                 expected.append(rid)
@@ -181,9 +201,14 @@ def test_recorded_exchanges_through_every_caller(kind: str, flavour: Flavour | N
     rows = fetch_events(ledger_env["LEDGER_DATABASE_URL"])
     ok = [r for r in rows if r["status"] == "ok"]
     errors = [r for r in rows if r["status"] == "error"]
-    reliability(load=f"26 recorded exchanges as JSON + 25 as streams, {kind}",
-                fault="odd chunk boundaries, the content-encoding the caller asked for",
-                inputs="shared/wire/recorded (pydantic-ai)", expected=51, recorded=len(rows), lost=51 - len(rows))
+    reliability(
+        load=f"26 recorded exchanges as JSON + 25 as streams, {kind}",
+        fault="odd chunk boundaries, the content-encoding the caller asked for",
+        inputs="shared/wire/recorded (pydantic-ai)",
+        expected=51,
+        recorded=len(rows),
+        lost=51 - len(rows),
+    )
     assert len(done) == 26 and len(ok) == 2 * 25 and len(errors) == 1
     want = sorted(_usage(bodies[rid]) for rid in ids if "usage" in bodies[rid] for _ in range(2))
     assert sorted(_row_usage(r) for r in ok) == want
@@ -203,7 +228,9 @@ def test_recorded_exchanges_through_every_caller(kind: str, flavour: Flavour | N
 
 
 @pytest.mark.parametrize("encoding", ["br", "zstd", "gzip", "deflate", "x-unknown", "identity, gzip"])
-def test_every_encoding_httpx_decodes_is_read(encoding: str, ledger_env: dict[str, str], replay: Replay) -> None:
+def test_every_encoding_httpx_decodes_is_read(
+    encoding: str, ledger_env: dict[str, str], replay: Replay
+) -> None:
     """A body (and a stream) in any encoding the caller's httpx decodes is read as the caller
     reads it; a value httpx ignores is ignored here too (the body is read as it is)."""
     body = json.loads(Answer.recorded("pa-01").body)
@@ -215,8 +242,15 @@ def test_every_encoding_httpx_decodes_is_read(encoding: str, ledger_env: dict[st
         if encoding in ("x-unknown", "identity, gzip"):
             a.headers.append(("content-encoding", encoding))
             a.encoding = "identity" if encoding == "x-unknown" else "gzip"
-        replay.queue(a, Answer(200, SSE + [h for h in a.headers if h[0] == "content-encoding"],
-                               stream_of(body), encoding=a.encoding))
+        replay.queue(
+            a,
+            Answer(
+                200,
+                SSE + [h for h in a.headers if h[0] == "content-encoding"],
+                stream_of(body),
+                encoding=a.encoding,
+            ),
+        )
         reply = await caller.chat("gpt-oss-120b")
         assert reply.usage.prompt_tokens == body["usage"]["prompt_tokens"]
         assert await _drain(await caller.chat("gpt-oss-120b", stream=True))
@@ -235,16 +269,19 @@ def test_every_encoding_httpx_decodes_is_read(encoding: str, ledger_env: dict[st
 
 @each_caller
 @pytest.mark.parametrize("route", ["cerebras", "lava"])
-def test_legacy_text_completions_are_recorded(kind: str, flavour: Flavour | None, route: str,
-                                              ledger_env: dict[str, str], replay: Replay) -> None:
+def test_legacy_text_completions_are_recorded(
+    kind: str, flavour: Flavour | None, route: str, ledger_env: dict[str, str], replay: Replay
+) -> None:
     """``client.completions.create`` (``POST /v1/completions``), direct and through Lava, streamed
     and not: billed like chat, so recorded like chat, with ``endpoint='completions'``."""
     body = json.loads((WIRE / "completion.json").read_text())
 
     async def go() -> None:
         caller = Caller(kind, flavour, replay.base_url, lava=route == "lava")
-        replay.queue(Answer(200, JSON_CT, json.dumps(body).encode()),
-                     Answer(200, SSE, stream_of(body, text=True), chunks=[5, 17, 2]))
+        replay.queue(
+            Answer(200, JSON_CT, json.dumps(body).encode()),
+            Answer(200, SSE, stream_of(body, text=True), chunks=[5, 17, 2]),
+        )
         try:
             reply = await caller.text("llama3.1-8b")
             text = reply["choices"][0]["text"] if isinstance(reply, dict) else reply.choices[0].text
@@ -289,16 +326,29 @@ def _chunks_after_usage(kind: str) -> bytes:
     else:  # usage: null on every chunk before the one that has it (OpenAI's include_usage style)
         events = stream.split(b"\n\n")[:-1]
         nulled = [_event({**json.loads(e[6:]), "usage": None}) for e in events[:-1]]
-        return b"".join(nulled) + events[-1] + b"\n\n" + _event({**base, "choices": [], "usage": None}) \
+        return (
+            b"".join(nulled)
+            + events[-1]
+            + b"\n\n"
+            + _event({**base, "choices": [], "usage": None})
             + b"data: [DONE]\n\n"
+        )
     return stream + tail + b"data: [DONE]\n\n"
 
 
-@pytest.mark.parametrize("kind", ["usage: null after usage", "time_info alone after usage",
-                                  "one finish chunk per choice (n=2)", "usage: null on every chunk"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "usage: null after usage",
+        "time_info alone after usage",
+        "one finish chunk per choice (n=2)",
+        "usage: null on every chunk",
+    ],
+)
 @pytest.mark.parametrize("caller", ["openai-sync-httpx2", "wrapper-sync"])
-def test_a_later_chunk_never_erases_usage(kind: str, caller: str, ledger_env: dict[str, str],
-                                          replay: Replay) -> None:
+def test_a_later_chunk_never_erases_usage(
+    kind: str, caller: str, ledger_env: dict[str, str], replay: Replay
+) -> None:
     body = json.loads(Answer.recorded("pa-01").body)
     flavour = next((f for f in FLAVOURS if f.id == caller), None)
 
@@ -323,19 +373,24 @@ def test_a_later_chunk_never_erases_usage(kind: str, caller: str, ledger_env: di
 
 
 @pytest.mark.parametrize("shape", ["stream, big first event", "stream, big middle event", "json body"])
-def test_a_huge_event_is_read_in_linear_time(shape: str, ledger_env: dict[str, str], replay: Replay,
-                                             reliability: Any) -> None:
+def test_a_huge_event_is_read_in_linear_time(
+    shape: str, ledger_env: dict[str, str], replay: Replay, reliability: Any
+) -> None:
     """A 24 MB content event (and a 24 MB JSON body): usage still read, chunks of odd sizes.
     (Its cost against bare httpx is measured in benchmarks/, not here.)"""
     body = json.loads(Answer.recorded("pa-01").body)
-    content = ('word "quoted" \\ back\\slash é ' * 800_000)
+    content = 'word "quoted" \\ back\\slash é ' * 800_000
     if shape == "json body":
         big = dict(body)
         big["choices"] = [{**body["choices"][0], "message": {"role": "assistant", "content": content}}]
-        answer = Answer(200, JSON_CT, json.dumps(big).encode(), chunks=[65_536, 1, 40_000], encoding="identity")
+        answer = Answer(
+            200, JSON_CT, json.dumps(big).encode(), chunks=[65_536, 1, 40_000], encoding="identity"
+        )
     else:
         base = {"id": body["id"], "model": body["model"], "object": "chat.completion.chunk"}
-        huge = _event({**base, "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}]})
+        huge = _event(
+            {**base, "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}]}
+        )
         rest = stream_of(body)
         if shape == "stream, big first event":
             data = huge + rest
@@ -360,8 +415,14 @@ def test_a_huge_event_is_read_in_linear_time(shape: str, ledger_env: dict[str, s
     _run(go())
     _flush()
     rows = fetch_events(ledger_env["LEDGER_DATABASE_URL"])
-    reliability(load="one call", fault=f"a 24 MB {shape.split(',')[0]} event/body at odd chunk sizes",
-                inputs=shape, expected=1, recorded=sum(r["usage_known"] for r in rows), lost=1 - len(rows))
+    reliability(
+        load="one call",
+        fault=f"a 24 MB {shape.split(',')[0]} event/body at odd chunk sizes",
+        inputs=shape,
+        expected=1,
+        recorded=sum(r["usage_known"] for r in rows),
+        lost=1 - len(rows),
+    )
     (row,) = rows
     assert row["status"] == "ok" and _row_usage(row) == _usage(body)
     assert row["upstream_id"] == body["id"] and row["served_model"] == body["model"]
@@ -375,16 +436,19 @@ def test_wire_facts_are_kept(kind: str, ledger_env: dict[str, str], replay: Repl
     """inference-id (the upstream id when the body is unreadable), the requested service_tier,
     finish_reason, prediction and image tokens, and the x-ratelimit-* headroom."""
     body = json.loads(Answer.recorded("pa-01").body)
-    body["usage"]["completion_tokens_details"].update(accepted_prediction_tokens=7, rejected_prediction_tokens=3)
+    body["usage"]["completion_tokens_details"].update(
+        accepted_prediction_tokens=7, rejected_prediction_tokens=3
+    )
     body["usage"]["prompt_tokens_details"]["image_tokens"] = 11
     flavour = FLAVOURS[0] if kind != "wrapper-sync" else None
 
     async def go() -> None:
         c = Caller(kind, flavour, replay.base_url)
-        replay.queue(Answer(200, JSON_CT + RATE_LIMIT + [("inference-id", body["id"])], json.dumps(body).encode()),
-                     Answer(200, JSON_CT + [("inference-id", "chatcmpl-unreadable")], b"{not json"),
-                     Answer(429, JSON_CT + [("inference-id", "chatcmpl-limited")],
-                            Answer.recorded("pa-21").body))
+        replay.queue(
+            Answer(200, JSON_CT + RATE_LIMIT + [("inference-id", body["id"])], json.dumps(body).encode()),
+            Answer(200, JSON_CT + [("inference-id", "chatcmpl-unreadable")], b"{not json"),
+            Answer(429, JSON_CT + [("inference-id", "chatcmpl-limited")], Answer.recorded("pa-21").body),
+        )
         await c.chat("gpt-oss-120b", service_tier="flex")
         with pytest.raises(ledger.APIError):
             await c.chat("gpt-oss-120b")
@@ -396,7 +460,11 @@ def test_wire_facts_are_kept(kind: str, ledger_env: dict[str, str], replay: Repl
     _flush()
     first, unreadable, limited = fetch_events(ledger_env["LEDGER_DATABASE_URL"])
     assert first["service_tier"] == "flex" and first["finish_reason"] == "stop"
-    assert (first["accepted_prediction_tokens"], first["rejected_prediction_tokens"], first["image_tokens"]) == (7, 3, 11)
+    assert (
+        first["accepted_prediction_tokens"],
+        first["rejected_prediction_tokens"],
+        first["image_tokens"],
+    ) == (7, 3, 11)
     assert first["rl_remaining_tokens_minute"] == 999998298
     assert first["rl_remaining_requests_day"] == 999997455
     assert unreadable["upstream_id"] == "chatcmpl-unreadable" and unreadable["service_tier"] is None
@@ -406,6 +474,7 @@ def test_wire_facts_are_kept(kind: str, ledger_env: dict[str, str], replay: Repl
 
 def test_retry_after_ms_comes_before_retry_after() -> None:
     """Cerebras's 429 carries ``retry-after-ms`` (the real one: 660); the wrapper waits that."""
+
     def response(**headers: str) -> httpx.Response:
         return httpx.Response(429, headers=headers)
 
@@ -435,7 +504,7 @@ def test_a_malformed_final_event_is_an_error(ledger_env: dict[str, str], replay:
 
 # -- 6. abandoned streams are durable before the process exits ------------------------------------
 
-ABANDON = textwrap.dedent('''
+ABANDON = textwrap.dedent("""
     import sys, httpx, ledger
     from cerebras.cloud.sdk import Cerebras
     http = ledger.instrument(httpx.Client(), project="proj-wire")
@@ -448,47 +517,89 @@ ABANDON = textwrap.dedent('''
         client.close()
     # and exits: no flush, no close of the ledger; the stream object is still referenced here
     kept = chunk
-''')
+""")
 
 
 @pytest.mark.parametrize("how", ["close", "exit"])
-def test_an_abandoned_stream_is_recorded_before_exit(how: str, ledger_env: dict[str, str], replay: Replay,
-                                                     tmp_path: Path, reliability: Any) -> None:
+def test_an_abandoned_stream_is_recorded_before_exit(
+    how: str, ledger_env: dict[str, str], replay: Replay, tmp_path: Path, reliability: Any
+) -> None:
     body = json.loads(Answer.recorded("pa-01").body)
-    long = {**body, "choices": [{**body["choices"][0], "message": {"role": "assistant", "content": "word " * 400}}]}
-    replay.queue(Answer(200, SSE, stream_of(long, pieces=40), chunks=[600], stall_after=2,
-                        encoding="identity"))
+    long = {
+        **body,
+        "choices": [{**body["choices"][0], "message": {"role": "assistant", "content": "word " * 400}}],
+    }
+    replay.queue(
+        Answer(200, SSE, stream_of(long, pieces=40), chunks=[600], stall_after=2, encoding="identity")
+    )
     script = tmp_path / "abandon.py"
     script.write_text(ABANDON)
     env = {**os.environ, **ledger_env}
-    done = subprocess.run([sys.executable, str(script), replay.base_url, how], env=env, capture_output=True,
-                          text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, str(script), replay.base_url, how],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     rows = fetch_events(ledger_env["LEDGER_DATABASE_URL"])
     if not rows:  # the writer may not have reached the database before exit; the spool holds it
         ledger.journal.recover(ledger_env["LEDGER_DATABASE_URL"], ledger_env["LEDGER_SPOOL_DIR"])
         rows = fetch_events(ledger_env["LEDGER_DATABASE_URL"])
-    reliability(load="one SDK stream, then the process exits", inputs=how,
-                fault="caller breaks out of the stream, never closes it" + (", closes the client" if how == "close"
-                                                                           else ", leaves the client open"),
-                expected=1, recorded=len(rows), lost=1 - len(rows))
+    reliability(
+        load="one SDK stream, then the process exits",
+        inputs=how,
+        fault="caller breaks out of the stream, never closes it"
+        + (", closes the client" if how == "close" else ", leaves the client open"),
+        expected=1,
+        recorded=len(rows),
+        lost=1 - len(rows),
+    )
     (row,) = rows
     assert row["status"] == "incomplete" and row["upstream_id"] == body["id"]
     assert "abandoned" in row["note"]
 
 
-@pytest.mark.parametrize(("body", "stream", "tier"), [
-    ({"model": "m", "stream": True, "service_tier": "priority"}, True, "priority"),
-    ({"model": "m", "messages": [{"role": "user", "content": '"stream": true, "service_tier": "flex"'}]},
-     False, None),  # inside a prompt, quotes are escaped: never read as the request's keys
-    ({"model": "m", "tools": [{"type": "function", "function": {"name": "f", "parameters": {
-        "type": "object", "properties": {"stream": {"type": "boolean"}}}}}], "stream": True}, True, None),
-    ({"model": "m", "stream": False, "service_tier": "x" * 40}, False, None),  # no such tier: not kept
-    ({"model": "m", "stream": "yes"}, False, None),
-])
-def test_the_request_facts_are_its_top_level_keys(body: dict[str, Any], stream: bool, tier: str | None) -> None:
+@pytest.mark.parametrize(
+    ("body", "stream", "tier"),
+    [
+        ({"model": "m", "stream": True, "service_tier": "priority"}, True, "priority"),
+        (
+            {
+                "model": "m",
+                "messages": [{"role": "user", "content": '"stream": true, "service_tier": "flex"'}],
+            },
+            False,
+            None,
+        ),  # inside a prompt, quotes are escaped: never read as the request's keys
+        (
+            {
+                "model": "m",
+                "tools": [
+                    {
+                        "type": "function",
+                        "function": {
+                            "name": "f",
+                            "parameters": {"type": "object", "properties": {"stream": {"type": "boolean"}}},
+                        },
+                    }
+                ],
+                "stream": True,
+            },
+            True,
+            None,
+        ),
+        ({"model": "m", "stream": False, "service_tier": "x" * 40}, False, None),  # no such tier: not kept
+        ({"model": "m", "stream": "yes"}, False, None),
+    ],
+)
+def test_the_request_facts_are_its_top_level_keys(
+    body: dict[str, Any], stream: bool, tier: str | None
+) -> None:
     from ledger.call.route import request_facts
 
-    facts = request_facts(httpx.Request("POST", "http://127.0.0.1/v1/chat/completions",
-                                         content=json.dumps(body).encode()))
+    facts = request_facts(
+        httpx.Request("POST", "http://127.0.0.1/v1/chat/completions", content=json.dumps(body).encode())
+    )
     assert (facts.model, facts.stream, facts.service_tier) == ("m", stream, tier)

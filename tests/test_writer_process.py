@@ -40,8 +40,9 @@ def _wait_gone(pid: int, timeout: float = 30.0) -> bool:
     return False
 
 
-def test_calls_are_written_by_the_writer_process(ledger_env: dict[str, str], upstream: StandIn,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_calls_are_written_by_the_writer_process(
+    ledger_env: dict[str, str], upstream: StandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("LEDGER_WRITER", "process")
     client = ledger.CerebrasClient("proc", api_key="k", base_url=upstream.base_url)
     j = client.transport.journal
@@ -76,8 +77,9 @@ os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
-def test_parent_killed_the_writer_process_writes_everything_and_cleans_up(db_url: str, tmp_path: Path,
-                                                                         reliability: Any) -> None:
+def test_parent_killed_the_writer_process_writes_everything_and_cleans_up(
+    db_url: str, tmp_path: Path, reliability: Any
+) -> None:
     spool = tmp_path / "spool"
     root = str(Path(__file__).resolve().parent.parent)
     code = KILLED.format(root=root, url=db_url, spool=str(spool), n=3000)
@@ -89,12 +91,18 @@ def test_parent_killed_the_writer_process_writes_everything_and_cleans_up(db_url
     rows = fetch_events(db_url)
     assert sorted(r["event_id"] for r in rows) == sorted(ids.split())
     assert list(spool.glob("*" + journal.SEGMENT_SUFFIX)) == [], "the dead parent's segment was left behind"
-    reliability(load="3000 events appended, LEDGER_WRITER=process", fault="SIGKILL of the calling process",
-                expected=len(ids.split()), recorded=len(rows), lost=len(ids.split()) - len(rows))
+    reliability(
+        load="3000 events appended, LEDGER_WRITER=process",
+        fault="SIGKILL of the calling process",
+        expected=len(ids.split()),
+        recorded=len(rows),
+        lost=len(ids.split()) - len(rows),
+    )
 
 
-def test_writer_process_killed_the_thread_takes_over(db_url: str, tmp_path: Path,
-                                                     caplog: pytest.LogCaptureFixture, reliability: Any) -> None:
+def test_writer_process_killed_the_thread_takes_over(
+    db_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture, reliability: Any
+) -> None:
     caplog.set_level(logging.ERROR, logger="ledger.journal")
     j = journal.ProcessJournal(db_url, tmp_path / "spool")
     try:
@@ -114,13 +122,18 @@ def test_writer_process_killed_the_thread_takes_over(db_url: str, tmp_path: Path
     rows = fetch_events(db_url)
     assert sorted(r["event_id"] for r in rows) == sorted(e.event_id for e in first + second)
     assert any("writer process exited" in r.getMessage() for r in caplog.records)
-    reliability(load="400 events, LEDGER_WRITER=process", fault="SIGKILL of the writer process",
-                expected=len(first) + len(second), recorded=len(rows), lost=len(first) + len(second) - len(rows))
+    reliability(
+        load="400 events, LEDGER_WRITER=process",
+        fault="SIGKILL of the writer process",
+        expected=len(first) + len(second),
+        recorded=len(rows),
+        lost=len(first) + len(second) - len(rows),
+    )
 
 
-def test_no_interpreter_for_the_writer_the_thread_writes(db_url: str, tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch,
-                                                        caplog: pytest.LogCaptureFixture) -> None:
+def test_no_interpreter_for_the_writer_the_thread_writes(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.ERROR, logger="ledger.journal")
     monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
     j = journal.ProcessJournal(db_url, tmp_path / "spool")
@@ -136,8 +149,9 @@ def test_no_interpreter_for_the_writer_the_thread_writes(db_url: str, tmp_path: 
     assert any("cannot start the writer process" in r.getMessage() for r in caplog.records)
 
 
-def test_a_rotated_segment_is_followed_by_the_writer_process(tmp_path: Path,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_rotated_segment_is_followed_by_the_writer_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     monkeypatch.setattr(journal.sink, "ROTATE_BYTES", 20_000)  # a few dozen events a segment
     j = journal.ProcessJournal(url, tmp_path / "spool")

@@ -101,11 +101,15 @@ class Webhook:
         if parts.scheme.lower() not in ("http", "https") or not parts.hostname or not parsed.host:
             raise ConfigError(f"{name} must be an http:// or https:// URL with a host")
         timeout = self.timeout
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not (
-            0 < timeout <= MAX_WEBHOOK_TIMEOUT
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not (0 < timeout <= MAX_WEBHOOK_TIMEOUT)
         ):
-            raise ConfigError(f"LEDGER_ALERT_WEBHOOK_TIMEOUT must be more than 0 and at most "
-                              f"{MAX_WEBHOOK_TIMEOUT:g} seconds")
+            raise ConfigError(
+                f"LEDGER_ALERT_WEBHOOK_TIMEOUT must be more than 0 and at most "
+                f"{MAX_WEBHOOK_TIMEOUT:g} seconds"
+            )
 
     @property
     def label(self) -> str:
@@ -136,8 +140,10 @@ def webhook_from_env(env: Mapping[str, str] | None = None) -> Webhook | None:
         except (InvalidOperation, ValueError, OverflowError):
             timeout = -1.0
         if not (0 < timeout <= MAX_WEBHOOK_TIMEOUT):  # nan, inf and out of range all land here
-            raise ConfigError(f"LEDGER_ALERT_WEBHOOK_TIMEOUT must be a number of seconds, more than 0 and "
-                              f"at most {MAX_WEBHOOK_TIMEOUT:g}")
+            raise ConfigError(
+                f"LEDGER_ALERT_WEBHOOK_TIMEOUT must be a number of seconds, more than 0 and "
+                f"at most {MAX_WEBHOOK_TIMEOUT:g}"
+            )
     return Webhook(url, e.get("LEDGER_ALERT_WEBHOOK_SECRET") or None, timeout)
 
 
@@ -219,7 +225,10 @@ def _short_error(text: str, webhook: Webhook) -> str:
 
 
 async def _post(
-    transport: httpx.AsyncBaseTransport, webhook: Webhook, body: bytes, headers: dict[str, str],
+    transport: httpx.AsyncBaseTransport,
+    webhook: Webhook,
+    body: bytes,
+    headers: dict[str, str],
     answered: list[int],
 ) -> int:
     """POST through the transport itself: ``httpx.AsyncClient`` logs every request's full URL at

@@ -40,13 +40,20 @@ log = logging.getLogger("ledger.alerts")
 def read_stops(conn: Connection, now: datetime) -> list[Stop]:
     """The stops in force at ``now``, from the ``budget_stops`` table."""
     t = BudgetStopRow.__table__.c
-    rows = conn.execute(select(t.project, t.period, t.until, t.budget_nanos, t.spent_nanos)
-                        .where(t.until > now).order_by(t.project))
-    return [Stop(r.project, r.period, r.until, Money(int(r.budget_nanos)), Money(int(r.spent_nanos)))
-            for r in rows]
+    rows = conn.execute(
+        select(t.project, t.period, t.until, t.budget_nanos, t.spent_nanos)
+        .where(t.until > now)
+        .order_by(t.project)
+    )
+    return [
+        Stop(r.project, r.period, r.until, Money(int(r.budget_nanos)), Money(int(r.spent_nanos)))
+        for r in rows
+    ]
 
 
-def refresh(conn: Connection, book: Callable[[], PriceBook], folder: Path, now: datetime | None = None) -> bool:
+def refresh(
+    conn: Connection, book: Callable[[], PriceBook], folder: Path, now: datetime | None = None
+) -> bool:
     """The writer's part: read the stops in force and publish them (with the free models of
     every book, from ``book()``, asked for only when some project is stopped)."""
     at = now or datetime.now(UTC)
@@ -58,8 +65,9 @@ def refresh(conn: Connection, book: Callable[[], PriceBook], folder: Path, now: 
     return publish(folder, stops, free)
 
 
-def update_stops(engine: Engine, *, now: datetime | None = None,
-                 projects: Sequence[str] | None = None) -> list[Stop]:
+def update_stops(
+    engine: Engine, *, now: datetime | None = None, projects: Sequence[str] | None = None
+) -> list[Stop]:
     """Keep ``budget_stops`` true to the rollups (see the module docstring) and return the stops
     in force. A project stopped for the first time is logged (``ledger.alerts``, WARNING)."""
     when = utc_now(now)
@@ -73,19 +81,35 @@ def update_stops(engine: Engine, *, now: datetime | None = None,
             start, end = month_bounds(when.astimezone(b.zone).date(), b.zone)
             spent, _ = paid(conn, b.project, start, end)
             if spent >= b.monthly.nanos:
-                stops.append(Stop(b.project, start.astimezone(b.zone).strftime("%Y-%m"), end, b.monthly,
-                                  Money(spent)))
+                stops.append(
+                    Stop(b.project, start.astimezone(b.zone).strftime("%Y-%m"), end, b.monthly, Money(spent))
+                )
         held = {r.project: r.period for r in conn.execute(select(t.c.project, t.c.period))}
         keep = {s.project for s in stops}
         gone = [p for p in held if p not in keep and (projects is None or p in projects)]
         if gone:
             conn.execute(delete(BudgetStopRow).where(t.c.project.in_(gone)))
         for s in stops:
-            values = {"period": s.period, "until": s.until, "budget_nanos": s.budget.nanos,
-                      "spent_nanos": s.spent.nanos, "updated_at": when}
-            conn.execute(dialect_insert(conn, t).values(project=s.project, **values)
-                         .on_conflict_do_update(index_elements=["project"], set_=values))
+            values = {
+                "period": s.period,
+                "until": s.until,
+                "budget_nanos": s.budget.nanos,
+                "spent_nanos": s.spent.nanos,
+                "updated_at": when,
+            }
+            conn.execute(
+                dialect_insert(conn, t)
+                .values(project=s.project, **values)
+                .on_conflict_do_update(index_elements=["project"], set_=values)
+            )
             if held.get(s.project) != s.period:
-                log.warning("hard budget spent: project %r has spent %s of its %s USD for %s; its paid-model "
-                            "calls are refused until %s", s.project, s.spent, s.budget, s.period, iso_z(s.until))
+                log.warning(
+                    "hard budget spent: project %r has spent %s of its %s USD for %s; its paid-model "
+                    "calls are refused until %s",
+                    s.project,
+                    s.spent,
+                    s.budget,
+                    s.period,
+                    iso_z(s.until),
+                )
         return read_stops(conn, when)

@@ -52,8 +52,16 @@ def _header_count(value: bytes) -> int | None:
 class Attempt:
     """One attempt's facts as they arrive; :meth:`finish` turns them into exactly one event."""
 
-    def __init__(self, journal: Journal, target: Target, project: str, tags: tuple[tuple[str, str], ...],
-                 model: str | None, source: str, facts: RequestFacts | None = None) -> None:
+    def __init__(
+        self,
+        journal: Journal,
+        target: Target,
+        project: str,
+        tags: tuple[tuple[str, str], ...],
+        model: str | None,
+        source: str,
+        facts: RequestFacts | None = None,
+    ) -> None:
         self.journal = journal
         self.target = target
         self.project = project
@@ -212,8 +220,9 @@ class Attempt:
         """One SSE ``data:`` payload. Returns ``True`` when it was an in-stream error."""
         if self.ttft_us is None:
             self.ttft_us = int((time.perf_counter() - self.t0) * 1_000_000)
-        elif not ('"usage"' in data or '"error"' in data or '"finish_reason"' in data
-                  or self.upstream_id is None):
+        elif not (
+            '"usage"' in data or '"error"' in data or '"finish_reason"' in data or self.upstream_id is None
+        ):
             return False  # a plain content delta: nothing for the ledger in it
         if data.strip() == "[DONE]":
             return False

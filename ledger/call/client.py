@@ -50,8 +50,14 @@ DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=5.0)
 class _Settings:
     """Route, credentials and defaults, resolved once: arguments first, then the environment."""
 
-    def __init__(self, project: str | None, api_key: str | None, base_url: str | None,
-                 lava_forward_token: str | None, lava_base_url: str | None) -> None:
+    def __init__(
+        self,
+        project: str | None,
+        api_key: str | None,
+        base_url: str | None,
+        lava_forward_token: str | None,
+        lava_base_url: str | None,
+    ) -> None:
         env = os.environ
         self.project = check_project(project or env.get("LEDGER_PROJECT"))
         self.base_url = (base_url or env.get("CEREBRAS_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
@@ -59,16 +65,22 @@ class _Settings:
         self.lava_base_url = (lava_base_url or env.get("LAVA_BASE_URL") or DEFAULT_LAVA_BASE_URL).rstrip("/")
         self.api_key = api_key or env.get("CEREBRAS_API_KEY") or None
         if self.forward_token is None and self.api_key is None:
-            raise ConfigError("no credentials: pass api_key=... or set CEREBRAS_API_KEY "
-                              "(or LAVA_FORWARD_TOKEN to go through Lava)")
+            raise ConfigError(
+                "no credentials: pass api_key=... or set CEREBRAS_API_KEY "
+                "(or LAVA_FORWARD_TOKEN to go through Lava)"
+            )
         secret = self.forward_token or self.api_key or ""
         # one URL per endpoint the client offers (see ledger.events.ENDPOINT_PATHS)
         self.urls = {path: httpx.URL(self._url(path)) for path in ("chat/completions", "completions")}
         self.url = str(self.urls["chat/completions"])
         self.parsed_url = self.urls["chat/completions"]
-        self.headers = {"authorization": f"Bearer {secret}", "content-type": "application/json",
-                        "accept": "application/json", "accept-encoding": "gzip, deflate",
-                        "user-agent": f"cerebras-ledger/{__version__}"}
+        self.headers = {
+            "authorization": f"Bearer {secret}",
+            "content-type": "application/json",
+            "accept": "application/json",
+            "accept-encoding": "gzip, deflate",
+            "user-agent": f"cerebras-ledger/{__version__}",
+        }
 
     def _url(self, path: str) -> str:
         target = f"{self.base_url}/v1/{path}"
@@ -80,10 +92,20 @@ class _Settings:
     def route(self) -> str:
         return "lava" if self.forward_token else "cerebras"
 
-    def build(self, model: str, messages: Any, stream: bool, extra_headers: Mapping[str, str] | None,
-              timeout: dict[str, float | None], tags: Mapping[str, Any] | None, project: str | None,
-              params: dict[str, Any], *, path: str = "chat/completions", input_key: str = "messages"
-              ) -> httpx.Request:
+    def build(
+        self,
+        model: str,
+        messages: Any,
+        stream: bool,
+        extra_headers: Mapping[str, str] | None,
+        timeout: dict[str, float | None],
+        tags: Mapping[str, Any] | None,
+        project: str | None,
+        params: dict[str, Any],
+        *,
+        path: str = "chat/completions",
+        input_key: str = "messages",
+    ) -> httpx.Request:
         """The request of one call (sent as is by every attempt of it): a chat completion, or
         with ``path="completions", input_key="prompt"`` a legacy text completion."""
         body: dict[str, Any] = {"model": model, input_key: messages, **params}
@@ -94,11 +116,15 @@ class _Settings:
             headers["accept"] = "text/event-stream"
         if extra_headers:
             headers.update(extra_headers)
-        options: CallOptions = {"project": check_project(project) if project else None, "tags": tags,
-                                "model": model}
+        options: CallOptions = {
+            "project": check_project(project) if project else None,
+            "tags": tags,
+            "model": model,
+        }
         ext = {CALL_OPTIONS: options, "timeout": timeout}
-        return httpx.Request("POST", self.urls[path], content=json.dumps(body).encode(), headers=headers,
-                             extensions=ext)
+        return httpx.Request(
+            "POST", self.urls[path], content=json.dumps(body).encode(), headers=headers, extensions=ext
+        )
 
 
 def _attach(exc: httpx.RequestError, request: httpx.Request) -> None:
@@ -114,37 +140,76 @@ def _timeout(value: Any) -> dict[str, float | None]:
     return httpx.Timeout(value).as_dict()
 
 
-
 class _Completions:
     def __init__(self, client: CerebrasClient) -> None:
         self._client = client
 
     @overload
-    def create(self, *, model: str, messages: Any, stream: Literal[False] = False,
-               extra_headers: Mapping[str, str] | None = None, timeout: Any = None,
-               tags: Mapping[str, Any] | None = None, project: str | None = None,
-               **params: Any) -> dict[str, Any]: ...
+    def create(
+        self,
+        *,
+        model: str,
+        messages: Any,
+        stream: Literal[False] = False,
+        extra_headers: Mapping[str, str] | None = None,
+        timeout: Any = None,
+        tags: Mapping[str, Any] | None = None,
+        project: str | None = None,
+        **params: Any,
+    ) -> dict[str, Any]: ...
 
     @overload
-    def create(self, *, model: str, messages: Any, stream: Literal[True],
-               extra_headers: Mapping[str, str] | None = None, timeout: Any = None,
-               tags: Mapping[str, Any] | None = None, project: str | None = None,
-               **params: Any) -> Stream: ...
+    def create(
+        self,
+        *,
+        model: str,
+        messages: Any,
+        stream: Literal[True],
+        extra_headers: Mapping[str, str] | None = None,
+        timeout: Any = None,
+        tags: Mapping[str, Any] | None = None,
+        project: str | None = None,
+        **params: Any,
+    ) -> Stream: ...
 
     @overload
-    def create(self, *, model: str, messages: Any, stream: bool,
-               extra_headers: Mapping[str, str] | None = None, timeout: Any = None,
-               tags: Mapping[str, Any] | None = None, project: str | None = None,
-               **params: Any) -> dict[str, Any] | Stream: ...
+    def create(
+        self,
+        *,
+        model: str,
+        messages: Any,
+        stream: bool,
+        extra_headers: Mapping[str, str] | None = None,
+        timeout: Any = None,
+        tags: Mapping[str, Any] | None = None,
+        project: str | None = None,
+        **params: Any,
+    ) -> dict[str, Any] | Stream: ...
 
-    def create(self, *, model: str, messages: Any, stream: bool = False,
-               extra_headers: Mapping[str, str] | None = None, timeout: Any = None,
-               tags: Mapping[str, Any] | None = None, project: str | None = None,
-               **params: Any) -> dict[str, Any] | Stream:
+    def create(
+        self,
+        *,
+        model: str,
+        messages: Any,
+        stream: bool = False,
+        extra_headers: Mapping[str, str] | None = None,
+        timeout: Any = None,
+        tags: Mapping[str, Any] | None = None,
+        project: str | None = None,
+        **params: Any,
+    ) -> dict[str, Any] | Stream:
         """Send a chat completion; a dict, or a :class:`Stream` of chunk dicts when ``stream=True``."""
         c = self._client
-        request = c._settings.build(model, messages, stream, extra_headers,
-                                    c._timeout if timeout is None else _timeout(timeout), tags, project, params)
+        request = c._settings.build(
+            model,
+            messages,
+            stream,
+            extra_headers,
+            c._timeout if timeout is None else _timeout(timeout),
+            tags,
+            project,
+            params,
+        )
         return send_sync(c, request, stream)
 
 
@@ -155,32 +220,73 @@ class _TextCompletions:
         self._client = client
 
     @overload
-    def create(self, *, model: str, prompt: Any, stream: Literal[False] = False,
-               extra_headers: Mapping[str, str] | None = None, timeout: Any = None,
-               tags: Mapping[str, Any] | None = None, project: str | None = None,
-               **params: Any) -> dict[str, Any]: ...
+    def create(
+        self,
+        *,
+        model: str,
+        prompt: Any,
+        stream: Literal[False] = False,
+        extra_headers: Mapping[str, str] | None = None,
+        timeout: Any = None,
+        tags: Mapping[str, Any] | None = None,
+        project: str | None = None,
+        **params: Any,
+    ) -> dict[str, Any]: ...
 
     @overload
-    def create(self, *, model: str, prompt: Any, stream: Literal[True],
-               extra_headers: Mapping[str, str] | None = None, timeout: Any = None,
-               tags: Mapping[str, Any] | None = None, project: str | None = None,
-               **params: Any) -> Stream: ...
+    def create(
+        self,
+        *,
+        model: str,
+        prompt: Any,
+        stream: Literal[True],
+        extra_headers: Mapping[str, str] | None = None,
+        timeout: Any = None,
+        tags: Mapping[str, Any] | None = None,
+        project: str | None = None,
+        **params: Any,
+    ) -> Stream: ...
 
     @overload
-    def create(self, *, model: str, prompt: Any, stream: bool,
-               extra_headers: Mapping[str, str] | None = None, timeout: Any = None,
-               tags: Mapping[str, Any] | None = None, project: str | None = None,
-               **params: Any) -> dict[str, Any] | Stream: ...
+    def create(
+        self,
+        *,
+        model: str,
+        prompt: Any,
+        stream: bool,
+        extra_headers: Mapping[str, str] | None = None,
+        timeout: Any = None,
+        tags: Mapping[str, Any] | None = None,
+        project: str | None = None,
+        **params: Any,
+    ) -> dict[str, Any] | Stream: ...
 
-    def create(self, *, model: str, prompt: Any, stream: bool = False,
-               extra_headers: Mapping[str, str] | None = None, timeout: Any = None,
-               tags: Mapping[str, Any] | None = None, project: str | None = None,
-               **params: Any) -> dict[str, Any] | Stream:
+    def create(
+        self,
+        *,
+        model: str,
+        prompt: Any,
+        stream: bool = False,
+        extra_headers: Mapping[str, str] | None = None,
+        timeout: Any = None,
+        tags: Mapping[str, Any] | None = None,
+        project: str | None = None,
+        **params: Any,
+    ) -> dict[str, Any] | Stream:
         """Send a text completion; a dict, or a :class:`Stream` of chunk dicts when ``stream=True``."""
         c = self._client
-        request = c._settings.build(model, prompt, stream, extra_headers,
-                                    c._timeout if timeout is None else _timeout(timeout), tags, project, params,
-                                    path="completions", input_key="prompt")
+        request = c._settings.build(
+            model,
+            prompt,
+            stream,
+            extra_headers,
+            c._timeout if timeout is None else _timeout(timeout),
+            tags,
+            project,
+            params,
+            path="completions",
+            input_key="prompt",
+        )
         return send_sync(c, request, stream)
 
 
@@ -213,15 +319,31 @@ class CerebrasClient:
         flush_timeout: how long ``close()`` waits for the database before leaving events in the spool.
     """
 
-    def __init__(self, project: str | None = None, *, api_key: str | None = None, base_url: str | None = None,
-                 lava_forward_token: str | None = None, lava_base_url: str | None = None,
-                 tags: Mapping[str, Any] | None = None, database_url: str | None = None,
-                 spool_dir: str | None = None, timeout: Any = DEFAULT_TIMEOUT, max_retries: int = 2,
-                 flush_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        project: str | None = None,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        lava_forward_token: str | None = None,
+        lava_base_url: str | None = None,
+        tags: Mapping[str, Any] | None = None,
+        database_url: str | None = None,
+        spool_dir: str | None = None,
+        timeout: Any = DEFAULT_TIMEOUT,
+        max_retries: int = 2,
+        flush_timeout: float = 5.0,
+    ) -> None:
         self._settings = _Settings(project, api_key, base_url, lava_forward_token, lava_base_url)
-        self.transport = RecordingTransport(httpx.HTTPTransport(), project=self._settings.project, tags=tags,
-                                            database_url=database_url, spool_dir=spool_dir, source="wrapper",
-                                            flush_timeout=flush_timeout)
+        self.transport = RecordingTransport(
+            httpx.HTTPTransport(),
+            project=self._settings.project,
+            tags=tags,
+            database_url=database_url,
+            spool_dir=spool_dir,
+            source="wrapper",
+            flush_timeout=flush_timeout,
+        )
         self._timeout = _timeout(timeout)
         self._closed = False
         self.max_retries = max_retries
@@ -267,31 +389,71 @@ class _AsyncCompletions:
         self._client = client
 
     @overload
-    async def create(self, *, model: str, messages: Any, stream: Literal[False] = False,
-              extra_headers: Mapping[str, str] | None = None, timeout: Any = None,
-              tags: Mapping[str, Any] | None = None, project: str | None = None,
-              **params: Any) -> dict[str, Any]: ...
+    async def create(
+        self,
+        *,
+        model: str,
+        messages: Any,
+        stream: Literal[False] = False,
+        extra_headers: Mapping[str, str] | None = None,
+        timeout: Any = None,
+        tags: Mapping[str, Any] | None = None,
+        project: str | None = None,
+        **params: Any,
+    ) -> dict[str, Any]: ...
 
     @overload
-    async def create(self, *, model: str, messages: Any, stream: Literal[True],
-              extra_headers: Mapping[str, str] | None = None, timeout: Any = None,
-              tags: Mapping[str, Any] | None = None, project: str | None = None,
-              **params: Any) -> AsyncStream: ...
+    async def create(
+        self,
+        *,
+        model: str,
+        messages: Any,
+        stream: Literal[True],
+        extra_headers: Mapping[str, str] | None = None,
+        timeout: Any = None,
+        tags: Mapping[str, Any] | None = None,
+        project: str | None = None,
+        **params: Any,
+    ) -> AsyncStream: ...
 
     @overload
-    async def create(self, *, model: str, messages: Any, stream: bool,
-              extra_headers: Mapping[str, str] | None = None, timeout: Any = None,
-              tags: Mapping[str, Any] | None = None, project: str | None = None,
-              **params: Any) -> dict[str, Any] | AsyncStream: ...
+    async def create(
+        self,
+        *,
+        model: str,
+        messages: Any,
+        stream: bool,
+        extra_headers: Mapping[str, str] | None = None,
+        timeout: Any = None,
+        tags: Mapping[str, Any] | None = None,
+        project: str | None = None,
+        **params: Any,
+    ) -> dict[str, Any] | AsyncStream: ...
 
-    async def create(self, *, model: str, messages: Any, stream: bool = False,
-              extra_headers: Mapping[str, str] | None = None, timeout: Any = None,
-              tags: Mapping[str, Any] | None = None, project: str | None = None,
-              **params: Any) -> dict[str, Any] | AsyncStream:
+    async def create(
+        self,
+        *,
+        model: str,
+        messages: Any,
+        stream: bool = False,
+        extra_headers: Mapping[str, str] | None = None,
+        timeout: Any = None,
+        tags: Mapping[str, Any] | None = None,
+        project: str | None = None,
+        **params: Any,
+    ) -> dict[str, Any] | AsyncStream:
         """Send a chat completion; a dict, or an :class:`AsyncStream` when ``stream=True``."""
         c = self._client
-        request = c._settings.build(model, messages, stream, extra_headers,
-                                    c._timeout if timeout is None else _timeout(timeout), tags, project, params)
+        request = c._settings.build(
+            model,
+            messages,
+            stream,
+            extra_headers,
+            c._timeout if timeout is None else _timeout(timeout),
+            tags,
+            project,
+            params,
+        )
         return await send_async(c, request, stream)
 
 
@@ -302,47 +464,104 @@ class _AsyncTextCompletions:
         self._client = client
 
     @overload
-    async def create(self, *, model: str, prompt: Any, stream: Literal[False] = False,
-              extra_headers: Mapping[str, str] | None = None, timeout: Any = None,
-              tags: Mapping[str, Any] | None = None, project: str | None = None,
-              **params: Any) -> dict[str, Any]: ...
+    async def create(
+        self,
+        *,
+        model: str,
+        prompt: Any,
+        stream: Literal[False] = False,
+        extra_headers: Mapping[str, str] | None = None,
+        timeout: Any = None,
+        tags: Mapping[str, Any] | None = None,
+        project: str | None = None,
+        **params: Any,
+    ) -> dict[str, Any]: ...
 
     @overload
-    async def create(self, *, model: str, prompt: Any, stream: Literal[True],
-              extra_headers: Mapping[str, str] | None = None, timeout: Any = None,
-              tags: Mapping[str, Any] | None = None, project: str | None = None,
-              **params: Any) -> AsyncStream: ...
+    async def create(
+        self,
+        *,
+        model: str,
+        prompt: Any,
+        stream: Literal[True],
+        extra_headers: Mapping[str, str] | None = None,
+        timeout: Any = None,
+        tags: Mapping[str, Any] | None = None,
+        project: str | None = None,
+        **params: Any,
+    ) -> AsyncStream: ...
 
     @overload
-    async def create(self, *, model: str, prompt: Any, stream: bool,
-              extra_headers: Mapping[str, str] | None = None, timeout: Any = None,
-              tags: Mapping[str, Any] | None = None, project: str | None = None,
-              **params: Any) -> dict[str, Any] | AsyncStream: ...
+    async def create(
+        self,
+        *,
+        model: str,
+        prompt: Any,
+        stream: bool,
+        extra_headers: Mapping[str, str] | None = None,
+        timeout: Any = None,
+        tags: Mapping[str, Any] | None = None,
+        project: str | None = None,
+        **params: Any,
+    ) -> dict[str, Any] | AsyncStream: ...
 
-    async def create(self, *, model: str, prompt: Any, stream: bool = False,
-              extra_headers: Mapping[str, str] | None = None, timeout: Any = None,
-              tags: Mapping[str, Any] | None = None, project: str | None = None,
-              **params: Any) -> dict[str, Any] | AsyncStream:
+    async def create(
+        self,
+        *,
+        model: str,
+        prompt: Any,
+        stream: bool = False,
+        extra_headers: Mapping[str, str] | None = None,
+        timeout: Any = None,
+        tags: Mapping[str, Any] | None = None,
+        project: str | None = None,
+        **params: Any,
+    ) -> dict[str, Any] | AsyncStream:
         """Send a text completion; a dict, or an :class:`AsyncStream` when ``stream=True``."""
         c = self._client
-        request = c._settings.build(model, prompt, stream, extra_headers,
-                                    c._timeout if timeout is None else _timeout(timeout), tags, project, params,
-                                    path="completions", input_key="prompt")
+        request = c._settings.build(
+            model,
+            prompt,
+            stream,
+            extra_headers,
+            c._timeout if timeout is None else _timeout(timeout),
+            tags,
+            project,
+            params,
+            path="completions",
+            input_key="prompt",
+        )
         return await send_async(c, request, stream)
 
 
 class AsyncCerebrasClient:
     """The async twin of :class:`CerebrasClient` (same arguments); use ``async with``."""
 
-    def __init__(self, project: str | None = None, *, api_key: str | None = None, base_url: str | None = None,
-                 lava_forward_token: str | None = None, lava_base_url: str | None = None,
-                 tags: Mapping[str, Any] | None = None, database_url: str | None = None,
-                 spool_dir: str | None = None, timeout: Any = DEFAULT_TIMEOUT, max_retries: int = 2,
-                 flush_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        project: str | None = None,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        lava_forward_token: str | None = None,
+        lava_base_url: str | None = None,
+        tags: Mapping[str, Any] | None = None,
+        database_url: str | None = None,
+        spool_dir: str | None = None,
+        timeout: Any = DEFAULT_TIMEOUT,
+        max_retries: int = 2,
+        flush_timeout: float = 5.0,
+    ) -> None:
         self._settings = _Settings(project, api_key, base_url, lava_forward_token, lava_base_url)
-        self.transport = AsyncRecordingTransport(httpx.AsyncHTTPTransport(), project=self._settings.project,
-                                                 tags=tags, database_url=database_url, spool_dir=spool_dir,
-                                                 source="wrapper", flush_timeout=flush_timeout)
+        self.transport = AsyncRecordingTransport(
+            httpx.AsyncHTTPTransport(),
+            project=self._settings.project,
+            tags=tags,
+            database_url=database_url,
+            spool_dir=spool_dir,
+            source="wrapper",
+            flush_timeout=flush_timeout,
+        )
         self._timeout = _timeout(timeout)
         self._closed = False
         self.max_retries = max_retries
@@ -379,4 +598,3 @@ class AsyncCerebrasClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-

@@ -107,7 +107,9 @@ def send_sync(c: CerebrasClient, request: httpx.Request, stream: bool) -> dict[s
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-async def send_async(c: AsyncCerebrasClient, request: httpx.Request, stream: bool) -> dict[str, Any] | AsyncStream:
+async def send_async(
+    c: AsyncCerebrasClient, request: httpx.Request, stream: bool
+) -> dict[str, Any] | AsyncStream:
     """The async twin of :func:`send_sync`."""
     import asyncio  # here, not at the top: asyncio costs 60 ms to import, and sync callers never need it
 

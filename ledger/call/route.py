@@ -21,8 +21,15 @@ from urllib.parse import parse_qs, unquote
 from ledger.config import is_lava_byok
 from ledger.events import ENDPOINT_PATHS, Route
 
-__all__ = ["PROJECT_HEADER", "TAGS_HEADER", "RequestFacts", "Target", "parse_tags_header",
-           "request_facts", "target"]
+__all__ = [
+    "PROJECT_HEADER",
+    "TAGS_HEADER",
+    "RequestFacts",
+    "Target",
+    "parse_tags_header",
+    "request_facts",
+    "target",
+]
 
 PROJECT_HEADER = "x-ledger-project"
 TAGS_HEADER = "x-ledger-tags"
@@ -105,8 +112,9 @@ def request_facts(request: Any) -> RequestFacts:
     stream_at, tier_at = content.find(b'"stream"'), content.find(b'"service_tier"')
     if stream_at < 0 and tier_at < 0:
         return RequestFacts(model, False, None)
-    again = ((stream_at >= 0 and content.find(b'"stream"', stream_at + 8) >= 0)
-             or (tier_at >= 0 and content.find(b'"service_tier"', tier_at + 14) >= 0))
+    again = (stream_at >= 0 and content.find(b'"stream"', stream_at + 8) >= 0) or (
+        tier_at >= 0 and content.find(b'"service_tier"', tier_at + 14) >= 0
+    )
     if again and len(content) <= PARSE_LIMIT:
         try:
             body = json.loads(content)
@@ -157,4 +165,3 @@ _PLAIN_STRING = re.compile(rb'"[ -!#-\[\]-~]*"')  # printable ASCII, no escapes:
 _STREAM_KEY = re.compile(rb'"stream"\s*:\s*(true|false)')
 _TIER_KEY = re.compile(rb'"service_tier"\s*:\s*"([A-Za-z0-9_.-]{1,32})"')
 _TIER_VALUE = re.compile(r"[A-Za-z0-9_.-]{1,32}")
-

@@ -73,10 +73,12 @@ class Stop:
 
     def message(self, model: str | None) -> str:
         """The one line a refused caller reads."""
-        return (f"cerebras-ledger: project {self.project!r} has spent its hard monthly budget for "
-                f"{self.period} ({self.spent} of {self.budget} USD); paid model {model!r} refused "
-                f"until {iso_z(self.until)}. Free models still work; raise the budget with "
-                f"`cerebras-ledger budget set`.")
+        return (
+            f"cerebras-ledger: project {self.project!r} has spent its hard monthly budget for "
+            f"{self.period} ({self.spent} of {self.budget} USD); paid model {model!r} refused "
+            f"until {iso_z(self.until)}. Free models still work; raise the budget with "
+            f"`cerebras-ledger budget set`."
+        )
 
 
 def encode(stops: Sequence[Stop], free: Mapping[str, Iterable[str]]) -> bytes:
@@ -84,8 +86,13 @@ def encode(stops: Sequence[Stop], free: Mapping[str, Iterable[str]]) -> bytes:
     doc = {
         "version": _VERSION,
         "stops": [
-            {"project": s.project, "period": s.period, "until": iso_z(s.until),
-             "budget_usd": str(s.budget), "spent_usd": str(s.spent)}
+            {
+                "project": s.project,
+                "period": s.period,
+                "until": iso_z(s.until),
+                "budget_usd": str(s.budget),
+                "spent_usd": str(s.spent),
+            }
             for s in sorted(stops, key=lambda s: s.project)
         ],
         "free": {book: sorted(set(models)) for book, models in sorted(free.items())},
@@ -104,8 +111,13 @@ def decode(data: bytes) -> tuple[dict[str, Stop], dict[str, frozenset[str]]]:
             until = datetime.fromisoformat(s["until"])
             if until.utcoffset() is None:
                 raise ValueError("naive time in the stop file")
-            stop = Stop(str(s["project"]), str(s["period"]), until.astimezone(UTC),
-                        usd(s["budget_usd"]), usd(s["spent_usd"]))
+            stop = Stop(
+                str(s["project"]),
+                str(s["period"]),
+                until.astimezone(UTC),
+                usd(s["budget_usd"]),
+                usd(s["spent_usd"]),
+            )
             stops[stop.project] = stop
         free = {str(book): frozenset(str(m) for m in models) for book, models in doc["free"].items()}
     except (KeyError, TypeError, AttributeError, MoneyError) as exc:
@@ -163,8 +175,12 @@ class StopList:
 
     def _complain(self, why: str) -> None:
         if not self._complained:
-            log.warning("ledger: cannot read the hard-budget stop list %s (%s); hard budgets are not "
-                        "enforced until it is rewritten", self.path, why)
+            log.warning(
+                "ledger: cannot read the hard-budget stop list %s (%s); hard budgets are not "
+                "enforced until it is rewritten",
+                self.path,
+                why,
+            )
             self._complained = True
 
 
@@ -175,8 +191,10 @@ def _read_own(path: Path) -> bytes:
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or not owned_by_us(st):
-            raise ValueError(f"not a regular file of this user's alone (uid {st.st_uid}, mode "
-                             f"{stat.S_IMODE(st.st_mode):04o}); not obeyed")
+            raise ValueError(
+                f"not a regular file of this user's alone (uid {st.st_uid}, mode "
+                f"{stat.S_IMODE(st.st_mode):04o}); not obeyed"
+            )
         with os.fdopen(fd, "rb", closefd=False) as fh:
             return fh.read()
     finally:

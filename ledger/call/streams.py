@@ -36,8 +36,12 @@ def _stream_error(payload: Mapping[str, Any], response: httpx.Response) -> APISt
     message = err.get("message") if isinstance(err, Mapping) else None
     code = payload.get("status_code")
     status = code if type(code) is int and 100 <= code <= 599 else response.status_code
-    return status_class(status)(message if isinstance(message, str) else "An error occurred during streaming",
-               response=response, body=dict(payload), status_code=status)
+    return status_class(status)(
+        message if isinstance(message, str) else "An error occurred during streaming",
+        response=response,
+        body=dict(payload),
+        status_code=status,
+    )
 
 
 def _payload(data: str, response: httpx.Response) -> dict[str, Any] | None:

@@ -159,8 +159,12 @@ class BodyTap:
                     self._big(self.sse.take_held())
                     return
                 a = self.attempt
-                self.skim = (self.can_skim and a.ttft_us is not None and a.upstream_id is not None
-                             and self.sse.at_boundary())
+                self.skim = (
+                    self.can_skim
+                    and a.ttft_us is not None
+                    and a.upstream_id is not None
+                    and self.sse.at_boundary()
+                )
         except Exception:
             log.exception("ledger: could not read a response chunk")
             self.attempt.note = "response could not be decoded"

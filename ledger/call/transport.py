@@ -53,10 +53,19 @@ from ledger.events import normalize_tags
 if TYPE_CHECKING:
     from ledger.journal import Journal
 
-__all__ = ["ATTEMPT", "CALL_OPTIONS", "AsyncRecordingTransport", "CallOptions", "HTTPRequest", "HTTPResponse",
-           "RecordingTransport", "instrument"]
+__all__ = [
+    "ATTEMPT",
+    "CALL_OPTIONS",
+    "AsyncRecordingTransport",
+    "CallOptions",
+    "HTTPRequest",
+    "HTTPResponse",
+    "RecordingTransport",
+    "instrument",
+]
 
 log = logging.getLogger("ledger")
+
 
 class CallOptions(TypedDict, total=False):
     """What the wrapper client hands its transport with a request, in
@@ -118,8 +127,15 @@ UNATTRIBUTED = "(unattributed)"
 class _Recorder:
     """Settings and request-side work shared by the sync and async transports."""
 
-    def __init__(self, project: str | None, tags: Mapping[str, Any] | None, database_url: str | None,
-                 spool_dir: str | None, journal: Journal | None, source: str) -> None:
+    def __init__(
+        self,
+        project: str | None,
+        tags: Mapping[str, Any] | None,
+        database_url: str | None,
+        spool_dir: str | None,
+        journal: Journal | None,
+        source: str,
+    ) -> None:
         default = project or os.environ.get("LEDGER_PROJECT")
         self.project = check_project(default) if default else None
         self.tags = normalize_tags(tags)
@@ -157,8 +173,11 @@ class _Recorder:
                 try:
                     project = check_project(raw_project)
                 except ConfigError as exc:
-                    log.warning("ledger: x-ledger-project refused (%s); the call is recorded under %r",
-                                exc, project or UNATTRIBUTED)
+                    log.warning(
+                        "ledger: x-ledger-project refused (%s); the call is recorded under %r",
+                        exc,
+                        project or UNATTRIBUTED,
+                    )
                     notes.append("x-ledger-project refused")
             if raw_tags is not None:
                 try:
@@ -167,8 +186,11 @@ class _Recorder:
                     log.warning("ledger: x-ledger-tags ignored: neither k=v pairs nor a JSON object")
                     notes.append("x-ledger-tags ignored")
             if project is None:
-                log.warning("ledger: a call names no project (pass project=..., set LEDGER_PROJECT or send "
-                            "x-ledger-project); recorded under %r", UNATTRIBUTED)
+                log.warning(
+                    "ledger: a call names no project (pass project=..., set LEDGER_PROJECT or send "
+                    "x-ledger-project); recorded under %r",
+                    UNATTRIBUTED,
+                )
                 project = UNATTRIBUTED
             facts = route.request_facts(request)
             if model is None:
@@ -182,7 +204,9 @@ class _Recorder:
         try:
             attempt.refusal = self.journal.stops.refused(project, target.book, model)
         except Exception:
-            log.exception("ledger: could not check the hard budget of project %r; the call goes ahead", project)
+            log.exception(
+                "ledger: could not check the hard budget of project %r; the call goes ahead", project
+            )
         return attempt
 
     def refuse(self, attempt: Attempt, request: HTTPRequest) -> HTTPResponse | None:
@@ -194,12 +218,16 @@ class _Recorder:
             return None
         try:
             message = stop.message(attempt.requested_model)
-            body = json.dumps({"message": message, "type": "budget_exceeded_error", "param": "model",
-                               "code": REFUSAL_CODE}).encode()
+            body = json.dumps(
+                {"message": message, "type": "budget_exceeded_error", "param": "model", "code": REFUSAL_CODE}
+            ).encode()
             http = sys.modules[type(request).__module__.split(".", 1)[0]]  # httpx's or httpx2's
-            response: HTTPResponse = http.Response(402, headers=[(b"content-type", b"application/json"),
-                                                   (REFUSED_HEADER.encode(), b"hard-budget")],
-                                     content=body, request=request)
+            response: HTTPResponse = http.Response(
+                402,
+                headers=[(b"content-type", b"application/json"), (REFUSED_HEADER.encode(), b"hard-budget")],
+                content=body,
+                request=request,
+            )
         except Exception:
             log.exception("ledger: could not refuse a call of project %r; it goes ahead", stop.project)
             return None
@@ -230,6 +258,7 @@ class _Recorder:
             attempt.finish("ok" if response.status_code < 400 else "error", "response not readable by ledger")
         return response
 
+
 class RecordingTransport(httpx.BaseTransport):
     """A sync transport that records every chat completion sent through ``inner``.
 
@@ -240,9 +269,18 @@ class RecordingTransport(httpx.BaseTransport):
         database_url / spool_dir: which ledger; default from the environment.
     """
 
-    def __init__(self, inner: Any = None, *, project: str | None = None, tags: Mapping[str, Any] | None = None,
-                 database_url: str | None = None, spool_dir: str | None = None,
-                 journal: Journal | None = None, source: str = "transport", flush_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        inner: Any = None,
+        *,
+        project: str | None = None,
+        tags: Mapping[str, Any] | None = None,
+        database_url: str | None = None,
+        spool_dir: str | None = None,
+        journal: Journal | None = None,
+        source: str = "transport",
+        flush_timeout: float = 5.0,
+    ) -> None:
         self.inner: SyncTransport = inner if inner is not None else httpx.HTTPTransport()
         self.recorder = _Recorder(project, tags, database_url, spool_dir, journal, source)
         self.flush_timeout = flush_timeout
@@ -278,9 +316,18 @@ class RecordingTransport(httpx.BaseTransport):
 class AsyncRecordingTransport(httpx.AsyncBaseTransport):
     """The async twin of :class:`RecordingTransport` (same arguments)."""
 
-    def __init__(self, inner: Any = None, *, project: str | None = None, tags: Mapping[str, Any] | None = None,
-                 database_url: str | None = None, spool_dir: str | None = None,
-                 journal: Journal | None = None, source: str = "transport", flush_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        inner: Any = None,
+        *,
+        project: str | None = None,
+        tags: Mapping[str, Any] | None = None,
+        database_url: str | None = None,
+        spool_dir: str | None = None,
+        journal: Journal | None = None,
+        source: str = "transport",
+        flush_timeout: float = 5.0,
+    ) -> None:
         self.inner: AsyncTransport = inner if inner is not None else httpx.AsyncHTTPTransport()
         self.recorder = _Recorder(project, tags, database_url, spool_dir, journal, source)
         self.flush_timeout = flush_timeout
@@ -317,8 +364,14 @@ class AsyncRecordingTransport(httpx.AsyncBaseTransport):
 _C = TypeVar("_C")
 
 
-def instrument(http_client: _C, *, project: str | None = None, tags: Mapping[str, Any] | None = None,
-               database_url: str | None = None, spool_dir: str | None = None) -> _C:
+def instrument(
+    http_client: _C,
+    *,
+    project: str | None = None,
+    tags: Mapping[str, Any] | None = None,
+    database_url: str | None = None,
+    spool_dir: str | None = None,
+) -> _C:
     """Make ``http_client`` record every chat completion it sends, and return it.
 
     Works on ``httpx.Client`` / ``httpx.AsyncClient`` and on their ``httpx2`` twins (which

@@ -34,6 +34,7 @@ __all__ = [
     "usage_from",
 ]
 
+
 @dataclass(frozen=True, slots=True)
 class WireError:
     """What an upstream error says about itself: its type and code, never its message.
@@ -79,7 +80,10 @@ def usage_from(body: Mapping[str, Any]) -> tuple[Usage | None, str | None]:
     total = _count(total_raw)
     if total is None or total != prompt + completion:
         return None, "usage total_tokens disagrees with prompt + completion"
-    prompt_details, completion_details = raw.get("prompt_tokens_details"), raw.get("completion_tokens_details")
+    prompt_details, completion_details = (
+        raw.get("prompt_tokens_details"),
+        raw.get("completion_tokens_details"),
+    )
     cached = _detail(prompt_details, "cached_tokens")
     reasoning = _detail(completion_details, "reasoning_tokens")
     if cached is None or cached > prompt or reasoning is None or reasoning > completion:
@@ -90,10 +94,16 @@ def usage_from(body: Mapping[str, Any]) -> tuple[Usage | None, str | None]:
     accepted = _detail(completion_details, "accepted_prediction_tokens")
     rejected = _detail(completion_details, "rejected_prediction_tokens")
     images = _detail(prompt_details, "image_tokens")
-    return Usage(prompt, cached, completion, reasoning, total,
-                 accepted if accepted is not None and accepted <= completion else 0,
-                 rejected if rejected is not None and rejected <= completion else 0,
-                 images if images is not None and images <= prompt else 0), None
+    return Usage(
+        prompt,
+        cached,
+        completion,
+        reasoning,
+        total,
+        accepted if accepted is not None and accepted <= completion else 0,
+        rejected if rejected is not None and rejected <= completion else 0,
+        images if images is not None and images <= prompt else 0,
+    ), None
 
 
 def _detail(details: Any, key: str) -> int | None:
@@ -108,7 +118,11 @@ def _detail(details: Any, key: str) -> int | None:
 
 def _micros(value: Any) -> int | None:
     kind = type(value)
-    if kind is not float and kind is not int and (isinstance(value, bool) or not isinstance(value, (int, float))):
+    if (
+        kind is not float
+        and kind is not int
+        and (isinstance(value, bool) or not isinstance(value, (int, float)))
+    ):
         return None
     if not 0 <= value < 86_400:  # a NaN fails this test too
         return None
@@ -286,7 +300,7 @@ class Skeleton:
                 if q < 0:
                     self._out.append(data[pos:] if pos else data)
                     return
-                self._out.append(data[pos:q + 1])
+                self._out.append(data[pos : q + 1])
                 self._in, self._cur, self._len = True, [], 0
                 pos = q + 1
                 continue

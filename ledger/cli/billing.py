@@ -38,19 +38,37 @@ def _billing_month(_ctx: click.Context, _param: click.Parameter, value: str | No
 
 
 @export_group.command("billing")
-@click.option("--month", metavar="YYYY-MM", callback=_billing_month,
-              help="The UTC month to bill; it must have ended.")
-@click.option("--due", "due_dir", metavar="DIR", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Instead of --month: issue every ended month since the first event that was never issued, "
-                   "or whose file is not in DIR, into DIR/focus-YYYY-MM.<format>, oldest first (the "
-                   "scheduler's billing job).")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write here (whole or not at all) instead of stdout; parquet needs it.")
-@click.option("--format", "fmt", type=click.Choice(["csv", "parquet"]), default="csv", show_default=True,
-              help="parquet needs the `parquet` extra (pyarrow).")
+@click.option(
+    "--month", metavar="YYYY-MM", callback=_billing_month, help="The UTC month to bill; it must have ended."
+)
+@click.option(
+    "--due",
+    "due_dir",
+    metavar="DIR",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Instead of --month: issue every ended month since the first event that was never issued, "
+    "or whose file is not in DIR, into DIR/focus-YYYY-MM.<format>, oldest first (the "
+    "scheduler's billing job).",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write here (whole or not at all) instead of stdout; parquet needs it.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["csv", "parquet"]),
+    default="csv",
+    show_default=True,
+    help="parquet needs the `parquet` extra (pyarrow).",
+)
 @click.pass_context
-def export_billing_cmd(ctx: click.Context, month: str | None, due_dir: Path | None, out: Path | None,
-                       fmt: str) -> None:
+def export_billing_cmd(
+    ctx: click.Context, month: str | None, due_dir: Path | None, out: Path | None, fmt: str
+) -> None:
     """Issue a month's FOCUS 1.2 billing file: one row per project, model, token type and price.
 
     The first run closes the month; running it again writes the identical file. Usage that
@@ -89,9 +107,15 @@ def export_billing_cmd(ctx: click.Context, month: str | None, due_dir: Path | No
 
 
 def _billing_said(result: Any, out: Path | None) -> None:
-    click.echo(f"{'reissued' if result.reissued else 'issued'} {result.month}: {len(result.rows)} row(s), "
-               f"{result.corrections} correction row(s), billed {result.billed} USD"
-               + (f", written to {out}" if out is not None else ""), err=True)
+    click.echo(
+        f"{'reissued' if result.reissued else 'issued'} {result.month}: {len(result.rows)} row(s), "
+        f"{result.corrections} correction row(s), billed {result.billed} USD"
+        + (f", written to {out}" if out is not None else ""),
+        err=True,
+    )
     if result.unpriced:
-        click.echo(f"warning: {result.unpriced} event(s) with usage but no price are not billed; "
-                   "see `cerebras-ledger prices check`", err=True)
+        click.echo(
+            f"warning: {result.unpriced} event(s) with usage but no price are not billed; "
+            "see `cerebras-ledger prices check`",
+            err=True,
+        )

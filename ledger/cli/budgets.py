@@ -25,14 +25,30 @@ __all__ = ["alerts_group", "budget_group"]
 
 
 def _budget_row(b: Any, stop: Any = None) -> dict[str, Any]:
-    return {"project": b.project, "monthly_usd": None if b.monthly is None else str(b.monthly),
-            "daily_usd": None if b.daily is None else str(b.daily), "thresholds": ",".join(map(str, b.thresholds)),
-            "timezone": b.timezone, "free_only": b.free_only, "hard": b.hard,
-            "refused_until": iso_z_or_none(stop.until) if stop else None, "updated_at": iso_z_or_none(b.updated_at)}
+    return {
+        "project": b.project,
+        "monthly_usd": None if b.monthly is None else str(b.monthly),
+        "daily_usd": None if b.daily is None else str(b.daily),
+        "thresholds": ",".join(map(str, b.thresholds)),
+        "timezone": b.timezone,
+        "free_only": b.free_only,
+        "hard": b.hard,
+        "refused_until": iso_z_or_none(stop.until) if stop else None,
+        "updated_at": iso_z_or_none(b.updated_at),
+    }
 
 
-BUDGET_COLUMNS = ["project", "monthly_usd", "daily_usd", "thresholds", "timezone", "free_only", "hard",
-                  "refused_until", "updated_at"]
+BUDGET_COLUMNS = [
+    "project",
+    "monthly_usd",
+    "daily_usd",
+    "thresholds",
+    "timezone",
+    "free_only",
+    "hard",
+    "refused_until",
+    "updated_at",
+]
 
 
 @click.group("budget")
@@ -47,21 +63,55 @@ def budget_group() -> None:
 
 @budget_group.command("set")
 @click.argument("project")
-@click.option("--monthly", metavar="USD", default=None, help="Paid-spend budget per month (decimal USD).",
-              callback=cli_value(lambda v: _alerts().parse_amount(v, "monthly budget")))
-@click.option("--daily", metavar="USD", default=None, help="Paid-spend budget per day (decimal USD).",
-              callback=cli_value(lambda v: _alerts().parse_amount(v, "daily budget")))
-@click.option("--thresholds", default="50,80,100", show_default=True, metavar="PCT,PCT",
-              help="Alert at these percentages of each budget.", callback=cli_value(lambda v: _alerts().parse_thresholds(v)))
-@click.option("--timezone", "tz", default="UTC", show_default=True, metavar="ZONE",
-              help="IANA zone where days and months are counted.",
-              callback=cli_value(lambda v: _alerts().parse_timezone(v).key))
+@click.option(
+    "--monthly",
+    metavar="USD",
+    default=None,
+    help="Paid-spend budget per month (decimal USD).",
+    callback=cli_value(lambda v: _alerts().parse_amount(v, "monthly budget")),
+)
+@click.option(
+    "--daily",
+    metavar="USD",
+    default=None,
+    help="Paid-spend budget per day (decimal USD).",
+    callback=cli_value(lambda v: _alerts().parse_amount(v, "daily budget")),
+)
+@click.option(
+    "--thresholds",
+    default="50,80,100",
+    show_default=True,
+    metavar="PCT,PCT",
+    help="Alert at these percentages of each budget.",
+    callback=cli_value(lambda v: _alerts().parse_thresholds(v)),
+)
+@click.option(
+    "--timezone",
+    "tz",
+    default="UTC",
+    show_default=True,
+    metavar="ZONE",
+    help="IANA zone where days and months are counted.",
+    callback=cli_value(lambda v: _alerts().parse_timezone(v).key),
+)
 @click.option("--free-only", is_flag=True, help="Alert on any call to a paid model.")
-@click.option("--hard", is_flag=True, help="Refuse the project's paid-model calls once the monthly budget is spent "
-              "(takes effect after the next alerts check).")
+@click.option(
+    "--hard",
+    is_flag=True,
+    help="Refuse the project's paid-model calls once the monthly budget is spent "
+    "(takes effect after the next alerts check).",
+)
 @click.pass_context
-def budget_set(ctx: click.Context, project: str, monthly: Any, daily: Any, thresholds: tuple[int, ...], tz: str,
-               free_only: bool, hard: bool) -> None:
+def budget_set(
+    ctx: click.Context,
+    project: str,
+    monthly: Any,
+    daily: Any,
+    thresholds: tuple[int, ...],
+    tz: str,
+    free_only: bool,
+    hard: bool,
+) -> None:
     """Create or replace PROJECT's budget (options not given take their defaults).
 
     \b
@@ -75,11 +125,20 @@ def budget_set(ctx: click.Context, project: str, monthly: Any, daily: Any, thres
     except ConfigError as exc:
         raise click.BadParameter(str(exc), param_hint="PROJECT") from None
     with open_ledger(ctx) as led:
-        b = led.budgets.set(project, monthly=monthly, daily=daily, thresholds=thresholds, timezone=tz,
-                            free_only=free_only, hard=hard)
-    click.echo(f"budget for {b.project!r}: monthly {b.monthly or '-'} USD, daily {b.daily or '-'} USD, "
-               f"thresholds {','.join(map(str, b.thresholds))}%, {b.timezone}"
-               f"{', free-only' if b.free_only else ''}{', hard' if b.hard else ''}")
+        b = led.budgets.set(
+            project,
+            monthly=monthly,
+            daily=daily,
+            thresholds=thresholds,
+            timezone=tz,
+            free_only=free_only,
+            hard=hard,
+        )
+    click.echo(
+        f"budget for {b.project!r}: monthly {b.monthly or '-'} USD, daily {b.daily or '-'} USD, "
+        f"thresholds {','.join(map(str, b.thresholds))}%, {b.timezone}"
+        f"{', free-only' if b.free_only else ''}{', hard' if b.hard else ''}"
+    )
 
 
 @budget_group.command("list")
@@ -123,16 +182,34 @@ def _alerts() -> Any:
     return budgets
 
 
-ALERT_COLUMNS = ["created_at", "project", "rule", "period", "threshold", "status", "attempts", "message",
-                 "alert_id", "last_error"]
+ALERT_COLUMNS = [
+    "created_at",
+    "project",
+    "rule",
+    "period",
+    "threshold",
+    "status",
+    "attempts",
+    "message",
+    "alert_id",
+    "last_error",
+]
 
 
 def _alert_row(alert: Any, record: Any = None) -> dict[str, Any]:
-    return {"created_at": iso_z_or_none(alert.created_at), "project": alert.project,
-            "rule": alert.rule, "period": alert.period, "threshold": alert.threshold,
-            "status": record.status if record else "new", "attempts": record.attempts if record else 0,
-            "message": alert.message, "alert_id": alert.alert_id,
-            "last_error": record.last_error if record else None, "evidence": alert.evidence}
+    return {
+        "created_at": iso_z_or_none(alert.created_at),
+        "project": alert.project,
+        "rule": alert.rule,
+        "period": alert.period,
+        "threshold": alert.threshold,
+        "status": record.status if record else "new",
+        "attempts": record.attempts if record else 0,
+        "message": alert.message,
+        "alert_id": alert.alert_id,
+        "last_error": record.last_error if record else None,
+        "evidence": alert.evidence,
+    }
 
 
 @click.group("alerts")
@@ -146,20 +223,52 @@ def alerts_group() -> None:
 
 
 @alerts_group.command("check")
-@click.option("--now", "now_", default=None, metavar="WHEN", help="Evaluate as of this ISO time (default: now).")
-@click.option("--spike-factor", default="3", show_default=True, metavar="X",
-              help="Spike: last window's paid spend above X times the trailing average.")
-@click.option("--spike-min", default="1.00", show_default=True, metavar="USD",
-              help="Spike: and at least this much paid spend in the window.")
-@click.option("--spike-window", default=60, show_default=True, type=click.IntRange(15, 24 * 60), metavar="MIN",
-              help="Spike window in minutes (a multiple of 15).")
-@click.option("--spike-trailing", default=24, show_default=True, type=click.IntRange(1, 24 * 31), metavar="HOURS",
-              help="Trailing period of the average, in hours.")
+@click.option(
+    "--now", "now_", default=None, metavar="WHEN", help="Evaluate as of this ISO time (default: now)."
+)
+@click.option(
+    "--spike-factor",
+    default="3",
+    show_default=True,
+    metavar="X",
+    help="Spike: last window's paid spend above X times the trailing average.",
+)
+@click.option(
+    "--spike-min",
+    default="1.00",
+    show_default=True,
+    metavar="USD",
+    help="Spike: and at least this much paid spend in the window.",
+)
+@click.option(
+    "--spike-window",
+    default=60,
+    show_default=True,
+    type=click.IntRange(15, 24 * 60),
+    metavar="MIN",
+    help="Spike window in minutes (a multiple of 15).",
+)
+@click.option(
+    "--spike-trailing",
+    default=24,
+    show_default=True,
+    type=click.IntRange(1, 24 * 31),
+    metavar="HOURS",
+    help="Trailing period of the average, in hours.",
+)
 @click.option("--no-deliver", is_flag=True, help="Fire and log alerts, but do not POST to the webhook.")
 @format_option()
 @click.pass_context
-def alerts_check(ctx: click.Context, now_: str | None, spike_factor: str, spike_min: str, spike_window: int,
-                 spike_trailing: int, no_deliver: bool, fmt: str) -> None:
+def alerts_check(
+    ctx: click.Context,
+    now_: str | None,
+    spike_factor: str,
+    spike_min: str,
+    spike_window: int,
+    spike_trailing: int,
+    no_deliver: bool,
+    fmt: str,
+) -> None:
     """Roll up, fire due alerts (each once), and deliver undelivered ones to the webhook.
 
     \b
@@ -178,7 +287,9 @@ def alerts_check(ctx: click.Context, now_: str | None, spike_factor: str, spike_
     except ConfigError as exc:
         raise UserError(first_line(exc, None)) from None
     with open_engine(ctx) as engine:
-        created, result = check.check(engine, now=now, spike=spike, webhook=webhook, deliver_now=not no_deliver)
+        created, result = check.check(
+            engine, now=now, spike=spike, webhook=webhook, deliver_now=not no_deliver
+        )
         from ledger.budgets.stops import read_stops
 
         with engine.connect() as conn:
@@ -187,8 +298,10 @@ def alerts_check(ctx: click.Context, now_: str | None, spike_factor: str, spike_
     if fmt == "table":
         click.echo(f"{len(created)} new alert(s)")
         for stop in stops:
-            click.echo(f"hard budget spent: {stop.project!r} ({stop.spent} of {stop.budget} USD in "
-                       f"{stop.period}); paid-model calls refused until {iso_z_or_none(stop.until)}")
+            click.echo(
+                f"hard budget spent: {stop.project!r} ({stop.spent} of {stop.budget} USD in "
+                f"{stop.period}); paid-model calls refused until {iso_z_or_none(stop.until)}"
+            )
     if rows or fmt != "table":
         rows_out(rows, fmt, ALERT_COLUMNS[:5] + ["message", "alert_id"])
     if webhook is None:
@@ -196,7 +309,9 @@ def alerts_check(ctx: click.Context, now_: str | None, spike_factor: str, spike_
     elif no_deliver:
         note = "webhook: delivery skipped (--no-deliver)"
     else:
-        note = f"webhook {webhook.label}: {result.delivered} delivered, {result.failed} failed (retried later)"
+        note = (
+            f"webhook {webhook.label}: {result.delivered} delivered, {result.failed} failed (retried later)"
+        )
     click.echo(note, err=fmt != "table")
 
 

@@ -17,7 +17,9 @@ __all__ = ["chat", "demo"]
 
 
 @click.command()
-@click.option("--calls", default=60, show_default=True, type=click.IntRange(1, 100_000), help="How many calls.")
+@click.option(
+    "--calls", default=60, show_default=True, type=click.IntRange(1, 100_000), help="How many calls."
+)
 @click.option("--seed", default=7, show_default=True, help="Seed of the call mix.")
 @format_option()
 @click.pass_context
@@ -38,15 +40,37 @@ def demo(ctx: click.Context, calls: int, seed: int, fmt: str) -> None:
         pass  # create the ledger (and surface a bad URL) before sending anything
     with click.progressbar(length=calls, label="calls", file=sys.stderr) as bar:
         summaries, waiting = run_demo(calls, seed, ctx.obj["url"], bar.update)
-    rows = [{
-        "project": s.project, "calls": s.calls, "errors": s.errors, "incomplete": s.incomplete,
-        "tokens": s.tokens, "paid_usd": str(s.paid_cost), "free_calls": s.free_calls,
-        "free_tokens": s.free_tokens, "unpriced": s.unpriced,
-    } for s in summaries]
+    rows = [
+        {
+            "project": s.project,
+            "calls": s.calls,
+            "errors": s.errors,
+            "incomplete": s.incomplete,
+            "tokens": s.tokens,
+            "paid_usd": str(s.paid_cost),
+            "free_calls": s.free_calls,
+            "free_tokens": s.free_tokens,
+            "unpriced": s.unpriced,
+        }
+        for s in summaries
+    ]
     if fmt == "table":
         click.echo(f"ledger: {redact_url(ctx.obj['url'])}")
-    rows_out(rows, fmt, ["project", "calls", "errors", "incomplete", "tokens", "paid_usd", "free_calls",
-                          "free_tokens", "unpriced"])
+    rows_out(
+        rows,
+        fmt,
+        [
+            "project",
+            "calls",
+            "errors",
+            "incomplete",
+            "tokens",
+            "paid_usd",
+            "free_calls",
+            "free_tokens",
+            "unpriced",
+        ],
+    )
     if waiting:
         click.echo("note: some events are still in the spool; they will be written on next use", err=True)
 
@@ -60,8 +84,16 @@ def demo(ctx: click.Context, calls: int, seed: int, fmt: str) -> None:
 @click.option("--max-tokens", type=click.IntRange(1, 1_000_000), default=None)
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.pass_context
-def chat(ctx: click.Context, model: str, message: str | None, stream: bool, project: str | None,
-         tags: tuple[str, ...], max_tokens: int | None, fmt: str) -> None:
+def chat(
+    ctx: click.Context,
+    model: str,
+    message: str | None,
+    stream: bool,
+    project: str | None,
+    tags: tuple[str, ...],
+    max_tokens: int | None,
+    fmt: str,
+) -> None:
     """Send one chat completion and record it.
 
     Uses CEREBRAS_API_KEY (or LAVA_FORWARD_TOKEN to go through Lava) and CEREBRAS_BASE_URL.
@@ -85,7 +117,9 @@ def chat(ctx: click.Context, model: str, message: str | None, stream: bool, proj
         try:
             messages = [{"role": "user", "content": text}]
             if stream:
-                for chunk in client.chat.completions.create(model=model, messages=messages, stream=True, **params):
+                for chunk in client.chat.completions.create(
+                    model=model, messages=messages, stream=True, **params
+                ):
                     if fmt == "json":
                         click.echo(json.dumps(chunk))
                         continue

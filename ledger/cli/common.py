@@ -19,8 +19,17 @@ from ledger.calendar import CalendarError, iso_z, parse_instant
 from ledger.config import ConfigError, first_line
 from ledger.outfile import csv_cell
 
-__all__ = ["FORMATS", "UserError", "cli_value", "format_option", "iso_z_or_none", "open_engine", "open_ledger",
-           "parse_when", "rows_out"]
+__all__ = [
+    "FORMATS",
+    "UserError",
+    "cli_value",
+    "format_option",
+    "iso_z_or_none",
+    "open_engine",
+    "open_ledger",
+    "parse_when",
+    "rows_out",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 FORMATS = ("table", "csv", "json")
@@ -57,8 +66,14 @@ def rows_out(rows: Sequence[dict[str, Any]], fmt: str, columns: Sequence[str]) -
 
 
 def format_option(choices: Sequence[str] = FORMATS, default: str = "table") -> Callable[[F], F]:
-    return click.option("--format", "fmt", type=click.Choice(list(choices)), default=default, show_default=True,
-                        help="Output for people (table) or machines.")
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(list(choices)),
+        default=default,
+        show_default=True,
+        help="Output for people (table) or machines.",
+    )
 
 
 @contextmanager

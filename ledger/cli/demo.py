@@ -33,8 +33,9 @@ MIX = (
 FAULTS = ("rate_limit", "not_found", "server_error", "cut", "stream_error")
 
 
-def run_demo(calls: int = 60, seed: int = 7, database_url: str | None = None,
-             progress: Progress | None = None) -> tuple[list[ProjectSummary], int]:
+def run_demo(
+    calls: int = 60, seed: int = 7, database_url: str | None = None, progress: Progress | None = None
+) -> tuple[list[ProjectSummary], int]:
     """Send ``calls`` calls and return (per-project summary of this run, events still waiting)."""
     from ledger import store
     from ledger.config import database_url as resolve_url
@@ -45,11 +46,16 @@ def run_demo(calls: int = 60, seed: int = 7, database_url: str | None = None,
     with StandIn() as upstream:
         clients = {
             (project, route): CerebrasClient(
-                project, base_url=upstream.base_url, database_url=url, max_retries=0,
+                project,
+                base_url=upstream.base_url,
+                database_url=url,
+                max_retries=0,
                 lava_forward_token="aks_live_demo" if route == "lava" else None,
-                lava_base_url=upstream.base_url, api_key="demo-key",
+                lava_base_url=upstream.base_url,
+                api_key="demo-key",
             )
-            for project in PROJECTS for route in ("cerebras", "lava")
+            for project in PROJECTS
+            for route in ("cerebras", "lava")
         }
         try:
             for _ in range(calls):
@@ -62,9 +68,13 @@ def run_demo(calls: int = 60, seed: int = 7, database_url: str | None = None,
                 headers = {"x-standin-scenario": fault} if fault else None
                 try:
                     reply = client.chat.completions.create(
-                        model=model, messages=[{"role": "user", "content": words}], stream=stream,
-                        max_tokens=rng.randint(20, 600), extra_headers=headers,
-                        tags={"feature": rng.choice(("chat", "summarize", "classify")), "env": "demo"})
+                        model=model,
+                        messages=[{"role": "user", "content": words}],
+                        stream=stream,
+                        max_tokens=rng.randint(20, 600),
+                        extra_headers=headers,
+                        tags={"feature": rng.choice(("chat", "summarize", "classify")), "env": "demo"},
+                    )
                     if stream:
                         for _ in reply:
                             pass

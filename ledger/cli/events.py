@@ -32,11 +32,16 @@ def events() -> None:
 @click.option("--until", required=True, metavar="DATE", help="End (exclusive).")
 @click.option("--project", default=None)
 @click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="csv", show_default=True)
-@click.option("--out", type=click.Path(dir_okay=False, writable=True, path_type=Path), default=None,
-              help="Write here instead of stdout (written whole or not at all).")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    default=None,
+    help="Write here instead of stdout (written whole or not at all).",
+)
 @click.pass_context
-def events_export(ctx: click.Context, since: str, until: str, project: str | None, fmt: str,
-                  out: Path | None) -> None:
+def events_export(
+    ctx: click.Context, since: str, until: str, project: str | None, fmt: str, out: Path | None
+) -> None:
     """Stream events of a period, oldest first.
 
     \b
@@ -65,8 +70,13 @@ def events_export(ctx: click.Context, since: str, until: str, project: str | Non
 
 @events.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default=None,
-              help="Default: from the file name, else its first byte.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["csv", "jsonl"]),
+    default=None,
+    help="Default: from the file name, else its first byte.",
+)
 @click.pass_context
 def events_import(ctx: click.Context, file: Path, fmt: str | None) -> None:
     """Back-fill events from FILE (the export's columns). All rows or none; idempotent by event_id.
@@ -84,9 +94,14 @@ def events_import(ctx: click.Context, file: Path, fmt: str | None) -> None:
             # The bar opens on the first write, after every row was checked: a bad file
             # prints its one error line and nothing else.
             if not bars:
-                bars.append(stack.enter_context(
-                    click.progressbar(length=0, label="importing", file=sys.stderr, show_pos=True)))
+                bars.append(
+                    stack.enter_context(
+                        click.progressbar(length=0, label="importing", file=sys.stderr, show_pos=True)
+                    )
+                )
             bars[0].update(n)
 
         result = import_file(engine, file, fmt, tick)
-    click.echo(f"{result.rows} row(s) read; {result.inserted} new, {result.rows - result.inserted} already present")
+    click.echo(
+        f"{result.rows} row(s) read; {result.inserted} new, {result.rows - result.inserted} already present"
+    )

@@ -41,8 +41,14 @@ __all__ = ["cli", "main"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--database-url", "db_url", envvar="LEDGER_DATABASE_URL", default=None, metavar="URL",
-              help="SQLAlchemy URL of the ledger (default: the embedded SQLite file).")
+@click.option(
+    "--database-url",
+    "db_url",
+    envvar="LEDGER_DATABASE_URL",
+    default=None,
+    metavar="URL",
+    help="SQLAlchemy URL of the ledger (default: the embedded SQLite file).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log what the ledger does.")
 @click.version_option(package_name="cerebras-ledger")
 @click.pass_context
@@ -59,8 +65,21 @@ def cli(ctx: click.Context, db_url: str | None, verbose: bool) -> None:
     remember_secrets(ctx.obj["url"])  # hidden in every message, whatever quotes them
 
 
-for command in (demo, chat, db, prices, events, summary, verify_cmd, rollup_cmd, report_cmd, export_group,
-                budget_group, alerts_group, scheduler_cmd):
+for command in (
+    demo,
+    chat,
+    db,
+    prices,
+    events,
+    summary,
+    verify_cmd,
+    rollup_cmd,
+    report_cmd,
+    export_group,
+    budget_group,
+    alerts_group,
+    scheduler_cmd,
+):
     cli.add_command(command)
 
 
@@ -74,8 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ledger.money import MoneyError
 
     try:
-        rv = cli.main(args=list(argv) if argv is not None else None, prog_name="cerebras-ledger",
-                      standalone_mode=False)
+        rv = cli.main(
+            args=list(argv) if argv is not None else None, prog_name="cerebras-ledger", standalone_mode=False
+        )
         if isinstance(rv, int):
             return rv
     except click.exceptions.Exit as exc:

@@ -44,14 +44,35 @@ def prices_list(ctx: click.Context, book: str | None, fmt: str) -> None:
     """
     with open_ledger(ctx) as led:
         points = led.prices.list(book)
-    rows = [{
-        "price_id": p.price_id, "book": p.book, "model": p.model,
-        "effective_from": iso_z_or_none(p.effective_from),
-        "input_per_m": str(p.input.per_million()), "cached_per_m": str(p.cached.per_million()) if p.cached else None,
-        "output_per_m": str(p.output.per_million()), "free": p.free, "source": p.source,
-    } for p in points]
-    rows_out(rows, fmt, ["book", "model", "effective_from", "input_per_m", "cached_per_m", "output_per_m", "free",
-                          "source", "price_id"])
+    rows = [
+        {
+            "price_id": p.price_id,
+            "book": p.book,
+            "model": p.model,
+            "effective_from": iso_z_or_none(p.effective_from),
+            "input_per_m": str(p.input.per_million()),
+            "cached_per_m": str(p.cached.per_million()) if p.cached else None,
+            "output_per_m": str(p.output.per_million()),
+            "free": p.free,
+            "source": p.source,
+        }
+        for p in points
+    ]
+    rows_out(
+        rows,
+        fmt,
+        [
+            "book",
+            "model",
+            "effective_from",
+            "input_per_m",
+            "cached_per_m",
+            "output_per_m",
+            "free",
+            "source",
+            "price_id",
+        ],
+    )
 
 
 @prices.command("add")
@@ -63,8 +84,16 @@ def prices_list(ctx: click.Context, book: str | None, fmt: str) -> None:
 @click.option("--free", is_flag=True, help="The model is free in this book.")
 @click.option("--from", "from_", default=None, metavar="WHEN", help="Effective date (default: now).")
 @click.pass_context
-def prices_add(ctx: click.Context, book: str, model: str, input_: str, output: str, cached: str | None,
-               free: bool, from_: str | None) -> None:
+def prices_add(
+    ctx: click.Context,
+    book: str,
+    model: str,
+    input_: str,
+    output: str,
+    cached: str | None,
+    free: bool,
+    from_: str | None,
+) -> None:
     """Add a dated price point. Events already priced keep their price.
 
     \b
@@ -74,15 +103,22 @@ def prices_add(ctx: click.Context, book: str, model: str, input_: str, output: s
     from ledger.store.prices import new_point
 
     when = parse_when(from_, "--from") if from_ else None
-    new_point(book, model, input_, output, cached_per_m=cached, free=free, effective_from=when)  # before opening
+    new_point(
+        book, model, input_, output, cached_per_m=cached, free=free, effective_from=when
+    )  # before opening
     with open_ledger(ctx) as led:
         point = led.prices.add(book, model, input_, output, cached=cached, free=free, effective_from=when)
     click.echo(f"added {point.price_id}")
 
 
 @prices.command("sync")
-@click.option("--feed-url", envvar="LEDGER_PRICES_FEED_URL", default="https://api.cerebras.ai", show_default=True,
-              help="Base URL of the public model feed.")
+@click.option(
+    "--feed-url",
+    envvar="LEDGER_PRICES_FEED_URL",
+    default="https://api.cerebras.ai",
+    show_default=True,
+    help="Base URL of the public model feed.",
+)
 @click.option("--dry-run", is_flag=True, help="Show what would change; write nothing.")
 @format_option()
 @click.pass_context
@@ -104,8 +140,15 @@ def prices_sync(ctx: click.Context, feed_url: str, dry_run: bool, fmt: str) -> N
             store.insert_prices(conn, points)
     for p in problems:
         click.echo(f"warning: {p}", err=True)
-    rows = [{"model": p.model, "input_per_m": str(p.input.per_million()), "output_per_m": str(p.output.per_million()),
-             "price_id": p.price_id} for p in points]
+    rows = [
+        {
+            "model": p.model,
+            "input_per_m": str(p.input.per_million()),
+            "output_per_m": str(p.output.per_million()),
+            "price_id": p.price_id,
+        }
+        for p in points
+    ]
     if fmt == "table":
         click.echo(f"{'would add' if dry_run else 'added'} {len(points)} price point(s)")
     if rows or fmt != "table":
@@ -138,11 +181,15 @@ def prices_check(ctx: click.Context, fmt: str) -> None:
 @click.option("--until", required=True, metavar="DATE", help="End (exclusive).")
 @click.option("--project", default=None)
 @click.option("--dry-run", is_flag=True)
-@click.option("--include-imported", is_flag=True,
-              help="Also re-price events whose cost was imported (cost_usd), which are otherwise kept.")
+@click.option(
+    "--include-imported",
+    is_flag=True,
+    help="Also re-price events whose cost was imported (cost_usd), which are otherwise kept.",
+)
 @click.pass_context
-def prices_reprice(ctx: click.Context, since: str, until: str, project: str | None, dry_run: bool,
-                   include_imported: bool) -> None:
+def prices_reprice(
+    ctx: click.Context, since: str, until: str, project: str | None, dry_run: bool, include_imported: bool
+) -> None:
     """Re-price a past period with today's price book, writing correction rows (never updates).
 
     Events imported with a cost_usd keep it unless --include-imported. Two runs at once are
@@ -158,5 +205,7 @@ def prices_reprice(ctx: click.Context, since: str, until: str, project: str | No
     with open_ledger(ctx) as led:
         result = led.prices.reprice(start, end, project, dry_run=dry_run, include_imported=include_imported)
     verb = "would write" if dry_run else "wrote"
-    click.echo(f"examined {result.examined} event(s); {verb} {result.corrections} correction(s) "
-               f"totalling {result.delta} USD")
+    click.echo(
+        f"examined {result.examined} event(s); {verb} {result.corrections} correction(s) "
+        f"totalling {result.delta} USD"
+    )

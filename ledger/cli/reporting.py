@@ -34,13 +34,35 @@ def summary(ctx: click.Context, since: str | None, until: str | None, fmt: str) 
     start = parse_when(since, "--since") if since else None
     end = parse_when(until, "--until") if until else None
     with open_ledger(ctx) as led:
-        rows = [{
-            "project": s.project, "calls": s.calls, "errors": s.errors, "incomplete": s.incomplete,
-            "tokens": s.tokens, "paid_usd": str(s.paid_cost), "free_calls": s.free_calls,
-            "free_tokens": s.free_tokens, "unpriced": s.unpriced,
-        } for s in led.summary(start, end)]
-    rows_out(rows, fmt, ["project", "calls", "errors", "incomplete", "tokens", "paid_usd", "free_calls",
-                          "free_tokens", "unpriced"])
+        rows = [
+            {
+                "project": s.project,
+                "calls": s.calls,
+                "errors": s.errors,
+                "incomplete": s.incomplete,
+                "tokens": s.tokens,
+                "paid_usd": str(s.paid_cost),
+                "free_calls": s.free_calls,
+                "free_tokens": s.free_tokens,
+                "unpriced": s.unpriced,
+            }
+            for s in led.summary(start, end)
+        ]
+    rows_out(
+        rows,
+        fmt,
+        [
+            "project",
+            "calls",
+            "errors",
+            "incomplete",
+            "tokens",
+            "paid_usd",
+            "free_calls",
+            "free_tokens",
+            "unpriced",
+        ],
+    )
 
 
 @click.command("verify")
@@ -90,6 +112,7 @@ def rollup_cmd(ctx: click.Context, rebuild: bool, fmt: str) -> None:
                 from sqlalchemy import func, select
 
                 from ledger.store.schema import EventRow
+
                 waiting = int(conn.execute(select(func.count()).select_from(EventRow)).scalar_one())
         with click.progressbar(length=waiting, label="rolling up", file=sys.stderr) as bar:
             result = led.rollup(rebuild=rebuild, progress=bar.update)
@@ -102,18 +125,40 @@ def rollup_cmd(ctx: click.Context, rebuild: bool, fmt: str) -> None:
 
 @click.command("report")
 @click.option("--project", default=None, help="The project to report on (default: all projects).")
-@click.option("--period", required=True, metavar="PERIOD",
-              help="A day (2026-11-27), an ISO week (2026-W48) or a month (2026-11).")
-@click.option("--tz", "tz_name", default="UTC", show_default=True, metavar="ZONE",
-              help="IANA time zone whose local midnights bound the period and its days.")
-@click.option("--format", "fmt", type=click.Choice(["csv", "json", "html"]), default="html", show_default=True,
-              help="CSV or JSON (every figure), or an HTML dashboard with charts.")
-@click.option("--out", type=click.Path(path_type=Path), default=None, metavar="FILE_OR_DIR",
-              help="Write here (a file, or a folder for the default name) instead of "
-                   "$LEDGER_REPORTS_DIR/<project>/ (default ./reports).")
+@click.option(
+    "--period",
+    required=True,
+    metavar="PERIOD",
+    help="A day (2026-11-27), an ISO week (2026-W48) or a month (2026-11).",
+)
+@click.option(
+    "--tz",
+    "tz_name",
+    default="UTC",
+    show_default=True,
+    metavar="ZONE",
+    help="IANA time zone whose local midnights bound the period and its days.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["csv", "json", "html"]),
+    default="html",
+    show_default=True,
+    help="CSV or JSON (every figure), or an HTML dashboard with charts.",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    metavar="FILE_OR_DIR",
+    help="Write here (a file, or a folder for the default name) instead of "
+    "$LEDGER_REPORTS_DIR/<project>/ (default ./reports).",
+)
 @click.pass_context
-def report_cmd(ctx: click.Context, project: str | None, period: str, tz_name: str, fmt: str,
-               out: Path | None) -> None:
+def report_cmd(
+    ctx: click.Context, project: str | None, period: str, tz_name: str, fmt: str, out: Path | None
+) -> None:
     """Write a spend report: calls, tokens, paid and free cost by day and model, top tags,
     unpriced usage, free usage at list price, and the change against the previous period.
 
@@ -149,8 +194,11 @@ def report_cmd(ctx: click.Context, project: str | None, period: str, tz_name: st
     with open_ledger(ctx) as led, ExitStack() as stack:
         tick: Callable[[int], None] | None = None
         if spec.days > 7:  # a long period: show progress, now that every input is known to be good
-            tick = stack.enter_context(click.progressbar(
-                length=reports.BUILD_STEPS + 1, label=f"report {spec.label}", file=sys.stderr)).update
+            tick = stack.enter_context(
+                click.progressbar(
+                    length=reports.BUILD_STEPS + 1, label=f"report {spec.label}", file=sys.stderr
+                )
+            ).update
         try:
             built = led.report(project, period, tz_name, progress=tick)
         except (reports.ReportError, CalendarError) as exc:

@@ -15,8 +15,13 @@ __all__ = ["scheduler_cmd"]
 
 
 @click.command("scheduler")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="TOML file with a [scheduler] table (LEDGER_SCHEDULE_* variables override it).")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="TOML file with a [scheduler] table (LEDGER_SCHEDULE_* variables override it).",
+)
 @click.option("--list", "list_only", is_flag=True, help="Print the jobs and their next run times, then exit.")
 @format_option()
 @click.pass_context
@@ -40,7 +45,12 @@ def scheduler_cmd(ctx: click.Context, config_file: Path | None, list_only: bool,
             return
         sched = build_scheduler(engine, schedule)
         now = datetime.now(UTC)
-        rows = [{"job": job.id, "trigger": str(job.trigger),
-                 "next_run": (job.trigger.get_next_fire_time(None, now) or now).astimezone(UTC).isoformat()}
-                for job in sched.get_jobs()]
+        rows = [
+            {
+                "job": job.id,
+                "trigger": str(job.trigger),
+                "next_run": (job.trigger.get_next_fire_time(None, now) or now).astimezone(UTC).isoformat(),
+            }
+            for job in sched.get_jobs()
+        ]
     rows_out(rows, fmt, ["job", "trigger", "next_run"])

@@ -97,12 +97,17 @@ class BillingExport:
 def _unpriced(conn: Connection, month: str) -> int:
     e = EventRow.__table__.c
     bb = BilledBatchRow.__table__.c
-    return int(conn.execute(
-        select(func.count())
-        .select_from(BilledBatchRow.__table__.join(
-            EventRow.__table__, and_(e.batch_id == bb.batch_id, utc_month(e.occurred_at) == bb.month)))
-        .where(bb.billed_in == month, e.kind == "usage", e.usage_known.is_(True), e.cost_nanos.is_(None))
-    ).scalar_one())
+    return int(
+        conn.execute(
+            select(func.count())
+            .select_from(
+                BilledBatchRow.__table__.join(
+                    EventRow.__table__, and_(e.batch_id == bb.batch_id, utc_month(e.occurred_at) == bb.month)
+                )
+            )
+            .where(bb.billed_in == month, e.kind == "usage", e.usage_known.is_(True), e.cost_nanos.is_(None))
+        ).scalar_one()
+    )
 
 
 def _record(conn: Connection, month: str) -> None:
@@ -137,14 +142,25 @@ def _issue(conn: Connection, month: str, now: datetime) -> BillingExport:
     billed = sum((r["BilledCost"] for r in rows), Decimal(0))
     billed_nanos = int(billed.scaleb(9, EXACT))
     if not reissued:
-        conn.execute(insert(BillingExportRow).values(
-            month=month, exported_at=issued, rows=len(rows), billed_nanos=billed_nanos))
-    return BillingExport(month, issued, reissued, rows, Money(billed_nanos),
-                         sum(1 for r in rows if r["ChargeClass"] == "Correction"), _unpriced(conn, month))
+        conn.execute(
+            insert(BillingExportRow).values(
+                month=month, exported_at=issued, rows=len(rows), billed_nanos=billed_nanos
+            )
+        )
+    return BillingExport(
+        month,
+        issued,
+        reissued,
+        rows,
+        Money(billed_nanos),
+        sum(1 for r in rows if r["ChargeClass"] == "Correction"),
+        _unpriced(conn, month),
+    )
 
 
-def export_billing(engine: Engine, month: str, out: Path | None = None, fmt: str = "csv", *,
-                   now: datetime | None = None) -> BillingExport:
+def export_billing(
+    engine: Engine, month: str, out: Path | None = None, fmt: str = "csv", *, now: datetime | None = None
+) -> BillingExport:
     """Issue ``month`` (``YYYY-MM``, UTC) and write its FOCUS file to ``out`` (``None``: write nothing;
     the caller prints ``result.rows``). Re-running it reproduces the same file; see the module doc."""
     month = parse_month(month)
@@ -155,8 +171,9 @@ def export_billing(engine: Engine, month: str, out: Path | None = None, fmt: str
     now = (now or datetime.now(UTC)).astimezone(UTC)
     end = month_bounds(month)[1]
     if now < end:
-        raise BillingError(f"month {month} has not ended (UTC); it can be exported from "
-                           f"{end.strftime('%Y-%m-%d')} on")
+        raise BillingError(
+            f"month {month} has not ended (UTC); it can be exported from {end.strftime('%Y-%m-%d')} on"
+        )
     if out is not None and out.is_dir():
         raise BillingError(f"{out} is a folder, not a file")
     if out is not None:
@@ -197,8 +214,9 @@ def _next_month(month: str) -> str:
     return f"{end.year:04d}-{end.month:02d}"
 
 
-def months_due(engine: Engine, now: datetime, folder: Path, fmt: str = "csv",
-               grace: timedelta = timedelta(0)) -> list[str]:
+def months_due(
+    engine: Engine, now: datetime, folder: Path, fmt: str = "csv", grace: timedelta = timedelta(0)
+) -> list[str]:
     """The months :func:`catch_up` issues, oldest first: every month from the first one with events
     up to the last that ended at least ``grace`` ago (time for late events to arrive), that was
     never issued or whose file is not in ``folder``."""
@@ -210,7 +228,10 @@ def months_due(engine: Engine, now: datetime, folder: Path, fmt: str = "csv",
     if first is None:
         return []
     first = first.astimezone(UTC)
-    month, last = max(f"{first.year:04d}-{first.month:02d}", "2000-01"), last_month(now - grace)  # as parse_month
+    month, last = (
+        max(f"{first.year:04d}-{first.month:02d}", "2000-01"),
+        last_month(now - grace),
+    )  # as parse_month
     due: list[str] = []
     while month <= last:
         if month not in issued or not (folder / f"focus-{month}.{fmt}").is_file():
@@ -219,8 +240,9 @@ def months_due(engine: Engine, now: datetime, folder: Path, fmt: str = "csv",
     return due
 
 
-def catch_up(engine: Engine, now: datetime, folder: Path, fmt: str = "csv",
-             grace: timedelta = timedelta(0)) -> list[BillingExport]:
+def catch_up(
+    engine: Engine, now: datetime, folder: Path, fmt: str = "csv", grace: timedelta = timedelta(0)
+) -> list[BillingExport]:
     """The scheduler's monthly job: issue every month :func:`months_due` names, oldest first, into
     ``folder/focus-YYYY-MM.<fmt>``.
 

@@ -37,31 +37,57 @@ from ledger.store.schema import EventRow
 __all__ = ["COLUMNS", "TOKEN_COLUMNS", "export_rows", "write_rows"]
 
 COLUMNS: tuple[str, ...] = (
-    "event_id", "occurred_at", "project", "route", "model", "status", "http_status", "stream",
-    "prompt_tokens", "cached_tokens", "completion_tokens", "reasoning_tokens", "total_tokens",
-    "cost_usd", "free", "priced", "upstream_id", "tags",
+    "event_id",
+    "occurred_at",
+    "project",
+    "route",
+    "model",
+    "status",
+    "http_status",
+    "stream",
+    "prompt_tokens",
+    "cached_tokens",
+    "completion_tokens",
+    "reasoning_tokens",
+    "total_tokens",
+    "cost_usd",
+    "free",
+    "priced",
+    "upstream_id",
+    "tags",
 )
 TOKEN_COLUMNS = ("prompt_tokens", "cached_tokens", "completion_tokens", "reasoning_tokens", "total_tokens")
 
 
-def export_rows(conn: Connection, since: datetime, until: datetime, project: str | None) -> Iterator[dict[str, Any]]:
+def export_rows(
+    conn: Connection, since: datetime, until: datetime, project: str | None
+) -> Iterator[dict[str, Any]]:
     """Usage events with ``since <= occurred_at < until``, oldest first, each at its current cost."""
     e = EventRow.__table__.c
     corr = EventRow.__table__.alias("corr")
     deltas = (
-        select(corr.c.corrects_event_id.label("eid"), func.sum(corr.c.cost_nanos).label("delta"),
-               func.max(case((corr.c.note == "restatement", corr.c.correction_seq))).label("rseq"))
+        select(
+            corr.c.corrects_event_id.label("eid"),
+            func.sum(corr.c.cost_nanos).label("delta"),
+            func.max(case((corr.c.note == "restatement", corr.c.correction_seq))).label("rseq"),
+        )
         .where(corr.c.kind == "correction")
         .group_by(corr.c.corrects_event_id)
         .subquery()
     )
     standing = EventRow.__table__.alias("standing")  # the latest restatement: how the event stands
     query = (
-        select(EventRow.__table__, deltas.c.delta, standing.c.free.label("s_free"),
-               standing.c.priced.label("s_priced"))
+        select(
+            EventRow.__table__,
+            deltas.c.delta,
+            standing.c.free.label("s_free"),
+            standing.c.priced.label("s_priced"),
+        )
         .outerjoin(deltas, deltas.c.eid == e.event_id)
-        .outerjoin(standing, and_(standing.c.corrects_event_id == e.event_id,
-                                  standing.c.correction_seq == deltas.c.rseq))
+        .outerjoin(
+            standing,
+            and_(standing.c.corrects_event_id == e.event_id, standing.c.correction_seq == deltas.c.rseq),
+        )
         .where(and_(e.kind == "usage", e.occurred_at >= since, e.occurred_at < until))
         .order_by(e.occurred_at, e.event_id)
     )
@@ -69,7 +95,11 @@ def export_rows(conn: Connection, since: datetime, until: datetime, project: str
         query = query.where(e.project == project)
     for r in conn.execution_options(yield_per=2000).execute(query):
         # A correction may price an event that had no price: it then has a cost after all.
-        cost = None if r.cost_nanos is None and r.delta is None else Money(int(r.cost_nanos or 0) + int(r.delta or 0))
+        cost = (
+            None
+            if r.cost_nanos is None and r.delta is None
+            else Money(int(r.cost_nanos or 0) + int(r.delta or 0))
+        )
         restated = r.s_free is not None
         yield {
             "event_id": r.event_id,

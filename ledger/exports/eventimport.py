@@ -170,7 +170,9 @@ def load_json(text: str) -> Any:
     float), no NaN or Infinity, no key twice in an object. Raises ``ValueError`` (too deep a
     nesting too, which Python's parser reports as ``RecursionError``)."""
     try:
-        return json.loads(text, parse_float=Decimal, parse_constant=_no_constant, object_pairs_hook=_unique_keys)
+        return json.loads(
+            text, parse_float=Decimal, parse_constant=_no_constant, object_pairs_hook=_unique_keys
+        )
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
 
@@ -241,13 +243,26 @@ def check_row(raw: dict[str, Any], line: int) -> ImportRow:
             raise ValueError(f"a row with free=true must cost 0, not cost_usd {cost}")
         tags = _tags(raw["tags"])
         event = CallEvent(
-            event_id=event_id, occurred_at=when.astimezone(UTC), project=project, route=route,
-            book=route, requested_model=model, served_model=model, status=status,
+            event_id=event_id,
+            occurred_at=when.astimezone(UTC),
+            project=project,
+            route=route,
+            book=route,
+            requested_model=model,
+            served_model=model,
+            status=status,
             http_status=_int(raw["http_status"], "http_status", 0, 999),  # any 3-digit status a response had
-            error_type=None, error_code=None, stream=_bool(raw["stream"], "stream"), usage=usage,
-            latency_us=None, ttft_us=None, time_info=None,
-            upstream_id=_text(raw["upstream_id"], "upstream_id"), lava_request_id=None,
-            tags=tuple(sorted(tags.items())), source="import",
+            error_type=None,
+            error_code=None,
+            stream=_bool(raw["stream"], "stream"),
+            usage=usage,
+            latency_us=None,
+            ttft_us=None,
+            time_info=None,
+            upstream_id=_text(raw["upstream_id"], "upstream_id"),
+            lava_request_id=None,
+            tags=tuple(sorted(tags.items())),
+            source="import",
         )
         return ImportRow(line, event, cost, free, priced)
     except (ValueError, TypeError, MoneyError, ConfigError) as exc:
@@ -285,8 +300,13 @@ def _raw_rows(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any]]]:
                     try:
                         row = load_json(text)
                     except ValueError as exc:
-                        why = str(exc) if "nested" in str(exc) or "appears twice" in str(exc) or \
-                            "not a number" in str(exc) else "not valid JSON"
+                        why = (
+                            str(exc)
+                            if "nested" in str(exc)
+                            or "appears twice" in str(exc)
+                            or "not a number" in str(exc)
+                            else "not valid JSON"
+                        )
                         raise ImportError_(f"line {n}: {why}") from None
                     if not isinstance(row, dict):
                         raise ImportError_(f"line {n}: not a JSON object")
@@ -334,9 +354,9 @@ def row_charge(row: ImportRow, book: PriceBook) -> Charge:
     return charge(row.event, book)
 
 
-
-def import_file(engine: Engine, path: Path, fmt: str | None = None,
-                progress: Progress | None = None, batch: int = 1000) -> ImportResult:
+def import_file(
+    engine: Engine, path: Path, fmt: str | None = None, progress: Progress | None = None, batch: int = 1000
+) -> ImportResult:
     """Check every row of ``path``, then insert them all in one transaction.
 
     ``progress`` (optional) is called with the rows of each written chunk.
@@ -353,7 +373,9 @@ def import_file(engine: Engine, path: Path, fmt: str | None = None,
         def flush() -> int:
             ids = [r.event.event_id for r in chunk]
             have = set(conn.execute(select(EventRow.event_id).where(EventRow.event_id.in_(ids))).scalars())
-            store.insert_events(conn, [store.event_row(r.event, row_charge(r, book), now) for r in chunk], "import")
+            store.insert_events(
+                conn, [store.event_row(r.event, row_charge(r, book), now) for r in chunk], "import"
+            )
             return len(ids) - len(have)
 
         for row in parse_file(path, fmt):  # pass 2: the same rows, now written

@@ -105,13 +105,41 @@ __all__ = [
 ]
 
 FOCUS_COLUMNS: tuple[str, ...] = (
-    "BilledCost", "BillingAccountId", "BillingAccountName", "BillingCurrency", "BillingPeriodEnd",
-    "BillingPeriodStart", "ChargeCategory", "ChargeClass", "ChargeDescription", "ChargeFrequency",
-    "ChargePeriodEnd", "ChargePeriodStart", "ConsumedQuantity", "ConsumedUnit", "ContractedCost",
-    "ContractedUnitPrice", "EffectiveCost", "InvoiceIssuerName", "ListCost", "ListUnitPrice",
-    "PricingCategory", "PricingQuantity", "PricingUnit", "ProviderName", "PublisherName", "ServiceCategory",
-    "ServiceName", "ServiceSubcategory", "SkuId", "SkuMeter", "SkuPriceDetails", "SkuPriceId", "SubAccountId",
-    "SubAccountName", "Tags",
+    "BilledCost",
+    "BillingAccountId",
+    "BillingAccountName",
+    "BillingCurrency",
+    "BillingPeriodEnd",
+    "BillingPeriodStart",
+    "ChargeCategory",
+    "ChargeClass",
+    "ChargeDescription",
+    "ChargeFrequency",
+    "ChargePeriodEnd",
+    "ChargePeriodStart",
+    "ConsumedQuantity",
+    "ConsumedUnit",
+    "ContractedCost",
+    "ContractedUnitPrice",
+    "EffectiveCost",
+    "InvoiceIssuerName",
+    "ListCost",
+    "ListUnitPrice",
+    "PricingCategory",
+    "PricingQuantity",
+    "PricingUnit",
+    "ProviderName",
+    "PublisherName",
+    "ServiceCategory",
+    "ServiceName",
+    "ServiceSubcategory",
+    "SkuId",
+    "SkuMeter",
+    "SkuPriceDetails",
+    "SkuPriceId",
+    "SubAccountId",
+    "SubAccountName",
+    "Tags",
 )
 CUSTOM_COLUMNS: tuple[str, ...] = ("x_Model", "x_TokenType", "x_Free", "x_Route", "x_FocusVersion")
 COLUMNS: tuple[str, ...] = FOCUS_COLUMNS + CUSTOM_COLUMNS
@@ -119,10 +147,18 @@ assert list(FOCUS_COLUMNS) == sorted(FOCUS_COLUMNS)
 
 TOKEN_TYPES: tuple[str, ...] = ("input", "cached_input", "output")
 TOTAL = "total"  # the token type of imported costs that cannot be split
-_TOKEN_WORDS = {"input": "input tokens", "cached_input": "cached input tokens", "output": "output tokens",
-                TOTAL: "tokens"}
-_METERS = {"input": "Input Tokens", "cached_input": "Cached Input Tokens", "output": "Output Tokens",
-           TOTAL: "Tokens"}
+_TOKEN_WORDS = {
+    "input": "input tokens",
+    "cached_input": "cached input tokens",
+    "output": "output tokens",
+    TOTAL: "tokens",
+}
+_METERS = {
+    "input": "Input Tokens",
+    "cached_input": "Cached Input Tokens",
+    "output": "Output Tokens",
+    TOTAL: "Tokens",
+}
 FOCUS_VERSION = "1.2"
 TAG_PREFIX = "ledger/"  # the ledger's own keys in Tags; user keys under it are reserved
 IMPORTED = "imported"  # the SkuPriceId "book" of imported costs
@@ -139,8 +175,12 @@ ISSUERS = {"lava": ("lava", "Lava"), "cerebras": ("cerebras", "Cerebras")}  # ro
 COST_COLUMNS = ("BilledCost", "ContractedCost", "EffectiveCost", "ListCost")
 UNIT_PRICE_COLUMNS = ("ContractedUnitPrice", "ListUnitPrice")
 DATE_COLUMNS = ("BillingPeriodEnd", "BillingPeriodStart", "ChargePeriodEnd", "ChargePeriodStart")
-SCALES = {**dict.fromkeys(COST_COLUMNS, 9), **dict.fromkeys(UNIT_PRICE_COLUMNS, 9), "PricingQuantity": 6,
-          "ConsumedQuantity": 6}
+SCALES = {
+    **dict.fromkeys(COST_COLUMNS, 9),
+    **dict.fromkeys(UNIT_PRICE_COLUMNS, 9),
+    "PricingQuantity": 6,
+    "ConsumedQuantity": 6,
+}
 
 EXACT = Context(prec=60)
 
@@ -185,10 +225,17 @@ def _points(conn: Connection) -> tuple[dict[str, PricePoint], list[tuple[PricePo
     by_id: dict[str, PricePoint] = {}
     listed: list[tuple[PricePoint, datetime]] = []
     for r in conn.execute(select(PriceRow.__table__)).all():
-        p = PricePoint(r.price_id, r.book, r.model, r.effective_from, Money(int(r.input_nanos)),
-                       None if r.cached_nanos is None else Money(int(r.cached_nanos)),
-                       Money(int(r.output_nanos)),
-                       bool(r.free), r.source)
+        p = PricePoint(
+            r.price_id,
+            r.book,
+            r.model,
+            r.effective_from,
+            Money(int(r.input_nanos)),
+            None if r.cached_nanos is None else Money(int(r.cached_nanos)),
+            Money(int(r.output_nanos)),
+            bool(r.free),
+            r.source,
+        )
         by_id[p.price_id] = p
         if p.book == LIST_BOOK:
             listed.append((p, r.created_at))
@@ -228,30 +275,47 @@ def _grouped(conn: Connection, month: str, bounds: list[datetime]) -> Any:
     e = EventRow.__table__.c
     bb = BilledBatchRow.__table__.c
     occurred = utc_month(e.occurred_at)
-    segment: Any = (case(*[(e.occurred_at < b, i) for i, b in enumerate(bounds)], else_=len(bounds))
-                    if bounds else literal(0))
+    segment: Any = (
+        case(*[(e.occurred_at < b, i) for i, b in enumerate(bounds)], else_=len(bounds))
+        if bounds
+        else literal(0)
+    )
     inner = (
         select(
-            bb.month.label("charge_month"), e.project.label("project"), e.route.label("route"),
-            e.book.label("book"), func.coalesce(e.served_model, e.requested_model, "").label("model"),
-            e.price_id.label("price_id"), e.free.label("free"), segment.label("segment"), e.tags.label("tags"),
+            bb.month.label("charge_month"),
+            e.project.label("project"),
+            e.route.label("route"),
+            e.book.label("book"),
+            func.coalesce(e.served_model, e.requested_model, "").label("model"),
+            e.price_id.label("price_id"),
+            e.free.label("free"),
+            segment.label("segment"),
+            e.tags.label("tags"),
             (func.coalesce(e.prompt_tokens, 0) - func.coalesce(e.cached_tokens, 0)).label("uncached"),
             func.coalesce(e.cached_tokens, 0).label("cached"),
             func.coalesce(e.completion_tokens, 0).label("completion"),
             func.coalesce(e.total_tokens, 0).label("total"),
             e.cost_nanos.label("cost"),
         )
-        .select_from(BilledBatchRow.__table__.join(
-            EventRow.__table__, and_(e.batch_id == bb.batch_id, occurred == bb.month)))
+        .select_from(
+            BilledBatchRow.__table__.join(
+                EventRow.__table__, and_(e.batch_id == bb.batch_id, occurred == bb.month)
+            )
+        )
         .where(bb.billed_in == month, e.cost_nanos.is_not(None))
         .subquery()
     )
     g = inner.c
     keys = (g.charge_month, g.project, g.route, g.book, g.model, g.price_id, g.free, g.segment, g.tags)
     return conn.execute(
-        select(*keys, func.sum(g.uncached), func.sum(g.cached), func.sum(g.completion), func.sum(g.total),
-               func.sum(g.cost))
-        .group_by(*keys)
+        select(
+            *keys,
+            func.sum(g.uncached),
+            func.sum(g.cached),
+            func.sum(g.completion),
+            func.sum(g.total),
+            func.sum(g.cost),
+        ).group_by(*keys)
     )
 
 
@@ -259,8 +323,11 @@ def _tags(user_tags: str, book: str, free: bool, route: str, price_id: str | Non
     """FOCUS ``Tags``: the call's own tags as given, then the ledger's keys under :data:`TAG_PREFIX`
     (a user key under that prefix is reserved and left out)."""
     tags: dict[str, Any] = {k: v for k, v in json.loads(user_tags).items() if not k.startswith(TAG_PREFIX)}
-    tags |= {f"{TAG_PREFIX}book": book, f"{TAG_PREFIX}free": "true" if free else "false",
-             f"{TAG_PREFIX}route": route}
+    tags |= {
+        f"{TAG_PREFIX}book": book,
+        f"{TAG_PREFIX}free": "true" if free else "false",
+        f"{TAG_PREFIX}route": route,
+    }
     if price_id is not None:
         tags[f"{TAG_PREFIX}price_id"] = price_id
     return json.dumps(tags, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -285,21 +352,38 @@ def billing_rows(conn: Connection, month: str, issued_at: datetime) -> list[dict
 
     # (charge month, project, route, book, model, price id, free, list point id, tags) -> sums
     merged: dict[tuple[Any, ...], list[int]] = {}
-    for (charge_month, project, route, book, model, price_id, free, segment, user_tags,
-         uncached, cached, completion, total, cost) in _grouped(conn, month, bounds):
+    for (
+        charge_month,
+        project,
+        route,
+        book,
+        model,
+        price_id,
+        free,
+        segment,
+        user_tags,
+        uncached,
+        cached,
+        completion,
+        total,
+        cost,
+    ) in _grouped(conn, month, bounds):
         free = bool(free)
         sums = [int(uncached or 0), int(cached or 0), int(completion or 0), int(total or 0), int(cost or 0)]
         list_id: str | None = None
         if price_id is not None:
             point = by_id.get(price_id)
             if point is None:
-                raise BillingError(f"events of {project!r} name price {price_id!r}, "
-                                   "which the ledger does not have")
+                raise BillingError(
+                    f"events of {project!r} name price {price_id!r}, which the ledger does not have"
+                )
             rates = _rates(point)
             computed = sum(n * rates[t] for n, t in zip(sums[:3], TOKEN_TYPES, strict=True))
             if computed != sums[4]:
-                raise BillingError(f"events priced at {price_id} cost {Money(sums[4])} USD but their tokens "
-                                   f"at its rates cost {Money(computed)} USD; refusing to bill")
+                raise BillingError(
+                    f"events priced at {price_id} cost {Money(sums[4])} USD but their tokens "
+                    f"at its rates cost {Money(computed)} USD; refusing to bill"
+                )
             if book == LIST_BOOK or free:  # a free model is listed at its own free point
                 list_id = price_id
             else:
@@ -321,17 +405,32 @@ def billing_rows(conn: Connection, month: str, issued_at: datetime) -> list[dict
         charge_start, charge_end = month_bounds(charge_month)
         account_id, issuer = ISSUERS.get(route, (route, route.capitalize()))
         common = {
-            "BillingAccountId": account_id, "BillingAccountName": issuer, "BillingCurrency": CURRENCY,
-            "BillingPeriodEnd": billing_end, "BillingPeriodStart": billing_start,
-            "ChargeCategory": "Usage", "ChargeClass": "Correction" if correction else None,
+            "BillingAccountId": account_id,
+            "BillingAccountName": issuer,
+            "BillingCurrency": CURRENCY,
+            "BillingPeriodEnd": billing_end,
+            "BillingPeriodStart": billing_start,
+            "ChargeCategory": "Usage",
+            "ChargeClass": "Correction" if correction else None,
             "ChargeFrequency": "Usage-Based",
-            "ChargePeriodEnd": charge_end, "ChargePeriodStart": charge_start,
-            "ConsumedUnit": "Tokens", "InvoiceIssuerName": issuer, "PricingCategory": "Standard",
-            "PricingUnit": PRICING_UNIT, "ProviderName": PROVIDER, "PublisherName": PROVIDER,
-            "ServiceCategory": "AI and Machine Learning", "ServiceName": SERVICE_NAME,
-            "ServiceSubcategory": "Generative AI", "SubAccountId": project, "SubAccountName": project,
+            "ChargePeriodEnd": charge_end,
+            "ChargePeriodStart": charge_start,
+            "ConsumedUnit": "Tokens",
+            "InvoiceIssuerName": issuer,
+            "PricingCategory": "Standard",
+            "PricingUnit": PRICING_UNIT,
+            "ProviderName": PROVIDER,
+            "PublisherName": PROVIDER,
+            "ServiceCategory": "AI and Machine Learning",
+            "ServiceName": SERVICE_NAME,
+            "ServiceSubcategory": "Generative AI",
+            "SubAccountId": project,
+            "SubAccountName": project,
             "Tags": _tags(user_tags, book, free, route, price_id),
-            "x_Model": model, "x_Free": free, "x_Route": route, "x_FocusVersion": FOCUS_VERSION,
+            "x_Model": model,
+            "x_Free": free,
+            "x_Route": route,
+            "x_FocusVersion": FOCUS_VERSION,
         }
         late = f" (late usage from {charge_month})" if correction else ""
         if price_id is None:  # imported with a cost of its own: one row, not split by token type
@@ -341,16 +440,37 @@ def billing_rows(conn: Connection, month: str, issued_at: datetime) -> list[dict
             # unit price x PricingQuantity = cost exactly and the unit price is never negative.
             cost = _usd(sums[4])
             unit = abs(cost)
-            row = {**common,
-                   "BilledCost": cost, "ContractedCost": cost, "EffectiveCost": cost, "ListCost": cost,
-                   "ContractedUnitPrice": unit, "ListUnitPrice": unit, "PricingUnit": IMPORTED_UNIT,
-                   "PricingQuantity": Decimal(-1 if cost < 0 else 1).quantize(Decimal("0.000001")),
-                   "SkuId": f"{model}/{TOTAL}", "SkuMeter": _METERS[TOTAL],
-                   "SkuPriceId": f"{IMPORTED}/{model}/{TOTAL}", "SkuPriceDetails": _details(IMPORTED, TOTAL),
-                   "ConsumedQuantity": _tokens(sums[3]), "x_TokenType": TOTAL,
-                   "ChargeDescription": f"{model} tokens via {issuer}, imported cost{late}"}
-            order = (correction, charge_month, project, model, route, book, "", "", free, len(TOKEN_TYPES),
-                     user_tags)
+            row = {
+                **common,
+                "BilledCost": cost,
+                "ContractedCost": cost,
+                "EffectiveCost": cost,
+                "ListCost": cost,
+                "ContractedUnitPrice": unit,
+                "ListUnitPrice": unit,
+                "PricingUnit": IMPORTED_UNIT,
+                "PricingQuantity": Decimal(-1 if cost < 0 else 1).quantize(Decimal("0.000001")),
+                "SkuId": f"{model}/{TOTAL}",
+                "SkuMeter": _METERS[TOTAL],
+                "SkuPriceId": f"{IMPORTED}/{model}/{TOTAL}",
+                "SkuPriceDetails": _details(IMPORTED, TOTAL),
+                "ConsumedQuantity": _tokens(sums[3]),
+                "x_TokenType": TOTAL,
+                "ChargeDescription": f"{model} tokens via {issuer}, imported cost{late}",
+            }
+            order = (
+                correction,
+                charge_month,
+                project,
+                model,
+                route,
+                book,
+                "",
+                "",
+                free,
+                len(TOKEN_TYPES),
+                user_tags,
+            )
             rows.append((order, row))
             continue
         rates = _rates(by_id[price_id])
@@ -360,17 +480,36 @@ def billing_rows(conn: Connection, month: str, issued_at: datetime) -> list[dict
             if not tokens:
                 continue
             cost = _usd(tokens * rates[token_type])
-            row = {**common, "BilledCost": cost, "ContractedCost": cost, "EffectiveCost": cost,
-                   "ListCost": _usd(tokens * list_rates[token_type]),
-                   "ContractedUnitPrice": _per_million(rates[token_type]),
-                   "ListUnitPrice": _per_million(list_rates[token_type]),
-                   "SkuId": f"{model}/{token_type}", "SkuMeter": _METERS[token_type],
-                   "SkuPriceId": f"{book}/{model}/{token_type}", "SkuPriceDetails": _details(book, token_type),
-                   "ConsumedQuantity": _tokens(tokens), "PricingQuantity": _quantity(tokens),
-                   "x_TokenType": token_type,
-                   "ChargeDescription": f"{model} {_TOKEN_WORDS[token_type]} via {issuer}{late}"}
-            order = (correction, charge_month, project, model, route, book, price_id, list_id or "", free, i,
-                     user_tags)
+            row = {
+                **common,
+                "BilledCost": cost,
+                "ContractedCost": cost,
+                "EffectiveCost": cost,
+                "ListCost": _usd(tokens * list_rates[token_type]),
+                "ContractedUnitPrice": _per_million(rates[token_type]),
+                "ListUnitPrice": _per_million(list_rates[token_type]),
+                "SkuId": f"{model}/{token_type}",
+                "SkuMeter": _METERS[token_type],
+                "SkuPriceId": f"{book}/{model}/{token_type}",
+                "SkuPriceDetails": _details(book, token_type),
+                "ConsumedQuantity": _tokens(tokens),
+                "PricingQuantity": _quantity(tokens),
+                "x_TokenType": token_type,
+                "ChargeDescription": f"{model} {_TOKEN_WORDS[token_type]} via {issuer}{late}",
+            }
+            order = (
+                correction,
+                charge_month,
+                project,
+                model,
+                route,
+                book,
+                price_id,
+                list_id or "",
+                free,
+                i,
+                user_tags,
+            )
             rows.append((order, row))
     rows.sort(key=lambda kr: kr[0])
     return [{c: row[c] for c in COLUMNS} for _, row in rows]

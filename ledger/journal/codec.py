@@ -51,9 +51,18 @@ def encode(event: CallEvent) -> bytes:
         event.error_type,
         event.error_code,
         event.stream,
-        None if u is None else [u.prompt_tokens, u.cached_tokens, u.completion_tokens,
-                                u.reasoning_tokens, u.total_tokens, u.accepted_prediction_tokens,
-                                u.rejected_prediction_tokens, u.image_tokens],
+        None
+        if u is None
+        else [
+            u.prompt_tokens,
+            u.cached_tokens,
+            u.completion_tokens,
+            u.reasoning_tokens,
+            u.total_tokens,
+            u.accepted_prediction_tokens,
+            u.rejected_prediction_tokens,
+            u.image_tokens,
+        ],
         event.latency_us,
         event.ttft_us,
         None if t is None else [t.queue_us, t.prompt_us, t.completion_us, t.total_us],
@@ -74,9 +83,35 @@ def encode(event: CallEvent) -> bytes:
 
 
 # Where each field sits in a spool record (the JSON list :func:`encode` writes).
-(F_VERSION, F_ID, F_AT, F_PROJECT, F_ROUTE, F_BOOK, F_REQUESTED, F_SERVED, F_STATUS, F_HTTP, F_ERROR_TYPE,
- F_ERROR_CODE, F_STREAM, F_USAGE, F_LATENCY, F_TTFT, F_TIME_INFO, F_UPSTREAM_ID, F_LAVA_ID, F_TAGS, F_SOURCE,
- F_NOTE, F_ENDPOINT, F_SERVICE_TIER, F_FINISH_REASON, F_RL_TOKENS, F_RL_REQUESTS) = range(27)
+(
+    F_VERSION,
+    F_ID,
+    F_AT,
+    F_PROJECT,
+    F_ROUTE,
+    F_BOOK,
+    F_REQUESTED,
+    F_SERVED,
+    F_STATUS,
+    F_HTTP,
+    F_ERROR_TYPE,
+    F_ERROR_CODE,
+    F_STREAM,
+    F_USAGE,
+    F_LATENCY,
+    F_TTFT,
+    F_TIME_INFO,
+    F_UPSTREAM_ID,
+    F_LAVA_ID,
+    F_TAGS,
+    F_SOURCE,
+    F_NOTE,
+    F_ENDPOINT,
+    F_SERVICE_TIER,
+    F_FINISH_REASON,
+    F_RL_TOKENS,
+    F_RL_REQUESTS,
+) = range(27)
 _FIELDS = 27
 _V1_FIELDS = 22
 _V1_PADDING = ("chat.completions", None, None, None, None)  # what a version 1 record did not say
@@ -151,16 +186,56 @@ def decode(line: bytes, *, trusted: bool = False) -> CallEvent:
 
 
 _ZERO = timedelta(0)
-_checked = operator.itemgetter(F_ID, F_PROJECT, F_BOOK, F_REQUESTED, F_SERVED, F_HTTP, F_ERROR_TYPE,
-                               F_ERROR_CODE, F_STREAM, F_USAGE, F_LATENCY, F_TTFT, F_TIME_INFO, F_UPSTREAM_ID,
-                               F_LAVA_ID, F_TAGS, F_SOURCE, F_NOTE, F_SERVICE_TIER, F_FINISH_REASON, F_RL_TOKENS,
-                               F_RL_REQUESTS)
+_checked = operator.itemgetter(
+    F_ID,
+    F_PROJECT,
+    F_BOOK,
+    F_REQUESTED,
+    F_SERVED,
+    F_HTTP,
+    F_ERROR_TYPE,
+    F_ERROR_CODE,
+    F_STREAM,
+    F_USAGE,
+    F_LATENCY,
+    F_TTFT,
+    F_TIME_INFO,
+    F_UPSTREAM_ID,
+    F_LAVA_ID,
+    F_TAGS,
+    F_SOURCE,
+    F_NOTE,
+    F_SERVICE_TIER,
+    F_FINISH_REASON,
+    F_RL_TOKENS,
+    F_RL_REQUESTS,
+)
 
 
-def _check_types(event_id: Any, project: Any, book: Any, requested: Any, served: Any, http_status: Any,
-                 error_type: Any, error_code: Any, stream: Any, usage: Any, latency: Any, ttft: Any,
-                 time_info: Any, upstream_id: Any, lava_id: Any, tags: Any, source: Any, note: Any,
-                 tier: Any, finish_reason: Any, rl_tokens: Any, rl_requests: Any) -> None:
+def _check_types(
+    event_id: Any,
+    project: Any,
+    book: Any,
+    requested: Any,
+    served: Any,
+    http_status: Any,
+    error_type: Any,
+    error_code: Any,
+    stream: Any,
+    usage: Any,
+    latency: Any,
+    ttft: Any,
+    time_info: Any,
+    upstream_id: Any,
+    lava_id: Any,
+    tags: Any,
+    source: Any,
+    note: Any,
+    tier: Any,
+    finish_reason: Any,
+    rl_tokens: Any,
+    rl_requests: Any,
+) -> None:
     """Refuse a record whose fields have the wrong types (it would fail later, in the database)."""
     # plain loops: this runs for every spooled event, and all(<generator>) costs twice as much
     for v in (event_id, project, book, source):

@@ -63,12 +63,17 @@ class ProcessJournal(Journal):
         root = str(Path(__file__).resolve().parents[2])
         code = f"import sys; sys.path.append({root!r}); from ledger.journal.process import main; sys.exit(main())"
         try:
-            return subprocess.Popen([sys.executable, "-c", code, str(self.folder), str(self.segment)],
-                                    stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                    env=dict(os.environ, LEDGER_WRITER_URL=self.url))
+            return subprocess.Popen(
+                [sys.executable, "-c", code, str(self.folder), str(self.segment)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                env=dict(os.environ, LEDGER_WRITER_URL=self.url),
+            )
         except Exception as exc:  # noqa: BLE001 - no interpreter to run, no fork: the thread writes
-            log.error("ledger: cannot start the writer process (%s); writing from this process instead",
-                      getattr(exc, "strerror", None) or exc)
+            log.error(
+                "ledger: cannot start the writer process (%s); writing from this process instead",
+                getattr(exc, "strerror", None) or exc,
+            )
             return None
 
     def _tell(self, message: bytes) -> None:

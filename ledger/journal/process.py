@@ -121,8 +121,12 @@ def run(url: str, folder: Path, segment: Path) -> int:
             except Exception as exc:  # noqa: BLE001 - the writer must never die on a database problem
                 what = redact(describe(exc), url)
                 if what != problem:
-                    log.error("ledger writer: cannot write to %s (%s); events wait in %s",
-                              redact_url(url), what, folder)
+                    log.error(
+                        "ledger writer: cannot write to %s (%s); events wait in %s",
+                        redact_url(url),
+                        what,
+                        folder,
+                    )
                     problem = what
                 sink.dispose()
                 if not open_input:
@@ -150,8 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     url = os.environ.get("LEDGER_WRITER_URL", "")
     if len(args) != 2 or not url:
-        print("usage: LEDGER_WRITER_URL=... python -m ledger.journal.process FOLDER SEGMENT (the ledger starts it)",
-              file=sys.stderr)
+        print(
+            "usage: LEDGER_WRITER_URL=... python -m ledger.journal.process FOLDER SEGMENT (the ledger starts it)",
+            file=sys.stderr,
+        )
         return 2
     log_to_stderr(logging.WARNING)
     # Ctrl-C in a terminal reaches the whole process group: the parent decides when to stop

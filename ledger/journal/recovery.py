@@ -77,7 +77,9 @@ def drain_segment(path: Path, sink: Sink, reject: Reject) -> bool:
                         reject.keep(data, "torn last record in a dead process's spool")
                         offset += len(data)
                     else:
-                        offset = set_aside_long(fd, offset, os.fstat(fd).st_size, reject, final=True) or offset
+                        offset = (
+                            set_aside_long(fd, offset, os.fstat(fd).st_size, reject, final=True) or offset
+                        )
                     write_checkpoint(ckpt_fd, offset)
                     continue
                 write_lines(sink, reject, lines)

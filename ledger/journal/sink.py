@@ -101,8 +101,11 @@ class Journal(WriterThread):
         try:
             line = encode(event)
         except Exception as exc:  # noqa: BLE001 - a field of a type JSON cannot hold: never break the call
-            log.critical("ledger: event %s cannot be encoded (%s); LOST", getattr(event, "event_id", "?"),
-                         describe(exc))
+            log.critical(
+                "ledger: event %s cannot be encoded (%s); LOST",
+                getattr(event, "event_id", "?"),
+                describe(exc),
+            )
             return
         if len(line) > MAX_LINE:
             self._too_long(line)
@@ -126,11 +129,17 @@ class Journal(WriterThread):
 
     def _too_long(self, line: bytes) -> None:
         try:
-            self._reject.keep(line, f"event {event_id_of(line)} encodes to {len(line)} bytes, too long for "
-                                    f"the spool (at most {MAX_LINE})")
+            self._reject.keep(
+                line,
+                f"event {event_id_of(line)} encodes to {len(line)} bytes, too long for "
+                f"the spool (at most {MAX_LINE})",
+            )
         except OSError as exc:
-            log.critical("ledger: event %s too long for the spool and not kept (%s); LOST",
-                         event_id_of(line), exc.strerror or exc)
+            log.critical(
+                "ledger: event %s too long for the spool and not kept (%s); LOST",
+                event_id_of(line),
+                exc.strerror or exc,
+            )
 
     def _spool_failed(self, line: bytes, exc: OSError) -> None:
         # Undo a partial line so the next one does not fuse with it, then keep the event in
@@ -144,11 +153,16 @@ class Journal(WriterThread):
         if len(self._overflow) < MAX_OVERFLOW:
             self._overflow.append(line)
             if first or len(self._overflow) % 1000 == 0:  # loud once, then a count, not a flood
-                log.error("ledger: cannot write the spool in %s (%s); events kept in memory (%d waiting)",
-                          self.folder, exc.strerror or exc, len(self._overflow))
+                log.error(
+                    "ledger: cannot write the spool in %s (%s); events kept in memory (%d waiting)",
+                    self.folder,
+                    exc.strerror or exc,
+                    len(self._overflow),
+                )
         else:
-            log.critical("ledger: spool unwritable and memory overflow full; event %s LOST",
-                         event_id_of(line))
+            log.critical(
+                "ledger: spool unwritable and memory overflow full; event %s LOST", event_id_of(line)
+            )
 
     def _append_after_close(self, line: bytes) -> None:
         """A call that ends after :meth:`close` (a thread still running at exit, or racing
@@ -166,8 +180,12 @@ class Journal(WriterThread):
             log.warning("ledger: an event arrived after the ledger was closed; kept in %s for recovery", path)
         except OSError as exc:
             fresh.unlink(missing_ok=True)
-            log.critical("ledger: an event arrived after the ledger was closed and could not be spooled "
-                         "(%s); event %s LOST", exc.strerror or exc, event_id_of(line))
+            log.critical(
+                "ledger: an event arrived after the ledger was closed and could not be spooled "
+                "(%s); event %s LOST",
+                exc.strerror or exc,
+                event_id_of(line),
+            )
 
     # -- segments --------------------------------------------------------------------------
 
@@ -181,7 +199,9 @@ class Journal(WriterThread):
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         os.rename(fresh, self.segment)
         self._rfd = os.open(self.segment, os.O_RDONLY)
-        self._ckpt_fd = os.open(self.segment.with_suffix(".ckpt"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        self._ckpt_fd = os.open(
+            self.segment.with_suffix(".ckpt"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600
+        )
         self._written = self._committed = 0
 
     def _close_segment(self, remove: bool) -> None:
@@ -213,8 +233,13 @@ class Journal(WriterThread):
                     os.ftruncate(self._fd, self._written)
                 except OSError:
                     pass
-                log.critical("ledger: closing with the database unavailable and the spool in %s unwritable "
-                             "(%s); event %s LOST", self.folder, exc.strerror or exc, event_id_of(line))
+                log.critical(
+                    "ledger: closing with the database unavailable and the spool in %s unwritable "
+                    "(%s); event %s LOST",
+                    self.folder,
+                    exc.strerror or exc,
+                    event_id_of(line),
+                )
 
     _flush_poll_s = 0.2
 

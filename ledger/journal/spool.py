@@ -60,7 +60,9 @@ class Reject:
         symlink, a FIFO, another owner's), a fresh file beside it, so setting a record aside
         never blocks the writer."""
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
+            fd = os.open(
+                self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600
+            )
             st = os.fstat(fd)
             if stat.S_ISREG(st.st_mode) and owned_by_us(st):
                 return fd
@@ -69,7 +71,9 @@ class Reject:
             if exc.errno not in (errno.ELOOP, errno.ENXIO):
                 raise
         alt = self.path.with_name(f"rejected-{os.getpid()}-{time.time_ns():x}.jsonl")
-        log.error("ledger: %s is not a file of ours alone; setting records aside in %s instead", self.path, alt)
+        log.error(
+            "ledger: %s is not a file of ours alone; setting records aside in %s instead", self.path, alt
+        )
         return os.open(alt, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
 
     def keep(self, line: bytes, why: str) -> None:
@@ -152,8 +156,12 @@ def _foreign(path: Path, why: str) -> None:
     """Say once per process that a file in the spool folder is not ours alone, and is ignored."""
     if str(path) not in _foreign_said:
         _foreign_said.add(str(path))
-        log.error("ledger: %s in the spool folder %s is %s; not ingested, left in place", path.name,
-                  path.parent, why)
+        log.error(
+            "ledger: %s in the spool folder %s is %s; not ingested, left in place",
+            path.name,
+            path.parent,
+            why,
+        )
 
 
 def open_own(path: Path, flags: int) -> int | None:
@@ -170,7 +178,12 @@ def open_own(path: Path, flags: int) -> int | None:
     if stat.S_ISREG(st.st_mode) and owned_by_us(st):
         return fd
     os.close(fd)
-    _foreign(path, "not a regular file" if not stat.S_ISREG(st.st_mode) else
-             f"owned by uid {st.st_uid}" if st.st_uid != os.geteuid() else
-             f"writable by others (mode {stat.S_IMODE(st.st_mode):04o})")
+    _foreign(
+        path,
+        "not a regular file"
+        if not stat.S_ISREG(st.st_mode)
+        else f"owned by uid {st.st_uid}"
+        if st.st_uid != os.geteuid()
+        else f"writable by others (mode {stat.S_IMODE(st.st_mode):04o})",
+    )
     return None

@@ -63,6 +63,7 @@ class WriterThread:
     _ckpt_fd: int
 
     if TYPE_CHECKING:  # the journal's own (ledger.journal.sink.Journal)
+
         def pending(self) -> int: ...
         def _close_segment(self, remove: bool) -> None: ...
         def _rotate_if_due(self) -> None: ...
@@ -134,8 +135,9 @@ class WriterThread:
             what = str(exc)
         what = redact(what, self.url)
         if what != self._problem:
-            log.error("ledger: cannot write to %s (%s); events wait in %s",
-                      redact_url(self.url), what, self.folder)
+            log.error(
+                "ledger: cannot write to %s (%s); events wait in %s", redact_url(self.url), what, self.folder
+            )
             self._problem = what
 
     def _reconnect(self) -> None:
@@ -182,8 +184,12 @@ class WriterThread:
             # The batch is in the database; a stale checkpoint only makes a recovery after a
             # crash replay it, which inserts nothing twice. A spool problem, not a database one.
             if not self._ckpt_problem:
-                log.warning("ledger: cannot write the spool checkpoint in %s (%s); a recovery after "
-                            "a crash would replay events already written", self.folder, exc.strerror or exc)
+                log.warning(
+                    "ledger: cannot write the spool checkpoint in %s (%s); a recovery after "
+                    "a crash would replay events already written",
+                    self.folder,
+                    exc.strerror or exc,
+                )
                 self._ckpt_problem = True
 
     def _notify(self) -> None:

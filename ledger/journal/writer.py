@@ -101,8 +101,13 @@ class Sink:
         except Exception as exc:  # noqa: BLE001 - the writer must never die
             if not self._stops_problem:
                 why = redact(first_line(exc), self.url)
-                log.warning("ledger: cannot refresh the hard-budget stop list in %s (%s: %s); the last one "
-                            "stays in force", folder, type(exc).__name__, why)
+                log.warning(
+                    "ledger: cannot refresh the hard-budget stop list in %s (%s: %s); the last one "
+                    "stays in force",
+                    folder,
+                    type(exc).__name__,
+                    why,
+                )
                 self._stops_problem = True
 
     def dispose(self) -> None:

@@ -27,8 +27,15 @@ When = datetime | date | str
 
 # The keys Ledger.frame groups by, besides ``tag:<key>``.
 FRAME_KEYS = ("project", "model", "route", "book", "status", "free", "priced", "day")
-_USAGE_MEASURES = ("calls", "input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens", "total_tokens",
-                   "cost_nanos")
+_USAGE_MEASURES = (
+    "calls",
+    "input_tokens",
+    "cached_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+    "total_tokens",
+    "cost_nanos",
+)
 _TAG_MEASURES = ("calls", "total_tokens", "cost_nanos")
 _QUARTER = 900  # seconds: the rollups' grain
 _INT64_MAX = 2**63 - 1
@@ -85,9 +92,15 @@ def _local_day(bucket: datetime, tz: tzinfo) -> date:
     return local.date()
 
 
-def usage_frame(engine: Callable[[], Engine], since: When, until: When,
-                by: Sequence[str] | str = ("project", "model"), tz: str | tzinfo = "UTC", *,
-                refresh: Callable[[], object] | None = None) -> Any:
+def usage_frame(
+    engine: Callable[[], Engine],
+    since: When,
+    until: When,
+    by: Sequence[str] | str = ("project", "model"),
+    tz: str | tzinfo = "UTC",
+    *,
+    refresh: Callable[[], object] | None = None,
+) -> Any:
     """The pandas DataFrame of :meth:`ledger.Ledger.frame` (see there). ``engine`` gives the engine
     when the rollups are first read, after the arguments are checked; ``refresh``, when given, is
     called before they are read (the ledger's rollup)."""
@@ -100,13 +113,16 @@ def usage_frame(engine: Callable[[], Engine], since: When, until: When,
     if refresh is not None:
         refresh()
     tag = next((k.tag for k in keys if k.tag is not None), None)
-    sums = _tag_sums(engine, keys, tag, start, end, zone) if tag else _usage_sums(engine, keys, start, end, zone)
+    sums = (
+        _tag_sums(engine, keys, tag, start, end, zone) if tag else _usage_sums(engine, keys, start, end, zone)
+    )
     measures = _TAG_MEASURES if tag else _USAGE_MEASURES
     return _to_frame([k.name for k in keys], measures, sums)
 
 
-def _usage_sums(engine: Callable[[], Engine], keys: list[_Key], start: datetime, end: datetime,
-                zone: tzinfo) -> dict[tuple[Any, ...], list[int]]:
+def _usage_sums(
+    engine: Callable[[], Engine], keys: list[_Key], start: datetime, end: datetime, zone: tzinfo
+) -> dict[tuple[Any, ...], list[int]]:
     from sqlalchemy import case, func, select
 
     from ledger.store.schema import UsageRollupRow
@@ -114,9 +130,16 @@ def _usage_sums(engine: Callable[[], Engine], keys: list[_Key], start: datetime,
     r = UsageRollupRow.__table__.c
     cols = [r.bucket if k.name == "day" else r[k.name] for k in keys]
     query = (
-        select(*cols, func.sum(case((r.kind == "usage", r.events), else_=0)), func.sum(r.prompt_tokens),
-               func.sum(r.cached_tokens), func.sum(r.completion_tokens), func.sum(r.reasoning_tokens),
-               func.sum(r.total_tokens), func.sum(r.cost_nanos))
+        select(
+            *cols,
+            func.sum(case((r.kind == "usage", r.events), else_=0)),
+            func.sum(r.prompt_tokens),
+            func.sum(r.cached_tokens),
+            func.sum(r.completion_tokens),
+            func.sum(r.reasoning_tokens),
+            func.sum(r.total_tokens),
+            func.sum(r.cost_nanos),
+        )
         .where(r.bucket >= start, r.bucket < end)
         .group_by(*cols)
     )
@@ -125,8 +148,9 @@ def _usage_sums(engine: Callable[[], Engine], keys: list[_Key], start: datetime,
     return _accumulate(keys, rows, zone, len(_USAGE_MEASURES))
 
 
-def _tag_sums(engine: Callable[[], Engine], keys: list[_Key], tag: str, start: datetime, end: datetime,
-              zone: tzinfo) -> dict[tuple[Any, ...], list[int]]:
+def _tag_sums(
+    engine: Callable[[], Engine], keys: list[_Key], tag: str, start: datetime, end: datetime, zone: tzinfo
+) -> dict[tuple[Any, ...], list[int]]:
     """Sums per tag value, plus the value ``None``: usage minus the tagged part, per project
     and bucket (both rollups sum the same rows, so the difference is exact)."""
     from sqlalchemy import case, func, select
@@ -145,8 +169,12 @@ def _tag_sums(engine: Callable[[], Engine], keys: list[_Key], tag: str, start: d
         .group_by(*tcols, t.value)
     )
     all_q = (
-        select(*rcols, func.sum(case((r.kind == "usage", r.events), else_=0)), func.sum(r.total_tokens),
-               func.sum(r.cost_nanos))
+        select(
+            *rcols,
+            func.sum(case((r.kind == "usage", r.events), else_=0)),
+            func.sum(r.total_tokens),
+            func.sum(r.cost_nanos),
+        )
         .where(r.bucket >= start, r.bucket < end)
         .group_by(*rcols)
     )
@@ -161,7 +189,7 @@ def _tag_sums(engine: Callable[[], Engine], keys: list[_Key], tag: str, start: d
     out: dict[tuple[Any, ...], list[int]] = {}
     for row in tagged_rows:
         *kv, value = row[: len(key_cols) + 1]
-        measures = row[len(key_cols) + 1:]
+        measures = row[len(key_cols) + 1 :]
         plain_key = _key_values(key_cols, kv, zone)
         figures = [int(x or 0) for x in measures]
         _add(tagged_by_plain, plain_key, figures)
@@ -196,10 +224,12 @@ def _add(into: dict[tuple[Any, ...], list[int]], key: tuple[Any, ...], figures: 
             have[i] += f
 
 
-def _accumulate(keys: list[_Key], rows: Sequence[Any], zone: tzinfo, n: int) -> dict[tuple[Any, ...], list[int]]:
+def _accumulate(
+    keys: list[_Key], rows: Sequence[Any], zone: tzinfo, n: int
+) -> dict[tuple[Any, ...], list[int]]:
     out: dict[tuple[Any, ...], list[int]] = {}
     for row in rows:
-        measures = row[len(keys): len(keys) + n]
+        measures = row[len(keys) : len(keys) + n]
         if all(x is None for x in measures):  # no keys and no rows: SQL's one row of NULL sums
             continue
         _add(out, _key_values(keys, row[: len(keys)], zone), [int(x or 0) for x in measures])

@@ -157,8 +157,16 @@ def _daily_chart(report: Report) -> dict[str, Any]:
             ((paid, COLORS["paid"], "paid"), (free_list, COLORS["free_list"], "free usage at list price"))
         ):
             h = _scale(value, peak, plot_h)
-            bars.append({"x": x + j * bar, "y": base - h, "width": bar, "height": h, "color": color,
-                         "title": f"{d.isoformat()} {what}: {Money(value)} USD"})
+            bars.append(
+                {
+                    "x": x + j * bar,
+                    "y": base - h,
+                    "width": bar,
+                    "height": h,
+                    "color": color,
+                    "title": f"{d.isoformat()} {what}: {Money(value)} USD",
+                }
+            )
         label = str(d.day) if report.period.kind == "month" else d.strftime("%a %d")
         days.append(
             {"bars": bars, "label_x": left + i * slot + slot // 2, "label_y": base + 16, "label": label}
@@ -193,8 +201,14 @@ def _model_chart(report: Report) -> dict[str, Any]:
         y = top + i * row_h
         shown = model if len(model) <= 40 else model[:39] + "…"
         bars = [
-            {"x": left, "y": y + j * 13, "width": _scale(value, peak, plot_w), "height": 12, "color": color,
-             "title": f"{model} {what}: {Money(value)} USD"}
+            {
+                "x": left,
+                "y": y + j * 13,
+                "width": _scale(value, peak, plot_w),
+                "height": 12,
+                "color": color,
+                "title": f"{model} {what}: {Money(value)} USD",
+            }
             for j, (value, color, what) in enumerate(
                 (
                     (cost, COLORS["model_cost"], "cost"),
@@ -202,14 +216,16 @@ def _model_chart(report: Report) -> dict[str, Any]:
                 )
             )
         ]
-        models.append({
-            "label_x": left - 8,
-            "text_y": y + 17,
-            "label": shown or "(none)",
-            "bars": bars,
-            "value_x": left + _scale(max(cost, free_list), peak, plot_w) + 6,
-            "value": str(Money(cost)),
-        })
+        models.append(
+            {
+                "label_x": left - 8,
+                "text_y": y + 17,
+                "label": shown or "(none)",
+                "bars": bars,
+                "value_x": left + _scale(max(cost, free_list), peak, plot_w) + 6,
+                "value": str(Money(cost)),
+            }
+        )
     return {
         "width": width,
         "height": height,
@@ -254,12 +270,18 @@ def _view(report: Report) -> dict[str, Any]:
         if c is not None:
             pct = "" if c["percent"] is None else f" ({c['percent']:+}%)"
             note = {"change": _signed(name, c["change"]), "pct": pct}
-        cards.append({"label": LABELS[name], "key": public(name), "value": figure_value(name, t[name]),
-                      "note": note})
+        cards.append(
+            {"label": LABELS[name], "key": public(name), "value": figure_value(name, t[name]), "note": note}
+        )
     change_table = {
         "title": f"Change against {report.previous.label}",
-        "heads": [("figure", False), ("current", True), ("previous", True), ("change", True),
-                  ("change %", True)],
+        "heads": [
+            ("figure", False),
+            ("current", True),
+            ("previous", True),
+            ("change", True),
+            ("change %", True),
+        ],
         "rows": [
             {
                 "key_cells": [LABELS[c["figure"]]],
@@ -267,8 +289,10 @@ def _view(report: Report) -> dict[str, Any]:
                     (f"change.{public(c['figure'])}.current", figure_value(c["figure"], c["current"])),
                     (f"change.{public(c['figure'])}.previous", figure_value(c["figure"], c["previous"])),
                     (f"change.{public(c['figure'])}.change", figure_value(c["figure"], c["change"])),
-                    (f"change.{public(c['figure'])}.change_pct",
-                     "" if c["percent"] is None else str(c["percent"])),
+                    (
+                        f"change.{public(c['figure'])}.change_pct",
+                        "" if c["percent"] is None else str(c["percent"]),
+                    ),
                 ],
             }
             for c in change
@@ -277,34 +301,53 @@ def _view(report: Report) -> dict[str, Any]:
     totals_table = {
         "title": "Totals",
         "heads": [("figure", False), ("value", True)],
-        "rows": [{"key_cells": [LABELS[n]], "cells": [(f"totals.{public(n)}", figure_value(n, t[n]))]}
-                 for n in FIGURES],
+        "rows": [
+            {"key_cells": [LABELS[n]], "cells": [(f"totals.{public(n)}", figure_value(n, t[n]))]}
+            for n in FIGURES
+        ],
     }
     tables = [
-        _table("By day", ["day"], [((d.isoformat(),), f"day.{d.isoformat()}", r)
-                                   for d, r in report.days.iterrows()], _DAY_FIGURES),
-        _table("By model", ["model"], [((str(m),), f"model.{m}", r) for m, r in report.models.iterrows()],
-               _MODEL_FIGURES),
+        _table(
+            "By day",
+            ["day"],
+            [((d.isoformat(),), f"day.{d.isoformat()}", r) for d, r in report.days.iterrows()],
+            _DAY_FIGURES,
+        ),
+        _table(
+            "By model",
+            ["model"],
+            [((str(m),), f"model.{m}", r) for m, r in report.models.iterrows()],
+            _MODEL_FIGURES,
+        ),
     ]
     if report.project is None:
-        tables.append(_table("By project", ["project"],
-                             [((str(p),), f"project.{p}", r) for p, r in report.projects.iterrows()],
-                             _MODEL_FIGURES))
-    tables.append(_table(
-        "Top tags",
-        ["key", "value"],
-        [
-            ((str(r["key"]), str(r["value"])), f"tag.{r['key']}={r['value']}", r)
-            for _, r in report.tags.iterrows()
-        ],
-        ("calls", "total_tokens", "cost_nanos"),
-    ))
-    tables.append(_table(
-        "Unpriced usage by model",
-        ["model"],
-        [((str(r["model"]),), f"unpriced.{r['model']}", r) for _, r in report.unpriced.iterrows()],
-        ("unpriced_calls", "unpriced_tokens"),
-    ))
+        tables.append(
+            _table(
+                "By project",
+                ["project"],
+                [((str(p),), f"project.{p}", r) for p, r in report.projects.iterrows()],
+                _MODEL_FIGURES,
+            )
+        )
+    tables.append(
+        _table(
+            "Top tags",
+            ["key", "value"],
+            [
+                ((str(r["key"]), str(r["value"])), f"tag.{r['key']}={r['value']}", r)
+                for _, r in report.tags.iterrows()
+            ],
+            ("calls", "total_tokens", "cost_nanos"),
+        )
+    )
+    tables.append(
+        _table(
+            "Unpriced usage by model",
+            ["model"],
+            [((str(r["model"]),), f"unpriced.{r['model']}", r) for _, r in report.unpriced.iterrows()],
+            ("unpriced_calls", "unpriced_tokens"),
+        )
+    )
     warn = None
     if t["unpriced_calls"] or t["unpriced_tokens"] or t["usage_unknown_calls"]:
         warn = {k: t[k] for k in ("unpriced_calls", "unpriced_tokens", "usage_unknown_calls")}

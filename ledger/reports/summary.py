@@ -45,8 +45,12 @@ class ProjectSummary:
     unpriced: int
 
 
-def project_summaries(conn: Connection, since: datetime | None = None, until: datetime | None = None,
-                      projects: Sequence[str] | None = None) -> list[ProjectSummary]:
+def project_summaries(
+    conn: Connection,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    projects: Sequence[str] | None = None,
+) -> list[ProjectSummary]:
     e = EventRow.__table__.c
     usage = e.kind == "usage"
     corr = EventRow.__table__.alias("corr")
@@ -55,17 +59,21 @@ def project_summaries(conn: Connection, since: datetime | None = None, until: da
     def count_if(cond: ColumnElement[bool]) -> ColumnElement[Any]:
         return func.coalesce(func.sum(case((cond, 1), else_=0)), 0)
 
-    query = select(
-        e.project,
-        count_if(usage),
-        count_if(and_(usage, e.status == "error")),
-        count_if(and_(usage, e.status == "incomplete")),
-        func.coalesce(func.sum(e.total_tokens), 0),
-        func.coalesce(func.sum(case((e.free.is_(False), e.cost_nanos), else_=0)), 0),
-        count_if(and_(usage, e.free.is_(True))),
-        func.coalesce(func.sum(case((e.free.is_(True), e.total_tokens), else_=0)), 0),
-        count_if(and_(usage, e.priced.is_(False), e.status == "ok", ~corrected)),
-    ).group_by(e.project).order_by(e.project)
+    query = (
+        select(
+            e.project,
+            count_if(usage),
+            count_if(and_(usage, e.status == "error")),
+            count_if(and_(usage, e.status == "incomplete")),
+            func.coalesce(func.sum(e.total_tokens), 0),
+            func.coalesce(func.sum(case((e.free.is_(False), e.cost_nanos), else_=0)), 0),
+            count_if(and_(usage, e.free.is_(True))),
+            func.coalesce(func.sum(case((e.free.is_(True), e.total_tokens), else_=0)), 0),
+            count_if(and_(usage, e.priced.is_(False), e.status == "ok", ~corrected)),
+        )
+        .group_by(e.project)
+        .order_by(e.project)
+    )
     if since is not None:
         query = query.where(e.occurred_at >= since)
     if until is not None:
@@ -73,7 +81,16 @@ def project_summaries(conn: Connection, since: datetime | None = None, until: da
     if projects is not None:
         query = query.where(e.project.in_(list(projects)))
     return [
-        ProjectSummary(r[0], int(r[1]), int(r[2]), int(r[3]), int(r[4]), Money(int(r[5])), int(r[6]), int(r[7]),
-                       int(r[8]))
+        ProjectSummary(
+            r[0],
+            int(r[1]),
+            int(r[2]),
+            int(r[3]),
+            int(r[4]),
+            Money(int(r[5])),
+            int(r[6]),
+            int(r[7]),
+            int(r[8]),
+        )
         for r in conn.execute(query).all()
     ]

@@ -41,8 +41,9 @@ def rollup_and_checks(engine: Engine) -> None:
     check.check(engine, deliver_now=False)
 
 
-def default_jobs(engine: Engine, schedule: Schedule,
-                 stop: threading.Event | None = None) -> dict[str, Callable[[], None]]:
+def default_jobs(
+    engine: Engine, schedule: Schedule, stop: threading.Event | None = None
+) -> dict[str, Callable[[], None]]:
     from ledger.budgets import outbox
 
     webhook = outbox.webhook_from_env()  # ConfigError here: a bad URL stops the start, in one line
@@ -60,8 +61,16 @@ def default_jobs(engine: Engine, schedule: Schedule,
 
         grace = timedelta(hours=schedule.billing_grace_hours)
         for issued in catch_up(engine, datetime.now(UTC), Path(schedule.billing_dir), grace=grace):
-            log.info("billing: %s %s, %d row(s)", "rewrote" if issued.reissued else "issued", issued.month,
-                     len(issued.rows))
+            log.info(
+                "billing: %s %s, %d row(s)",
+                "rewrote" if issued.reissued else "issued",
+                issued.month,
+                len(issued.rows),
+            )
 
-    return {"rollup": lambda: rollup_and_checks(engine), "deliver": deliver, "daily-reports": daily_reports,
-            "billing": billing}
+    return {
+        "rollup": lambda: rollup_and_checks(engine),
+        "deliver": deliver,
+        "daily-reports": daily_reports,
+        "billing": billing,
+    }

@@ -117,7 +117,9 @@ class Schedule:
             raise ConfigError("shutdown_grace_seconds must be between 0 and 600")
         parse_zone(self.report_tz)
         reports = self.reports_dir or os.environ.get("LEDGER_REPORTS_DIR") or "reports"
-        return replace(self, reports_dir=reports, billing_dir=self.billing_dir or str(Path(reports) / "billing"))
+        return replace(
+            self, reports_dir=reports, billing_dir=self.billing_dir or str(Path(reports) / "billing")
+        )
 
 
 def load_schedule(config_file: Path | None = None, env: Mapping[str, str] | None = None) -> Schedule:
@@ -179,14 +181,19 @@ class Lease:
             holder, expires = conn.execute(query).one()
             if holder not in ("", self.holder) and expires > now:
                 return False
-            conn.execute(update(LeaseRow).where(t.c.name == self.name).values(holder=self.holder, expires_at=until))
+            conn.execute(
+                update(LeaseRow).where(t.c.name == self.name).values(holder=self.holder, expires_at=until)
+            )
             return True
 
     def release(self) -> None:
         t = LeaseRow.__table__
         with write_transaction(self.engine) as conn:
-            conn.execute(update(LeaseRow).where(t.c.name == self.name, t.c.holder == self.holder)
-                         .values(holder="", expires_at=db_now(conn)))
+            conn.execute(
+                update(LeaseRow)
+                .where(t.c.name == self.name, t.c.holder == self.holder)
+                .values(holder="", expires_at=db_now(conn))
+            )
 
 
 class _Running:
@@ -214,11 +221,13 @@ class _Running:
             return sorted(self.names)
 
 
-def _leased(engine: Engine, name: str, seconds: int, holder: str, job: Callable[[], None],
-            running: _Running) -> Callable[[], None]:
+def _leased(
+    engine: Engine, name: str, seconds: int, holder: str, job: Callable[[], None], running: _Running
+) -> Callable[[], None]:
     def run() -> None:
         with running.job(name):
             _run_leased(engine, name, seconds, holder, job)
+
     return run
 
 
@@ -235,8 +244,9 @@ def _run_leased(engine: Engine, name: str, seconds: int, holder: str, job: Calla
         job()
     except Exception as exc:
         why = first_line(exc, 300)
-        log.error("job %s failed (%s: %s); it runs again at its next time", name, type(exc).__name__,
-                  redact(why))
+        log.error(
+            "job %s failed (%s: %s); it runs again at its next time", name, type(exc).__name__, redact(why)
+        )
         log.debug("job %s failed", name, exc_info=True)
     finally:
         try:
@@ -245,8 +255,13 @@ def _run_leased(engine: Engine, name: str, seconds: int, holder: str, job: Calla
             log.warning("job %s: could not release its lease; it expires by itself", name)
 
 
-def build_scheduler(engine: Engine, schedule: Schedule, jobs: Mapping[str, Callable[[], None]] | None = None,
-                    holder: str | None = None, stop: threading.Event | None = None) -> Any:
+def build_scheduler(
+    engine: Engine,
+    schedule: Schedule,
+    jobs: Mapping[str, Callable[[], None]] | None = None,
+    holder: str | None = None,
+    stop: threading.Event | None = None,
+) -> Any:
     """A ``BlockingScheduler`` with the ledger's jobs (or ``jobs`` given by name, for tests).
     ``stop``, once set, cuts a webhook delivery in flight short (:func:`run_scheduler` sets it
     on SIGTERM). The webhook settings are read and checked here: a bad URL fails at start."""
@@ -259,28 +274,40 @@ def build_scheduler(engine: Engine, schedule: Schedule, jobs: Mapping[str, Calla
     stop = stop or threading.Event()
     table = dict(jobs) if jobs is not None else default_jobs(engine, schedule, stop)
     defaults = {"coalesce": True, "max_instances": 1, "misfire_grace_time": schedule.misfire_grace_seconds}
-    scheduler = BlockingScheduler(timezone=UTC, job_defaults=defaults,
-                                  executors={"default": ThreadPoolExecutor(max_workers=len(table) + 1)})
+    scheduler = BlockingScheduler(
+        timezone=UTC,
+        job_defaults=defaults,
+        executors={"default": ThreadPoolExecutor(max_workers=len(table) + 1)},
+    )
     running = _Running()
     scheduler.ledger_running = running
     triggers = {
         "rollup": IntervalTrigger(seconds=schedule.rollup_seconds, timezone=UTC),
         "deliver": IntervalTrigger(seconds=schedule.rollup_seconds, timezone=UTC),
-        "daily-reports": CronTrigger(hour=schedule.report_hour, minute=0, timezone=parse_zone(schedule.report_tz)),
+        "daily-reports": CronTrigger(
+            hour=schedule.report_hour, minute=0, timezone=parse_zone(schedule.report_tz)
+        ),
         "billing": CronTrigger(minute=0, timezone=UTC),  # hourly: catches up within the hour
     }
     if "rollup" in table and "deliver" in table:
         table["rollup"] = _then_wake(table["rollup"], scheduler, "deliver")
     for name, job in table.items():
         first = datetime.now(UTC) if name in ("rollup", "deliver") else None
-        scheduler.add_job(_leased(engine, name, schedule.lease_seconds, holder, job, running), triggers[name],
-                          id=name, name=name, next_run_time=first, **defaults)
+        scheduler.add_job(
+            _leased(engine, name, schedule.lease_seconds, holder, job, running),
+            triggers[name],
+            id=name,
+            name=name,
+            next_run_time=first,
+            **defaults,
+        )
     return scheduler
 
 
 def _then_wake(job: Callable[[], None], scheduler: Any, other: str) -> Callable[[], None]:
     """``job``, then ask for a run of ``other`` now (new alerts go out right after the rollup
     that fired them; a delivery still running just skips that run)."""
+
     def run() -> None:
         try:
             job()
@@ -289,10 +316,13 @@ def _then_wake(job: Callable[[], None], scheduler: Any, other: str) -> Callable[
                 scheduler.modify_job(other, next_run_time=datetime.now(UTC))
             except Exception:  # noqa: BLE001 - shutting down, or the job is gone: its own trigger runs it
                 log.debug("could not wake job %s", other, exc_info=True)
+
     return run
 
 
-def run_scheduler(engine: Engine, schedule: Schedule, jobs: Mapping[str, Callable[[], None]] | None = None) -> None:
+def run_scheduler(
+    engine: Engine, schedule: Schedule, jobs: Mapping[str, Callable[[], None]] | None = None
+) -> None:
     """Run until SIGTERM or SIGINT; then stop at once (see the module docstring) and return."""
     stopping = threading.Event()
     scheduler = build_scheduler(engine, schedule, jobs, stop=stopping)
@@ -313,8 +343,12 @@ def run_scheduler(engine: Engine, schedule: Schedule, jobs: Mapping[str, Callabl
         scheduler.start()
     left = scheduler.ledger_running.wait_idle(schedule.shutdown_grace_seconds)
     if left:
-        log.error("scheduler: job(s) %s still running after %d s; exiting without them (the next run "
-                  "redoes their work)", ", ".join(left), schedule.shutdown_grace_seconds)
+        log.error(
+            "scheduler: job(s) %s still running after %d s; exiting without them (the next run "
+            "redoes their work)",
+            ", ".join(left),
+            schedule.shutdown_grace_seconds,
+        )
         logging.shutdown()
         os._exit(1)  # the pool's worker threads would otherwise hold the process at exit
     log.warning("scheduler: stopped")

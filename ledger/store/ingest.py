@@ -59,8 +59,15 @@ def _plain_tags(tags: Sequence[Sequence[str]]) -> bool:
     return True
 
 
-def event_row(event: CallEvent, charge: Charge, recorded_at: datetime, *, kind: str = "usage",
-              corrects: str | None = None, seq: int = 0) -> dict[str, Any]:
+def event_row(
+    event: CallEvent,
+    charge: Charge,
+    recorded_at: datetime,
+    *,
+    kind: str = "usage",
+    corrects: str | None = None,
+    seq: int = 0,
+) -> dict[str, Any]:
     if event.occurred_at.utcoffset() is None or recorded_at.utcoffset() is None:
         raise ValueError("naive datetime given to the ledger; use timezone-aware UTC")
     u = event.usage
@@ -128,8 +135,10 @@ _BOOL_COLUMNS = frozenset(c.name for c in EventRow.__table__.columns if isinstan
 @functools.cache
 def _insert_events_sql(dialect: str) -> str:
     mark = "?" if dialect == "sqlite" else "%s"
-    return (f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) "
-            f"VALUES ({', '.join([mark] * len(EVENT_COLUMNS))}) ON CONFLICT DO NOTHING")
+    return (
+        f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) "
+        f"VALUES ({', '.join([mark] * len(EVENT_COLUMNS))}) ON CONFLICT DO NOTHING"
+    )
 
 
 event_values = operator.itemgetter(*EVENT_COLUMNS)
@@ -155,21 +164,27 @@ def insert_events(conn: Connection, rows: Sequence[dict[str, Any]], source: str 
     sqlite = conn.dialect.name == "sqlite"
     batch_id = _new_batch(conn, source)
     params = [sqlite_params(r, batch_id) if sqlite else (*event_values(r)[:-1], batch_id) for r in rows]
-    tags = [(r["event_id"], _clip(k, 100), _clip(str(v), 200))
-            for r in rows for k, v in (r.get(TAG_PAIRS) or json.loads(r["tags"]).items())]
+    tags = [
+        (r["event_id"], _clip(k, 100), _clip(str(v), 200))
+        for r in rows
+        for k, v in (r.get(TAG_PAIRS) or json.loads(r["tags"]).items())
+    ]
     _insert_params(conn, params, tags)
     return batch_id
 
 
 def _new_batch(conn: Connection, source: str) -> str:
     batch_id = new_event_id()
-    conn.execute(insert_or_skip(conn, IngestBatchRow.__table__),
-                 [{"batch_id": batch_id, "created_at": datetime.now(UTC), "source": source[:16], "rolled_up": False}])
+    conn.execute(
+        insert_or_skip(conn, IngestBatchRow.__table__),
+        [{"batch_id": batch_id, "created_at": datetime.now(UTC), "source": source[:16], "rolled_up": False}],
+    )
     return batch_id
 
 
-def _insert_params(conn: Connection, params: list[tuple[Any, ...]], tags: list[tuple[str, str | None, str | None]]
-                   ) -> None:
+def _insert_params(
+    conn: Connection, params: list[tuple[Any, ...]], tags: list[tuple[str, str | None, str | None]]
+) -> None:
     """The ingest hot path: plain tuples in :data:`EVENT_COLUMNS` order straight to the driver.
 
     SQLite: ``executemany`` (per-row type processing in Core cost about 45 us an event, ten
@@ -181,8 +196,9 @@ def _insert_params(conn: Connection, params: list[tuple[Any, ...]], tags: list[t
     if conn.dialect.name == "sqlite":
         conn.exec_driver_sql(_insert_events_sql("sqlite"), params)
         if tags:
-            conn.exec_driver_sql("INSERT INTO event_tags (event_id, key, value) VALUES (?, ?, ?) "
-                                 "ON CONFLICT DO NOTHING", tags)
+            conn.exec_driver_sql(
+                "INSERT INTO event_tags (event_id, key, value) VALUES (?, ?, ?) ON CONFLICT DO NOTHING", tags
+            )
         return
     driver: Any = conn.connection.driver_connection
     with driver.cursor() as cur:
@@ -202,14 +218,54 @@ def _copy_in(cur: Any, table: str, cols: str, rows: list[tuple[Any, ...]]) -> No
 
 
 _SPOOL_COLUMNS = (
-    "event_id", "kind", "corrects_event_id", "occurred_at", "recorded_at", "project", "route", "book",
-    "requested_model", "served_model", "status", "http_status", "error_type", "error_code", "stream",
-    "usage_known", "prompt_tokens", "cached_tokens", "completion_tokens", "reasoning_tokens", "total_tokens",
-    "latency_us", "ttft_us", "queue_us", "prompt_us", "completion_us", "total_us", "upstream_id",
-    "lava_request_id", "price_id", "cost_nanos", "free", "priced", "tags", "source", "note",
-    "list_cost_nanos", "endpoint", "service_tier", "finish_reason", "accepted_prediction_tokens",
-    "rejected_prediction_tokens", "image_tokens", "rl_remaining_tokens_minute", "rl_remaining_requests_day",
-    "correction_seq", "batch_id")
+    "event_id",
+    "kind",
+    "corrects_event_id",
+    "occurred_at",
+    "recorded_at",
+    "project",
+    "route",
+    "book",
+    "requested_model",
+    "served_model",
+    "status",
+    "http_status",
+    "error_type",
+    "error_code",
+    "stream",
+    "usage_known",
+    "prompt_tokens",
+    "cached_tokens",
+    "completion_tokens",
+    "reasoning_tokens",
+    "total_tokens",
+    "latency_us",
+    "ttft_us",
+    "queue_us",
+    "prompt_us",
+    "completion_us",
+    "total_us",
+    "upstream_id",
+    "lava_request_id",
+    "price_id",
+    "cost_nanos",
+    "free",
+    "priced",
+    "tags",
+    "source",
+    "note",
+    "list_cost_nanos",
+    "endpoint",
+    "service_tier",
+    "finish_reason",
+    "accepted_prediction_tokens",
+    "rejected_prediction_tokens",
+    "image_tokens",
+    "rl_remaining_tokens_minute",
+    "rl_remaining_requests_day",
+    "correction_seq",
+    "batch_id",
+)
 if EVENT_COLUMNS != _SPOOL_COLUMNS:  # insert_spooled builds rows in this order
     raise ImportError("events table columns changed; update store.insert_spooled")
 _NO_TIMES = (None, None, None, None)
@@ -219,6 +275,8 @@ _BIGINT_MAX = 2**63 - 1
 def _bigint(value: int | None) -> int | None:
     """A count from a header as a BIGINT holds it: one past its range is not kept."""
     return value if value is None or 0 <= value <= _BIGINT_MAX else None
+
+
 _tags_json = json_encoder(sort_keys=True)  # as json.dumps(tags, sort_keys=True, ensure_ascii=False)
 
 
@@ -229,8 +287,13 @@ def _sqlite_time(when: datetime) -> str:
     return when.isoformat(" ", "microseconds")[:26]  # without the "+00:00"
 
 
-def insert_spooled(conn: Connection, records: Sequence[list[Any]], book: PriceBook, recorded_at: datetime,
-                   source: str = "spool") -> str | None:
+def insert_spooled(
+    conn: Connection,
+    records: Sequence[list[Any]],
+    book: PriceBook,
+    recorded_at: datetime,
+    source: str = "spool",
+) -> str | None:
     """Price and insert spool records (from :func:`ledger.journal.codec.decode_fields`) as one ingest
     batch: the writer thread's hot path, the same rows as :func:`event_row` +
     :func:`insert_events` without building a :class:`CallEvent` and a dict per event.
@@ -243,13 +306,40 @@ def insert_spooled(conn: Connection, records: Sequence[list[Any]], book: PriceBo
     recorded = _sqlite_time(recorded_at) if sqlite else recorded_at
     params: list[tuple[Any, ...]] = []
     tag_rows: list[tuple[str, str | None, str | None]] = []
-    for (_, event_id, at, project, route, book_name, requested, served, status, http_status, error_type,
-         error_code, stream, usage, latency, ttft, time_info, upstream_id, lava_id, tags, src, note, endpoint, tier,
-         finish, rl_tokens, rl_requests) in records:
+    for (
+        _,
+        event_id,
+        at,
+        project,
+        route,
+        book_name,
+        requested,
+        served,
+        status,
+        http_status,
+        error_type,
+        error_code,
+        stream,
+        usage,
+        latency,
+        ttft,
+        time_info,
+        upstream_id,
+        lava_id,
+        tags,
+        src,
+        note,
+        endpoint,
+        tier,
+        finish,
+        rl_tokens,
+        rl_requests,
+    ) in records:
         model = served or requested
         known = usage is not None
         price_id, cost, list_cost, free, priced = charge_nanos(
-            book, book_name, model, at, status, (usage[0], usage[1], usage[2]) if known else None)
+            book, book_name, model, at, status, (usage[0], usage[1], usage[2]) if known else None
+        )
         t = time_info or _NO_TIMES
         u = usage if known else _NO_USAGE
         if not tags:
@@ -261,19 +351,57 @@ def insert_spooled(conn: Connection, records: Sequence[list[Any]], book: PriceBo
             pairs = {_clip(k, 200): _clip(v, 1000) for k, v in tags}
             tags_json = _tags_json(pairs)
             tag_rows.extend((event_id, _clip(k, 100), _clip(v, 200)) for k, v in pairs.items())
-        params.append((
-            event_id, "usage", None, _sqlite_time(at) if sqlite else at, recorded, _clip(project, 200), route,
-            book_name, _clip(requested or None, 200), _clip(served or None, 200), status, http_status,
-            None if not error_type else _clip(error_type, 100),  # (usually None: no call); "" is none
-            None if not error_code else _clip(error_code, 100),
-            int(stream) if sqlite else stream, int(known) if sqlite else known,
-            u[0], u[1], u[2], u[3], u[4], latency, ttft, t[0], t[1], t[2], t[3], _clip(upstream_id or None, 200),
-            None if not lava_id else _clip(lava_id, 200), price_id, cost,
-            int(free) if sqlite else free, int(priced) if sqlite else priced,
-            tags_json, _clip(src, 16), None if note is None else _clip(note, 200), list_cost, endpoint,
-            None if tier is None else _clip(tier, 32), None if finish is None else _clip(finish, 32),
-            u[5], u[6], u[7], None if rl_tokens is None else _bigint(rl_tokens),
-            None if rl_requests is None else _bigint(rl_requests), 0, batch_id))
+        params.append(
+            (
+                event_id,
+                "usage",
+                None,
+                _sqlite_time(at) if sqlite else at,
+                recorded,
+                _clip(project, 200),
+                route,
+                book_name,
+                _clip(requested or None, 200),
+                _clip(served or None, 200),
+                status,
+                http_status,
+                None if not error_type else _clip(error_type, 100),  # (usually None: no call); "" is none
+                None if not error_code else _clip(error_code, 100),
+                int(stream) if sqlite else stream,
+                int(known) if sqlite else known,
+                u[0],
+                u[1],
+                u[2],
+                u[3],
+                u[4],
+                latency,
+                ttft,
+                t[0],
+                t[1],
+                t[2],
+                t[3],
+                _clip(upstream_id or None, 200),
+                None if not lava_id else _clip(lava_id, 200),
+                price_id,
+                cost,
+                int(free) if sqlite else free,
+                int(priced) if sqlite else priced,
+                tags_json,
+                _clip(src, 16),
+                None if note is None else _clip(note, 200),
+                list_cost,
+                endpoint,
+                None if tier is None else _clip(tier, 32),
+                None if finish is None else _clip(finish, 32),
+                u[5],
+                u[6],
+                u[7],
+                None if rl_tokens is None else _bigint(rl_tokens),
+                None if rl_requests is None else _bigint(rl_requests),
+                0,
+                batch_id,
+            )
+        )
     _insert_params(conn, params, tag_rows)
     return batch_id
 

@@ -38,8 +38,18 @@ from ledger.store.engine import insert_or_skip, transaction_lock, write_transact
 from ledger.store.ingest import event_row, insert_events
 from ledger.store.schema import EventRow, PriceRow
 
-__all__ = ["RepriceConflict", "RepriceResult", "feed_points", "insert_prices", "load_price_book", "new_point",
-           "outside_cost", "reprice", "seed_builtin_prices", "unpriced"]
+__all__ = [
+    "RepriceConflict",
+    "RepriceResult",
+    "feed_points",
+    "insert_prices",
+    "load_price_book",
+    "new_point",
+    "outside_cost",
+    "reprice",
+    "seed_builtin_prices",
+    "unpriced",
+]
 
 PER_MILLION = 1_000_000
 MAX_RATE = usd(100_000)  # USD per million tokens; anything above is a typo, not a price
@@ -60,8 +70,17 @@ def per_token(per_million: str, what: str) -> Money:
     return Money(amount.nanos // PER_MILLION)
 
 
-def new_point(book: str, model: str, input_per_m: str, output_per_m: str, *, cached_per_m: str | None = None,
-              free: bool = False, effective_from: datetime | None = None, source: str = "manual") -> PricePoint:
+def new_point(
+    book: str,
+    model: str,
+    input_per_m: str,
+    output_per_m: str,
+    *,
+    cached_per_m: str | None = None,
+    free: bool = False,
+    effective_from: datetime | None = None,
+    source: str = "manual",
+) -> PricePoint:
     """A checked price point; raises :class:`ConfigError` with a one-line reason."""
     if book not in BOOKS:
         raise ConfigError(f"unknown book {book!r}: use one of {', '.join(BOOKS)}")
@@ -74,8 +93,17 @@ def new_point(book: str, model: str, input_per_m: str, output_per_m: str, *, cac
     cached = None if cached_per_m is None else per_token(cached_per_m, "cached rate")
     if free and (rates[0].nanos or rates[1].nanos or (cached and cached.nanos)):
         raise ConfigError("a free model has zero rates")
-    return PricePoint(make_price_id(book, model, when), book, model, when.astimezone(UTC), rates[0], cached,
-                      rates[1], free, source)
+    return PricePoint(
+        make_price_id(book, model, when),
+        book,
+        model,
+        when.astimezone(UTC),
+        rates[0],
+        cached,
+        rates[1],
+        free,
+        source,
+    )
 
 
 def _feed_rate(value: Any) -> Money | None:
@@ -109,8 +137,19 @@ def feed_points(feed: Any, book: PriceBook, at: datetime) -> tuple[list[PricePoi
         current = book.price_for("cerebras", model, at)
         if current and current.input == prompt and current.output == completion and current.cached is None:
             continue
-        points.append(PricePoint(make_price_id("cerebras", model, at), "cerebras", model, at, prompt, None,
-                                 completion, prompt.nanos == 0 and completion.nanos == 0, "sync"))
+        points.append(
+            PricePoint(
+                make_price_id("cerebras", model, at),
+                "cerebras",
+                model,
+                at,
+                prompt,
+                None,
+                completion,
+                prompt.nanos == 0 and completion.nanos == 0,
+                "sync",
+            )
+        )
     return points, problems
 
 
@@ -166,12 +205,28 @@ RESTATEMENT = "restatement"
 
 def _event_of(r: Any, usage: Usage | None, note: str | None = None) -> CallEvent:
     return CallEvent(
-        event_id=new_event_id(), occurred_at=r.occurred_at, project=r.project, route=r.route, book=r.book,
-        requested_model=r.requested_model, served_model=r.served_model, status=r.status,
-        http_status=r.http_status, error_type=r.error_type, error_code=r.error_code, stream=bool(r.stream),
-        usage=usage, latency_us=None, ttft_us=None, time_info=None, upstream_id=r.upstream_id,
-        lava_request_id=r.lava_request_id, tags=tuple(sorted((str(k), str(v)) for k, v in _tags(r.tags).items())),
-        source="reprice", note=note, endpoint=r.endpoint,
+        event_id=new_event_id(),
+        occurred_at=r.occurred_at,
+        project=r.project,
+        route=r.route,
+        book=r.book,
+        requested_model=r.requested_model,
+        served_model=r.served_model,
+        status=r.status,
+        http_status=r.http_status,
+        error_type=r.error_type,
+        error_code=r.error_code,
+        stream=bool(r.stream),
+        usage=usage,
+        latency_us=None,
+        ttft_us=None,
+        time_info=None,
+        upstream_id=r.upstream_id,
+        lava_request_id=r.lava_request_id,
+        tags=tuple(sorted((str(k), str(v)) for k, v in _tags(r.tags).items())),
+        source="reprice",
+        note=note,
+        endpoint=r.endpoint,
     )
 
 
@@ -186,16 +241,21 @@ class RepriceConflict(ValueError):
     """Another re-pricing stored corrections for the same events meanwhile; nothing was written."""
 
 
-
-
 def outside_cost(price_id: str | None, cost_nanos: int | None) -> bool:
     """Whether a standing charge came from outside the price book (an imported ``cost_usd``):
     a cost with no price point behind it."""
     return price_id is None and cost_nanos is not None
 
 
-def reprice(conn: Connection, since: datetime, until: datetime, project: str | None = None,
-            *, dry_run: bool = False, include_imported: bool = False) -> RepriceResult:
+def reprice(
+    conn: Connection,
+    since: datetime,
+    until: datetime,
+    project: str | None = None,
+    *,
+    dry_run: bool = False,
+    include_imported: bool = False,
+) -> RepriceResult:
     """Re-price usage events of [since, until) with today's book, in the caller's write
     transaction (:func:`ledger.store.write_transaction`).
 
@@ -217,20 +277,35 @@ def reprice(conn: Connection, since: datetime, until: datetime, project: str | N
     e = EventRow.__table__.c
     corr = EventRow.__table__.alias("corr")
     top = (
-        select(corr.c.corrects_event_id.label("eid"), func.max(corr.c.correction_seq).label("top"),
-               func.max(case((corr.c.note == RESTATEMENT, corr.c.correction_seq))).label("rseq"))
+        select(
+            corr.c.corrects_event_id.label("eid"),
+            func.max(corr.c.correction_seq).label("top"),
+            func.max(case((corr.c.note == RESTATEMENT, corr.c.correction_seq))).label("rseq"),
+        )
         .where(corr.c.kind == "correction")
-        .group_by(corr.c.corrects_event_id).subquery()
+        .group_by(corr.c.corrects_event_id)
+        .subquery()
     )
     standing = EventRow.__table__.alias("standing")
     query = (
-        select(EventRow.__table__, standing.c.price_id.label("s_price_id"), standing.c.cost_nanos.label("s_cost"),
-               standing.c.free.label("s_free"), standing.c.priced.label("s_priced"),
-               standing.c.list_cost_nanos.label("s_list"), standing.c.event_id.label("rid"), top.c.top)
+        select(
+            EventRow.__table__,
+            standing.c.price_id.label("s_price_id"),
+            standing.c.cost_nanos.label("s_cost"),
+            standing.c.free.label("s_free"),
+            standing.c.priced.label("s_priced"),
+            standing.c.list_cost_nanos.label("s_list"),
+            standing.c.event_id.label("rid"),
+            top.c.top,
+        )
         .outerjoin(top, top.c.eid == e.event_id)
-        .outerjoin(standing, and_(standing.c.corrects_event_id == e.event_id,
-                                  standing.c.correction_seq == top.c.rseq))
-        .where(and_(e.kind == "usage", e.usage_known.is_(True), e.occurred_at >= since, e.occurred_at < until))
+        .outerjoin(
+            standing,
+            and_(standing.c.corrects_event_id == e.event_id, standing.c.correction_seq == top.c.rseq),
+        )
+        .where(
+            and_(e.kind == "usage", e.usage_known.is_(True), e.occurred_at >= since, e.occurred_at < until)
+        )
         .order_by(e.occurred_at, e.event_id)
     )
     if project is not None:
@@ -239,9 +314,13 @@ def reprice(conn: Connection, since: datetime, until: datetime, project: str | N
     examined, rows, total = 0, [], 0
     for r in conn.execute(query).all():
         examined += 1
-        usage = Usage(r.prompt_tokens, r.cached_tokens, r.completion_tokens, r.reasoning_tokens, r.total_tokens)
+        usage = Usage(
+            r.prompt_tokens, r.cached_tokens, r.completion_tokens, r.reasoning_tokens, r.total_tokens
+        )
         if r.rid is None:
-            old = Charge(r.price_id, _money(r.cost_nanos), bool(r.free), bool(r.priced), _money(r.list_cost_nanos))
+            old = Charge(
+                r.price_id, _money(r.cost_nanos), bool(r.free), bool(r.priced), _money(r.list_cost_nanos)
+            )
         else:
             old = Charge(r.s_price_id, _money(r.s_cost), bool(r.s_free), bool(r.s_priced), _money(r.s_list))
         if not include_imported and outside_cost(old.price_id, None if old.cost is None else old.cost.nanos):
@@ -249,28 +328,62 @@ def reprice(conn: Connection, since: datetime, until: datetime, project: str | N
         new = charge(_event_of(r, usage), book)
         if new.cost is None or (new.price_id, new.cost, new.free) == (old.price_id, old.cost, old.free):
             continue  # unchanged, or still unpriced: nothing to restate
-        negated = Usage(*(-n for n in (usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens,
-                                       usage.reasoning_tokens, usage.total_tokens)))
-        reversal = Charge(old.price_id, None if old.cost is None else -old.cost, old.free, old.priced,
-                          None if old.list_cost is None else -old.list_cost)
+        negated = Usage(
+            *(
+                -n
+                for n in (
+                    usage.prompt_tokens,
+                    usage.cached_tokens,
+                    usage.completion_tokens,
+                    usage.reasoning_tokens,
+                    usage.total_tokens,
+                )
+            )
+        )
+        reversal = Charge(
+            old.price_id,
+            None if old.cost is None else -old.cost,
+            old.free,
+            old.priced,
+            None if old.list_cost is None else -old.list_cost,
+        )
         generation = (int(r.top or 0) + 1) // 2 + 1
-        rows.append(event_row(_event_of(r, negated, REVERSAL), reversal, now, kind="correction",
-                                    corrects=r.event_id, seq=2 * generation - 1))
-        rows.append(event_row(_event_of(r, usage, RESTATEMENT), new, now, kind="correction",
-                                    corrects=r.event_id, seq=2 * generation))
+        rows.append(
+            event_row(
+                _event_of(r, negated, REVERSAL),
+                reversal,
+                now,
+                kind="correction",
+                corrects=r.event_id,
+                seq=2 * generation - 1,
+            )
+        )
+        rows.append(
+            event_row(
+                _event_of(r, usage, RESTATEMENT),
+                new,
+                now,
+                kind="correction",
+                corrects=r.event_id,
+                seq=2 * generation,
+            )
+        )
         total += new.cost.nanos - (old.cost.nanos if old.cost is not None else 0)
     if rows and not dry_run:
         try:
             batch = insert_events(conn, rows, "reprice")
-            stored = conn.execute(select(func.count()).select_from(EventRow.__table__)
-                                  .where(e.batch_id == batch)).scalar_one()
+            stored = conn.execute(
+                select(func.count()).select_from(EventRow.__table__).where(e.batch_id == batch)
+            ).scalar_one()
         except Exception as exc:  # the PostgreSQL path writes through the driver: its own error types
             if not isinstance(exc, (IntegrityError, conn.dialect.loaded_dbapi.IntegrityError)):
                 raise
             stored = -1
         if stored != len(rows):
-            raise RepriceConflict("another re-pricing stored corrections for the same events meanwhile; "
-                                  "nothing was written: run it again")
+            raise RepriceConflict(
+                "another re-pricing stored corrections for the same events meanwhile; "
+                "nothing was written: run it again"
+            )
     return RepriceResult(examined, len(rows) // 2, Money(total))
 
 
@@ -280,7 +393,6 @@ def _tags(raw: str | None) -> dict[str, Any]:
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
-
 
 
 def price_row(point: PricePoint, created_at: datetime) -> dict[str, Any]:

@@ -44,7 +44,16 @@ from ledger.store.schema import (
     UTCDateTime,
 )
 
-__all__ = ["RollupResult", "Totals", "daily_totals", "pending", "quarter_hour", "rebuild", "rollup", "rollup_once"]
+__all__ = [
+    "RollupResult",
+    "Totals",
+    "daily_totals",
+    "pending",
+    "quarter_hour",
+    "rebuild",
+    "rollup",
+    "rollup_once",
+]
 
 ROLLUP_LOCK_KEY = 0x726F_6C6C_7570  # "rollup"
 BATCHES_PER_RUN = 500
@@ -62,8 +71,10 @@ class quarter_hour(FunctionElement[Any]):  # noqa: N801 - reads like the SQL fun
 def _quarter_hour_sqlite(element: quarter_hour, compiler: SQLCompiler, **kw: Any) -> str:
     # SQLite keeps 'YYYY-MM-DD HH:MM:SS.ffffff' in UTC: rewrite the minutes and zero the rest.
     col = compiler.process(element.clauses, **kw)
-    return (f"(substr({col}, 1, 14) || printf('%02d', (CAST(substr({col}, 15, 2) AS INTEGER) / 15) * 15)"
-            f" || ':00.000000')")
+    return (
+        f"(substr({col}, 1, 14) || printf('%02d', (CAST(substr({col}, 15, 2) AS INTEGER) / 15) * 15)"
+        f" || ':00.000000')"
+    )
 
 
 @compiles(quarter_hour, "postgresql")
@@ -71,8 +82,10 @@ def _quarter_hour_pg(element: quarter_hour, compiler: SQLCompiler, **kw: Any) ->
     # In UTC explicitly: date_trunc on a timestamptz would truncate in the session's time zone.
     col = compiler.process(element.clauses, **kw)
     utc = f"({col} AT TIME ZONE 'UTC')"
-    return (f"((date_trunc('hour', {utc}) + floor(extract(minute FROM {utc}) / 15) * interval '15 minutes')"
-            f" AT TIME ZONE 'UTC')")
+    return (
+        f"((date_trunc('hour', {utc}) + floor(extract(minute FROM {utc}) / 15) * interval '15 minutes')"
+        f" AT TIME ZONE 'UTC')"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +96,9 @@ class RollupResult:
     events: int
 
 
-def _upsert(conn: Connection, table: Any, keys: tuple[str, ...], measures: tuple[str, ...], source: Any) -> None:
+def _upsert(
+    conn: Connection, table: Any, keys: tuple[str, ...], measures: tuple[str, ...], source: Any
+) -> None:
     stmt = dialect_insert(conn, table).from_select([*keys, *measures], source)
     excluded = stmt.excluded
     stmt = stmt.on_conflict_do_update(
@@ -104,10 +119,25 @@ def _usage_select(batch_ids: list[str]) -> Any:
 
     return (
         select(
-            bucket, e.project, e.route, e.book, model, price, e.status, e.kind, e.free, e.priced,
-            func.count(), total(case((e.usage_known.is_(True), 1), else_=0)),
-            total(e.prompt_tokens), total(e.cached_tokens), total(e.completion_tokens),
-            total(e.reasoning_tokens), total(e.total_tokens), total(e.cost_nanos), total(e.list_cost_nanos),
+            bucket,
+            e.project,
+            e.route,
+            e.book,
+            model,
+            price,
+            e.status,
+            e.kind,
+            e.free,
+            e.priced,
+            func.count(),
+            total(case((e.usage_known.is_(True), 1), else_=0)),
+            total(e.prompt_tokens),
+            total(e.cached_tokens),
+            total(e.completion_tokens),
+            total(e.reasoning_tokens),
+            total(e.total_tokens),
+            total(e.cost_nanos),
+            total(e.list_cost_nanos),
         )
         .where(e.batch_id.in_(batch_ids))
         .group_by(bucket, e.project, e.route, e.book, model, price, e.status, e.kind, e.free, e.priced)
@@ -133,14 +163,19 @@ def _tag_select(batch_ids: list[str], lateral: bool = False) -> Any:
         source = EventRow.__table__.join(EventTagRow.__table__, t.event_id == e.event_id)
         key, value = t.key, t.value
     return (
-        select(bucket, e.project, key, value, calls, func.coalesce(func.sum(e.total_tokens), 0),
-               func.coalesce(func.sum(e.cost_nanos), 0))
+        select(
+            bucket,
+            e.project,
+            key,
+            value,
+            calls,
+            func.coalesce(func.sum(e.total_tokens), 0),
+            func.coalesce(func.sum(e.cost_nanos), 0),
+        )
         .select_from(source)
         .where(e.batch_id.in_(batch_ids))
         .group_by(bucket, e.project, key, value)
     )
-
-
 
 
 BIG_CHUNK_EVENTS = 100_000  # a chunk this big is summed as the planner sees fit (see _by_index)
@@ -175,21 +210,32 @@ def rollup_once(engine: Engine, max_batches: int = BATCHES_PER_RUN) -> RollupRes
     with write_transaction(engine) as conn:
         transaction_lock(conn, ROLLUP_LOCK_KEY)
         _by_index(conn)
-        batch_ids = list(conn.execute(
-            select(b.batch_id).where(b.rolled_up.is_(False)).order_by(b.created_at, b.batch_id).limit(max_batches)
-        ).scalars())
+        batch_ids = list(
+            conn.execute(
+                select(b.batch_id)
+                .where(b.rolled_up.is_(False))
+                .order_by(b.created_at, b.batch_id)
+                .limit(max_batches)
+            ).scalars()
+        )
         if not batch_ids:
             return RollupResult(0, 0)
         count = conn.execute(
-            select(func.count()).select_from(EventRow.__table__).where(EventRow.__table__.c.batch_id.in_(batch_ids))
+            select(func.count())
+            .select_from(EventRow.__table__)
+            .where(EventRow.__table__.c.batch_id.in_(batch_ids))
         ).scalar_one()
         big = count >= BIG_CHUNK_EVENTS
         if big:
             _by_index(conn, on=False)
         _upsert(conn, UsageRollupRow.__table__, ROLLUP_KEY, ROLLUP_MEASURES, _usage_select(batch_ids))
-        _upsert(conn, TagRollupRow.__table__, ("bucket", "project", "key", "value"),
-                ("events", "total_tokens", "cost_nanos"),
-                _tag_select(batch_ids, lateral=conn.dialect.name == "postgresql" and not big))
+        _upsert(
+            conn,
+            TagRollupRow.__table__,
+            ("bucket", "project", "key", "value"),
+            ("events", "total_tokens", "cost_nanos"),
+            _tag_select(batch_ids, lateral=conn.dialect.name == "postgresql" and not big),
+        )
         conn.execute(update(IngestBatchRow).where(b.batch_id.in_(batch_ids)).values(rolled_up=True))
         return RollupResult(len(batch_ids), int(count))
 
@@ -236,9 +282,6 @@ def rebuild(engine: Engine, progress: Callable[[int], None] | None = None) -> Ro
     return rollup(engine, progress)
 
 
-
-
-
 @dataclass(frozen=True, slots=True)
 class Totals:
     """Sums over rollup rows: calls (usage rows), tokens and money in nano-dollars."""
@@ -248,12 +291,16 @@ class Totals:
     cost_nanos: int = 0
 
     def __add__(self, other: Totals) -> Totals:
-        return Totals(self.calls + other.calls, self.total_tokens + other.total_tokens,
-                      self.cost_nanos + other.cost_nanos)
+        return Totals(
+            self.calls + other.calls,
+            self.total_tokens + other.total_tokens,
+            self.cost_nanos + other.cost_nanos,
+        )
 
 
-def daily_totals(conn: Connection, tz: Any, since: datetime, until: datetime,
-                 project: str | None = None) -> dict[date, Totals]:
+def daily_totals(
+    conn: Connection, tz: Any, since: datetime, until: datetime, project: str | None = None
+) -> dict[date, Totals]:
     """Totals per local calendar day in ``tz`` (a ``zoneinfo.ZoneInfo``) for [since, until).
 
     Exact because a quarter-hour bucket never straddles a local midnight: every offset in use is a
@@ -262,8 +309,12 @@ def daily_totals(conn: Connection, tz: Any, since: datetime, until: datetime,
     """
     r = UsageRollupRow.__table__.c
     query = (
-        select(r.bucket, func.sum(case((r.kind == "usage", r.events), else_=0)), func.sum(r.total_tokens),
-               func.sum(r.cost_nanos))
+        select(
+            r.bucket,
+            func.sum(case((r.kind == "usage", r.events), else_=0)),
+            func.sum(r.total_tokens),
+            func.sum(r.cost_nanos),
+        )
         .where(r.bucket >= since, r.bucket < until)
         .group_by(r.bucket)
     )

@@ -138,9 +138,14 @@ class EventRow(Base):
         Index("ix_events_project_occurred_at", "project", "occurred_at"),
         # Only correction rows are indexed (usage rows have no corrects_event_id), so the
         # writer's hot path pays nothing for it.
-        Index("uq_events_correction_seq", "corrects_event_id", "correction_seq", unique=True,
-              sqlite_where=text("corrects_event_id IS NOT NULL"),
-              postgresql_where=text("corrects_event_id IS NOT NULL")),
+        Index(
+            "uq_events_correction_seq",
+            "corrects_event_id",
+            "correction_seq",
+            unique=True,
+            sqlite_where=text("corrects_event_id IS NOT NULL"),
+            postgresql_where=text("corrects_event_id IS NOT NULL"),
+        ),
     )
 
     event_id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -222,8 +227,17 @@ class IngestBatchRow(Base):
 
 # The grain of usage_rollup: everything a report, the FOCUS export or an alert groups by.
 ROLLUP_KEY = ("bucket", "project", "route", "book", "model", "price_id", "status", "kind", "free", "priced")
-ROLLUP_MEASURES = ("events", "usage_known", "prompt_tokens", "cached_tokens", "completion_tokens",
-                   "reasoning_tokens", "total_tokens", "cost_nanos", "list_cost_nanos")
+ROLLUP_MEASURES = (
+    "events",
+    "usage_known",
+    "prompt_tokens",
+    "cached_tokens",
+    "completion_tokens",
+    "reasoning_tokens",
+    "total_tokens",
+    "cost_nanos",
+    "list_cost_nanos",
+)
 
 
 class UsageRollupRow(Base):
