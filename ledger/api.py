@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from ledger.reports.build import Report
     from ledger.reports.frame import When
     from ledger.reports.summary import ProjectSummary
-    from ledger.store.prices import RepriceResult, Unpriced
+    from ledger.store.reprice import RepriceResult, Unpriced
     from ledger.store.rollup import RollupResult
     from ledger.store.verify import Finding
 
@@ -140,7 +140,7 @@ class Prices:
 
     def check(self) -> builtins.list[Unpriced]:
         """(book, model) pairs with usage but no price, busiest first (empty: all priced)."""
-        from ledger.store.prices import unpriced
+        from ledger.store.reprice import unpriced
 
         with self._ledger.engine.connect() as conn:
             return unpriced(conn)
@@ -157,7 +157,7 @@ class Prices:
         """Re-price [since, until) with today's book, writing correction rows (never updates)."""
         from ledger import store
         from ledger.reports.frame import span
-        from ledger.store.prices import reprice
+        from ledger.store.reprice import reprice
 
         start, end = span(since, until)
         with store.write_transaction(self._ledger.engine) as conn:

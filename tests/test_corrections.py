@@ -24,6 +24,7 @@ from ledger.cli.main import main
 from ledger.events import CallEvent, Usage, new_event_id
 from ledger.pricing import charge
 from ledger.store import prices as pricedb
+from ledger.store import reprice as repricing
 from ledger.store.schema import EventRow
 from ledger.store.verify import verify
 
@@ -112,7 +113,7 @@ def _race(url: str, *, allow: type[BaseException] | None = None, **kw: Any) -> l
                 if conn.dialect.name == "postgresql":
                     me["pid"] = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar()
                 me["began"].set()
-                me["result"] = pricedb.reprice(conn, SINCE, UNTIL, **kw)
+                me["result"] = repricing.reprice(conn, SINCE, UNTIL, **kw)
                 me["done"].set()
                 deadline = time.monotonic() + 60
                 while not other["done"].is_set() and not _blocked(url, probe, other):
@@ -167,7 +168,7 @@ def test_two_reprice_runs_at_once_correct_each_event_once(
         assert verify(conn) == [] or all(f.check == "rollup" for f in verify(conn))
     # and a third run finds nothing left to do
     with store.write_transaction(engine) as conn:
-        assert pricedb.reprice(conn, SINCE, UNTIL).corrections == 0
+        assert repricing.reprice(conn, SINCE, UNTIL).corrections == 0
 
 
 def test_without_the_lock_the_unique_key_still_stops_a_second_set(
@@ -179,12 +180,12 @@ def test_without_the_lock_the_unique_key_still_stops_a_second_set(
     events = [_event(i) for i in range(50)]
     _write(engine, events)
     _new_price(engine)
-    monkeypatch.setattr(pricedb, "transaction_lock", lambda conn, key: None)
-    outcomes = _race(db_url, allow=pricedb.RepriceConflict)
+    monkeypatch.setattr(repricing, "transaction_lock", lambda conn, key: None)
+    outcomes = _race(db_url, allow=repricing.RepriceConflict)
     net = _net(engine)
     assert all(v[1] == 2 for v in net.values()) and len(net) == len(events)
-    conflicts = [o for o in outcomes if isinstance(o, pricedb.RepriceConflict)]
-    written = [o.corrections for o in outcomes if isinstance(o, pricedb.RepriceResult)]
+    conflicts = [o for o in outcomes if isinstance(o, repricing.RepriceConflict)]
+    written = [o.corrections for o in outcomes if isinstance(o, repricing.RepriceResult)]
     if engine.dialect.name == "postgresql":
         assert len(conflicts) == 1 and written == [len(events)]
         assert "run it again" in str(conflicts[0])
@@ -196,7 +197,7 @@ def test_the_schema_refuses_a_second_correction_set_of_one_generation(engine: sa
     _write(engine, [_event(1)])
     _new_price(engine)
     with store.write_transaction(engine) as conn:
-        assert pricedb.reprice(conn, SINCE, UNTIL).corrections == 1
+        assert repricing.reprice(conn, SINCE, UNTIL).corrections == 1
     with engine.connect() as conn:
         rows = _corrections(conn)
     assert len(rows) == 2
@@ -221,7 +222,7 @@ def _doubled(engine: sa.Engine) -> str:
     _write(engine, [_event(3)])
     _new_price(engine)
     with store.write_transaction(engine) as conn:
-        pricedb.reprice(conn, SINCE, UNTIL)
+        repricing.reprice(conn, SINCE, UNTIL)
     with engine.begin() as conn:
         rows = _corrections(conn)
         top = max(r["correction_seq"] for r in rows)
@@ -253,7 +254,7 @@ def test_verify_is_quiet_after_honest_repricing_twice(engine: sa.Engine) -> None
     _write(engine, [_event(i) for i in range(5)])
     _new_price(engine)
     with store.write_transaction(engine) as conn:
-        pricedb.reprice(conn, SINCE, UNTIL)
+        repricing.reprice(conn, SINCE, UNTIL)
     with store.write_transaction(engine) as conn:  # and back to a third price: a second generation
         store.insert_prices(
             conn,
@@ -263,7 +264,7 @@ def test_verify_is_quiet_after_honest_repricing_twice(engine: sa.Engine) -> None
                 )
             ],
         )
-        assert pricedb.reprice(conn, SINCE, UNTIL).corrections == 5
+        assert repricing.reprice(conn, SINCE, UNTIL).corrections == 5
     with engine.connect() as conn:
         assert [f for f in verify(conn) if f.check == "corrections"] == []
         seqs = sorted(
@@ -333,7 +334,7 @@ def test_migration_numbers_existing_corrections_and_verify_finds_an_old_doubled_
                     neg = Usage(-u.prompt_tokens, 0, -u.completion_tokens, 0, -u.total_tokens)
                     rows.append(
                         store.event_row(
-                            pricedb._event_of(_Row(e), neg, "reversal"),
+                            repricing._event_of(_Row(e), neg, "reversal"),
                             Charge(c0.price_id, -c0.cost, False, True),
                             now,
                             kind="correction",
@@ -342,7 +343,7 @@ def test_migration_numbers_existing_corrections_and_verify_finds_an_old_doubled_
                     )
                     rows.append(
                         store.event_row(
-                            pricedb._event_of(_Row(e), u, "restatement"),
+                            repricing._event_of(_Row(e), u, "restatement"),
                             Charge(point.price_id, pricedb.Money(cost), False, True),
                             now,
                             kind="correction",

@@ -27,6 +27,7 @@ from ledger.money import Money, usd
 from ledger.pricing import Charge, charge
 from ledger.reports.summary import project_summaries
 from ledger.store import prices as pricedb
+from ledger.store import reprice as repricing
 from ledger.store import rollup
 from ledger.store.schema import EventRow, UsageRollupRow
 
@@ -517,7 +518,7 @@ def test_reprice_corrections_of_a_closed_month_follow_the_same_rule(
         engine, "lava", "gpt-oss-120b", "0.70", "1.50", at(AUG, 1, 0)
     )  # back-dated price, then re-priced
     with store.write_transaction(engine) as conn:
-        result = pricedb.reprice(conn, *focus.month_bounds(AUG))
+        result = repricing.reprice(conn, *focus.month_bounds(AUG))
     assert result.corrections == 3
     sep = export(engine, SEP, tmp_path / "sep.csv")
     _, rows = read_csv(tmp_path / "sep.csv")

@@ -343,10 +343,10 @@ def test_unpriced_usage_is_not_billed_and_is_counted(engine: sa.Engine, tmp_path
     assert not any(r["x_Model"] == "mystery-model" for r in result.rows)
     # once priced and re-priced, it is billed by the next export as corrections (the README's rule)
     add_point(engine, "lava", "mystery-model", "1.00", "1.00", at(SEP, 1, 0))
-    from ledger.store import prices as pricedb
+    from ledger.store import reprice as repricing
 
     with store.write_transaction(engine) as conn:
-        pricedb.reprice(conn, *focus.month_bounds(SEP))
+        repricing.reprice(conn, *focus.month_bounds(SEP))
     oct_ = billing.export_billing(engine, OCT, None)
     assert {r["x_Model"] for r in oct_.rows} == {"mystery-model"} and oct_.corrections == len(oct_.rows)
 

@@ -33,6 +33,7 @@ from ledger.reports import build as reports
 from ledger.reports import files, formats
 from ledger.reports import html as report_html
 from ledger.store import prices as pricedb
+from ledger.store import reprice as repricing
 from ledger.store import rollup
 from ledger.store.schema import EventRow, EventTagRow
 
@@ -304,7 +305,7 @@ def test_month_report_equals_raw_events(engine: sa.Engine, zone: str) -> None:
                 )
             ],
         )
-        result = pricedb.reprice(conn, datetime(2026, 9, 1, tzinfo=UTC), datetime(2026, 12, 31, tzinfo=UTC))
+        result = repricing.reprice(conn, datetime(2026, 9, 1, tzinfo=UTC), datetime(2026, 12, 31, tzinfo=UTC))
     assert result.corrections > 0
     fixed = reports.build_report(engine, period, tz)
     want = assert_matches(engine, fixed, tz)

@@ -18,6 +18,7 @@ from ledger import store
 from ledger.events import CallEvent, Usage, new_event_id
 from ledger.pricing import PriceBook, charge
 from ledger.store import prices as pricedb
+from ledger.store import reprice as repricing
 from ledger.store import rollup
 
 from .conftest import write_events
@@ -138,7 +139,7 @@ def test_late_events_and_corrections_count(engine: sa.Engine) -> None:
                 for b in ("cerebras", "lava")
             ],
         )
-        result = pricedb.reprice(conn, old - timedelta(days=1), old + timedelta(days=5))
+        result = repricing.reprice(conn, old - timedelta(days=1), old + timedelta(days=5))
     assert result.corrections > 0
     rollup.rollup(engine)
     assert _rolled_by_key(engine) == _raw_by_key(engine)

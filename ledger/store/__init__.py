@@ -2,10 +2,11 @@
 
 This stage owns the database: engines and transactions (:mod:`ledger.store.engine`), the schema
 (:mod:`ledger.store.schema`) and its Alembic migrations (``migrations/``), idempotent ingest of
-events (:mod:`ledger.store.ingest`), the price rows and price-book upkeep
-(:mod:`ledger.store.prices`), rollups (:mod:`ledger.store.rollup`) and integrity checks
-(:mod:`ledger.store.verify`). It is never imported on the call path: the spool writer thread and
-the CLI import it.
+events (:mod:`ledger.store.ingest`, ending in the driver-level fast path of
+:mod:`ledger.store.fastpath`), the price rows and price-book upkeep (:mod:`ledger.store.prices`),
+re-pricing with corrections (:mod:`ledger.store.reprice`), rollups (:mod:`ledger.store.rollup`)
+and integrity checks (:mod:`ledger.store.verify`). It is never imported on the call path: the
+spool writer thread and the CLI import it.
 
 It must not import pandas, nor Alembic except lazily inside the migration functions (a call on
 a migrated ledger loads neither), nor any later stage (budgets, reports, exports, scheduler,
@@ -31,7 +32,8 @@ from ledger.store.engine import (
     upgrade,
     write_transaction,
 )
-from ledger.store.ingest import EVENT_COLUMNS, clip, event_row, insert_events, insert_spooled
+from ledger.store.fastpath import EVENT_COLUMNS
+from ledger.store.ingest import clip, event_row, insert_events, insert_spooled
 from ledger.store.prices import insert_prices, load_price_book, seed_builtin_prices
 
 __all__ = [

@@ -6,13 +6,12 @@
   replay after a crash never counts an event twice.
 * :func:`insert_spooled` is the spool writer thread's hot path: it prices and inserts spool
   records without building an event or a dict each.
-* Both end in the same fast path: ``executemany`` of plain tuples on SQLite, ``COPY`` into a
-  staging table on PostgreSQL.
+* Both end in the same fast path (:mod:`ledger.store.fastpath`): ``executemany`` of plain tuples
+  on SQLite, ``COPY`` into a staging table on PostgreSQL.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import operator
 from collections.abc import Sequence
@@ -24,10 +23,10 @@ from sqlalchemy import Boolean, Connection
 from ledger.events import CallEvent, json_encoder, new_event_id
 from ledger.pricing import Charge, PriceBook, charge_nanos
 from ledger.store.engine import insert_or_skip
+from ledger.store.fastpath import EVENT_COLUMNS, insert_params
 from ledger.store.schema import EventRow, IngestBatchRow, UTCDateTime
 
 __all__ = [
-    "EVENT_COLUMNS",
     "clip",
     "event_row",
     "event_values",
@@ -127,18 +126,8 @@ def event_row(
 
 
 TAG_PAIRS = "_tag_pairs"
-EVENT_COLUMNS: tuple[str, ...] = tuple(c.name for c in EventRow.__table__.columns)
 _DATETIME_COLUMNS = frozenset(c.name for c in EventRow.__table__.columns if isinstance(c.type, UTCDateTime))
 _BOOL_COLUMNS = frozenset(c.name for c in EventRow.__table__.columns if isinstance(c.type, Boolean))
-
-
-@functools.cache
-def _insert_events_sql(dialect: str) -> str:
-    mark = "?" if dialect == "sqlite" else "%s"
-    return (
-        f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) "
-        f"VALUES ({', '.join([mark] * len(EVENT_COLUMNS))}) ON CONFLICT DO NOTHING"
-    )
 
 
 event_values = operator.itemgetter(*EVENT_COLUMNS)
@@ -169,7 +158,7 @@ def insert_events(conn: Connection, rows: Sequence[dict[str, Any]], source: str 
         for r in rows
         for k, v in (r.get(TAG_PAIRS) or json.loads(r["tags"]).items())
     ]
-    _insert_params(conn, params, tags)
+    insert_params(conn, params, tags)
     return batch_id
 
 
@@ -180,41 +169,6 @@ def _new_batch(conn: Connection, source: str) -> str:
         [{"batch_id": batch_id, "created_at": datetime.now(UTC), "source": source[:16], "rolled_up": False}],
     )
     return batch_id
-
-
-def _insert_params(
-    conn: Connection, params: list[tuple[Any, ...]], tags: list[tuple[str, str | None, str | None]]
-) -> None:
-    """The ingest hot path: plain tuples in :data:`EVENT_COLUMNS` order straight to the driver.
-
-    SQLite: ``executemany`` (per-row type processing in Core cost about 45 us an event, ten
-    times the driver's own cost). PostgreSQL: ``COPY`` into a temporary staging table, then one
-    ``INSERT … SELECT … ON CONFLICT DO NOTHING`` (COPY itself cannot skip duplicates); about
-    three times faster than psycopg's pipelined ``executemany``. A test checks that rows read
-    back the same whichever path wrote them.
-    """
-    if conn.dialect.name == "sqlite":
-        conn.exec_driver_sql(_insert_events_sql("sqlite"), params)
-        if tags:
-            conn.exec_driver_sql(
-                "INSERT INTO event_tags (event_id, key, value) VALUES (?, ?, ?) ON CONFLICT DO NOTHING", tags
-            )
-        return
-    driver: Any = conn.connection.driver_connection
-    with driver.cursor() as cur:
-        _copy_in(cur, "events", ", ".join(EVENT_COLUMNS), params)
-        if tags:
-            _copy_in(cur, "event_tags", "event_id, key, value", tags)
-
-
-def _copy_in(cur: Any, table: str, cols: str, rows: list[tuple[Any, ...]]) -> None:
-    stage = f"ledger_stage_{table}"
-    cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {table}) ON COMMIT DELETE ROWS")
-    with cur.copy(f"COPY {stage} ({cols}) FROM STDIN") as copy:
-        for row in rows:
-            copy.write_row(row)
-    cur.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage} ON CONFLICT DO NOTHING")
-    cur.execute(f"TRUNCATE {stage}")  # a later batch in the same transaction starts empty
 
 
 _SPOOL_COLUMNS = (
@@ -402,7 +356,7 @@ def insert_spooled(
                 batch_id,
             )
         )
-    _insert_params(conn, params, tag_rows)
+    insert_params(conn, params, tag_rows)
     return batch_id
 
 
