@@ -21,7 +21,7 @@ import pytest
 import sqlalchemy as sa
 
 from ledger import store
-from ledger.budgets import budgets, check, outbox, rules
+from ledger.budgets import budgets, check, outbox, rules, webhook
 from ledger.cli.main import main
 from ledger.config import ConfigError
 from ledger.events import CallEvent, Usage, new_event_id
@@ -423,7 +423,7 @@ def test_webhook_fails_then_delivers_exactly_once(
     now = datetime(2026, 11, 5, 12, tzinfo=UTC)
     alert = _one_alert(engine, now)
     with Receiver([500]) as rx:
-        hook = outbox.Webhook(rx.url, SECRET)
+        hook = webhook.Webhook(rx.url, SECRET)
         first = outbox.deliver(engine, hook, now=now)
         assert (first.delivered, first.failed, first.errors) == (0, 1, ("HTTP 500",))
         row = alert_rows(engine)[0]
@@ -476,7 +476,7 @@ def test_unreachable_webhook_is_retried_with_backoff(
     with Receiver() as rx:
         port = rx.server.server_address[1]
         dead = f"http://user:pw-{SECRET}@127.0.0.1:{port}/hooks/T0SECRETPATH?token={SECRET}"
-    hook = outbox.Webhook(dead, SECRET, timeout=5)  # the receiver is gone: connection refused
+    hook = webhook.Webhook(dead, SECRET, timeout=5)  # the receiver is gone: connection refused
     waits = []
     for n in range(1, 4):
         due = as_utc(alert_rows(engine)[0]["next_attempt_at"])
@@ -499,7 +499,7 @@ def test_a_claimed_alert_waits_for_its_lease(engine: sa.Engine) -> None:
         outbox.claim(engine, now, timedelta(minutes=5)).alert_id == alert.alert_id
     )  # ... and the process dies
     with Receiver() as rx:
-        hook = outbox.Webhook(rx.url)
+        hook = webhook.Webhook(rx.url)
         assert outbox.deliver(engine, hook, now=now + timedelta(minutes=4)) == outbox.DeliveryResult()
         assert outbox.deliver(engine, hook, now=now + timedelta(days=9)) == outbox.DeliveryResult()
         assert rx.requests == []
@@ -525,7 +525,7 @@ def test_no_webhook_url_logs_only(
 ) -> None:
     monkeypatch.delenv("LEDGER_ALERT_WEBHOOK_URL", raising=False)
     monkeypatch.setenv("LEDGER_ALERT_WEBHOOK_SECRET", SECRET)
-    assert outbox.webhook_from_env() is None
+    assert webhook.webhook_from_env() is None
     caplog.set_level(logging.INFO, logger="ledger.alerts")
     now = datetime(2026, 11, 5, 12, tzinfo=UTC)
     budgets.set_budget(engine, "quiet", monthly="1", thresholds="100", now=now - timedelta(days=1))
@@ -552,7 +552,7 @@ def test_two_deliverers_at_once_send_each_alert_once(engine: sa.Engine, db_url: 
     barrier = threading.Barrier(3)
     errors: list[BaseException] = []
     with Receiver(delay=0.05) as rx:
-        hook = outbox.Webhook(rx.url, SECRET)
+        hook = webhook.Webhook(rx.url, SECRET)
 
         def run() -> None:
             eng = store.make_engine(db_url)
@@ -613,7 +613,7 @@ def test_spike_rule_checks_its_parameters() -> None:
         Decimal("2.5"), usd("0.10"), timedelta(minutes=30), timedelta(hours=6)
     )
     with pytest.raises(ConfigError):
-        outbox.Webhook("ftp://example.com/x")
+        webhook.Webhook("ftp://example.com/x")
 
 
 def test_budget_crud(engine: sa.Engine) -> None:

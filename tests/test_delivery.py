@@ -21,7 +21,7 @@ import pytest
 import sqlalchemy as sa
 
 from ledger import store
-from ledger.budgets import budgets, check, outbox
+from ledger.budgets import budgets, check, outbox, webhook
 from ledger.config import ConfigError
 
 from .test_alerts import QUIET, SECRET, alert_rows, as_utc, one_error, run, spend
@@ -173,7 +173,7 @@ def bounded(fn: Callable[[], Any], limit: float = 90) -> Any:
 def test_a_trickling_receiver_ends_the_attempt_at_its_deadline(engine: sa.Engine, reliability: Any) -> None:
     (alert,) = make_alerts(engine)
     with Hostile("trickle") as rx:
-        hook = outbox.Webhook(rx.url, SECRET, timeout=2)
+        hook = webhook.Webhook(rx.url, SECRET, timeout=2)
         result = bounded(lambda: outbox.deliver(engine, hook, now=NOW))
         assert rx.ids() == [alert.alert_id]
     assert (result.delivered, result.failed) == (0, 1)
@@ -198,7 +198,7 @@ def test_an_answer_whose_body_trickles_counts_once_its_status_is_in(engine: sa.E
     (not resent), and the attempt still ends at its deadline."""
     (alert,) = make_alerts(engine)
     with Hostile("trickle-body") as rx:
-        result = bounded(lambda: outbox.deliver(engine, outbox.Webhook(rx.url, timeout=2), now=NOW))
+        result = bounded(lambda: outbox.deliver(engine, webhook.Webhook(rx.url, timeout=2), now=NOW))
         assert rx.ids() == [alert.alert_id]
     assert (result.delivered, result.failed) == (1, 0)
     row = alert_rows(engine)[0]
@@ -247,7 +247,7 @@ def test_alerts_check_on_a_trickling_receiver_returns(db_url: str, tmp_path: Pat
 def test_a_huge_answer_is_read_only_in_part(engine: sa.Engine, mode: str) -> None:
     (alert,) = make_alerts(engine)
     with Hostile(mode) as rx:
-        hook = outbox.Webhook(rx.url, timeout=30)
+        hook = webhook.Webhook(rx.url, timeout=30)
         result = bounded(lambda: outbox.deliver(engine, hook, now=NOW))
         rx.stop.set()
         assert rx.wait_for(1)
@@ -269,7 +269,7 @@ def test_a_huge_answer_is_read_only_in_part(engine: sa.Engine, mode: str) -> Non
 def test_no_redirect_is_followed(engine: sa.Engine) -> None:
     (alert,) = make_alerts(engine)
     with Hostile("ok", host="localhost") as other, Hostile("redirect", location=other.url) as rx:
-        result = bounded(lambda: outbox.deliver(engine, outbox.Webhook(rx.url, timeout=5), now=NOW))
+        result = bounded(lambda: outbox.deliver(engine, webhook.Webhook(rx.url, timeout=5), now=NOW))
     assert result.failed == 1 and other.requests == []
     assert rx.ids() == [alert.alert_id]
     row = alert_rows(engine)[0]
@@ -279,7 +279,7 @@ def test_no_redirect_is_followed(engine: sa.Engine) -> None:
 def test_every_post_carries_the_alert_id_as_idempotency_key(engine: sa.Engine) -> None:
     created = make_alerts(engine, 3)
     with Hostile("ok") as rx:
-        assert outbox.deliver(engine, outbox.Webhook(rx.url, SECRET), now=NOW).delivered == 3
+        assert outbox.deliver(engine, webhook.Webhook(rx.url, SECRET), now=NOW).delivered == 3
     assert sorted(r["headers"]["idempotency-key"] for r in rx.requests) == sorted(a.alert_id for a in created)
     assert all(r["headers"]["idempotency-key"] == r["headers"]["x-ledger-alert-id"] for r in rx.requests)
 
@@ -316,7 +316,7 @@ BAD_URLS = [
 @pytest.mark.parametrize("url", BAD_URLS)
 def test_a_bad_webhook_url_is_refused_at_configuration(url: str) -> None:
     with pytest.raises(ConfigError) as info:
-        outbox.webhook_from_env({"LEDGER_ALERT_WEBHOOK_URL": url, "LEDGER_ALERT_WEBHOOK_SECRET": SECRET})
+        webhook.webhook_from_env({"LEDGER_ALERT_WEBHOOK_URL": url, "LEDGER_ALERT_WEBHOOK_SECRET": SECRET})
     text = str(info.value)
     assert "\n" not in text and "LEDGER_ALERT_WEBHOOK_URL" in text
     assert SECRET not in text and "example.com/hook" not in text
@@ -326,10 +326,10 @@ def test_a_bad_webhook_url_is_refused_at_configuration(url: str) -> None:
 def test_a_bad_webhook_timeout_is_refused(value: str) -> None:
     env = {"LEDGER_ALERT_WEBHOOK_URL": "https://hooks.example.com/x", "LEDGER_ALERT_WEBHOOK_TIMEOUT": value}
     if value == "":
-        assert outbox.webhook_from_env(env) == outbox.Webhook("https://hooks.example.com/x")
+        assert webhook.webhook_from_env(env) == webhook.Webhook("https://hooks.example.com/x")
         return
     with pytest.raises(ConfigError, match="LEDGER_ALERT_WEBHOOK_TIMEOUT"):
-        outbox.webhook_from_env(env)
+        webhook.webhook_from_env(env)
 
 
 def test_good_webhook_urls_are_kept() -> None:
@@ -340,7 +340,7 @@ def test_good_webhook_urls_are_kept() -> None:
         "https://[::1]:8443/hook",
         "https://bücher.example/hook",
     ):
-        assert outbox.Webhook(url).url == url
+        assert webhook.Webhook(url).url == url
 
 
 @pytest.mark.parametrize("command", [("alerts", "check"), ("scheduler", "--list")])
@@ -363,7 +363,7 @@ def test_a_bad_webhook_url_stops_the_command_with_one_line(
 
 
 def _deliver_in_thread(
-    db_url: str, hook: outbox.Webhook, errors: list[BaseException], **kwargs: Any
+    db_url: str, hook: webhook.Webhook, errors: list[BaseException], **kwargs: Any
 ) -> threading.Thread:
     def go() -> None:
         eng = store.make_engine(db_url)
@@ -388,7 +388,7 @@ def test_a_deliverer_whose_clock_runs_ahead_does_not_resend_a_slow_delivery(
     created = make_alerts(engine, 3)
     errors: list[BaseException] = []
     with Hostile("hold") as rx:
-        hook = outbox.Webhook(rx.url, SECRET, timeout=30)
+        hook = webhook.Webhook(rx.url, SECRET, timeout=30)
         a = _deliver_in_thread(db_url, hook, errors)  # the real clock
         assert rx.wait_for(1)
         b = _deliver_in_thread(db_url, hook, errors, now=datetime.now(UTC) + timedelta(minutes=10))
@@ -461,7 +461,7 @@ def test_the_lease_outlasts_the_attempts_deadline(engine: sa.Engine, db_url: str
     (alert,) = make_alerts(engine)
     errors: list[BaseException] = []
     with Hostile("hold") as rx:
-        hook = outbox.Webhook(rx.url, timeout=30)
+        hook = webhook.Webhook(rx.url, timeout=30)
         a = _deliver_in_thread(db_url, hook, errors, lease=timedelta(seconds=1))
         assert rx.wait_for(1)
         threading.Event().wait(2)  # the short lease is over by any clock
@@ -477,12 +477,12 @@ def test_the_claim_is_held_on_the_database_clock(engine: sa.Engine) -> None:
     """The lease in ``claimed_until`` is the database's time plus at least the deadline and a
     margin, whatever ``now`` the caller passes for due-ness."""
     (alert,) = make_alerts(engine)
-    hook = outbox.Webhook("http://127.0.0.1:9/x", timeout=7)
+    hook = webhook.Webhook("http://127.0.0.1:9/x", timeout=7)
     row = outbox.claim(engine, NOW, hook.lease)
     assert row.alert_id == alert.alert_id
     with engine.connect() as conn:
         db_now = store.db_now(conn)
     until = as_utc(alert_rows(engine)[0]["claimed_until"])
     assert until - db_now > timedelta(seconds=7)  # on the database's clock, not NOW's (a month ago)
-    assert hook.lease >= timedelta(seconds=7) + outbox.LEASE_MARGIN
+    assert hook.lease >= timedelta(seconds=7) + webhook.LEASE_MARGIN
     assert outbox.claim(engine, NOW + timedelta(days=30), hook.lease) is None  # still held

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from ledger import store
 from ledger.cli.main import main
 from ledger.events import CallEvent, Usage, new_event_id
-from ledger.exports import billing, focus, focusfiles
+from ledger.exports import billing, focus, focuscolumns, focusfiles
 from ledger.money import Money, usd
 from ledger.pricing import Charge, charge
 from ledger.reports.summary import project_summaries
@@ -226,7 +226,7 @@ def test_columns_in_order_and_null_rules(engine: sa.Engine, tmp_path: Path) -> N
     out = tmp_path / "sep.csv"
     result = export(engine, SEP, out)
     header, rows = read_csv(out)
-    assert header == EXPECTED_COLUMNS == list(focus.COLUMNS)
+    assert header == EXPECTED_COLUMNS == list(focuscolumns.COLUMNS)
     assert len(rows) == len(result.rows) > 10
     text = out.read_text(encoding="utf-8")
     # an empty cell is NULL; a quoted empty string is never written

@@ -33,7 +33,7 @@ import pytest
 import sqlalchemy as sa
 
 from ledger import store
-from ledger.exports import billing, focus
+from ledger.exports import billing, focus, focuscolumns
 from ledger.money import usd
 from ledger.pricing import Charge
 
@@ -294,7 +294,7 @@ def test_tags_hold_the_users_tags_and_the_ledgers_under_its_prefix(engine: sa.En
 def test_version_and_custom_columns(engine: sa.Engine, tmp_path: Path) -> None:
     write(engine, [event(at(SEP, 3))])
     header, rows = read_csv(_export(engine, tmp_path))
-    custom = [c for c in header if c not in focus.FOCUS_COLUMNS]
+    custom = [c for c in header if c not in focuscolumns.FOCUS_COLUMNS]
     assert custom and all(c.startswith("x_") for c in custom)
     assert {r["x_FocusVersion"] for r in rows} == {"1.2"}
     pq = pytest.importorskip("pyarrow.parquet")

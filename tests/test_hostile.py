@@ -57,7 +57,7 @@ from ledger.cli.main import main
 from ledger.config import ConfigError, check_project, spreadsheet_cell
 from ledger.events import CallEvent, Usage, new_event_id
 from ledger.exports import eventfiles as eventio
-from ledger.exports import focus, focusfiles
+from ledger.exports import focuscolumns, focusfiles
 from ledger.money import Money
 from ledger.pricing import Charge
 from ledger.reports import build as reports
@@ -268,7 +268,11 @@ def test_fuzzed_names_are_refused_or_survive_paths_and_csv(
     assert written == path and _csv_cells(written.read_text(encoding="utf-8"))[1][4] == name
     # the FOCUS CSV and the event files carry it byte-exact too
     buf = io.StringIO(newline="")
-    row = {c: None for c in focus.COLUMNS} | {"SubAccountId": name, "SubAccountName": name, "x_Model": name}
+    row = {c: None for c in focuscolumns.COLUMNS} | {
+        "SubAccountId": name,
+        "SubAccountName": name,
+        "x_Model": name,
+    }
     focusfiles.write_csv([row], buf)
     (head, cells) = _csv_cells(buf.getvalue())
     assert [cells[head.index(c)] for c in ("SubAccountId", "SubAccountName", "x_Model")] == [name] * 3

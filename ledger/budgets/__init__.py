@@ -11,6 +11,8 @@ stop file the call path reads). Modules, in flow order:
   :data:`~ledger.budgets.rules.RULE_CHECKS`.
 * :mod:`ledger.budgets.stops`: hard budgets: the ``budget_stops`` table, the stops in force, the
   stop file.
+* :mod:`ledger.budgets.webhook`: the webhook's settings (URL, secret, deadline, lease), checked at
+  configuration, and reading them from the environment.
 * :mod:`ledger.budgets.outbox`: webhook delivery of fired alerts (signing, leases, deadlines,
   back-off).
 * :mod:`ledger.budgets.check`: the ``check`` entry point: roll up, run the rules, fire each alert

@@ -23,9 +23,10 @@ from typing import Any
 from sqlalchemy import Connection, Engine, select
 
 from ledger.budgets.budgets import list_budgets, utc_now
-from ledger.budgets.outbox import DeliveryResult, Webhook, deliver, webhook_from_env
+from ledger.budgets.outbox import DeliveryResult, deliver
 from ledger.budgets.rules import RULE_CHECKS, Candidate, RuleContext, SpikeRule
 from ledger.budgets.stops import update_stops
+from ledger.budgets.webhook import Webhook, webhook_from_env
 from ledger.events import new_event_id
 from ledger.store import dialect_insert, read_snapshot, write_transaction
 from ledger.store.rollup import rollup

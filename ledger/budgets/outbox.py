@@ -11,11 +11,12 @@ other process sends it while the attempt may still run; it is POSTed; then ``del
 set. Each attempt has one **total deadline** (default 10 s, from connect to the last byte read),
 however slowly the receiver answers; at most 64 KiB of the answer is read; no redirect is
 followed (a 3xx is a failure: ``HTTP 307 (redirect not followed)``); the URL must be http(s)
-with a host, refused at configuration otherwise. A failure (non-2xx, network error, deadline)
-increments ``attempts``, stores a short ``last_error`` (status or error class, never the URL or
-secret) and sets ``next_attempt_at`` with exponential back-off (30 s × 2^(n-1), at most one
-hour); a later run retries, forever, so an alert is never lost. With no URL configured nothing
-is sent and alerts stay in the outbox (a URL configured later gets them).
+with a host, refused at configuration otherwise (:mod:`ledger.budgets.webhook`). A failure
+(non-2xx, network error, deadline) increments ``attempts``, stores a short ``last_error``
+(status or error class, never the URL or secret) and sets ``next_attempt_at`` with exponential
+back-off (30 s × 2^(n-1), at most one hour); a later run retries, forever, so an alert is never
+lost. With no URL configured nothing is sent and alerts stay in the outbox (a URL configured
+later gets them).
 
 Remaining at-least-once window: a process that crashes after the receiver accepted the POST
 but before its ``delivered_at`` commit, or an attempt cut off at its deadline (or by SIGTERM)
@@ -35,12 +36,10 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import threading
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -48,103 +47,26 @@ import httpx
 from sqlalchemy import Engine, and_, or_, select, update
 
 from ledger.budgets.budgets import utc_now
+from ledger.budgets.webhook import Webhook
 from ledger.calendar import iso_z
-from ledger.config import ConfigError
 from ledger.store import db_now as store_db_now
 from ledger.store import write_transaction
 from ledger.store.schema import AlertRow
 
 __all__ = [
-    "LEASE_MARGIN",
     "DeliveryResult",
-    "Webhook",
     "claim",
     "deliver",
     "payload",
     "sign",
-    "webhook_from_env",
 ]
 
 log = logging.getLogger("ledger.alerts")
 
 BACKOFF_BASE = timedelta(seconds=30)
 BACKOFF_MAX = timedelta(hours=1)
-WEBHOOK_TIMEOUT = 10.0  # seconds: the total deadline of one delivery attempt
-MAX_WEBHOOK_TIMEOUT = 300.0
-LEASE_MARGIN = timedelta(seconds=60)  # a claim outlasts its attempt's deadline by this much
 MAX_RESPONSE_BYTES = 64 * 1024  # of a receiver's answer body, the most ever read
 STOP_POLL = 0.1  # seconds between looks at the stop flag while an attempt is in flight
-
-
-@dataclass(frozen=True, slots=True)
-class Webhook:
-    """Where alerts are POSTed. ``secret`` signs the body; it never appears in a repr or a log.
-    ``timeout`` is the total deadline of one attempt, in seconds (connect, send, answer: all of
-    it). An invalid URL is refused here, at configuration, with a one-line error that never
-    repeats the URL (its path may be a credential)."""
-
-    url: str
-    secret: str | None = field(default=None, repr=False)
-    timeout: float = WEBHOOK_TIMEOUT
-
-    def __post_init__(self) -> None:
-        name = "LEDGER_ALERT_WEBHOOK_URL"
-        url = self.url
-        if not isinstance(url, str) or any(c.isspace() or not c.isprintable() for c in url):
-            raise ConfigError(f"{name} is not a valid URL (it has spaces or control characters)")
-        try:
-            parts = urlsplit(url)
-            parts.port  # noqa: B018 - raises ValueError on a bad port
-            parsed = httpx.URL(url)
-        except (ValueError, httpx.InvalidURL):
-            raise ConfigError(f"{name} is not a valid URL") from None
-        if parts.scheme.lower() not in ("http", "https") or not parts.hostname or not parsed.host:
-            raise ConfigError(f"{name} must be an http:// or https:// URL with a host")
-        timeout = self.timeout
-        if (
-            isinstance(timeout, bool)
-            or not isinstance(timeout, int | float)
-            or not (0 < timeout <= MAX_WEBHOOK_TIMEOUT)
-        ):
-            raise ConfigError(
-                f"LEDGER_ALERT_WEBHOOK_TIMEOUT must be more than 0 and at most "
-                f"{MAX_WEBHOOK_TIMEOUT:g} seconds"
-            )
-
-    @property
-    def label(self) -> str:
-        """scheme://host[:port]: the only part of the URL ever shown (the rest may be a credential)."""
-        parts = urlsplit(self.url)
-        port = f":{parts.port}" if parts.port else ""
-        return f"{parts.scheme}://{parts.hostname}{port}"
-
-    @property
-    def lease(self) -> timedelta:
-        """How long a claimed alert is held: the attempt's whole deadline and a margin for the
-        database round trips around it, so nobody else sends it while this attempt may still run."""
-        return timedelta(seconds=self.timeout) + LEASE_MARGIN
-
-
-def webhook_from_env(env: Mapping[str, str] | None = None) -> Webhook | None:
-    """The webhook from ``LEDGER_ALERT_WEBHOOK_URL`` / ``LEDGER_ALERT_WEBHOOK_SECRET`` /
-    ``LEDGER_ALERT_WEBHOOK_TIMEOUT`` (seconds, default 10), or None."""
-    e = os.environ if env is None else env
-    url = (e.get("LEDGER_ALERT_WEBHOOK_URL") or "").strip()
-    if not url:
-        return None
-    raw = (e.get("LEDGER_ALERT_WEBHOOK_TIMEOUT") or "").strip()
-    timeout = WEBHOOK_TIMEOUT
-    if raw:
-        try:
-            timeout = float(Decimal(raw))
-        except (InvalidOperation, ValueError, OverflowError):
-            timeout = -1.0
-        if not (0 < timeout <= MAX_WEBHOOK_TIMEOUT):  # nan, inf and out of range all land here
-            raise ConfigError(
-                f"LEDGER_ALERT_WEBHOOK_TIMEOUT must be a number of seconds, more than 0 and "
-                f"at most {MAX_WEBHOOK_TIMEOUT:g}"
-            )
-    return Webhook(url, e.get("LEDGER_ALERT_WEBHOOK_SECRET") or None, timeout)
 
 
 def sign(secret: str, body: bytes) -> str:

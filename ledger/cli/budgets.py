@@ -275,7 +275,8 @@ def alerts_check(
     Example:
       LEDGER_ALERT_WEBHOOK_URL=https://hooks.slack.com/services/... cerebras-ledger alerts check
     """
-    from ledger.budgets import check, outbox, rules
+    from ledger.budgets import check, rules
+    from ledger.budgets.webhook import webhook_from_env
 
     now = parse_when(now_, "--now") if now_ else None
     try:
@@ -283,7 +284,7 @@ def alerts_check(
     except ConfigError as exc:
         raise click.UsageError(first_line(exc, None)) from None
     try:
-        webhook = outbox.webhook_from_env()
+        webhook = webhook_from_env()
     except ConfigError as exc:
         raise UserError(first_line(exc, None)) from None
     with open_engine(ctx) as engine:

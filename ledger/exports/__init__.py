@@ -1,6 +1,7 @@
 """Exports stage: files made from the store for other tools, and event files read back into it.
 
-* :mod:`ledger.exports.focus`: the FOCUS 1.2 columns and how a billing month's events become rows.
+* :mod:`ledger.exports.focuscolumns`: the FOCUS 1.2 columns, their constants and SKU metadata.
+* :mod:`ledger.exports.focus`: how a billing month's events become FOCUS rows.
 * :mod:`ledger.exports.focusfiles`: those rows as CSV or Parquet, written whole under a temporary name.
 * :mod:`ledger.exports.billing`: issuing a month (lock, ``billed_batches``, ``billing_exports``),
   :func:`~ledger.exports.billing.export_billing` and the scheduler's

@@ -1,7 +1,7 @@
 """Issuing a billing month: :func:`export_billing` closes one UTC month and writes its FOCUS 1.2
-file as CSV or Parquet (the columns and rows: :mod:`ledger.exports.focus`; the files:
-:mod:`ledger.exports.focusfiles`); :func:`catch_up` issues every month due (the scheduler's
-billing job).
+file as CSV or Parquet (the columns: :mod:`ledger.exports.focuscolumns`; the rows:
+:mod:`ledger.exports.focus`; the files: :mod:`ledger.exports.focusfiles`); :func:`catch_up`
+issues every month due (the scheduler's billing job).
 
 Closing months and late usage. ``billing_exports`` holds the months issued; a month is *closed*
 once it is there. ``billed_batches`` records, per (ingest batch, month the events occurred in),
@@ -42,7 +42,8 @@ from sqlalchemy import Connection, Engine, and_, exists, func, insert, literal, 
 from sqlalchemy.types import String
 
 from ledger.exports import focusfiles
-from ledger.exports.focus import EXACT, FORMATS, BillingError, billing_rows, month_bounds, utc_month
+from ledger.exports.focus import BillingError, billing_rows, month_bounds, utc_month
+from ledger.exports.focuscolumns import EXACT, FORMATS
 from ledger.money import Money
 from ledger.outfile import OutFile, check_target
 from ledger.store import transaction_lock, write_transaction

@@ -1,4 +1,4 @@
-"""FOCUS 1.2 (FinOps Open Cost and Usage Specification): the columns, and the rows of a billing month.
+"""FOCUS 1.2 (FinOps Open Cost and Usage Specification): the rows of a billing month.
 
 :func:`billing_rows` turns what a month's export billed (``billed_batches``, kept by
 :mod:`ledger.exports.billing`, which issues months) into FOCUS rows; :mod:`ledger.exports.focusfiles`
@@ -27,55 +27,13 @@ with ``cost_usd``) cannot be split by token type: they give one row per group wi
 the cost's size, ``SkuPriceId`` ``imported/<model>/total``; ``ConsumedQuantity`` is still the
 tokens.
 
-Columns (:data:`COLUMNS`): the FOCUS columns that apply, in alphabetical order (allowed by FOCUS
-column ordering), then the custom ``x_`` columns. Values:
-
-* ``BilledCost`` = ``EffectiveCost`` = ``ContractedCost`` (no discounts or commitments exist);
-  ``ContractedUnitPrice`` is the charging point's rate, ``ListUnitPrice`` the ``cerebras``
-  book's rate for the model (the charging point's own when that book has none), both per
-  ``1000000 Tokens``; ``ListCost`` = ``ListUnitPrice`` × ``PricingQuantity`` exactly.
-  List rates come from the ``cerebras`` points that existed when the month was issued, so a
-  point added later never changes an issued month.
-* Free models, every one the same: ``ListUnitPrice`` is the free point's own rate, 0, so
-  ``ListCost`` = ``BilledCost`` = 0, whether or not the ``cerebras`` book lists the model. What
-  free usage would have cost at Cerebras's list price is a report figure ("free usage at list
-  price"), not a FOCUS cost.
-* ``SkuId`` is ``<model>/<token type>``; ``SkuMeter`` the token type in words (``Output Tokens``).
-  ``SkuPriceId`` is ``<book>/<model>/<token type>`` (``lava/gpt-oss-120b/output``): the same in
-  every month and across accounts, with no effective date or price in it (FOCUS 1.2), and
-  exactly one parent SkuId; the row's rates come from the dated point in force, which
-  ``Tags`` names. ``SkuPriceDetails`` is ``{"PriceBook": <book>, "TokenType": <type>}``, the
-  same for every row of a SkuPriceId.
-* ``Tags`` (JSON, Key-Value Format) holds the calls' own tags, keys and values as given, and the
-  ledger's keys under the prefix ``ledger/``: ``ledger/book``, ``ledger/free``, ``ledger/route``
-  and ``ledger/price_id`` (the dated price point). A call's tag whose key begins with
-  ``ledger/`` is reserved and left out of ``Tags`` (it stays on the event).
-* ``x_FocusVersion`` is ``1.2`` on every row. FOCUS puts ``FocusVersion`` in dataset metadata,
-  separate from the data; the export is one self-contained file (or stdout), so it states the
-  version in a custom column, which FOCUS allows and every tool keeps (Parquet files also carry
-  it as the schema metadata key ``FocusVersion``).
-* ``InvoiceIssuerName`` and ``BillingAccountId``/``Name`` are Lava when the route was ``lava``,
-  else Cerebras (the ledger does not know your account number at either).
-* Dates are ISO 8601 UTC with ``Z``; periods are [start, end): the billing period is the
-  exported month; the charge period is the month the usage occurred in.
-
-Nulls (FOCUS Null Handling): absent values are NULL, never an empty or placeholder string. In CSV
-a NULL is an empty cell (no value the export writes is ever an empty string, so an empty cell
-always means NULL); in Parquet it is a real null. Decimals are exact: plain decimal strings in
-CSV, ``decimal128`` in Parquet (costs and unit prices at 9 places, quantities at 6, token counts
-included, so tools that infer types read every decimal column as decimal).
-
-The FinOps Foundation's ``focus-validator`` (1.0.0, ``--validate-version 1.0``) passes the export
-with ``tests/focus_validator_overrides.yaml``, which lists the rules where that release departs
-from FOCUS 1.0/1.2 (1.0-preview column names, conditional columns treated as required), each
-with its reason; ``tests/test_focus_spec.py`` runs it and checks the 1.2 rules it lacks.
+The columns, their constants and what their values look like: :mod:`ledger.exports.focuscolumns`.
 """
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
-from decimal import Context, Decimal
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Connection, and_, case, func, literal, select
@@ -84,105 +42,34 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.types import String
 
+from ledger.exports.focuscolumns import (
+    COLUMNS,
+    CURRENCY,
+    EXACT,
+    FOCUS_VERSION,
+    IMPORTED,
+    IMPORTED_UNIT,
+    ISSUERS,
+    METERS,
+    PRICING_UNIT,
+    PROVIDER,
+    SERVICE_NAME,
+    TOKEN_TYPES,
+    TOKEN_WORDS,
+    TOTAL,
+    details,
+    tags,
+)
 from ledger.money import Money
 from ledger.pricing import LIST_BOOK, PriceBook, PricePoint
 from ledger.store.schema import BilledBatchRow, EventRow, PriceRow
 
 __all__ = [
-    "COLUMNS",
-    "CUSTOM_COLUMNS",
-    "DATE_COLUMNS",
-    "EXACT",
-    "FOCUS_COLUMNS",
-    "FOCUS_VERSION",
-    "FORMATS",
-    "SCALES",
-    "TOKEN_TYPES",
     "BillingError",
     "billing_rows",
     "month_bounds",
     "utc_month",
 ]
-
-FOCUS_COLUMNS: tuple[str, ...] = (
-    "BilledCost",
-    "BillingAccountId",
-    "BillingAccountName",
-    "BillingCurrency",
-    "BillingPeriodEnd",
-    "BillingPeriodStart",
-    "ChargeCategory",
-    "ChargeClass",
-    "ChargeDescription",
-    "ChargeFrequency",
-    "ChargePeriodEnd",
-    "ChargePeriodStart",
-    "ConsumedQuantity",
-    "ConsumedUnit",
-    "ContractedCost",
-    "ContractedUnitPrice",
-    "EffectiveCost",
-    "InvoiceIssuerName",
-    "ListCost",
-    "ListUnitPrice",
-    "PricingCategory",
-    "PricingQuantity",
-    "PricingUnit",
-    "ProviderName",
-    "PublisherName",
-    "ServiceCategory",
-    "ServiceName",
-    "ServiceSubcategory",
-    "SkuId",
-    "SkuMeter",
-    "SkuPriceDetails",
-    "SkuPriceId",
-    "SubAccountId",
-    "SubAccountName",
-    "Tags",
-)
-CUSTOM_COLUMNS: tuple[str, ...] = ("x_Model", "x_TokenType", "x_Free", "x_Route", "x_FocusVersion")
-COLUMNS: tuple[str, ...] = FOCUS_COLUMNS + CUSTOM_COLUMNS
-assert list(FOCUS_COLUMNS) == sorted(FOCUS_COLUMNS)
-
-TOKEN_TYPES: tuple[str, ...] = ("input", "cached_input", "output")
-TOTAL = "total"  # the token type of imported costs that cannot be split
-_TOKEN_WORDS = {
-    "input": "input tokens",
-    "cached_input": "cached input tokens",
-    "output": "output tokens",
-    TOTAL: "tokens",
-}
-_METERS = {
-    "input": "Input Tokens",
-    "cached_input": "Cached Input Tokens",
-    "output": "Output Tokens",
-    TOTAL: "Tokens",
-}
-FOCUS_VERSION = "1.2"
-TAG_PREFIX = "ledger/"  # the ledger's own keys in Tags; user keys under it are reserved
-IMPORTED = "imported"  # the SkuPriceId "book" of imported costs
-IMPORTED_UNIT = "Charges"  # their PricingUnit: one row is one charge of its whole cost
-FORMATS: tuple[str, ...] = ("csv", "parquet")
-
-CURRENCY = "USD"
-SERVICE_NAME = "Cerebras Inference"
-PROVIDER = "Cerebras"
-PRICING_UNIT = "1000000 Tokens"
-TOKENS_PER_UNIT = 1_000_000
-ISSUERS = {"lava": ("lava", "Lava"), "cerebras": ("cerebras", "Cerebras")}  # route -> (account id, name)
-
-COST_COLUMNS = ("BilledCost", "ContractedCost", "EffectiveCost", "ListCost")
-UNIT_PRICE_COLUMNS = ("ContractedUnitPrice", "ListUnitPrice")
-DATE_COLUMNS = ("BillingPeriodEnd", "BillingPeriodStart", "ChargePeriodEnd", "ChargePeriodStart")
-SCALES = {
-    **dict.fromkeys(COST_COLUMNS, 9),
-    **dict.fromkeys(UNIT_PRICE_COLUMNS, 9),
-    "PricingQuantity": 6,
-    "ConsumedQuantity": 6,
-}
-
-EXACT = Context(prec=60)
 
 
 class BillingError(ValueError):
@@ -319,26 +206,6 @@ def _grouped(conn: Connection, month: str, bounds: list[datetime]) -> Any:
     )
 
 
-def _tags(user_tags: str, book: str, free: bool, route: str, price_id: str | None) -> str:
-    """FOCUS ``Tags``: the call's own tags as given, then the ledger's keys under :data:`TAG_PREFIX`
-    (a user key under that prefix is reserved and left out)."""
-    tags: dict[str, Any] = {k: v for k, v in json.loads(user_tags).items() if not k.startswith(TAG_PREFIX)}
-    tags |= {
-        f"{TAG_PREFIX}book": book,
-        f"{TAG_PREFIX}free": "true" if free else "false",
-        f"{TAG_PREFIX}route": route,
-    }
-    if price_id is not None:
-        tags[f"{TAG_PREFIX}price_id"] = price_id
-    return json.dumps(tags, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def _details(book: str, token_type: str) -> str:
-    """FOCUS ``SkuPriceDetails`` of ``<book>/<model>/<token type>``: what tells it from the other
-    SkuPriceIds of the model's SkuId; the same for every row of that SkuPriceId, always."""
-    return json.dumps({"PriceBook": book, "TokenType": token_type}, sort_keys=True, separators=(",", ":"))
-
-
 def billing_rows(conn: Connection, month: str, issued_at: datetime) -> list[dict[str, Any]]:
     """The FOCUS rows of ``month``'s export, from what ``billed_batches`` says it billed.
 
@@ -426,7 +293,7 @@ def billing_rows(conn: Connection, month: str, issued_at: datetime) -> list[dict
             "ServiceSubcategory": "Generative AI",
             "SubAccountId": project,
             "SubAccountName": project,
-            "Tags": _tags(user_tags, book, free, route, price_id),
+            "Tags": tags(user_tags, book, free, route, price_id),
             "x_Model": model,
             "x_Free": free,
             "x_Route": route,
@@ -451,9 +318,9 @@ def billing_rows(conn: Connection, month: str, issued_at: datetime) -> list[dict
                 "PricingUnit": IMPORTED_UNIT,
                 "PricingQuantity": Decimal(-1 if cost < 0 else 1).quantize(Decimal("0.000001")),
                 "SkuId": f"{model}/{TOTAL}",
-                "SkuMeter": _METERS[TOTAL],
+                "SkuMeter": METERS[TOTAL],
                 "SkuPriceId": f"{IMPORTED}/{model}/{TOTAL}",
-                "SkuPriceDetails": _details(IMPORTED, TOTAL),
+                "SkuPriceDetails": details(IMPORTED, TOTAL),
                 "ConsumedQuantity": _tokens(sums[3]),
                 "x_TokenType": TOTAL,
                 "ChargeDescription": f"{model} tokens via {issuer}, imported cost{late}",
@@ -489,13 +356,13 @@ def billing_rows(conn: Connection, month: str, issued_at: datetime) -> list[dict
                 "ContractedUnitPrice": _per_million(rates[token_type]),
                 "ListUnitPrice": _per_million(list_rates[token_type]),
                 "SkuId": f"{model}/{token_type}",
-                "SkuMeter": _METERS[token_type],
+                "SkuMeter": METERS[token_type],
                 "SkuPriceId": f"{book}/{model}/{token_type}",
-                "SkuPriceDetails": _details(book, token_type),
+                "SkuPriceDetails": details(book, token_type),
                 "ConsumedQuantity": _tokens(tokens),
                 "PricingQuantity": _quantity(tokens),
                 "x_TokenType": token_type,
-                "ChargeDescription": f"{model} {_TOKEN_WORDS[token_type]} via {issuer}{late}",
+                "ChargeDescription": f"{model} {TOKEN_WORDS[token_type]} via {issuer}{late}",
             }
             order = (
                 correction,

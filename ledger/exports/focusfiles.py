@@ -2,7 +2,7 @@
 
 CSV: a header, then one line per row; NULL is an empty cell, decimals are plain decimal strings.
 Parquet: ``decimal128`` decimals, UTC timestamps, a real null for NULL, and the schema metadata
-key ``FocusVersion`` (the columns and values: :mod:`ledger.exports.focus`).
+key ``FocusVersion`` (the columns and values: :mod:`ledger.exports.focuscolumns`).
 
 Spreadsheets (CSV injection). FOCUS CSV files are opened in spreadsheets as often as they are
 loaded into FinOps tools, so a text cell that would begin with ``=``, ``+``, ``-``, ``@``, a tab or
@@ -23,7 +23,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from ledger.exports.focus import COLUMNS, DATE_COLUMNS, FOCUS_VERSION, SCALES, BillingError
+from ledger.exports.focus import BillingError
+from ledger.exports.focuscolumns import COLUMNS, DATE_COLUMNS, FOCUS_VERSION, SCALES
 from ledger.outfile import OutFile, csv_cell
 
 __all__ = ["parquet_schema", "pyarrow", "write_csv", "write_parquet", "write_temp"]

@@ -45,8 +45,9 @@ def default_jobs(
     engine: Engine, schedule: Schedule, stop: threading.Event | None = None
 ) -> dict[str, Callable[[], None]]:
     from ledger.budgets import outbox
+    from ledger.budgets.webhook import webhook_from_env
 
-    webhook = outbox.webhook_from_env()  # ConfigError here: a bad URL stops the start, in one line
+    webhook = webhook_from_env()  # ConfigError here: a bad URL stops the start, in one line
 
     def deliver() -> None:
         outbox.deliver(engine, webhook, stop=stop)
