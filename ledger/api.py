@@ -12,8 +12,8 @@ This module owns the lifecycle (URL resolution, engine, migrations, spool recove
 every other method is a thin call into the module that owns the work (:mod:`ledger.store.rollup`,
 :mod:`ledger.reports.build`, :mod:`ledger.reports.frame` for the analyst's DataFrame,
 :mod:`ledger.exports.billing`, :mod:`ledger.exports.eventfiles`, :mod:`ledger.reports.summary`,
-:mod:`ledger.store.verify`, :mod:`ledger.budgets.budgets`, :mod:`ledger.store.prices`, :mod:`ledger.store.reprice`). Each CLI
-command is a thin wrapper over the same calls.
+:mod:`ledger.store.verify`, :mod:`ledger.budgets.budgets`, :mod:`ledger.store.prices`,
+:mod:`ledger.store.reprice`). Each CLI command is a thin wrapper over the same calls.
 
 Only the standard library is imported here at module level: SQLAlchemy, Alembic, pandas and
 the report code load inside the methods that need them, so ``import ledger`` stays light.
