@@ -9,7 +9,8 @@ verify) and to a pandas DataFrame of usage (:meth:`Ledger.frame`).
 
 from ledger._version import __version__
 from ledger.api import Ledger
-from ledger.call.client import AsyncCerebrasClient, CerebrasClient
+from ledger.call.aclient import AsyncCerebrasClient
+from ledger.call.client import CerebrasClient
 from ledger.call.errors import (
     APIConnectionError,
     APIError,

@@ -31,7 +31,9 @@ What each misbehaving scenario does, without / with ``"stream": true`` in the re
   (no object, no status) / its ``status_code`` is :data:`ABSURD_STATUS`.
 
 A hanging or stalled handler gives up when the client hangs up, the stand-in stops, or after
-:data:`STALL_LIMIT` seconds. :class:`StandInHandler` may be subclassed to watch requests.
+:data:`STALL_LIMIT` seconds. :class:`StandInHandler` may be subclassed to watch requests. The
+canned parts of the answers (error bodies, usage, ``time_info``, the price feed) are
+:mod:`ledger.testing_wire`; here, the server and how each scenario serves them.
 
 >>> with StandIn() as upstream:                                         # doctest: +SKIP
 ...     client = CerebrasClient(project="p", api_key="k", base_url=upstream.base_url)
@@ -53,93 +55,20 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-__all__ = ["SCENARIOS", "Served", "StandIn", "StandInHandler", "usage_for"]
-
-SCENARIOS = (
-    "ok",
-    "rate_limit",
-    "token_quota",
-    "server_error",
-    "wrong_key",
-    "not_found",
-    "no_done",
-    "stream_error",
-    "cut",
-    "no_usage",
-    "malformed",
-    "non_utf8",
-    "negative_usage",
-    "gzip",
-    "slow",
-    "hang",
-    "cached",
-    "reset",
-    "absurd_usage",
-    "stall",
-    "truncated",
-    "stream_error_text",
-    "absurd_status",
+from ledger.testing_wire import (
+    ABSURD_STATUS,
+    DEFAULT_FEED,
+    ERRORS,
+    SCENARIOS,
+    SPOILED_USAGE,
+    scenario_usage,
+    time_info,
+    usage_for,
 )
 
-ABSURD_TOKENS = 10**15  # "absurd_usage": far beyond any real completion
-ABSURD_STATUS = 2**64  # "absurd_status": the status_code of its in-stream error event (fits no SQL integer)
+__all__ = ["SCENARIOS", "Served", "StandIn", "StandInHandler", "usage_for"]
+
 STALL_LIMIT = 30.0  # seconds a "hang" or "stall" handler waits for the client to hang up
-
-DEFAULT_FEED: dict[str, Any] = {
-    "object": "list",
-    "data": [
-        {
-            "id": "gpt-oss-120b",
-            "object": "model",
-            "pricing": {"prompt": "0.00000035", "completion": "0.00000075"},
-            "deprecated": False,
-            "preview": False,
-        },
-    ],
-}
-
-ERRORS: dict[str, tuple[int, dict[str, Any]]] = {
-    "wrong_key": (
-        401,
-        {
-            "message": "Wrong API Key",
-            "type": "invalid_request_error",
-            "param": "api_key",
-            "code": "wrong_api_key",
-        },
-    ),
-    "not_found": (
-        404,
-        {
-            "message": "Model does not exist or you do not have access to it.",
-            "type": "not_found_error",
-            "param": "model",
-            "code": "model_not_found",
-        },
-    ),
-    "rate_limit": (
-        429,
-        {
-            "message": "We're experiencing high traffic right now! Please try again soon.",
-            "type": "too_many_requests_error",
-            "param": "queue",
-            "code": "queue_exceeded",
-        },
-    ),
-    "token_quota": (
-        429,
-        {
-            "message": "Tokens per minute limit exceeded - too many tokens processed.",
-            "type": "too_many_tokens_error",
-            "param": "quota",
-            "code": "token_quota_exceeded",
-        },
-    ),
-    "server_error": (
-        500,
-        {"message": "Internal server error", "type": "server_error", "param": "", "code": "internal_error"},
-    ),
-}
 
 
 @dataclass(frozen=True)
@@ -154,65 +83,6 @@ class Served:
     reasoning_tokens: int
     stream: bool
     via_lava: bool
-
-
-def usage_for(body: dict[str, Any], scenario: str) -> dict[str, Any]:
-    """Deterministic usage for a request: prompt tokens from its words, completion from max_tokens."""
-    words = 0
-    for m in body.get("messages") or []:
-        content = m.get("content") if isinstance(m, dict) else None
-        if isinstance(content, str):
-            words += len(content.split())
-    prompt = 10 + words
-    completion = int(body.get("max_tokens") or body.get("max_completion_tokens") or 12)
-    model = str(body.get("model", ""))
-    reasoning = completion // 3 if model.startswith("gpt-oss") else 0
-    cached = prompt // 2 if scenario == "cached" else 0
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": cached},
-        "completion_tokens_details": {
-            "accepted_prediction_tokens": 0,
-            "rejected_prediction_tokens": 0,
-            "reasoning_tokens": reasoning,
-        },
-    }
-
-
-def _time_info(scenario: str = "ok") -> dict[str, float]:
-    if scenario == "absurd_usage":
-        return {
-            "queue_time": -1.0,
-            "prompt_time": 1e300,
-            "completion_time": 10.0**15,
-            "total_time": 2.0**70,
-            "created": time.time(),
-        }
-    return {
-        "queue_time": 0.000533844,
-        "prompt_time": 0.00128098,
-        "completion_time": 0.003694258,
-        "total_time": 0.007519960403442383,
-        "created": time.time(),
-    }
-
-
-def _scenario_usage(body: dict[str, Any], scenario: str) -> dict[str, Any]:
-    """:func:`usage_for`, spoiled as the ``negative_usage`` / ``absurd_usage`` scenarios want."""
-    usage = usage_for(body, scenario)
-    if scenario == "negative_usage":
-        usage["prompt_tokens"] = -5
-    elif scenario == "absurd_usage":
-        usage.update(
-            prompt_tokens=ABSURD_TOKENS, completion_tokens=ABSURD_TOKENS, total_tokens=2 * ABSURD_TOKENS
-        )
-    return usage
-
-
-# scenarios whose usage never validly reaches the client: not in ``served``
-_SPOILED_USAGE = ("no_usage", "negative_usage", "absurd_usage")
 
 
 class StandInHandler(BaseHTTPRequestHandler):
@@ -303,7 +173,7 @@ class StandInHandler(BaseHTTPRequestHandler):
             return self._send_json(200, None, headers, raw=b'\xff\xfe{"id": \x80\x81}')
         model = str(body.get("model"))
         words = usage_for(body, scenario)["completion_tokens"]  # what is really sent
-        usage = _scenario_usage(body, scenario)
+        usage = scenario_usage(body, scenario)
         cid = f"chatcmpl-{uuid.uuid4()}"
         payload: dict[str, Any] = {
             "id": cid,
@@ -318,7 +188,7 @@ class StandInHandler(BaseHTTPRequestHandler):
             "model": model,
             "object": "chat.completion",
             "system_fingerprint": "fp_standin",
-            "time_info": _time_info(scenario),
+            "time_info": time_info(scenario),
         }
         if scenario != "no_usage":
             payload["usage"] = usage
@@ -339,7 +209,7 @@ class StandInHandler(BaseHTTPRequestHandler):
             self.wfile.flush()
             return self._reset() if scenario == "cut" else self._wait_for_hangup()
         self._send_json(200, payload, headers)
-        if scenario not in _SPOILED_USAGE:
+        if scenario not in SPOILED_USAGE:
             self.server.owner.record(cid, model, usage, stream=False, via_lava=via_lava)
 
     def _reset(self) -> None:
@@ -363,7 +233,7 @@ class StandInHandler(BaseHTTPRequestHandler):
 
     def _stream(self, body: dict[str, Any], scenario: str, headers: dict[str, str], via_lava: bool) -> None:
         model = str(body.get("model"))
-        usage = _scenario_usage(body, scenario)
+        usage = scenario_usage(body, scenario)
         cid = f"chatcmpl-{uuid.uuid4()}"
         base = {
             "id": cid,
@@ -434,7 +304,7 @@ class StandInHandler(BaseHTTPRequestHandler):
                 **base,
                 "choices": [{"delta": {}, "finish_reason": "stop", "index": 0}],
                 "usage": usage,
-                "time_info": _time_info(scenario),
+                "time_info": time_info(scenario),
             }
             if scenario == "no_usage":
                 del final["usage"]
@@ -442,7 +312,7 @@ class StandInHandler(BaseHTTPRequestHandler):
             if scenario != "no_done":
                 self._chunk(b"data: [DONE]\n\n")
             self._chunk(b"")
-            if scenario not in _SPOILED_USAGE:
+            if scenario not in SPOILED_USAGE:
                 self.server.owner.record(cid, model, usage, stream=True, via_lava=via_lava)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True

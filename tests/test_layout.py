@@ -38,7 +38,17 @@ STAGES: dict[str, int] = {
     "api": 6,
     "cli": 7,
 }
-FOUNDATIONS = {"_version", "money", "events", "pricing", "config", "calendar", "outfile", "testing"}
+FOUNDATIONS = {
+    "_version",
+    "money",
+    "events",
+    "pricing",
+    "config",
+    "calendar",
+    "outfile",
+    "testing",
+    "testing_wire",
+}
 # (importing stage, imported stage): why the import runs forward. Each must be lazy (in a function).
 HANDOFFS = {
     ("call", "journal"): "a finished attempt hands its event to the journal",

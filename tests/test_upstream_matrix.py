@@ -80,7 +80,8 @@ import ledger
 from ledger import journal
 from ledger.events import MAX_TOKENS
 from ledger.pricing import BUILTIN_PRICES
-from ledger.testing import ABSURD_STATUS, ABSURD_TOKENS, StandIn
+from ledger.testing import StandIn
+from ledger.testing_wire import ABSURD_STATUS, ABSURD_TOKENS
 
 from .conftest import fetch_events
 

@@ -1,7 +1,8 @@
 """The call stage: everything a chat completion passes through on its way out and back.
 
-It owns the wrapper clients (:mod:`ledger.call.client`, with :mod:`ledger.call.streams` and the
-SDK's retries in :mod:`ledger.call.retry`), the recording transports and :func:`ledger.instrument`
+It owns the wrapper clients (:mod:`ledger.call.client` and :mod:`ledger.call.aclient`, their
+settings and request building in :mod:`ledger.call.settings`, with :mod:`ledger.call.streams` and
+the SDK's retries in :mod:`ledger.call.retry`), the recording transports and :func:`ledger.instrument`
 (:mod:`ledger.call.transport`), routing, what a request says (:mod:`ledger.call.route`), the
 body tap (:mod:`ledger.call.tap`), one attempt and the one event it becomes
 (:mod:`ledger.call.attempt`), the wire format (:mod:`ledger.call.wire`), the SDK-shaped errors

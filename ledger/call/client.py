@@ -10,8 +10,9 @@ the official SDKs, so each attempt (retries included) becomes exactly one event.
 Like the SDK, the client retries connection errors, timeouts, 408, 409, 429 and 5xx up to
 ``max_retries`` times (default 2) with exponential back-off, honouring ``retry-after``
 (:mod:`ledger.call.retry`); a stream is a :class:`~ledger.call.streams.Stream` (or
-:class:`~ledger.call.streams.AsyncStream`). Here: the settings (route, credentials, the request of
-a call) and the two clients with their ``chat.completions`` and ``completions`` namespaces.
+:class:`~ledger.call.streams.AsyncStream`). Here: the sync client with its ``chat.completions``
+and ``completions`` namespaces; the async client is :mod:`ledger.call.aclient`, and the settings
+(route, credentials, the request of a call) both build on are :mod:`ledger.call.settings`.
 
 The client sends through its transport directly (``transport.handle_request(request)``, httpx's
 public transport API), not through an ``httpx.Client``: it needs none of what the Client layer
@@ -26,118 +27,17 @@ what you mount yourself (as before: an ``httpx.Client`` given a transport ignore
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Mapping
 from typing import Any, Literal, cast, overload
-from urllib.parse import quote
 
 import httpx
 
-from ledger._version import __version__
-from ledger.call.retry import send_async, send_sync
-from ledger.call.streams import AsyncStream, Stream
-from ledger.call.transport import CALL_OPTIONS, AsyncRecordingTransport, CallOptions, RecordingTransport
-from ledger.config import ConfigError, check_project
+from ledger.call.retry import send_sync
+from ledger.call.settings import DEFAULT_TIMEOUT, Settings, attach, timeout_dict
+from ledger.call.streams import Stream
+from ledger.call.transport import RecordingTransport
 
-__all__ = ["AsyncCerebrasClient", "CerebrasClient"]
-
-DEFAULT_BASE_URL = "https://api.cerebras.ai"
-DEFAULT_LAVA_BASE_URL = "https://api.lava.so"
-DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=5.0)
-
-
-class _Settings:
-    """Route, credentials and defaults, resolved once: arguments first, then the environment."""
-
-    def __init__(
-        self,
-        project: str | None,
-        api_key: str | None,
-        base_url: str | None,
-        lava_forward_token: str | None,
-        lava_base_url: str | None,
-    ) -> None:
-        env = os.environ
-        self.project = check_project(project or env.get("LEDGER_PROJECT"))
-        self.base_url = (base_url or env.get("CEREBRAS_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
-        self.forward_token = lava_forward_token or env.get("LAVA_FORWARD_TOKEN") or None
-        self.lava_base_url = (lava_base_url or env.get("LAVA_BASE_URL") or DEFAULT_LAVA_BASE_URL).rstrip("/")
-        self.api_key = api_key or env.get("CEREBRAS_API_KEY") or None
-        if self.forward_token is None and self.api_key is None:
-            raise ConfigError(
-                "no credentials: pass api_key=... or set CEREBRAS_API_KEY "
-                "(or LAVA_FORWARD_TOKEN to go through Lava)"
-            )
-        secret = self.forward_token or self.api_key or ""
-        # one URL per endpoint the client offers (see ledger.events.ENDPOINT_PATHS)
-        self.urls = {path: httpx.URL(self._url(path)) for path in ("chat/completions", "completions")}
-        self.url = str(self.urls["chat/completions"])
-        self.parsed_url = self.urls["chat/completions"]
-        self.headers = {
-            "authorization": f"Bearer {secret}",
-            "content-type": "application/json",
-            "accept": "application/json",
-            "accept-encoding": "gzip, deflate",
-            "user-agent": f"cerebras-ledger/{__version__}",
-        }
-
-    def _url(self, path: str) -> str:
-        target = f"{self.base_url}/v1/{path}"
-        if self.forward_token:
-            return f"{self.lava_base_url}/v1/forward?u={quote(target, safe='')}"
-        return target
-
-    @property
-    def route(self) -> str:
-        return "lava" if self.forward_token else "cerebras"
-
-    def build(
-        self,
-        model: str,
-        messages: Any,
-        stream: bool,
-        extra_headers: Mapping[str, str] | None,
-        timeout: dict[str, float | None],
-        tags: Mapping[str, Any] | None,
-        project: str | None,
-        params: dict[str, Any],
-        *,
-        path: str = "chat/completions",
-        input_key: str = "messages",
-    ) -> httpx.Request:
-        """The request of one call (sent as is by every attempt of it): a chat completion, or
-        with ``path="completions", input_key="prompt"`` a legacy text completion."""
-        body: dict[str, Any] = {"model": model, input_key: messages, **params}
-        if stream:
-            body["stream"] = True
-        headers = dict(self.headers)
-        if stream:
-            headers["accept"] = "text/event-stream"
-        if extra_headers:
-            headers.update(extra_headers)
-        options: CallOptions = {
-            "project": check_project(project) if project else None,
-            "tags": tags,
-            "model": model,
-        }
-        ext = {CALL_OPTIONS: options, "timeout": timeout}
-        return httpx.Request(
-            "POST", self.urls[path], content=json.dumps(body).encode(), headers=headers, extensions=ext
-        )
-
-
-def _attach(exc: httpx.RequestError, request: httpx.Request) -> None:
-    """Give a transport error its request, as ``httpx.Client`` does (callers read ``exc.request``)."""
-    try:
-        exc.request  # noqa: B018 - the property raises when unset
-    except RuntimeError:
-        exc.request = request
-
-
-def _timeout(value: Any) -> dict[str, float | None]:
-    """A timeout (seconds, an ``httpx.Timeout`` or ``None`` for none) as the transport takes it."""
-    return httpx.Timeout(value).as_dict()
+__all__ = ["CerebrasClient"]
 
 
 class _Completions:
@@ -205,7 +105,7 @@ class _Completions:
             messages,
             stream,
             extra_headers,
-            c._timeout if timeout is None else _timeout(timeout),
+            c._timeout if timeout is None else timeout_dict(timeout),
             tags,
             project,
             params,
@@ -280,7 +180,7 @@ class _TextCompletions:
             prompt,
             stream,
             extra_headers,
-            c._timeout if timeout is None else _timeout(timeout),
+            c._timeout if timeout is None else timeout_dict(timeout),
             tags,
             project,
             params,
@@ -293,11 +193,6 @@ class _TextCompletions:
 class _Chat:
     def __init__(self, client: CerebrasClient) -> None:
         self.completions = _Completions(client)
-
-
-class _AsyncChat:
-    def __init__(self, client: AsyncCerebrasClient) -> None:
-        self.completions = _AsyncCompletions(client)
 
 
 class CerebrasClient:
@@ -334,7 +229,7 @@ class CerebrasClient:
         max_retries: int = 2,
         flush_timeout: float = 5.0,
     ) -> None:
-        self._settings = _Settings(project, api_key, base_url, lava_forward_token, lava_base_url)
+        self._settings = Settings(project, api_key, base_url, lava_forward_token, lava_base_url)
         self.transport = RecordingTransport(
             httpx.HTTPTransport(),
             project=self._settings.project,
@@ -344,7 +239,7 @@ class CerebrasClient:
             source="wrapper",
             flush_timeout=flush_timeout,
         )
-        self._timeout = _timeout(timeout)
+        self._timeout = timeout_dict(timeout)
         self._closed = False
         self.max_retries = max_retries
         self.chat = _Chat(self)
@@ -366,7 +261,7 @@ class CerebrasClient:
             # the client's own transport wraps an httpx.HTTPTransport: its responses are httpx's
             response = cast(httpx.Response, self.transport.handle_request(request))
         except httpx.RequestError as exc:
-            _attach(exc, request)
+            attach(exc, request)
             raise
         response.request = request
         return response
@@ -382,219 +277,3 @@ class CerebrasClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-class _AsyncCompletions:
-    def __init__(self, client: AsyncCerebrasClient) -> None:
-        self._client = client
-
-    @overload
-    async def create(
-        self,
-        *,
-        model: str,
-        messages: Any,
-        stream: Literal[False] = False,
-        extra_headers: Mapping[str, str] | None = None,
-        timeout: Any = None,
-        tags: Mapping[str, Any] | None = None,
-        project: str | None = None,
-        **params: Any,
-    ) -> dict[str, Any]: ...
-
-    @overload
-    async def create(
-        self,
-        *,
-        model: str,
-        messages: Any,
-        stream: Literal[True],
-        extra_headers: Mapping[str, str] | None = None,
-        timeout: Any = None,
-        tags: Mapping[str, Any] | None = None,
-        project: str | None = None,
-        **params: Any,
-    ) -> AsyncStream: ...
-
-    @overload
-    async def create(
-        self,
-        *,
-        model: str,
-        messages: Any,
-        stream: bool,
-        extra_headers: Mapping[str, str] | None = None,
-        timeout: Any = None,
-        tags: Mapping[str, Any] | None = None,
-        project: str | None = None,
-        **params: Any,
-    ) -> dict[str, Any] | AsyncStream: ...
-
-    async def create(
-        self,
-        *,
-        model: str,
-        messages: Any,
-        stream: bool = False,
-        extra_headers: Mapping[str, str] | None = None,
-        timeout: Any = None,
-        tags: Mapping[str, Any] | None = None,
-        project: str | None = None,
-        **params: Any,
-    ) -> dict[str, Any] | AsyncStream:
-        """Send a chat completion; a dict, or an :class:`AsyncStream` when ``stream=True``."""
-        c = self._client
-        request = c._settings.build(
-            model,
-            messages,
-            stream,
-            extra_headers,
-            c._timeout if timeout is None else _timeout(timeout),
-            tags,
-            project,
-            params,
-        )
-        return await send_async(c, request, stream)
-
-
-class _AsyncTextCompletions:
-    """The async twin of ``client.completions`` (the legacy text endpoint)."""
-
-    def __init__(self, client: AsyncCerebrasClient) -> None:
-        self._client = client
-
-    @overload
-    async def create(
-        self,
-        *,
-        model: str,
-        prompt: Any,
-        stream: Literal[False] = False,
-        extra_headers: Mapping[str, str] | None = None,
-        timeout: Any = None,
-        tags: Mapping[str, Any] | None = None,
-        project: str | None = None,
-        **params: Any,
-    ) -> dict[str, Any]: ...
-
-    @overload
-    async def create(
-        self,
-        *,
-        model: str,
-        prompt: Any,
-        stream: Literal[True],
-        extra_headers: Mapping[str, str] | None = None,
-        timeout: Any = None,
-        tags: Mapping[str, Any] | None = None,
-        project: str | None = None,
-        **params: Any,
-    ) -> AsyncStream: ...
-
-    @overload
-    async def create(
-        self,
-        *,
-        model: str,
-        prompt: Any,
-        stream: bool,
-        extra_headers: Mapping[str, str] | None = None,
-        timeout: Any = None,
-        tags: Mapping[str, Any] | None = None,
-        project: str | None = None,
-        **params: Any,
-    ) -> dict[str, Any] | AsyncStream: ...
-
-    async def create(
-        self,
-        *,
-        model: str,
-        prompt: Any,
-        stream: bool = False,
-        extra_headers: Mapping[str, str] | None = None,
-        timeout: Any = None,
-        tags: Mapping[str, Any] | None = None,
-        project: str | None = None,
-        **params: Any,
-    ) -> dict[str, Any] | AsyncStream:
-        """Send a text completion; a dict, or an :class:`AsyncStream` when ``stream=True``."""
-        c = self._client
-        request = c._settings.build(
-            model,
-            prompt,
-            stream,
-            extra_headers,
-            c._timeout if timeout is None else _timeout(timeout),
-            tags,
-            project,
-            params,
-            path="completions",
-            input_key="prompt",
-        )
-        return await send_async(c, request, stream)
-
-
-class AsyncCerebrasClient:
-    """The async twin of :class:`CerebrasClient` (same arguments); use ``async with``."""
-
-    def __init__(
-        self,
-        project: str | None = None,
-        *,
-        api_key: str | None = None,
-        base_url: str | None = None,
-        lava_forward_token: str | None = None,
-        lava_base_url: str | None = None,
-        tags: Mapping[str, Any] | None = None,
-        database_url: str | None = None,
-        spool_dir: str | None = None,
-        timeout: Any = DEFAULT_TIMEOUT,
-        max_retries: int = 2,
-        flush_timeout: float = 5.0,
-    ) -> None:
-        self._settings = _Settings(project, api_key, base_url, lava_forward_token, lava_base_url)
-        self.transport = AsyncRecordingTransport(
-            httpx.AsyncHTTPTransport(),
-            project=self._settings.project,
-            tags=tags,
-            database_url=database_url,
-            spool_dir=spool_dir,
-            source="wrapper",
-            flush_timeout=flush_timeout,
-        )
-        self._timeout = _timeout(timeout)
-        self._closed = False
-        self.max_retries = max_retries
-        self.chat = _AsyncChat(self)
-        self.completions = _AsyncTextCompletions(self)
-
-    @property
-    def project(self) -> str:
-        return self._settings.project
-
-    async def flush(self, timeout: float = 10.0) -> bool:
-        import asyncio
-
-        return await asyncio.to_thread(self.transport.journal.flush, timeout)
-
-    async def _send(self, request: httpx.Request) -> httpx.Response:
-        if self._closed:
-            raise RuntimeError("Cannot send a request, as the client has been closed.")
-        try:
-            response = cast(httpx.Response, await self.transport.handle_async_request(request))
-        except httpx.RequestError as exc:
-            _attach(exc, request)
-            raise
-        response.request = request
-        return response
-
-    async def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            await self.transport.aclose()
-
-    async def __aenter__(self) -> AsyncCerebrasClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()

@@ -21,7 +21,8 @@ from ledger.call.streams import AsyncStream, Stream
 from ledger.call.transport import ATTEMPT
 
 if TYPE_CHECKING:
-    from ledger.call.client import AsyncCerebrasClient, CerebrasClient
+    from ledger.call.aclient import AsyncCerebrasClient
+    from ledger.call.client import CerebrasClient
 
 __all__ = ["retry_delay", "send_async", "send_sync"]
 
