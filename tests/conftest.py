@@ -3,16 +3,31 @@
 Database tests take the ``db_url`` fixture, which runs each test twice: on a fresh SQLite file
 and on a fresh schema of the PostgreSQL at ``LEDGER_TEST_POSTGRES_URL`` (default
 ``postgresql+psycopg://postgres@127.0.0.1:5432/test``). With no PostgreSQL reachable, the
-PostgreSQL half skips and says why.
+PostgreSQL half skips and says why. ``engine`` is an engine on that ledger, migrated to the head.
+Plain helpers (paths, databases, ``make_event``) are in :mod:`tests.helpers`.
+
+The folders mirror the package's stages; a test file sits with the stage it mainly exercises:
+
+* ``call/``: the call path: wrapper clients, the SDKs, the wire and its recorded shapes, the
+  stream tap, misbehaving upstreams, the public types (``_replay.py``: the replaying upstream).
+* ``journal/``: the spool encoding of events, the writer process.
+* ``store/``: migrations, the writer's two insert paths, rollups, ``verify``, corrections.
+* ``budgets/``: alerts, webhook delivery, hard budgets.
+* ``reports/``: spend reports, a generated month end to end.
+* ``exports/``: the FOCUS export and its validator, billing catch-up, event import.
+* ``cli/``: the command line, ``--out`` files, the scheduler and its jobs, the ``Ledger`` API.
+* ``system/``: durability, storage faults, stalls, load, soak, hostile inputs, secrets
+  (``_caller.py`` and ``_load_worker.py``: the child processes they start).
+* top level: the package as a whole (``test_package``, ``test_layout``), the foundations
+  (``test_money``, ``test_pricing``), ``_reliability.py`` (RELIABILITY.md's table, from the rows
+  the ``reliability`` fixture records) and ``focus_validator_overrides.yaml`` (the README names
+  its path).
 """
 
 from __future__ import annotations
 
 import os
-import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from datetime import UTC, datetime
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,34 +36,7 @@ import sqlalchemy as sa
 
 from ledger import journal
 from ledger.testing import StandIn
-
-PG_URL = os.environ.get("LEDGER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-
-
-def _pg_problem() -> str | None:
-    try:
-        engine = sa.create_engine(PG_URL, connect_args={"connect_timeout": 3})
-        with engine.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
-        engine.dispose()
-        return None
-    except Exception as exc:  # noqa: BLE001 - any failure means "no PostgreSQL here"
-        return f"PostgreSQL not reachable at {PG_URL}: {type(exc).__name__}"
-
-
-_PG_PROBLEM: str | None | bool = False
-
-
-def pg_problem() -> str | None:
-    global _PG_PROBLEM
-    if _PG_PROBLEM is False:
-        _PG_PROBLEM = _pg_problem()
-    return _PG_PROBLEM  # type: ignore[return-value]
-
-
-def pg_schema_url(schema: str) -> str:
-    sep = "&" if "?" in PG_URL else "?"
-    return f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+from tests.helpers import fresh_pg_schema, pg_problem
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -62,41 +50,6 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         pytest.skip(problem)
     with fresh_pg_schema() as url:
         yield url
-
-
-def write_events(target: sa.Engine | str, events: Sequence[Any], source: str = "spool") -> None:
-    """Price ``events`` (``CallEvent``s) by the book in the database and insert them as one ingest
-    batch, as the writer would; ``target`` is an engine, or a URL (its schema made first)."""
-    from ledger import store
-    from ledger.pricing import charge
-
-    engine = store.make_engine(target) if isinstance(target, str) else target
-    try:
-        if isinstance(target, str):
-            store.ensure_schema(engine)
-        with store.write_transaction(engine) as conn:
-            book = store.load_price_book(conn)
-            now = datetime.now(UTC)
-            store.insert_events(conn, [store.event_row(e, charge(e, book), now) for e in events], source)
-    finally:
-        if isinstance(target, str):
-            engine.dispose()
-
-
-@contextmanager
-def fresh_pg_schema() -> Iterator[str]:
-    """A URL of a PostgreSQL schema of its own, dropped afterwards (PostgreSQL must be reachable)."""
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(PG_URL)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield pg_schema_url(schema)
-    finally:
-        journal.close_all(2.0)
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        admin.dispose()
 
 
 @pytest.fixture
@@ -136,19 +89,6 @@ def ledger_env(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 def upstream() -> Iterator[StandIn]:
     with StandIn() as server:
         yield server
-
-
-def fetch_events(url: str, where: str = "1=1") -> list[dict[str, Any]]:
-    """Every row of the events table, as dicts, oldest first."""
-    from ledger import store
-
-    engine = store.make_engine(url)
-    try:
-        with engine.connect() as conn:
-            rows = conn.execute(sa.text(f"SELECT * FROM events WHERE {where} ORDER BY occurred_at, event_id"))
-            return [dict(r._mapping) for r in rows]
-    finally:
-        engine.dispose()
 
 
 @pytest.fixture(autouse=True)

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
+
 PACKAGE = ROOT / "ledger"
 
 # Flow order. Modules of one rank are peers: they may not import each other.
@@ -197,11 +198,12 @@ def test_no_private_name_crosses_a_module(module: str, path: Path) -> None:
 
 def test_tests_import_no_private_name_from_the_package() -> None:
     bad = []
-    for path in sorted((ROOT / "tests").glob("*.py")):
-        for target, names, _lazy, line in imports("tests." + path.stem, path):
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        for target, names, _lazy, line in imports(module, path):
             if target.startswith("ledger"):
                 bad += [
-                    f"{path.name}:{line}: {target}.{n}"
+                    f"{path.relative_to(ROOT / 'tests')}:{line}: {target}.{n}"
                     for n in names
                     if n.startswith("_") and n != "__version__"
                 ]

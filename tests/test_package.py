@@ -12,8 +12,7 @@ from typing import Any
 
 import ledger
 from ledger import store
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
 
 
 def test_all_is_sorted_and_every_name_resolves() -> None:

@@ -5,14 +5,13 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledger.events import CallEvent, Usage, new_event_id
+from ledger.events import CallEvent, Usage
 from ledger.money import ZERO, Money, usd
 from ledger.pricing import (
     ALIASES,
@@ -25,11 +24,9 @@ from ledger.pricing import (
     make_price_id,
     model_names,
 )
+from tests.helpers import WIRE, make_event
 
-PRICES_MD = Path("/work/shared/wire/prices.md")
-_alt = Path(__file__).resolve().parents[2] / "shared" / "wire" / "prices.md"
-if _alt.is_file():
-    PRICES_MD = _alt
+PRICES_MD = WIRE / "prices.md"
 
 BOOK = PriceBook(BUILTIN_PRICES)
 WHEN = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
@@ -77,25 +74,16 @@ def _event(
     at: datetime = WHEN,
     served: str | None = None,
 ) -> CallEvent:
-    return CallEvent(
-        event_id=new_event_id(),
+    return make_event(
         occurred_at=at,
         project="p",
-        route="cerebras",
         book=book,
         requested_model=model,
         served_model=served,
-        status=status,  # type: ignore[arg-type]
+        status=status,
         http_status=200 if status == "ok" else 500,
-        error_type=None,
-        error_code=None,
-        stream=False,
         usage=usage,
         latency_us=None,
-        ttft_us=None,
-        time_info=None,
-        upstream_id=None,
-        lava_request_id=None,
     )
 
 

@@ -1,0 +1,1 @@
+"""Tests of budgets: alerts, webhook delivery and hard budgets."""

@@ -1,0 +1,1 @@
+"""Tests of the command line, the scheduler and the Ledger API."""

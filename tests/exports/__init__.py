@@ -1,0 +1,1 @@
+"""Tests of exports: FOCUS, billing catch-up and event import."""

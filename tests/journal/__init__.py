@@ -1,0 +1,1 @@
+"""Tests of the journal: the spool encoding of events and the writer process."""

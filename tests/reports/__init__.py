@@ -1,0 +1,1 @@
+"""Tests of reports: spend reports and a generated month end to end."""

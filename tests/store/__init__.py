@@ -1,0 +1,1 @@
+"""Tests of the store: migrations, insert paths, rollups, verify and corrections."""

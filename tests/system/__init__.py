@@ -1,0 +1,1 @@
+"""System tests: durability, storage faults, stalls, load, soak, hostile inputs and secrets."""
