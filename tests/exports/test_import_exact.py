@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from ledger import store
 from ledger.cli.main import main
-from ledger.events import MAX_TOKENS, CallEvent, Usage, new_event_id
+from ledger.events import MAX_TOKENS, CallEvent, Usage
 from tests.helpers import fetch_events, fresh_pg_schema, make_event, pg_problem, write_events
 
 HEADER = (
@@ -363,26 +363,13 @@ def test_a_free_model_repriced_to_paid_round_trips(
 ) -> None:
     """Export gives the standing free flag (a restatement's), so its own file imports."""
     when = datetime(2026, 11, 5, 12, tzinfo=UTC)
-    free = CallEvent(
-        event_id=new_event_id(),
+    free = make_event(
         occurred_at=when,
-        project="alpha",
         route="lava",
-        book="lava",
         requested_model="llama3.1-8b",
         served_model="llama3.1-8b",
-        status="ok",
-        http_status=200,
-        error_type=None,
-        error_code=None,
-        stream=False,
         usage=Usage(100, 0, 50, 0, 150),
         latency_us=1,
-        ttft_us=None,
-        time_info=None,
-        upstream_id=None,
-        lava_request_id=None,
-        tags=(),
     )
     _record(db_url, [free])
     code, _, err = run(
