@@ -770,7 +770,7 @@ def run_group(
     flushed = all(j.flush(10) for j in {id(j): j for j in journals}.values())
     rows = new_rows()
     by_caller: dict[str, list[dict[str, Any]]] = {c: [] for c in callers}
-    strays = []
+    strays: list[dict[str, Any]] = []
     for row in rows:
         caller = json.loads(row["tags"]).get("caller")
         by_caller.get(caller, strays).append(row)

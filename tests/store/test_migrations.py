@@ -310,7 +310,7 @@ def test_event_rows_read_back_as_written(engine: sa.Engine) -> None:
     assert row["kind"] == "usage" and row["corrects_event_id"] is None
     assert row["list_cost_nanos"] == row["cost_nanos"] and row["batch_id"] is not None
     with engine.connect() as conn:  # tags also land in event_tags, cut to 200 characters, NUL replaced
-        tags = dict(conn.execute(sa.text("SELECT key, value FROM event_tags")).all())
+        tags: dict[str, str] = dict(conn.execute(sa.text("SELECT key, value FROM event_tags")).all())
     assert tags == {"k": "v" * 200, "nul": "a\ufffdb"}
 
 
