@@ -85,7 +85,8 @@ def stream_of(body: dict[str, Any], *, text: bool = False, done: bool = True, pi
         delta = {"text": part, "index": 0} if text else {"delta": {"content": part}, "index": 0}
         out.append(_event({**base, "choices": [delta]}))
     final: dict[str, Any] = {"index": 0, "finish_reason": choice.get("finish_reason") or "stop"}
-    final.update({"text": ""} if text else {"delta": {}})
+    empty: dict[str, Any] = {}
+    final.update({"text": ""} if text else {"delta": empty})
     out.append(
         _event(
             {

@@ -339,7 +339,9 @@ def test_migration_numbers_existing_corrections_and_verify_finds_an_old_doubled_
             conn.execute(sa.insert(events), [{k: v for k, v in r.items() if k in keep} for r in rows])
         store.upgrade(eng)
         with eng.connect() as conn:
-            seqs: dict[str, int] = dict(conn.execute(sa.text("SELECT event_id, correction_seq FROM events")).all())
+            seqs: dict[str, int] = dict(
+                conn.execute(sa.text("SELECT event_id, correction_seq FROM events")).all()
+            )
             findings = [f for f in verify(conn) if f.check == "corrections"]
         by_event: dict[str, list[int]] = {}
         for r in rows:

@@ -7,7 +7,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import sqlalchemy as sa
@@ -94,7 +94,7 @@ def test_constraints_follow_the_naming_convention(engine: sa.Engine) -> None:
             "ck_events_kind_known",
         }
         assert {c["name"] for c in insp.get_check_constraints("prices")} == {"ck_prices_rates_not_negative"}
-        assert sorted(f["name"] for f in insp.get_foreign_keys("events")) == [
+        assert sorted(cast(str, f["name"]) for f in insp.get_foreign_keys("events")) == [  # all named
             "fk_events_batch_id_ingest_batches",
             "fk_events_corrects_event_id_events",
         ]

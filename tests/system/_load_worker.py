@@ -346,7 +346,7 @@ def main() -> None:
     tally = Tally(args.report)
     budget: dict[str, int] = {"left": args.calls}
     budget_lock = threading.Lock()
-    deadline = time.monotonic() + args.seconds if args.seconds else None
+    deadline: float | None = time.monotonic() + args.seconds if args.seconds else None
     stopping = threading.Event()
 
     def more() -> bool:
