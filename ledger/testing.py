@@ -52,7 +52,7 @@ import uuid
 from collections import deque
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from ledger.testing_wire import (
@@ -378,7 +378,7 @@ class StandIn:
                 )
             )
 
-    def start(self) -> StandIn:
+    def start(self) -> Self:
         self._thread.start()
         return self
 
@@ -387,7 +387,7 @@ class StandIn:
         self._server.shutdown()
         self._server.server_close()
 
-    def __enter__(self) -> StandIn:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -31,6 +31,7 @@ from ledger.budgets import budgets, check
 from ledger.budgets import stops as budget_stops
 from ledger.call import stops
 from ledger.call.stops import Stop, StopList
+from ledger.call.transport import RecordingTransport
 from ledger.config import ConfigError, check_project
 from ledger.money import Money, usd
 from ledger.pricing import BUILTIN_PRICES, PriceBook
@@ -420,11 +421,13 @@ def test_httpx_transport_answers_402_without_sending(
     with ledger.instrument(
         httpx.Client(headers={"authorization": "Bearer sk-test"}), project="proj-raw"
     ) as http:
+        transport = http._transport
+        assert isinstance(transport, RecordingTransport)
         ok = http.post(
             f"{upstream.base_url}/v1/chat/completions", json={"model": "gpt-oss-120b", "messages": MSG}
         )
         assert ok.status_code == 200
-        assert http._transport.journal.flush(10)
+        assert transport.journal.flush(10)
         _spend_it(url, "proj-raw")
         _wait("the writer to publish the stop", _stop_file(ledger_env).exists)
         no = http.post(
@@ -437,7 +440,7 @@ def test_httpx_transport_answers_402_without_sending(
             json={"model": "gpt-oss-120b", "messages": MSG},
             headers={"x-ledger-project": "proj-b"},
         )
-        assert http._transport.journal.flush(10)
+        assert transport.journal.flush(10)
     assert no.status_code == 402 and no.json()["type"] == "budget_exceeded_error"
     assert other.status_code == 200  # another project is not stopped
     assert upstream.requests == 2

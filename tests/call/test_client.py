@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 import ledger
-from ledger.testing import StandIn
+from ledger.testing import Served, StandIn
 from tests.helpers import fetch_events
 
 MSG = [{"role": "user", "content": "count to three please"}]
@@ -29,9 +29,9 @@ def _client(upstream: StandIn, route: str, cls: type = ledger.CerebrasClient, **
     return cls("proj-a", api_key="sk-test", base_url=upstream.base_url, max_retries=0, **kw)
 
 
-def _expected_cost_nanos(served: object, input_rate: int, output_rate: int) -> int:
+def _expected_cost_nanos(served: Served, input_rate: int, output_rate: int) -> int:
     s = served
-    return (s.prompt_tokens * input_rate) + (s.completion_tokens * output_rate)  # type: ignore[attr-defined]
+    return (s.prompt_tokens * input_rate) + (s.completion_tokens * output_rate)
 
 
 @pytest.mark.parametrize("route", ["cerebras", "lava"])

@@ -81,8 +81,8 @@ class Flavour:
                 max_retries=max_retries,
                 warm_tcp_connection=warm,
             )
-        cls = openai.AsyncOpenAI if self.is_async else openai.OpenAI  # base_url with /v1
-        return cls(
+        ocls = openai.AsyncOpenAI if self.is_async else openai.OpenAI  # base_url with /v1
+        return ocls(
             api_key=api_key, base_url=f"{base_url}/v1", http_client=http_client, max_retries=max_retries
         )
 
@@ -184,7 +184,8 @@ def _raised(
             await body(session)
         return info.value
 
-    return _run(flavour, upstream, catching, **kw)
+    raised: BaseException = _run(flavour, upstream, catching, **kw)
+    return raised
 
 
 def _rows(env: dict[str, str]) -> list[dict[str, Any]]:

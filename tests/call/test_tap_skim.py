@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import httpx
 import pytest
@@ -24,6 +24,9 @@ from ledger.call.route import Target
 from ledger.call.tap import BodyTap
 from ledger.events import CallEvent
 from tests.call.test_wire import CAPTURE, DONE, VARIANTS
+
+if TYPE_CHECKING:
+    from ledger.journal import Journal
 
 ERROR_EVENT = (
     b'data: {"error": {"message": "boom", "type": "server_error", "code": "oops"}, "status_code": 500}\n\n'
@@ -71,9 +74,10 @@ def _record(
     chunks: list[bytes], skim: bool, whole: bool, scan_bytes: int | None = None, big_event: int | None = None
 ) -> CallEvent:
     sink = _Collect()
+    journal = cast("Journal", sink)  # a stand-in: Attempt only calls append and open_attempts on it
     attempt = Attempt(
-        sink, Target("cerebras", "cerebras", "chat.completions"), "p", (), "gpt-oss-120b", "transport"
-    )  # type: ignore[arg-type]
+        journal, Target("cerebras", "cerebras", "chat.completions"), "p", (), "gpt-oss-120b", "transport"
+    )
     attempt.http_status = 200
     attempt.stream = True
     tap = BodyTap(attempt, "", httpx)
@@ -174,7 +178,12 @@ def test_skimmed_chunks_are_held_not_decoded_until_a_scan() -> None:
     assert tap.skim and attempt.upstream_id is not None
     decoded: list[str] = []
     read = attempt.read_event
-    attempt.read_event = lambda data: decoded.append(data) or read(data)  # type: ignore[method-assign]
+
+    def reading(data: str) -> bool:
+        decoded.append(data)
+        return read(data)
+
+    attempt.read_event = reading  # type: ignore[method-assign]
     for ev in events[1:]:
         tap.feed(ev + b"\n\n")
     assert decoded == [] and len(tap.buf) == len(events) - 1

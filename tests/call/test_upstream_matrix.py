@@ -75,6 +75,7 @@ import httpx
 import httpx2
 import openai
 import pytest
+from cerebras.cloud.sdk.types.chat.completion_create_params import MessageUserMessageRequest
 
 import ledger
 from ledger import journal
@@ -84,7 +85,7 @@ from ledger.testing import StandIn
 from ledger.testing_wire import ABSURD_STATUS, ABSURD_TOKENS
 from tests.helpers import fetch_events
 
-MSG = [{"role": "user", "content": "count to three please"}]
+MSG: list[MessageUserMessageRequest] = [{"role": "user", "content": "count to three please"}]
 MODEL = "gpt-oss-120b"  # $0.35 / $0.75 per 1M tokens: 350 / 750 nano-dollars per token
 PROJECT = "proj-upstream"
 MAX_TOKENS_ASKED = 12  # the stand-in streams this many content chunks (cut / stall after half)
@@ -770,7 +771,7 @@ def run_group(
     flushed = all(j.flush(10) for j in {id(j): j for j in journals}.values())
     rows = new_rows()
     by_caller: dict[str, list[dict[str, Any]]] = {c: [] for c in callers}
-    strays = []
+    strays: list[dict[str, Any]] = []
     for row in rows:
         caller = json.loads(row["tags"]).get("caller")
         by_caller.get(caller, strays).append(row)

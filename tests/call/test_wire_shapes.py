@@ -20,23 +20,23 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
 
 import ledger
 from ledger.call.retry import retry_delay
-from tests.call._replay import WIRE, Answer, Replay, recorded_ids
+from tests.call._replay import Answer, Replay, recorded_ids
 from tests.call.test_sdk import FLAVOURS, Flavour, _drain, _maybe
-from tests.helpers import fetch_events
+from tests.helpers import WIRE, fetch_events
 
 PROJECT = "proj-wire"
 LAVA_TOKEN = "aks_live_test"
 SSE = [("content-type", "text/event-stream")]
 JSON_CT = [("content-type", "application/json")]
-RATE_LIMIT = [
-    tuple(line.split(": ", 1))
+RATE_LIMIT = [  # each line is "name: value"
+    cast("tuple[str, str]", tuple(line.split(": ", 1)))
     for line in (WIRE / "rate_limit_headers.txt").read_text().splitlines()
     if line.strip()
 ]
@@ -74,7 +74,7 @@ def _event(data: dict[str, Any]) -> bytes:
 def stream_of(body: dict[str, Any], *, text: bool = False, done: bool = True, pieces: int = 5) -> bytes:
     """A stream as Cerebras sends it for ``body`` (a real non-streamed answer): a role chunk, the
     content in deltas, and the final chunk with ``finish_reason``, usage and time_info."""
-    base = {k: body[k] for k in ("id", "created", "model") if k in body}
+    base: dict[str, Any] = {k: body[k] for k in ("id", "created", "model") if k in body}
     base["object"] = "text_completion" if text else "chat.completion.chunk"
     choice = body["choices"][0]
     content = (choice.get("text") if text else (choice.get("message") or {}).get("content")) or ""
@@ -84,8 +84,9 @@ def stream_of(body: dict[str, Any], *, text: bool = False, done: bool = True, pi
         part = content[at : at + step]
         delta = {"text": part, "index": 0} if text else {"delta": {"content": part}, "index": 0}
         out.append(_event({**base, "choices": [delta]}))
-    final = {"index": 0, "finish_reason": choice.get("finish_reason") or "stop"}
-    final.update({"text": ""} if text else {"delta": {}})
+    final: dict[str, Any] = {"index": 0, "finish_reason": choice.get("finish_reason") or "stop"}
+    empty: dict[str, Any] = {}
+    final.update({"text": ""} if text else {"delta": empty})
     out.append(
         _event(
             {

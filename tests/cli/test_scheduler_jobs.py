@@ -22,6 +22,7 @@ import sqlalchemy as sa
 
 from ledger import store
 from ledger.budgets import budgets
+from ledger.config import ConfigError
 from ledger.scheduler import runner as scheduler
 from ledger.scheduler.runner import Lease, Schedule, build_scheduler
 from ledger.store import rollup
@@ -205,7 +206,7 @@ def test_sigterm_stops_the_scheduler_even_with_a_job_hung_for_ever(db_url: str, 
 
 
 def test_a_bad_shutdown_grace_is_refused() -> None:
-    with pytest.raises(scheduler.ConfigError, match="shutdown_grace_seconds"):
+    with pytest.raises(ConfigError, match="shutdown_grace_seconds"):
         scheduler.load_schedule(None, env={"LEDGER_SCHEDULE_SHUTDOWN_GRACE_SECONDS": "-1"})
     zero = scheduler.load_schedule(None, env={"LEDGER_SCHEDULE_SHUTDOWN_GRACE_SECONDS": "0"})
     assert zero.shutdown_grace_seconds == 0

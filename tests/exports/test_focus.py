@@ -311,7 +311,7 @@ def test_totals_equal_raw_events_summary_and_rollup(engine: sa.Engine, tmp_path:
     _, rows = read_csv(out)
     start, end = focus.month_bounds(SEP)
     raw = raw_by_project(engine, start, end)
-    got: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    got: dict[str, list[int | Decimal]] = defaultdict(lambda: [0, 0, 0])  # billed, list, consumed
     for r in rows:
         got[r["SubAccountId"]][0] += nanos(r["BilledCost"])
         got[r["SubAccountId"]][1] += nanos(r["ListCost"])
@@ -326,13 +326,13 @@ def test_totals_equal_raw_events_summary_and_rollup(engine: sa.Engine, tmp_path:
     assert summaries == {p: v[0] for p, v in got.items()}  # free usage costs nothing, so paid = billed
     assert (int(recorded[0]), int(recorded[1])) == (len(rows), result.billed.nanos)
     rollup.rollup(engine)
-    r = UsageRollupRow.__table__.c
+    ur = UsageRollupRow.__table__.c
     with engine.connect() as conn:
         rolled = dict(
             conn.execute(
-                sa.select(r.project, sa.func.sum(r.cost_nanos))
-                .where(r.bucket >= start, r.bucket < end)
-                .group_by(r.project)
+                sa.select(ur.project, sa.func.sum(ur.cost_nanos))
+                .where(ur.bucket >= start, ur.bucket < end)
+                .group_by(ur.project)
             ).all()
         )
     assert {p: int(v) for p, v in rolled.items() if int(v)} == {p: v[0] for p, v in got.items() if v[0]}
@@ -479,7 +479,7 @@ def test_late_usage_is_billed_once_as_corrections_in_the_next_export(
     assert export(engine, SEP, tmp_path / "sep-2.csv").reissued
     assert (tmp_path / "sep-2.csv").read_bytes() == sep_bytes
     with engine.connect() as conn:
-        billed = dict(
+        billed: dict[str, int] = dict(
             conn.execute(sa.text("SELECT month, COUNT(*) FROM billed_batches GROUP BY month")).all()
         )
         months = [m for (m,) in conn.execute(sa.text("SELECT month FROM billing_exports ORDER BY month"))]

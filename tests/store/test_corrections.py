@@ -14,7 +14,7 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import sqlalchemy as sa
@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from ledger import store
 from ledger.cli.main import main
 from ledger.events import CallEvent, Usage, new_event_id
+from ledger.money import Money
 from ledger.pricing import charge
 from ledger.store import prices as pricedb
 from ledger.store import reprice as repricing
@@ -188,7 +189,7 @@ def test_the_schema_refuses_a_second_correction_set_of_one_generation(engine: sa
     for row in rows:  # the same set again, under new ids: refused by a unique key
         copy = {**row, "event_id": new_event_id()}
         with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
-            conn.execute(sa.insert(EventRow.__table__), [copy])
+            conn.execute(sa.insert(cast(sa.Table, EventRow.__table__)), [copy])
     assert len(_net(engine)) == 1 and next(iter(_net(engine).values()))[1] == 2
 
 
@@ -213,7 +214,7 @@ def _doubled(engine: sa.Engine) -> str:
         copies = [
             {**r, "event_id": new_event_id(), "correction_seq": r["correction_seq"] + top} for r in rows
         ]
-        conn.execute(sa.insert(EventRow.__table__), copies)
+        conn.execute(sa.insert(cast(sa.Table, EventRow.__table__)), copies)
     return str(rows[0]["corrects_event_id"])
 
 
@@ -328,7 +329,7 @@ def test_migration_numbers_existing_corrections_and_verify_finds_an_old_doubled_
                     rows.append(
                         store.event_row(
                             repricing._event_of(_Row(e), u, "restatement"),
-                            Charge(point.price_id, pricedb.Money(cost), False, True),
+                            Charge(point.price_id, Money(cost), False, True),
                             now,
                             kind="correction",
                             corrects=e.event_id,
@@ -338,7 +339,9 @@ def test_migration_numbers_existing_corrections_and_verify_finds_an_old_doubled_
             conn.execute(sa.insert(events), [{k: v for k, v in r.items() if k in keep} for r in rows])
         store.upgrade(eng)
         with eng.connect() as conn:
-            seqs = dict(conn.execute(sa.text("SELECT event_id, correction_seq FROM events")).all())
+            seqs: dict[str, int] = dict(
+                conn.execute(sa.text("SELECT event_id, correction_seq FROM events")).all()
+            )
             findings = [f for f in verify(conn) if f.check == "corrections"]
         by_event: dict[str, list[int]] = {}
         for r in rows:

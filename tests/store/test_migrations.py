@@ -7,7 +7,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import sqlalchemy as sa
@@ -94,7 +94,7 @@ def test_constraints_follow_the_naming_convention(engine: sa.Engine) -> None:
             "ck_events_kind_known",
         }
         assert {c["name"] for c in insp.get_check_constraints("prices")} == {"ck_prices_rates_not_negative"}
-        assert sorted(f["name"] for f in insp.get_foreign_keys("events")) == [
+        assert sorted(cast(str, f["name"]) for f in insp.get_foreign_keys("events")) == [  # all named
             "fk_events_batch_id_ingest_batches",
             "fk_events_corrects_event_id_events",
         ]
@@ -310,7 +310,7 @@ def test_event_rows_read_back_as_written(engine: sa.Engine) -> None:
     assert row["kind"] == "usage" and row["corrects_event_id"] is None
     assert row["list_cost_nanos"] == row["cost_nanos"] and row["batch_id"] is not None
     with engine.connect() as conn:  # tags also land in event_tags, cut to 200 characters, NUL replaced
-        tags = dict(conn.execute(sa.text("SELECT key, value FROM event_tags")).all())
+        tags: dict[str, str] = dict(conn.execute(sa.text("SELECT key, value FROM event_tags")).all())
     assert tags == {"k": "v" * 200, "nul": "a\ufffdb"}
 
 

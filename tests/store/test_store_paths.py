@@ -66,7 +66,10 @@ def _events(n: int, seed: int) -> list[CallEvent]:
         )
         status = rnd.choice(STATUSES)
         usage = None if rnd.random() < 0.3 else Usage(*(rnd.randint(0, 10**7) for _ in range(5)))
-        opt = lambda: rnd.choice(ODD + [None] * 5)  # noqa: E731
+
+        def opt() -> str | None:
+            return rnd.choice([*ODD, None, None, None, None, None])
+
         out.append(
             make_event(
                 occurred_at=when,

@@ -344,9 +344,9 @@ def main() -> None:
 
     plan = Plan(args.seed, args.projects, args.prefix)
     tally = Tally(args.report)
-    budget = {"left": args.calls}
+    budget: dict[str, int] = {"left": args.calls}
     budget_lock = threading.Lock()
-    deadline = time.monotonic() + args.seconds if args.seconds else None
+    deadline: float | None = time.monotonic() + args.seconds if args.seconds else None
     stopping = threading.Event()
 
     def more() -> bool:

@@ -48,6 +48,7 @@ import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from openai.types.chat import ChatCompletionMessageParam
 
 import ledger
 from ledger import calendar, config, journal, store
@@ -68,7 +69,7 @@ from ledger.testing import StandIn, StandInHandler
 from tests.budgets.test_alerts import Receiver
 from tests.helpers import fetch_events, make_event
 
-MSG = [{"role": "user", "content": "count to three please"}]
+MSG: list[ChatCompletionMessageParam] = [{"role": "user", "content": "count to three please"}]
 API_KEY = "csk-hostile-test-key"
 WEBHOOK_SECRET = "whsec-hostile-HMAC-7c1d"
 SDK_DEFAULT = "sdk-default"
@@ -404,11 +405,16 @@ def _make_calls(upstream: NotingStandIn) -> int:
         assert shared.flush(15)
     tags_header = json.dumps(TAGS)  # ASCII (\u escapes), so any tag travels in a header
     http = ledger.instrument(httpx.Client(), project=SDK_DEFAULT)
-    sdk = openai.OpenAI(api_key=API_KEY, base_url=f"{upstream.base_url}/v1", http_client=http, max_retries=0)
+    sdk = openai.OpenAI(
+        api_key=API_KEY,
+        base_url=f"{upstream.base_url}/v1",
+        http_client=http,  # type: ignore[arg-type]  # openai types it as httpx2.Client; an httpx.Client works (duck-typed)
+        max_retries=0,
+    )
     try:
         for name in ACCEPTED:
             if name.isascii():
-                reply = sdk.chat.completions.create(
+                completion = sdk.chat.completions.create(
                     model="gpt-oss-120b",
                     messages=MSG,
                     max_tokens=7,
@@ -418,10 +424,15 @@ def _make_calls(upstream: NotingStandIn) -> int:
                 own = ledger.instrument(httpx.Client(), project=name, tags=TAGS)
                 own._transport.flush_timeout = 0  # type: ignore[attr-defined]  # one flush, below
                 with openai.OpenAI(
-                    api_key=API_KEY, base_url=f"{upstream.base_url}/v1", http_client=own, max_retries=0
+                    api_key=API_KEY,
+                    base_url=f"{upstream.base_url}/v1",
+                    http_client=own,  # type: ignore[arg-type]  # openai types it as httpx2.Client; an httpx.Client works (duck-typed)
+                    max_retries=0,
                 ) as other:
-                    reply = other.chat.completions.create(model="gpt-oss-120b", messages=MSG, max_tokens=7)
-            assert reply.id.startswith("chatcmpl-")
+                    completion = other.chat.completions.create(
+                        model="gpt-oss-120b", messages=MSG, max_tokens=7
+                    )
+            assert completion.id.startswith("chatcmpl-")
             calls += 1
         assert http._transport.journal.flush(15)  # type: ignore[attr-defined]
     finally:
@@ -456,7 +467,10 @@ def _refusals(
     # and is said in the log.
     http = ledger.instrument(httpx.Client(), project=SDK_DEFAULT)
     with openai.OpenAI(
-        api_key=API_KEY, base_url=f"{upstream.base_url}/v1", http_client=http, max_retries=0
+        api_key=API_KEY,
+        base_url=f"{upstream.base_url}/v1",
+        http_client=http,  # type: ignore[arg-type]  # openai types it as httpx2.Client; an httpx.Client works (duck-typed)
+        max_retries=0,
     ) as sdk:
         for name in REFUSED_HEADER_NAMES:
             caplog.clear()
@@ -805,7 +819,10 @@ def sqlite_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]
 def _sdk_call(upstream: NotingStandIn, headers: dict[str, str]) -> Any:
     http = ledger.instrument(httpx.Client(), project=SDK_DEFAULT)
     with openai.OpenAI(
-        api_key=API_KEY, base_url=f"{upstream.base_url}/v1", http_client=http, max_retries=0
+        api_key=API_KEY,
+        base_url=f"{upstream.base_url}/v1",
+        http_client=http,  # type: ignore[arg-type]  # openai types it as httpx2.Client; an httpx.Client works (duck-typed)
+        max_retries=0,
     ) as sdk:
         reply = sdk.chat.completions.create(model="gpt-oss-120b", messages=MSG, extra_headers=headers)
         assert http._transport.journal.flush(10)  # type: ignore[attr-defined]

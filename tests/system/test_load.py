@@ -690,7 +690,7 @@ def test_two_schedulers_and_adhoc_rollup_and_report_keep_rollups_exact(
     }
     assert any(sum(v) for v in rolled_by.values()), "neither scheduler rolled anything up"
 
-    kinds = Counter()
+    kinds: Counter[str] = Counter()
     for _, cmd, r in ran:
         assert_clean(" ".join(cmd), r.returncode, r.stderr)
         kinds[cmd[0] if cmd[0] != "report" else f"report {cmd[cmd.index('--format') + 1]}"] += 1

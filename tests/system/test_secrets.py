@@ -15,6 +15,7 @@ import httpx
 import openai
 import pytest
 import sqlalchemy as sa
+from openai.types.chat import ChatCompletionMessageParam
 
 import ledger
 from ledger import journal, store
@@ -190,13 +191,13 @@ def test_no_secret_or_content_anywhere_after_a_whole_run(
         terminal.extend((out, err))
         return code, out, err
 
-    messages = [{"role": "user", "content": PROMPT}]
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": PROMPT}]
     dead = f"http://127.0.0.1:{_dead_port()}"
     upstream = StandIn()
     upstream._server.RequestHandlerClass = _ContentHandler
     try:
         with upstream:
-            routes = {
+            routes: dict[str, dict[str, Any]] = {
                 "direct": dict(api_key=API_KEY, base_url=upstream.base_url),
                 "lava": dict(lava_forward_token=FORWARD_TOKEN, lava_base_url=upstream.base_url),
                 "byok": dict(lava_forward_token=BYOK_TOKEN, lava_base_url=upstream.base_url),
@@ -236,17 +237,20 @@ def test_no_secret_or_content_anywhere_after_a_whole_run(
             # the official SDK through instrument(): a call, a wrong key, an upstream 500
             http = ledger.instrument(httpx.Client(), project="secrets")
             with openai.OpenAI(
-                api_key=API_KEY, base_url=f"{upstream.base_url}/v1", http_client=http, max_retries=0
+                api_key=API_KEY,
+                base_url=f"{upstream.base_url}/v1",
+                http_client=http,  # type: ignore[arg-type]  # openai types it as httpx2.Client; an httpx.Client works (duck-typed)
+                max_retries=0,
             ) as sdk:
-                sdk.chat.completions.create(model="gpt-oss-120b", messages=messages)  # type: ignore[arg-type]
-                for scenario, kind in (
+                sdk.chat.completions.create(model="gpt-oss-120b", messages=messages)
+                for scenario, sdk_kind in (
                     ("wrong_key", openai.AuthenticationError),
                     ("server_error", openai.InternalServerError),
                 ):
                     upstream.queue(scenario)
                     expect_raise(
-                        kind, lambda: sdk.chat.completions.create(model="gpt-oss-120b", messages=messages)
-                    )  # type: ignore[arg-type]
+                        sdk_kind, lambda: sdk.chat.completions.create(model="gpt-oss-120b", messages=messages)
+                    )
                 made += 3
                 assert http._transport.journal.flush(10)  # type: ignore[attr-defined]
             # the chat command, with the key and then the token in the environment, both failing
@@ -323,9 +327,9 @@ def test_no_secret_or_content_anywhere_after_a_whole_run(
     # the exceptions do carry the caller's own request (credentials included, as the SDK's do), so
     # finding no key in their str()/repr() below is not for want of one nearby
     carried = [
-        e.request.headers.get("authorization", "")
-        for e in raised
-        if isinstance(getattr(e, "request", None), httpx.Request)
+        request.headers.get("authorization", "")
+        for request in (getattr(e, "request", None) for e in raised)
+        if isinstance(request, httpx.Request)
     ]
     assert any(API_KEY in h for h in carried) and any(FORWARD_TOKEN in h for h in carried)
     assert any(r.levelno == logging.DEBUG for r in caplog.records)

@@ -53,6 +53,7 @@ class _HostileHandler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("content-length") or 0))
+        body: dict[str, Any]
         if self.headers.get("x-hostile") == "error":
             status, body = 400, {"message": "no", "type": "t" * MEGA, "code": "c" * MEGA, "param": "p" * MEGA}
         else:
