@@ -44,11 +44,9 @@ from pathlib import Path
 
 __all__ = [
     "ConfigError",
-    "RedactingFormatter",
     "check_project",
     "database_url",
     "is_lava_byok",
-    "ledger_home",
     "log_to_stderr",
     "owned_by_us",
     "private_dir",

@@ -27,7 +27,6 @@ from ledger.store import dialect_insert, write_transaction
 from ledger.store.schema import BudgetRow, BudgetStopRow
 
 __all__ = [
-    "DEFAULT_THRESHOLDS",
     "Budget",
     "get_budget",
     "list_budgets",

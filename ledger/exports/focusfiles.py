@@ -27,7 +27,7 @@ from ledger.exports.focus import BillingError
 from ledger.exports.focuscolumns import COLUMNS, DATE_COLUMNS, FOCUS_VERSION, SCALES
 from ledger.outfile import OutFile, csv_cell
 
-__all__ = ["parquet_schema", "pyarrow", "write_csv", "write_parquet", "write_temp"]
+__all__ = ["pyarrow", "write_csv", "write_temp"]
 
 
 def write_csv(rows: Iterable[dict[str, Any]], out: IO[str]) -> int:

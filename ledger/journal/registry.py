@@ -17,7 +17,7 @@ from ledger.config import ConfigError, spool_dir
 from ledger.journal.parent import ProcessJournal
 from ledger.journal.sink import Journal
 
-__all__ = ["close_all", "journal_for", "writer_mode"]
+__all__ = ["close_all", "journal_for"]
 
 
 _journals: dict[tuple[str, str], Journal] = {}

@@ -31,7 +31,7 @@ from ledger.journal.spool import READ_BYTES, SEGMENT_SUFFIX, Reject, write_all
 from ledger.journal.thread import WriterThread
 from ledger.journal.writer import Sink
 
-__all__ = ["MAX_LINE", "MAX_OVERFLOW", "ROTATE_BYTES", "Journal", "OpenAttempt", "check_url"]
+__all__ = ["MAX_LINE", "MAX_OVERFLOW", "ROTATE_BYTES", "Journal", "check_url"]
 
 log = logging.getLogger("ledger.journal")  # the stage's one logger
 

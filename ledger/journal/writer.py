@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from ledger.pricing import PriceBook
 
-__all__ = ["BadEvent", "Sink", "write_lines"]
+__all__ = ["Sink", "write_lines"]
 
 log = logging.getLogger("ledger.journal")  # the stage's one logger
 

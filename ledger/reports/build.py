@@ -48,16 +48,7 @@ from ledger.calendar import Period, period_bounds, zone_name
 from ledger.store import read_snapshot
 from ledger.store.schema import TagRollupRow, UsageRollupRow
 
-__all__ = [
-    "BUILD_STEPS",
-    "CHANGE_FIGURES",
-    "FIGURES",
-    "TOP_TAGS",
-    "Report",
-    "ReportError",
-    "build_report",
-    "check_no_floats",
-]
+__all__ = ["BUILD_STEPS", "FIGURES", "TOP_TAGS", "Report", "ReportError", "build_report", "check_no_floats"]
 
 BUILD_STEPS = 5  # progress ticks of build_report: rollup, usage, tags, previous period, shaping
 TOP_TAGS = 10

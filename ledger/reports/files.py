@@ -32,7 +32,6 @@ __all__ = [
     "project_folder",
     "render",
     "reports_dir",
-    "write_file",
     "write_report",
 ]
 

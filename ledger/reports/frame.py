@@ -21,7 +21,7 @@ from ledger.money import Money
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
-__all__ = ["FRAME_KEYS", "When", "span", "usage_frame"]
+__all__ = ["When", "span", "usage_frame"]
 
 When = datetime | date | str
 

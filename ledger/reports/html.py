@@ -32,7 +32,7 @@ from ledger.money import Money
 from ledger.reports.build import FIGURES, Report
 from ledger.reports.formats import figure_value, public
 
-__all__ = ["COLORS", "LABELS", "to_html"]
+__all__ = ["COLORS", "to_html"]
 
 # Chart colours; the HTML test looks for these pixels.
 COLORS = {"paid": "#e8590c", "free_list": "#2f9e44", "model_cost": "#1971c2", "model_free_list": "#9c36b5"}

@@ -25,7 +25,7 @@ from sqlalchemy import Engine
 if TYPE_CHECKING:
     from ledger.scheduler.runner import Schedule
 
-__all__ = ["default_jobs", "rollup_and_checks"]
+__all__ = ["default_jobs"]
 
 log = logging.getLogger("ledger.scheduler")
 

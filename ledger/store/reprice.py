@@ -29,14 +29,7 @@ from ledger.store.ingest import event_row, insert_events
 from ledger.store.prices import load_price_book
 from ledger.store.schema import EventRow
 
-__all__ = [
-    "RepriceConflict",
-    "RepriceResult",
-    "Unpriced",
-    "outside_cost",
-    "reprice",
-    "unpriced",
-]
+__all__ = ["RepriceConflict", "RepriceResult", "Unpriced", "reprice", "unpriced"]
 
 
 @dataclass(frozen=True, slots=True)

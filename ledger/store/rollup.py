@@ -44,16 +44,7 @@ from ledger.store.schema import (
     UTCDateTime,
 )
 
-__all__ = [
-    "RollupResult",
-    "Totals",
-    "daily_totals",
-    "pending",
-    "quarter_hour",
-    "rebuild",
-    "rollup",
-    "rollup_once",
-]
+__all__ = ["RollupResult", "Totals", "daily_totals", "pending", "rebuild", "rollup", "rollup_once"]
 
 ROLLUP_LOCK_KEY = 0x726F_6C6C_7570  # "rollup"
 BATCHES_PER_RUN = 500
