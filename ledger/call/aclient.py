@@ -96,7 +96,7 @@ class _AsyncCompletions:
             project,
             params,
         )
-        return await send_async(c, request, stream)
+        return await send_async(c._send, c.max_retries, request, stream)
 
 
 class _AsyncTextCompletions:
@@ -173,7 +173,7 @@ class _AsyncTextCompletions:
             path="completions",
             input_key="prompt",
         )
-        return await send_async(c, request, stream)
+        return await send_async(c._send, c.max_retries, request, stream)
 
 
 class AsyncCerebrasClient:

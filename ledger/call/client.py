@@ -110,7 +110,7 @@ class _Completions:
             project,
             params,
         )
-        return send_sync(c, request, stream)
+        return send_sync(c._send, c.max_retries, request, stream)
 
 
 class _TextCompletions:
@@ -187,7 +187,7 @@ class _TextCompletions:
             path="completions",
             input_key="prompt",
         )
-        return send_sync(c, request, stream)
+        return send_sync(c._send, c.max_retries, request, stream)
 
 
 class _Chat:

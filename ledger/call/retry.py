@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import random
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import httpx
 
 from ledger.call.errors import APIConnectionError, APIResponseValidationError, APITimeoutError, status_error
 from ledger.call.streams import AsyncStream, Stream
 from ledger.call.transport import ATTEMPT
-
-if TYPE_CHECKING:
-    from ledger.call.aclient import AsyncCerebrasClient
-    from ledger.call.client import CerebrasClient
 
 __all__ = ["retry_delay", "send_async", "send_sync"]
 
@@ -71,12 +68,14 @@ def _ok_body(response: httpx.Response) -> dict[str, Any]:
     return body
 
 
-def send_sync(c: CerebrasClient, request: httpx.Request, stream: bool) -> dict[str, Any] | Stream:
+def send_sync(
+    send: Callable[[httpx.Request], httpx.Response], max_retries: int, request: httpx.Request, stream: bool
+) -> dict[str, Any] | Stream:
     """Send ``request`` with the SDK's retries; the body, or a :class:`Stream`."""
-    for attempt in range(c.max_retries + 1):
-        last = attempt == c.max_retries
+    for attempt in range(max_retries + 1):
+        last = attempt == max_retries
         try:
-            response = c._send(request)
+            response = send(request)
         except httpx.TimeoutException:
             if last:
                 raise APITimeoutError(request) from None
@@ -109,15 +108,18 @@ def send_sync(c: CerebrasClient, request: httpx.Request, stream: bool) -> dict[s
 
 
 async def send_async(
-    c: AsyncCerebrasClient, request: httpx.Request, stream: bool
+    send: Callable[[httpx.Request], Awaitable[httpx.Response]],
+    max_retries: int,
+    request: httpx.Request,
+    stream: bool,
 ) -> dict[str, Any] | AsyncStream:
     """The async twin of :func:`send_sync`."""
     import asyncio  # here, not at the top: asyncio costs 60 ms to import, and sync callers never need it
 
-    for attempt in range(c.max_retries + 1):
-        last = attempt == c.max_retries
+    for attempt in range(max_retries + 1):
+        last = attempt == max_retries
         try:
-            response = await c._send(request)
+            response = await send(request)
         except httpx.TimeoutException:
             if last:
                 raise APITimeoutError(request) from None
