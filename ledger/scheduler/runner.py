@@ -1,5 +1,5 @@
 """Scheduler: the ledger's jobs (:mod:`ledger.scheduler.jobs`) on an APScheduler 3.11
-``BlockingScheduler``: the schedule's settings, the timetable, a lease and a worker per job, and
+``BackgroundScheduler``: the schedule's settings, the timetable, a lease and a worker per job, and
 stopping on a signal.
 
 Jobs (each is also a one-shot command, so cron users need no daemon):
@@ -34,6 +34,11 @@ run starts) and set a stop flag that cuts a webhook attempt in flight short (tha
 retried later) and ends the delivery run; other running jobs get ``shutdown_grace_seconds``
 (default 5) to finish. A job still running after that is abandoned: the process logs it and
 exits with status 1 (rollups and alert inserts are transactions, so the next run redoes them).
+The signal handler only sets the flag; the main thread, which does nothing but wait for it, then
+shuts the scheduler down. The scheduling loop runs in its own thread, so the shutdown waits for
+the loop's lock instead of running inside the loop: with a ``BlockingScheduler`` a signal that
+landed while the loop was handing a job to the pool shut the pool down under it ("cannot
+schedule new futures after shutdown", then ``JobLookupError``).
 
 Two scheduler processes may run against one ledger (say, two pods). Each job run first takes a
 *lease* row named after the job in the ``leases`` table, in a write transaction; a process that
@@ -262,11 +267,11 @@ def build_scheduler(
     holder: str | None = None,
     stop: threading.Event | None = None,
 ) -> Any:
-    """A ``BlockingScheduler`` with the ledger's jobs (or ``jobs`` given by name, for tests).
+    """A ``BackgroundScheduler`` (not started) with the ledger's jobs (or ``jobs`` given by name, for tests).
     ``stop``, once set, cuts a webhook delivery in flight short (:func:`run_scheduler` sets it
     on SIGTERM). The webhook settings are read and checked here: a bad URL fails at start."""
     from apscheduler.executors.pool import ThreadPoolExecutor
-    from apscheduler.schedulers.blocking import BlockingScheduler
+    from apscheduler.schedulers.background import BackgroundScheduler
     from apscheduler.triggers.cron import CronTrigger
     from apscheduler.triggers.interval import IntervalTrigger
 
@@ -274,7 +279,7 @@ def build_scheduler(
     stop = stop or threading.Event()
     table = dict(jobs) if jobs is not None else default_jobs(engine, schedule, stop)
     defaults = {"coalesce": True, "max_instances": 1, "misfire_grace_time": schedule.misfire_grace_seconds}
-    scheduler = BlockingScheduler(
+    scheduler = BackgroundScheduler(
         timezone=UTC,
         job_defaults=defaults,
         executors={"default": ThreadPoolExecutor(max_workers=len(table) + 1)},
@@ -329,18 +334,17 @@ def run_scheduler(
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         if not stopping.is_set():
-            stopping.set()
+            stopping.set()  # only a flag: the main thread below does the shutting down
             log.warning("scheduler: %s received, shutting down", signal.Signals(signum).name)
-            try:
-                scheduler.shutdown(wait=False)  # no new runs; running ones are waited for below
-            except Exception:  # noqa: BLE001 - not running yet: start() below returns at once
-                log.debug("scheduler not running yet", exc_info=True)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     log.warning("scheduler: started with jobs %s", ", ".join(j.id for j in scheduler.get_jobs()))
     if not stopping.is_set():
         scheduler.start()
+        while not stopping.wait(0.5):  # a timed wait, so the signal handler runs promptly
+            pass
+        scheduler.shutdown(wait=False)  # no new runs; running ones are waited for below
     left = scheduler.ledger_running.wait_idle(schedule.shutdown_grace_seconds)
     if left:
         log.error(

@@ -210,3 +210,47 @@ def test_a_bad_shutdown_grace_is_refused() -> None:
         scheduler.load_schedule(None, env={"LEDGER_SCHEDULE_SHUTDOWN_GRACE_SECONDS": "-1"})
     zero = scheduler.load_schedule(None, env={"LEDGER_SCHEDULE_SHUTDOWN_GRACE_SECONDS": "0"})
     assert zero.shutdown_grace_seconds == 0
+
+
+SIGNAL_MID_SUBMIT = """
+import logging, os, signal, sys
+from apscheduler.executors.base import BaseExecutor
+from ledger import store
+from ledger.scheduler.runner import Schedule, run_scheduler
+
+logging.basicConfig(level=logging.INFO)
+engine = store.make_engine(sys.argv[1])
+store.ensure_schema(engine)
+submit = BaseExecutor.submit_job
+
+def submit_then_signal(self, job, run_times):
+    # The signal lands while the scheduler is handing jobs to its executor: the worst moment.
+    if job.id == "deliver":
+        os.kill(os.getpid(), signal.SIGTERM)
+    return submit(self, job, run_times)
+
+BaseExecutor.submit_job = submit_then_signal
+run_scheduler(
+    engine,
+    Schedule(rollup_seconds=1, shutdown_grace_seconds=5).check(),
+    jobs={"rollup": lambda: None, "deliver": lambda: None},
+)
+"""
+
+
+def test_a_signal_while_jobs_are_being_submitted_stops_cleanly(db_url: str, tmp_path: Path) -> None:
+    """A SIGTERM that lands while the scheduler hands a job to its executor: the stop waits for
+    the hand-over to end, instead of shutting the pool down under it (CI once saw "cannot
+    schedule new futures after shutdown", then ``JobLookupError`` and exit status 1)."""
+    env = {**os.environ, "LEDGER_HOME": str(tmp_path / "home"), "LEDGER_SPOOL_DIR": str(tmp_path / "spool")}
+    proc = subprocess.run(
+        [sys.executable, "-c", SIGNAL_MID_SUBMIT, db_url],
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=120,
+    )
+    err = proc.stderr
+    assert proc.returncode == 0, err
+    assert "SIGTERM received, shutting down" in err and "scheduler: stopped" in err
+    assert "Traceback" not in err and "Error submitting job" not in err and "JobLookupError" not in err
