@@ -36,6 +36,7 @@ STAGES: dict[str, int] = {
     "reports": 4,
     "exports": 4,
     "scheduler": 5,
+    "service": 5,
     "api": 6,
     "cli": 7,
 }

@@ -17,12 +17,15 @@ import logging
 import os
 import stat
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from ledger.config import owned_by_us
 
 __all__ = [
     "READ_BYTES",
+    "Backlog",
+    "backlog",
     "SEGMENT_SUFFIX",
     "Reject",
     "open_own",
@@ -187,3 +190,43 @@ def open_own(path: Path, flags: int) -> int | None:
         else f"writable by others (mode {stat.S_IMODE(st.st_mode):04o})",
     )
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """What waits in a spool folder: bytes past their checkpoints, and for how long the writer
+    has not moved a checkpoint while bytes waited (seconds; 0 when nothing waits)."""
+
+    segments: int
+    waiting_bytes: int
+    lag_seconds: float
+
+
+def backlog(folder: Path, now: float | None = None) -> Backlog:
+    """The :class:`Backlog` of ``folder``, read from file sizes and checkpoints only (no locks,
+    nothing opened for writing: safe beside a running writer). A missing folder waits for nothing."""
+    now = time.time() if now is None else now
+    segments = waiting = 0
+    lag = 0.0
+    try:
+        paths = sorted(folder.glob(f"*{SEGMENT_SUFFIX}"))
+    except OSError:
+        paths = []
+    for path in paths:
+        try:
+            st = path.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            continue
+        ckpt = path.with_suffix(".ckpt")
+        done = read_checkpoint(ckpt)
+        segments += 1
+        if st.st_size > done:
+            waiting += st.st_size - done
+            try:
+                since = ckpt.stat().st_mtime
+            except OSError:
+                since = st.st_ctime
+            lag = max(lag, now - since)
+    return Backlog(segments, waiting, max(0.0, lag))

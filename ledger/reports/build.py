@@ -35,7 +35,7 @@ either, so no sum can wrap), checked by :func:`check_no_floats`. Amounts are pri
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -172,7 +172,9 @@ def _day_case(column: Any, bounds: Sequence[datetime]) -> Any:
     return case(*[(column < b, i) for i, b in enumerate(inner)], else_=len(inner))
 
 
-def _usage_rows(conn: Connection, bounds: Sequence[datetime], project: str | None) -> list[tuple[Any, ...]]:
+def _usage_rows(
+    conn: Connection, bounds: Sequence[datetime], project: str | None, within: Collection[str] | None
+) -> list[tuple[Any, ...]]:
     r = UsageRollupRow.__table__.c
     inner = select(
         _day_case(r.bucket, bounds).label("day"),
@@ -186,6 +188,8 @@ def _usage_rows(conn: Connection, bounds: Sequence[datetime], project: str | Non
     ).where(r.bucket >= bounds[0], r.bucket < bounds[-1])
     if project is not None:
         inner = inner.where(r.project == project)
+    if within is not None:
+        inner = inner.where(r.project.in_(sorted(within)))
     sub = inner.subquery()
     keys = [sub.c[k] for k in _KEYS]
     query = select(*keys, *[func.coalesce(func.sum(sub.c[m]), 0) for m in _SQL_MEASURES]).group_by(*keys)
@@ -193,7 +197,12 @@ def _usage_rows(conn: Connection, bounds: Sequence[datetime], project: str | Non
 
 
 def _tag_rows(
-    conn: Connection, start: datetime, end: datetime, project: str | None, limit: int
+    conn: Connection,
+    start: datetime,
+    end: datetime,
+    project: str | None,
+    limit: int,
+    within: Collection[str] | None,
 ) -> list[tuple[Any, ...]]:
     t = TagRollupRow.__table__.c
     calls, tokens, cost = func.sum(t.events), func.sum(t.total_tokens), func.sum(t.cost_nanos)
@@ -206,6 +215,8 @@ def _tag_rows(
     )
     if project is not None:
         query = query.where(t.project == project)
+    if within is not None:
+        query = query.where(t.project.in_(sorted(within)))
     return [tuple(row) for row in conn.execute(query)]
 
 
@@ -312,10 +323,12 @@ def build_report(
     refresh: bool = True,
     top_tags: int = TOP_TAGS,
     progress: Callable[[int], None] | None = None,
+    within: Collection[str] | None = None,
 ) -> Report:
     """Roll up what is pending (unless ``refresh`` is false), then make the report from the rollups.
 
-    ``progress`` is called with 1 after each of :data:`BUILD_STEPS` steps."""
+    ``within``, if given, limits an all-projects report to those projects (a viewer's scope in
+    the service). ``progress`` is called with 1 after each of :data:`BUILD_STEPS` steps."""
     from ledger.store.rollup import rollup
 
     def tick() -> None:
@@ -329,11 +342,11 @@ def build_report(
         rollup(engine)
     tick()
     with read_snapshot(engine) as conn:  # the three reads agree with each other
-        current = _frame(_usage_rows(conn, bounds, project))
+        current = _frame(_usage_rows(conn, bounds, project, within))
         tick()
-        tag_rows = _tag_rows(conn, bounds[0], bounds[-1], project, top_tags)
+        tag_rows = _tag_rows(conn, bounds[0], bounds[-1], project, top_tags, within)
         tick()
-        before = _frame(_usage_rows(conn, [prev_bounds[0], prev_bounds[-1]], project))
+        before = _frame(_usage_rows(conn, [prev_bounds[0], prev_bounds[-1]], project, within))
         tick()
     local_days = period.local_days()
     days = _sum_by(current, "day").reindex(range(period.days), fill_value=0).astype(object)

@@ -1,6 +1,7 @@
 """Schema: the ledger's tables as SQLAlchemy 2 typed models.
 
-One module owns the shape of the database; Alembic migrations (``migrations/``) build exactly
+One module owns the shape of the database (so it is longer than 400 lines: every table in one
+place, read side by side with the migrations); Alembic migrations (``migrations/``) build exactly
 this on SQLite and PostgreSQL, and a test runs ``alembic check`` against it.
 
 * ``events`` is append-only. Money is ``cost_nanos`` (BIGINT nano-dollars, see
@@ -18,6 +19,8 @@ this on SQLite and PostgreSQL, and a test runs ``alembic check`` against it.
 * ``usage_rollup`` and ``tag_rollup`` hold sums per quarter hour (UTC). Every time zone in use
   today is offset from UTC by a whole number of quarter hours, so daily and monthly totals are
   exact in any IANA zone, :30 and :45 offsets and DST changes included.
+* ``api_tokens`` and ``service_sessions`` hold the service's credentials as SHA-256 hashes only
+  (:mod:`ledger.service.auth`); a token or session secret is never stored.
 * Timestamps are :class:`UTCDateTime`: aware UTC in Python; ``timestamptz`` on PostgreSQL and
   a naive UTC ISO string on SQLite (which sorts and compares correctly).
 """
@@ -51,6 +54,7 @@ __all__ = [
     "SCHEMA_REVISION",
     "Base",
     "AlertRow",
+    "ApiTokenRow",
     "BilledBatchRow",
     "BillingExportRow",
     "BudgetRow",
@@ -60,6 +64,7 @@ __all__ = [
     "LeaseRow",
     "IngestBatchRow",
     "PriceRow",
+    "ServiceSessionRow",
     "TagRollupRow",
     "UTCDateTime",
     "UsageRollupRow",
@@ -67,7 +72,7 @@ __all__ = [
 ]
 
 # The Alembic head this code writes to; tests check it equals the migrations' head.
-SCHEMA_REVISION = "0006"
+SCHEMA_REVISION = "0007"
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -368,4 +373,34 @@ class LeaseRow(Base):
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     holder: Mapped[str] = mapped_column(String(100))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ApiTokenRow(Base):
+    """A service token: its public id, the SHA-256 of its secret, a role and its projects.
+
+    ``projects`` is a JSON list of project names; empty means every project (admins, and
+    viewers made without ``--project``). A revoked or expired token never authenticates."""
+
+    __tablename__ = "api_tokens"
+    __table_args__ = (CheckConstraint("role IN ('admin', 'viewer')", name="role_known"),)
+
+    token_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    secret_sha256: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(16))
+    projects: Mapped[str] = mapped_column(Text)
+    label: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class ServiceSessionRow(Base):
+    """A browser session opened by logging in with a token; it dies with its token."""
+
+    __tablename__ = "service_sessions"
+
+    session_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    token_id: Mapped[str] = mapped_column(ForeignKey("api_tokens.token_id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
