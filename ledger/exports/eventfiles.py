@@ -34,7 +34,7 @@ from ledger.money import Money
 from ledger.outfile import csv_cell
 from ledger.store.schema import EventRow
 
-__all__ = ["COLUMNS", "TOKEN_COLUMNS", "export_rows", "write_rows"]
+__all__ = ["COLUMNS", "TOKEN_COLUMNS", "event_row", "export_rows", "write_rows"]
 
 COLUMNS: tuple[str, ...] = (
     "event_id",
@@ -94,29 +94,32 @@ def export_rows(
     if project is not None:
         query = query.where(e.project == project)
     for r in conn.execution_options(yield_per=2000).execute(query):
-        # A correction may price an event that had no price: it then has a cost after all.
-        cost = (
-            None
-            if r.cost_nanos is None and r.delta is None
-            else Money(int(r.cost_nanos or 0) + int(r.delta or 0))
-        )
-        restated = r.s_free is not None
-        yield {
-            "event_id": r.event_id,
-            "occurred_at": iso_z(r.occurred_at),
-            "project": r.project,
-            "route": r.route,
-            "model": r.served_model or r.requested_model,
-            "status": r.status,
-            "http_status": r.http_status,
-            "stream": bool(r.stream),
-            **{k: getattr(r, k) for k in TOKEN_COLUMNS},
-            "cost_usd": None if cost is None else str(cost),
-            "free": bool(r.s_free if restated else r.free),
-            "priced": bool(r.s_priced) if restated else (bool(r.priced) or r.delta is not None),
-            "upstream_id": r.upstream_id,
-            "tags": json.loads(r.tags or "{}"),
-        }
+        yield event_row(r, r.delta, r.s_free, r.s_priced)
+
+
+def event_row(r: Any, delta: int | None, s_free: bool | None, s_priced: bool | None) -> dict[str, Any]:
+    """One usage event row (any row with the ``events`` columns) as it stands: its cost plus
+    the ``delta`` of its corrections, and the free / priced flags of its latest restatement
+    (``None`` when it has none). The one shape of :data:`COLUMNS`, for files and the service."""
+    # A correction may price an event that had no price: it then has a cost after all.
+    cost = None if r.cost_nanos is None and delta is None else Money(int(r.cost_nanos or 0) + int(delta or 0))
+    restated = s_free is not None
+    return {
+        "event_id": r.event_id,
+        "occurred_at": iso_z(r.occurred_at),
+        "project": r.project,
+        "route": r.route,
+        "model": r.served_model or r.requested_model,
+        "status": r.status,
+        "http_status": r.http_status,
+        "stream": bool(r.stream),
+        **{k: getattr(r, k) for k in TOKEN_COLUMNS},
+        "cost_usd": None if cost is None else str(cost),
+        "free": bool(s_free if restated else r.free),
+        "priced": bool(s_priced) if restated else (bool(r.priced) or delta is not None),
+        "upstream_id": r.upstream_id,
+        "tags": json.loads(r.tags or "{}"),
+    }
 
 
 def write_rows(rows: Iterable[dict[str, Any]], out: IO[str], fmt: str) -> int:

@@ -38,6 +38,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
 from ledger.config import ConfigError, first_line
+from ledger.money import MoneyError
+from ledger.reports.build import ReportError
 from ledger.service.auth import LoginThrottle, Principal, authenticate, session_principal
 from ledger.service.health import read_health
 from ledger.service.problems import Problem, problem_response
@@ -238,6 +240,14 @@ def create_app(engine: Engine, settings: Settings | None = None) -> Any:
 
     @app.exception_handler(ConfigError)
     async def on_config(request: Request, exc: ConfigError) -> Response:
+        return problem_response(400, first_line(exc), instance=request.url.path)
+
+    @app.exception_handler(ReportError)
+    async def on_report(request: Request, exc: ReportError) -> Response:
+        return problem_response(400, first_line(exc), instance=request.url.path)
+
+    @app.exception_handler(MoneyError)
+    async def on_money(request: Request, exc: MoneyError) -> Response:
         return problem_response(400, first_line(exc), instance=request.url.path)
 
     @app.exception_handler(Exception)
