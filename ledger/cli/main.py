@@ -27,6 +27,7 @@ from ledger.cli.events import events
 from ledger.cli.prices import prices
 from ledger.cli.reporting import report_cmd, rollup_cmd, summary, verify_cmd
 from ledger.cli.scheduler import scheduler_cmd
+from ledger.cli.service import serve_cmd, tokens_group
 from ledger.config import (
     ConfigError,
     database_url,
@@ -79,6 +80,8 @@ for command in (
     budget_group,
     alerts_group,
     scheduler_cmd,
+    serve_cmd,
+    tokens_group,
 ):
     cli.add_command(command)
 

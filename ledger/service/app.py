@@ -138,17 +138,27 @@ class _Guard:
                     await response(scope, receive, send_with_headers)
                     return
         seen = 0
+        refused = False
 
         async def limited_receive() -> Message:
-            nonlocal seen
+            # A body without Content-Length is counted as it arrives: past the limit, the 413 goes
+            # out at once, the app is told the client left, and whatever it answers is dropped.
+            nonlocal seen, refused
             message = await receive()
-            if message["type"] == "http.request":
+            if message["type"] == "http.request" and not refused:
                 seen += len(message.get("body", b""))
                 if seen > self.max_body:
-                    raise Problem(413, f"the request body is over {self.max_body} bytes")
+                    refused = True
+                    too_big = problem_response(413, f"the request body is over {self.max_body} bytes")
+                    await too_big(scope, receive, send_with_headers)
+                    return {"type": "http.disconnect"}
             return message
 
-        await self.app(scope, limited_receive, send_with_headers)
+        async def send_unless_refused(message: Message) -> None:
+            if not refused:
+                await send_with_headers(message)
+
+        await self.app(scope, limited_receive, send_unless_refused)
 
 
 def client_address(request: Request) -> str:
@@ -234,6 +244,12 @@ def create_app(engine: Engine, settings: Settings | None = None) -> Any:
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code in (404, 405) and not _signed_in(request):
+            # an unknown path tells a stranger nothing either: without a token, every path but
+            # the open ones is "a token is required"
+            return problem_response(
+                401, "a token is required", {"WWW-Authenticate": 'Bearer realm="ledger"'}, request.url.path
+            )
         return problem_response(
             exc.status_code, str(exc.detail), dict(exc.headers or {}), instance=request.url.path
         )
@@ -289,6 +305,13 @@ def create_app(engine: Engine, settings: Settings | None = None) -> Any:
     app.include_router(metrics.router)
     app.include_router(pages.router)
     return _Guard(app, settings.max_body_bytes)
+
+
+def _signed_in(request: Request) -> bool:
+    try:
+        return request_principal(request) is not None
+    except Problem:
+        return False
 
 
 def _safe_errors(errors: Any) -> list[dict[str, str]]:
