@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Connection, Engine, func, select
 
 from ledger.journal.spool import backlog
 from ledger.store.schema import AlertRow, IngestBatchRow
 
-__all__ = ["Health", "read_health"]
+__all__ = ["Health", "health_on", "read_health"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,15 +38,20 @@ class Health:
 
 def read_health(engine: Engine, spool: Path | None, now: datetime | None = None) -> Health:
     """Read every figure; the database must answer (an error propagates: not ready)."""
+    with engine.connect() as conn:
+        return health_on(conn, spool, now)
+
+
+def health_on(conn: Connection, spool: Path | None, now: datetime | None = None) -> Health:
+    """:func:`read_health` on an open connection (``/metrics`` reads it in its one snapshot)."""
     now = now or datetime.now(UTC)
     waiting = backlog(spool, now.timestamp()) if spool is not None else None
     b = IngestBatchRow.__table__.c
     a = AlertRow.__table__.c
-    with engine.connect() as conn:
-        pending, oldest = conn.execute(
-            select(func.count(), func.min(b.created_at)).where(b.rolled_up.is_(False))
-        ).one()
-        undelivered = conn.execute(select(func.count()).where(a.delivered_at.is_(None))).scalar_one()
+    pending, oldest = conn.execute(
+        select(func.count(), func.min(b.created_at)).where(b.rolled_up.is_(False))
+    ).one()
+    undelivered = conn.execute(select(func.count()).where(a.delivered_at.is_(None))).scalar_one()
     if isinstance(oldest, str):  # min() over a SQLite column comes back as its stored text
         oldest = datetime.fromisoformat(oldest).replace(tzinfo=UTC)
     lag = 0.0 if oldest is None else max(0.0, (now - oldest).total_seconds())
