@@ -21,18 +21,26 @@ __all__ = ["chat", "demo"]
     "--calls", default=60, show_default=True, type=click.IntRange(1, 100_000), help="How many calls."
 )
 @click.option("--seed", default=7, show_default=True, help="Seed of the call mix.")
+@click.option(
+    "--serve", "then_serve", is_flag=True, help="Then open the ledger in the dashboard (127.0.0.1)."
+)
+@click.option(
+    "--port", default=8787, show_default=True, type=click.IntRange(0, 65535), help="Port for --serve."
+)
 @format_option()
 @click.pass_context
-def demo(ctx: click.Context, calls: int, seed: int, fmt: str) -> None:
+def demo(ctx: click.Context, calls: int, seed: int, then_serve: bool, port: int, fmt: str) -> None:
     """Run a realistic mix of calls against a built-in stand-in upstream and summarize them.
 
     No key and no network needed: the stand-in listens on 127.0.0.1 and speaks the real wire
     format. Events go to the ledger (the embedded SQLite file unless --database-url says
-    otherwise).
+    otherwise). The first demo on a ledger also writes four weeks of history, budgets near and
+    over their thresholds, and fires their alerts, so the dashboard has something to show.
 
     \b
     Example:
       cerebras-ledger demo --calls 100
+      cerebras-ledger demo --serve
     """
     from ledger.cli.demo import run_demo
 
@@ -73,6 +81,27 @@ def demo(ctx: click.Context, calls: int, seed: int, fmt: str) -> None:
     )
     if waiting:
         click.echo("note: some events are still in the spool; they will be written on next use", err=True)
+    if then_serve:
+        _serve_demo(ctx, port)
+
+
+def _serve_demo(ctx: click.Context, port: int) -> None:
+    """Make an admin token for the demo, say how to log in, and serve until Ctrl-C."""
+    from ledger.config import spool_dir
+    from ledger.service.app import Settings
+    from ledger.service.auth import create_token
+    from ledger.service.server import run
+
+    with open_engine(ctx) as engine:
+        made = create_token(engine, "admin", label="demo --serve")
+        click.echo(
+            f"dashboard: http://127.0.0.1:{port}/login  (log in with this token, shown once: {made.token})",
+            err=True,
+        )
+        try:
+            run(engine, Settings(spool_dir=spool_dir(ctx.obj["url"])), "127.0.0.1", port)
+        except OSError as exc:
+            raise UserError(f"cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}") from None
 
 
 @click.command()

@@ -8,6 +8,7 @@ says where it listens at start. Port 0 picks a free port (the thread form report
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from types import TracebackType
@@ -39,12 +40,20 @@ def _config(engine: Engine, settings: Settings, host: str, port: int) -> Any:
 
 
 def run(engine: Engine, settings: Settings, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
-    """Serve until SIGINT or SIGTERM (uvicorn's own signal handling)."""
+    """Serve until SIGINT or SIGTERM (uvicorn's own signal handling). The socket is bound here,
+    so a taken port is an ``OSError`` before anything starts, and port 0 says which it got."""
     import uvicorn
 
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.create_server((host, port), family=family)
+    bound = sock.getsockname()[1]
     where = "this machine only" if host in ("127.0.0.1", "::1", "localhost") else "the network"
-    log.warning("service: listening on http://%s:%d (%s)", host, port, where)
-    uvicorn.Server(_config(engine, settings, host, port)).run()
+    shown = f"[{host}]" if family == socket.AF_INET6 else host
+    log.warning("service: listening on http://%s:%d (%s)", shown, bound, where)
+    try:
+        uvicorn.Server(_config(engine, settings, host, bound)).run(sockets=[sock])
+    finally:
+        sock.close()
 
 
 class ThreadedServer:
