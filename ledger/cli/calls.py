@@ -5,6 +5,7 @@ upstream, engine in :mod:`ledger.cli.demo`) and ``chat`` (one real chat completi
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
@@ -99,7 +100,7 @@ def _serve_demo(ctx: click.Context, port: int) -> None:
             err=True,
         )
         try:
-            run(engine, Settings(spool_dir=spool_dir(ctx.obj["url"])), "127.0.0.1", port)
+            run(engine, Settings.from_env(os.environ, spool_dir(ctx.obj["url"])), "127.0.0.1", port)
         except OSError as exc:
             raise UserError(f"cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}") from None
 

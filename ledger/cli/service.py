@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from ledger.cli.common import UserError, format_option, iso_z_or_none, open_engine, rows_out
@@ -38,7 +40,7 @@ def serve_cmd(ctx: click.Context, host: str, port: int) -> None:
 
     with open_engine(ctx) as engine:
         try:
-            run(engine, Settings(spool_dir=spool_dir(ctx.obj["url"])), host, port)
+            run(engine, Settings.from_env(os.environ, spool_dir(ctx.obj["url"])), host, port)
         except OSError as exc:
             raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or first_line(exc)}") from None
 

@@ -26,7 +26,7 @@ so a slow query never blocks the event loop.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,6 +98,31 @@ class Settings:
     metrics_max_models: int = 50
     page_size: int = 50
     max_page_size: int = 500
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], spool_dir: Path | None = None) -> Settings:
+        """Settings from ``LEDGER_SERVICE_<NAME>`` variables (e.g. ``LEDGER_SERVICE_METRICS_MAX_PROJECTS``);
+        a bad value is a :class:`ConfigError` naming it."""
+        values: dict[str, Any] = {"spool_dir": spool_dir}
+        limits = {
+            "max_body_bytes": (1024, 16 * 1024 * 1024),
+            "max_writer_lag_seconds": (1, 86_400),
+            "max_rollup_lag_seconds": (1, 30 * 86_400),
+            "metrics_max_projects": (1, 10_000),
+            "metrics_max_models": (1, 10_000),
+        }
+        for name, (low, high) in limits.items():
+            raw = env.get(f"LEDGER_SERVICE_{name.upper()}")
+            if raw is None:
+                continue
+            try:
+                value = int(raw)
+            except ValueError:
+                raise ConfigError(f"LEDGER_SERVICE_{name.upper()} must be a whole number") from None
+            if not low <= value <= high:
+                raise ConfigError(f"LEDGER_SERVICE_{name.upper()} must be between {low} and {high}")
+            values[name] = value
+        return cls(**values)
 
 
 class _Guard:

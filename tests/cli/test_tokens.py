@@ -80,3 +80,10 @@ def test_every_service_command_has_help_with_an_example(tmp_path: Path) -> None:
     for args in (("serve",), ("tokens",), ("tokens", "create"), ("tokens", "list"), ("tokens", "revoke")):
         code, out, _ = _cli(f"sqlite:///{tmp_path / 'l.db'}", tmp_path, *args, "--help")
         assert code == 0 and "Example:" in out and "cerebras-ledger" in out, args
+
+
+def test_serve_with_a_bad_setting_is_one_line(tmp_path: Path) -> None:
+    env = subprocess_env(tmp_path / "home", LEDGER_SERVICE_METRICS_MAX_PROJECTS="lots")
+    proc = run_process([str(CONSOLE_SCRIPT), "serve", "--port", "0"], env, tmp_path)
+    line = assert_one_error(proc.returncode, proc.stderr, 1)
+    assert "LEDGER_SERVICE_METRICS_MAX_PROJECTS must be a whole number" in line
