@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/run.py [--quick] [--only NAMES] [--out benchmarks/results.json]
 
-NAMES is a comma-separated subset of: overhead, import, ingest, rollup, reports.
+NAMES is a comma-separated subset of: overhead, import, ingest, rollup, reports, service.
 Each figure runs in its own fresh Python process (so one figure's threads, imports and memory
 never colour another's) and is reported as a ratio against a baseline measured in that same
 process run, interleaved where possible: this machine is shared, so absolute times drift.
@@ -28,13 +28,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-FIGURES = ("overhead", "import", "ingest", "rollup", "reports")
+FIGURES = ("overhead", "import", "ingest", "rollup", "reports", "service")
 MODULES = {
     "overhead": "bench_overhead",
     "import": "bench_import",
     "ingest": "bench_ingest",
     "rollup": "bench_rollup",
     "reports": "bench_reports",
+    "service": "bench_service",
 }
 
 
