@@ -32,7 +32,7 @@ from ledger.money import Money
 from ledger.reports.build import FIGURES, Report
 from ledger.reports.formats import figure_value, public
 
-__all__ = ["COLORS", "to_html"]
+__all__ = ["COLORS", "report_view", "to_html"]
 
 # Chart colours; the HTML test looks for these pixels.
 COLORS = {"paid": "#e8590c", "free_list": "#2f9e44", "model_cost": "#1971c2", "model_free_list": "#9c36b5"}
@@ -258,7 +258,7 @@ def _table(
     }
 
 
-def _view(report: Report) -> dict[str, Any]:
+def report_view(report: Report) -> dict[str, Any]:
     """Everything the page shows, as plain values for the template."""
     t = report.totals
     change = report.change()
@@ -372,4 +372,4 @@ def _view(report: Report) -> dict[str, Any]:
 
 def to_html(report: Report) -> str:
     """The budget dashboard: one self-contained page, inline SVG charts, no script, no network."""
-    return _environment().get_template("report.html").render(_view(report))
+    return _environment().get_template("report.html").render(report_view(report))

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ledger.budgets.budgets import Budget, get_budget, remove_budget, set_budget
 from ledger.budgets.spend import BudgetStatus
-from ledger.calendar import Period, iso_z, month_of, parse_instant, parse_period, parse_zone, period_bounds
+from ledger.calendar import Period, iso_z, month_of, parse_period, parse_zone
 from ledger.config import check_project, spreadsheet_cell
 from ledger.exports.eventfiles import COLUMNS
 from ledger.money import Money
@@ -44,11 +44,11 @@ from ledger.service.queries import (
     alerts_for,
     budgets_for,
     delivery_state,
+    event_filter,
     event_pages,
     events_page,
     known_project,
     overview,
-    parse_tag,
     spend_report,
     unpriced_models,
 )
@@ -146,14 +146,15 @@ def _filter(
     tag: str | None,
 ) -> EventFilter:
     when, zone = scope_of_view(period, tz)
-    bounds = period_bounds(when, zone)
-    return EventFilter(
-        since=parse_instant(since, "since") if since else bounds[0],
-        until=parse_instant(until, "until") if until else bounds[-1],
-        project=project or None,
-        model=model or None,
-        status=status or None,
-        tag=parse_tag(tag) if tag else None,
+    return event_filter(
+        when,
+        zone,
+        since=since or "",
+        until=until or "",
+        project=project or "",
+        model=model or "",
+        status=status or "",
+        tag=tag or "",
     )
 
 

@@ -22,19 +22,18 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import HTMLResponse, Response
 
-from ledger.calendar import iso_z, parse_instant, period_bounds
+from ledger.calendar import iso_z
 from ledger.config import ConfigError
 from ledger.reports import html as report_html
 from ledger.service import forms
 from ledger.service.queries import (
     STATUSES,
-    EventFilter,
     OverviewRow,
     alerts_for,
     delivery_state,
+    event_filter,
     events_page,
     overview,
-    parse_tag,
     spend_report,
     unpriced_models,
 )
@@ -103,7 +102,7 @@ def project_page(request: Request, project: str) -> Response:
     scope = Scope(request)
     when, zone = scope.read()
     report = spend_report(request.app.state.engine, principal, when, zone, project)
-    view = report_html._view(report)  # the static report's view: cards, tables and chart geometry
+    view = report_html.report_view(report)  # the static report's view: cards, tables and chart geometry
     return page(
         request,
         "project.html",
@@ -192,15 +191,7 @@ def events_page_view(request: Request) -> Response:
     cursor = _field(request, "cursor", 400) or None
     if given["status"] and given["status"] not in STATUSES:
         raise ConfigError(f"status must be one of {', '.join(STATUSES)}")
-    bounds = period_bounds(when, zone)
-    f = EventFilter(
-        since=parse_instant(given["since"], "since") if given["since"] else bounds[0],
-        until=parse_instant(given["until"], "until") if given["until"] else bounds[-1],
-        project=given["project"] or None,
-        model=given["model"] or None,
-        status=given["status"] or None,
-        tag=parse_tag(given["tag"]) if given["tag"] else None,
-    )
+    f = event_filter(when, zone, **given)
     with request.app.state.engine.connect() as conn:
         result = events_page(conn, principal, f, cursor, request.app.state.settings.page_size)
     filters = {k: v for k, v in given.items() if v}

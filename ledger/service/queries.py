@@ -33,7 +33,7 @@ from sqlalchemy import Connection, Engine, and_, case, func, or_, select
 from ledger.budgets.budgets import Budget, list_budgets
 from ledger.budgets.check import AlertRecord, list_alerts
 from ledger.budgets.spend import BudgetStatus, budget_status
-from ledger.calendar import Period
+from ledger.calendar import Period, parse_instant, period_bounds
 from ledger.config import ConfigError
 from ledger.exports.eventfiles import event_row
 from ledger.reports.build import Report, build_report
@@ -53,10 +53,12 @@ __all__ = [
     "decode_cursor",
     "delivery_state",
     "encode_cursor",
+    "event_filter",
     "event_pages",
     "events_page",
     "known_project",
     "overview",
+    "parse_tag",
     "spend_report",
     "unpriced_models",
 ]
@@ -202,6 +204,30 @@ class EventFilter:
             raise ConfigError(f"status must be one of {', '.join(STATUSES)}")
         if self.since >= self.until:
             raise ConfigError("since must be before until")
+
+
+def event_filter(
+    period: Period,
+    zone: tzinfo,
+    *,
+    since: str = "",
+    until: str = "",
+    project: str = "",
+    model: str = "",
+    status: str = "",
+    tag: str = "",
+) -> EventFilter:
+    """The filter a request's fields ask for (empty: not given): ``since`` / ``until`` are ISO
+    instants that default to the period's bounds in ``zone``; ``tag`` is ``key=value``."""
+    bounds = period_bounds(period, zone)
+    return EventFilter(
+        since=parse_instant(since, "since") if since else bounds[0],
+        until=parse_instant(until, "until") if until else bounds[-1],
+        project=project or None,
+        model=model or None,
+        status=status or None,
+        tag=parse_tag(tag) if tag else None,
+    )
 
 
 def parse_tag(text: str) -> tuple[str, str]:
