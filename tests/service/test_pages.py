@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
 import pytest
@@ -250,3 +251,32 @@ def test_budget_forms_for_an_admin_and_not_for_a_viewer(served: Served) -> None:
     assert viewer.post("/budgets/alpha", data={"csrf": vcsrf, "monthly": "1"}).status_code == 403
     assert viewer.post("/budgets/alpha/delete", data={"csrf": vcsrf}).status_code == 403
     assert 'value="25.500000000"' in admin.get("/budgets").text
+
+
+def _luminance(hex_colour: str) -> float:
+    channels = [int(hex_colour[i : i + 2], 16) / 255 for i in (0, 2, 4)]
+    lin = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+    return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+
+def test_every_text_colour_reads_on_white_at_wcag_aa() -> None:
+    """Every ``color:`` in the stylesheet (on the white page, or on its own rule's background)
+    has a contrast ratio of at least 4.5:1, WCAG 2's AA level for body text."""
+    from ledger.service import views
+
+    css = (Path(views.__file__).parent / "templates" / "dashboard.css").read_text()
+    checked = 0
+    for rule in re.findall(r"\{([^}]*)\}", css):
+        fg = re.search(r"(?<![-\w])color:#([0-9a-fA-F]{6})", rule)
+        if fg is None:
+            continue
+        bg = re.search(r"background:#([0-9a-fA-F]{6})", rule)
+        light, dark = sorted(
+            [_luminance(fg.group(1)), _luminance(bg.group(1) if bg else "ffffff")], reverse=True
+        )
+        ratio = (light + 0.05) / (dark + 0.05)
+        if bg is None and _luminance(fg.group(1)) > 0.5:
+            continue  # light text sits on a dark rule elsewhere (the header, buttons)
+        assert ratio >= 4.5, f"{rule.strip()[:80]}: contrast {ratio:.2f}"
+        checked += 1
+    assert checked >= 8
