@@ -194,3 +194,22 @@ def test_hostile_names_run_no_script(browser: Any, served: Served) -> None:
     assert page.locator("img").count() == 0
     assert dialogs == [] and errors == []
     page.context.close()
+
+
+def test_every_page_fits_a_phone_screen(browser: Any, served: Served) -> None:
+    """At 375 px (a small phone) no page is wider than the screen: tables scroll inside their
+    own box, the header and the pickers wrap; and every form control has a label."""
+    context = browser.new_context(base_url=served.base_url, viewport={"width": 375, "height": 740})
+    page = context.new_page()
+    _login(page, served.admin)
+    for path in ("/", "/projects/alpha", "/budgets", "/alerts", "/prices", "/events", "/login"):
+        page.goto(path)
+        width, screen = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+        assert width <= screen, f"{path} is {width} px wide on a {screen} px screen"
+        unlabelled = page.evaluate(
+            """() => [...document.querySelectorAll('input:not([type=hidden]), select, textarea')]
+                 .filter(el => !el.labels?.length && !el.getAttribute('aria-label'))
+                 .map(el => el.name)"""
+        )
+        assert unlabelled == [], f"{path}: unlabelled controls {unlabelled}"
+    context.close()
