@@ -56,7 +56,34 @@ from ledger.store import read_snapshot
 
 __all__ = ["router", "scope_of_view"]
 
-router = APIRouter(prefix="/api/v1", tags=["ledger"])
+PROBLEM_SCHEMA = {
+    "type": "object",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "instance": {"type": "string"},
+    },
+}
+_PROBLEMS = {
+    400: "the request is malformed or a value is out of range (one line says which)",
+    401: "no token, or one that is unknown, revoked or expired",
+    403: "the token may not do this (an admin is needed)",
+    404: "no such project or budget (or one the token may not see)",
+    413: "the request body is too large",
+    414: "the query string is too long",
+    429: "too many failed logins from this address; see Retry-After",
+}
+router = APIRouter(
+    prefix="/api/v1",
+    tags=["ledger"],
+    responses={
+        code: {"description": text, "content": {"application/problem+json": {"schema": PROBLEM_SCHEMA}}}
+        for code, text in _PROBLEMS.items()
+    },
+)
 Viewer = Annotated[Principal, Depends(api_principal)]
 Admin = Annotated[Principal, Depends(admin_principal)]
 PeriodQ = Annotated[
@@ -101,7 +128,22 @@ def budget_json(budget: Budget, status: BudgetStatus | None) -> dict[str, Any]:
 
 @router.get("/openapi.json", include_in_schema=False)
 def openapi(request: Request, _: Viewer) -> JSONResponse:
-    return JSONResponse(request.app.openapi())
+    return JSONResponse(api_document(request.app))
+
+
+def api_document(app: Any) -> dict[str, Any]:
+    """The OpenAPI document, as the service answers: FastAPI's own, with its default ``422``
+    validation response dropped (validation errors are 400 problems here, documented with the
+    rest)."""
+    if app.openapi_schema is None:
+        doc = app.openapi()
+        for item in doc.get("paths", {}).values():
+            for operation in item.values():
+                operation.get("responses", {}).pop("422", None)
+        for name in ("HTTPValidationError", "ValidationError"):
+            doc.get("components", {}).get("schemas", {}).pop(name, None)
+        app.openapi_schema = doc
+    return app.openapi_schema  # type: ignore[no-any-return]
 
 
 @router.get("/spend", summary="Spend report for a period and zone")

@@ -354,6 +354,12 @@ def test_openapi_describes_the_api(served: Served) -> None:
     for path in ("/api/v1/spend", "/api/v1/events", "/api/v1/budgets/{project}", "/api/v1/rollup"):
         assert path in doc["paths"], path
     assert set(doc["paths"]["/api/v1/budgets/{project}"]) >= {"get", "put", "delete"}
+    # errors are documented as they are answered: problems, 400 for validation (never FastAPI's 422)
+    for item in doc["paths"].values():
+        for operation in item.values():
+            responses = operation["responses"]
+            assert "422" not in responses and {"400", "401", "404"} <= set(responses)
+            assert "application/problem+json" in responses["400"]["content"]
     assert json.dumps(doc).count("openapi.json") == 0  # the document itself is not listed
 
 
