@@ -126,7 +126,8 @@ class Settings:
 
 
 class _Guard:
-    """Pure ASGI middleware: security headers on every response, size limits on every request."""
+    """Pure ASGI middleware: security headers on every response, size limits on every request,
+    and the last word on an unexpected error (one log line, a 500 problem, never a traceback)."""
 
     def __init__(self, app: ASGIApp, max_body: int) -> None:
         self.app = app
@@ -137,13 +138,32 @@ class _Guard:
             await self.app(scope, receive, send)
             return
 
+        started = False
+
         async def send_with_headers(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 names = {k.lower() for k, _ in message.get("headers", [])}
                 extra = [(k, v) for k, v in SECURITY_HEADERS if k not in names]
                 message["headers"] = list(message.get("headers", [])) + extra
             await send(message)
 
+        try:
+            await self._guarded(scope, receive, send_with_headers)
+        except Exception as exc:  # noqa: BLE001 - the app's 500 is already answered; the server must not log a traceback
+            # Starlette answers an unexpected error with the app's 500 handler and then re-raises
+            # it for the server to log (with a traceback, and uvicorn drops the connection).
+            # It was logged in one line by that handler, so it stops here.
+            if not started:
+                log.error(
+                    "service: %s %s failed (%s)", scope.get("method"), scope.get("path"), type(exc).__name__
+                )
+                await problem_response(500, "the server could not answer; the error is logged")(
+                    scope, receive, send_with_headers
+                )
+
+    async def _guarded(self, scope: Scope, receive: Receive, send_with_headers: Send) -> None:
         if len(scope.get("query_string", b"")) > MAX_QUERY:
             await problem_response(414, "the query string is too long")(scope, receive, send_with_headers)
             return

@@ -61,6 +61,7 @@ __all__ = [
     "open_session",
     "parse_expires",
     "revoke_token",
+    "same_secret",
     "session_principal",
 ]
 
@@ -211,7 +212,7 @@ def authenticate(engine: Engine, token: str, now: datetime | None = None) -> Pri
     t = ApiTokenRow.__table__.c
     with engine.connect() as conn:
         row = conn.execute(select(ApiTokenRow.__table__).where(t.token_id == m.group(1))).first()
-    if row is None or not hmac.compare_digest(row.secret_sha256, _sha256(m.group(2))):
+    if row is None or not same_secret(_sha256(m.group(2)), row.secret_sha256):
         return None
     return _principal(row, now)  # type: ignore[arg-type]
 
@@ -260,6 +261,15 @@ def close_session(engine: Engine, secret: str) -> None:
                 ServiceSessionRow.__table__.c.session_sha256 == _sha256(secret[:64])
             )
         )
+
+
+def same_secret(given: str, expected: str) -> bool:
+    """Whether ``given`` (from a request: any text) is ``expected``, in constant time. Compared
+    as UTF-8 bytes: ``hmac.compare_digest`` raises on non-ASCII ``str``, and a forged form field
+    must be refused like any other wrong one, not crash the request."""
+    return hmac.compare_digest(
+        given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass")
+    )
 
 
 def csrf_token(secret: str) -> str:

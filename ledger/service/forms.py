@@ -18,7 +18,6 @@ error and status 400.
 
 from __future__ import annotations
 
-import hmac
 import secrets
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -29,7 +28,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from ledger.budgets.budgets import get_budget, remove_budget, set_budget
 from ledger.config import ConfigError, check_project, first_line
 from ledger.service.app import SESSION_COOKIE, client_address
-from ledger.service.auth import Principal, authenticate, close_session, csrf_token, open_session
+from ledger.service.auth import Principal, authenticate, close_session, csrf_token, open_session, same_secret
 from ledger.service.problems import Problem
 from ledger.service.queries import budgets_for
 from ledger.service.views import PageRoute, check_csrf, page, page_principal, safe_next
@@ -87,7 +86,7 @@ def login(
 ) -> Response:
     target = safe_next(next_path)
     secret = request.cookies.get(LOGIN_COOKIE) or ""
-    if not secret or not csrf or not hmac.compare_digest(csrf, csrf_token(secret)):
+    if not secret or not csrf or not same_secret(csrf, csrf_token(secret)):
         raise Problem(403, "the login form is stale or forged (CSRF check failed); reload it and try again")
     throttle = request.app.state.throttle
     address = client_address(request)

@@ -25,11 +25,11 @@ DEFAULT_PORT = 8787
 log = logging.getLogger("ledger.service")
 
 
-def _config(engine: Engine, settings: Settings, host: str, port: int) -> Any:
+def _config(engine: Engine, settings: Settings, host: str, port: int, app: Any = None) -> Any:
     import uvicorn
 
     return uvicorn.Config(
-        create_app(engine, settings),
+        app if app is not None else create_app(engine, settings),
         host=host,
         port=port,
         log_level="warning",
@@ -58,16 +58,19 @@ def run(engine: Engine, settings: Settings, host: str = DEFAULT_HOST, port: int 
 
 class ThreadedServer:
     """The service in a background thread on ``host`` and a free port: ``with ThreadedServer(...)
-    as s: httpx.get(s.base_url + "/healthz")``."""
+    as s: httpx.get(s.base_url + "/healthz")``. ``app`` serves an app already made by
+    :func:`~ledger.service.app.create_app` instead of a new one."""
 
-    def __init__(self, engine: Engine, settings: Settings | None = None, host: str = DEFAULT_HOST) -> None:
+    def __init__(
+        self, engine: Engine, settings: Settings | None = None, host: str = DEFAULT_HOST, app: Any = None
+    ) -> None:
         import uvicorn
 
         class _Quiet(uvicorn.Server):
             def install_signal_handlers(self) -> None:  # the main thread keeps its own
                 pass
 
-        self._server = _Quiet(_config(engine, settings or Settings(), host, 0))
+        self._server = _Quiet(_config(engine, settings or Settings(), host, 0, app))
         self._thread = threading.Thread(target=self._server.run, name="ledger-service", daemon=True)
         self.host = host
         self.port = 0

@@ -19,7 +19,6 @@ the browser to ``/login?next=...`` (303).
 from __future__ import annotations
 
 import functools
-import hmac
 import re
 from collections.abc import Callable, Coroutine, Mapping
 from datetime import UTC, datetime
@@ -40,7 +39,7 @@ from ledger.money import Money, MoneyError
 from ledger.reports.build import ReportError
 from ledger.service.api import scope_of_view
 from ledger.service.app import SESSION_COOKIE, request_principal
-from ledger.service.auth import Principal, csrf_token
+from ledger.service.auth import Principal, csrf_token, same_secret
 from ledger.service.problems import Problem
 
 __all__ = [
@@ -203,7 +202,7 @@ def safe_next(value: str | None) -> str:
 def check_csrf(request: Request, given: str) -> str:
     """The session's secret if ``given`` is its form token; else a 403."""
     secret = request.cookies.get(SESSION_COOKIE) or ""
-    if not secret or not given or not hmac.compare_digest(given, csrf_token(secret)):
+    if not secret or not given or not same_secret(given, csrf_token(secret)):
         raise Problem(403, "the form is stale or forged (CSRF check failed); reload the page and try again")
     return secret
 

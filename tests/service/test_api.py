@@ -368,3 +368,28 @@ def test_rollup_is_admin_only_and_rolls_up(served: Served, engine: sa.Engine) ->
     with served.client(served.admin) as c:
         assert c.post("/api/v1/rollup").json()["events"] == 1
         assert c.post("/api/v1/rollup").json()["events"] == 0
+
+
+def test_an_unexpected_error_is_one_logged_line_and_a_500_problem(
+    engine: sa.Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug in a handler (here a route made to fail) answers a 500 problem with no detail of the
+    error, logs one line naming the exception type, and no traceback reaches the server's log."""
+    from ledger.service.app import create_app
+    from ledger.service.server import ThreadedServer
+
+    guarded = create_app(engine)
+
+    def boom() -> None:
+        raise RuntimeError("secret-ish detail sk-live-123")
+
+    guarded.app.add_api_route("/api/v1/boom", boom, methods=["GET"])
+    token = create_token(engine, "admin").token
+    with ThreadedServer(engine, app=guarded) as server, httpx.Client(base_url=server.base_url) as c:
+        r = c.get("/api/v1/boom", headers={"Authorization": f"Bearer {token}"})
+        again = c.get("/healthz")  # the connection and the server are fine afterwards
+    body = _problem(r, 500)
+    assert "sk-live" not in r.text and "RuntimeError" not in body["detail"]
+    assert again.status_code == 200
+    logged = "\n".join(rec.getMessage() for rec in caplog.records)
+    assert "RuntimeError" in logged and "sk-live" not in logged and "Traceback" not in caplog.text
