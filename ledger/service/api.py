@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -31,9 +30,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from ledger.budgets.budgets import Budget, get_budget, remove_budget, set_budget
 from ledger.budgets.spend import BudgetStatus
 from ledger.calendar import Period, iso_z, month_of, parse_period, parse_zone
-from ledger.config import check_project, spreadsheet_cell
+from ledger.config import check_project
 from ledger.exports.eventfiles import COLUMNS
 from ledger.money import Money
+from ledger.outfile import csv_cell
 from ledger.reports.formats import figure_value, public, to_dict
 from ledger.service.app import admin_principal, api_principal
 from ledger.service.auth import Principal
@@ -177,16 +177,25 @@ def _json_figure(name: str, value: int) -> Any:
     return figure_value(name, value) if name.endswith("_nanos") else int(value)
 
 
-def _filter(
-    period: str | None,
-    tz: str,
-    since: str | None,
-    until: str | None,
-    project: str | None,
-    model: str | None,
-    status: str | None,
-    tag: str | None,
+SinceQ = Annotated[str | None, Query(max_length=40, description="ISO instant; default the period's start")]
+UntilQ = Annotated[str | None, Query(max_length=40, description="ISO instant; default the period's end")]
+ModelQ = Annotated[str | None, Query(max_length=200)]
+StatusQ = Annotated[str | None, Query(max_length=16, description=" | ".join(STATUSES))]
+TagQ = Annotated[str | None, Query(max_length=301, description="key=value")]
+CursorQ = Annotated[str | None, Query(max_length=400, description="next_cursor of the page before")]
+
+
+def event_query(
+    period: PeriodQ = None,
+    tz: ZoneQ = "UTC",
+    since: SinceQ = None,
+    until: UntilQ = None,
+    project: ProjectQ = None,
+    model: ModelQ = None,
+    status: StatusQ = None,
+    tag: TagQ = None,
 ) -> EventFilter:
+    """FastAPI dependency: the events an ``/events`` request asks for (both its forms)."""
     when, zone = scope_of_view(period, tz)
     return event_filter(
         when,
@@ -200,49 +209,24 @@ def _filter(
     )
 
 
-SinceQ = Annotated[str | None, Query(max_length=40, description="ISO instant; default the period's start")]
-UntilQ = Annotated[str | None, Query(max_length=40, description="ISO instant; default the period's end")]
-ModelQ = Annotated[str | None, Query(max_length=200)]
-StatusQ = Annotated[str | None, Query(max_length=16, description=" | ".join(STATUSES))]
-TagQ = Annotated[str | None, Query(max_length=301, description="key=value")]
-CursorQ = Annotated[str | None, Query(max_length=400, description="next_cursor of the page before")]
+Events = Annotated[EventFilter, Depends(event_query)]
 
 
 @router.get("/events", summary="Events, newest first, paged by cursor")
 def events(
     request: Request,
     p: Viewer,
-    period: PeriodQ = None,
-    tz: ZoneQ = "UTC",
-    since: SinceQ = None,
-    until: UntilQ = None,
-    project: ProjectQ = None,
-    model: ModelQ = None,
-    status: StatusQ = None,
-    tag: TagQ = None,
+    f: Events,
     cursor: CursorQ = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> dict[str, Any]:
-    f = _filter(period, tz, since, until, project, model, status, tag)
     with request.app.state.engine.connect() as conn:
         page = events_page(conn, p, f, cursor, limit)
     return {"events": page.rows, "next_cursor": page.next_cursor}
 
 
 @router.get("/events.csv", summary="Every matching event as CSV (streamed)", response_class=StreamingResponse)
-def events_csv(
-    request: Request,
-    p: Viewer,
-    period: PeriodQ = None,
-    tz: ZoneQ = "UTC",
-    since: SinceQ = None,
-    until: UntilQ = None,
-    project: ProjectQ = None,
-    model: ModelQ = None,
-    status: StatusQ = None,
-    tag: TagQ = None,
-) -> StreamingResponse:
-    f = _filter(period, tz, since, until, project, model, status, tag)
+def events_csv(request: Request, p: Viewer, f: Events) -> StreamingResponse:
     engine = request.app.state.engine
     if f.project is not None:
         with engine.connect() as conn:
@@ -261,22 +245,12 @@ def csv_lines(rows: Iterator[dict[str, Any]]) -> Iterator[str]:
     writer = csv.writer(buf, lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL)
     writer.writerow(COLUMNS)
     for n, row in enumerate(rows, 1):
-        writer.writerow([spreadsheet_cell(_cell(row[c])) for c in COLUMNS])
+        writer.writerow([csv_cell(row[c], spreadsheet=True) for c in COLUMNS])
         if n % 500 == 0:
             yield buf.getvalue()
             buf.seek(0)
             buf.truncate()
     yield buf.getvalue()
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, dict):
-        return json.dumps(value, ensure_ascii=False, sort_keys=True)
-    return str(value)
 
 
 @router.get("/budgets", summary="Budgets the caller sees, with where each stands")
