@@ -76,7 +76,7 @@ def test_nothing_but_health_answers_without_a_token(served: Served) -> None:
     with served.client() as c:
         assert c.get("/healthz").json() == {"status": "ok"}
         assert c.get("/readyz").json()["status"] == "ok"
-        for path in GETS:
+        for path in (*GETS, "/no-such-page", "/api/v1/no-such-endpoint"):  # unknown paths say nothing more
             body = _problem(c.get(path), 401)
             assert "token" in body["detail"]
         _problem(c.post("/api/v1/rollup"), 401)

@@ -212,4 +212,16 @@ def test_every_page_fits_a_phone_screen(browser: Any, served: Served) -> None:
                  .map(el => el.name)"""
         )
         assert unlabelled == [], f"{path}: unlabelled controls {unlabelled}"
+        if path == "/":
+            # each budget's burn bar is drawn: its spent part is filled, and no box style leaks
+            # onto the chart (a level class once shared its name with the warning box)
+            bars = page.evaluate(
+                """() => [...document.querySelectorAll('svg.burn')].map(svg => [
+                     getComputedStyle(svg.querySelector('rect.spent')).fill,
+                     getComputedStyle(svg).borderTopWidth, getComputedStyle(svg).paddingTop])"""
+            )
+            assert bars and all(
+                fill not in ("none", "rgb(0, 0, 0)") and border == "0px" and pad == "0px"
+                for fill, border, pad in bars
+            ), bars
     context.close()
